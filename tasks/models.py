@@ -1,0 +1,102 @@
+"""Keras model files: load them with a clear error, check them against the data, evaluate them."""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+from tasks.config import DatasetConfig
+from tasks.errors import PruneflowError
+from tasks.files import atomic_path
+
+
+class Evaluation(BaseModel):
+    """A model's figures on one split."""
+
+    model_config = ConfigDict(frozen=True)
+
+    accuracy: float
+    loss: float
+    examples: int
+
+
+def load_model(path: Path, *, pruning_wrappers: bool = False):
+    """Load a .h5 or .keras model without compiling it.
+
+    Args:
+        pruning_wrappers: load inside TFMOT's prune_scope, for models saved while wrapped.
+
+    Raises:
+        PruneflowError: the file is missing or is not a model tf_keras can read.
+    """
+    from tasks.runtime import keras, tfmot
+
+    path = Path(path)
+    if not path.is_file():
+        raise PruneflowError(f"{path}: model file not found; check model.baseline in the config")
+    scope = tfmot.sparsity.keras.prune_scope() if pruning_wrappers else contextlib.nullcontext()
+    try:
+        with scope:
+            return keras.models.load_model(path, compile=False)
+    except (OSError, ValueError, TypeError, KeyError) as error:
+        raise PruneflowError(
+            f"{path}: cannot be loaded as a tf_keras model ({type(error).__name__}: {error}). "
+            "Save the model with tf_keras (TF_USE_LEGACY_KERAS=1) as .h5 or .keras."
+        ) from None
+
+
+def save_model(model, path: Path, *, include_optimizer: bool = False) -> Path:
+    """Save atomically; the suffix (.h5 or .keras) picks the format."""
+    with atomic_path(path) as tmp, warnings.catch_warnings():
+        # .h5 is what users of this tool ship; Keras's advice to move off it is noise here.
+        warnings.filterwarnings("ignore", message=".*HDF5 file.*legacy", category=UserWarning)
+        model.save(tmp, include_optimizer=include_optimizer)
+    return Path(path)
+
+
+def check_compatible(model, path: Path, config: DatasetConfig, n_classes: int) -> None:
+    """Refuse a model whose input or output does not match the configured images and classes."""
+    if isinstance(model.input_shape, list) or isinstance(model.output_shape, list):
+        raise PruneflowError(f"{path}: the model must have exactly one input and one output")
+    expected = (config.image_height, config.image_width, config.channels)
+    if tuple(model.input_shape[1:]) != expected:
+        raise PruneflowError(
+            f"{path}: the model expects input {tuple(model.input_shape[1:])}, but the config's "
+            f"dataset.image_height/image_width/channels give {expected}; make them agree"
+        )
+    if model.output_shape[-1] != n_classes:
+        raise PruneflowError(
+            f"{path}: the model has {model.output_shape[-1]} outputs, but the train split has "
+            f"{n_classes} classes; the last layer needs one unit per class"
+        )
+
+
+def outputs_probabilities(model) -> bool:
+    """True when the last layer ends in softmax, so the loss must not apply it again."""
+    from tasks.runtime import keras
+
+    last = model.layers[-1]
+    if isinstance(last, keras.layers.Wrapper):  # e.g. a pruning wrapper: look at the layer inside
+        last = last.layer
+    if isinstance(last, keras.layers.Softmax):
+        return True
+    activation = getattr(last, "activation", None)
+    return getattr(activation, "__name__", "") == "softmax"
+
+
+def compile_model(model, optimizer="adam") -> None:
+    """Compile for integer labels, with the loss matched to the model's output (logits or not)."""
+    from tasks.runtime import keras
+
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=not outputs_probabilities(model))
+    model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
+
+
+def evaluate(model, data, examples: int) -> Evaluation:
+    """Accuracy and loss of a model on a batched dataset of `examples` images."""
+    compile_model(model)
+    loss, accuracy = model.evaluate(data, verbose=0)
+    return Evaluation(accuracy=float(accuracy), loss=float(loss), examples=examples)

@@ -1,0 +1,104 @@
+"""The run's summary: a JSON file beside the outputs, and Prefect artifacts comparing the two models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NONE
+from pydantic import BaseModel, ConfigDict, computed_field
+
+from tasks.config import RunConfig, Schedule
+from tasks.files import write_json
+from tasks.models import Evaluation
+from tasks.sanity import SanityReport
+from tasks.size import SizeReport
+
+ARTIFACT_KEY = "pruneflow-summary"
+
+
+class RunSummary(BaseModel):
+    """What one run produced, written as summary.json in the run's folder."""
+
+    model_config = ConfigDict(frozen=True)
+
+    run_dir: Path
+    pruned_model: Path
+    config: RunConfig
+    schedule: Schedule
+    classes: list[str]
+    counts: dict[str, int]
+    baseline: Evaluation
+    pruned: Evaluation
+    sanity: SanityReport
+    sizes: SizeReport
+    training_seconds: float
+    stage_seconds: dict[str, float]
+
+    @computed_field
+    @property
+    def accuracy_change(self) -> float:
+        """Pruned minus baseline test accuracy, in points (percent)."""
+        return 100.0 * (self.pruned.accuracy - self.baseline.accuracy)
+
+    @computed_field
+    @property
+    def measured_sparsity(self) -> float:
+        """Zeros over all prunable weights of the pruned model."""
+        size = sum(t.size for t in self.sanity.tensors)
+        return sum(t.zeros for t in self.sanity.tensors) / size if size else 0.0
+
+
+def comparison_rows(summary: RunSummary) -> list[dict[str, str]]:
+    """Baseline against pruned, one metric a row, formatted for people."""
+    sizes = summary.sizes
+    return [
+        {"metric": "test accuracy", "baseline": f"{summary.baseline.accuracy:.4f}",
+         "pruned": f"{summary.pruned.accuracy:.4f}", "change": f"{summary.accuracy_change:+.2f} points"},
+        {"metric": "test loss", "baseline": f"{summary.baseline.loss:.4f}",
+         "pruned": f"{summary.pruned.loss:.4f}", "change": f"{summary.pruned.loss - summary.baseline.loss:+.4f}"},
+        {"metric": "sparsity of prunable weights", "baseline": "-",
+         "pruned": f"{summary.measured_sparsity:.4f}", "change": f"target {summary.sanity.expected}"},
+        {"metric": "size on disk (.h5, bytes)", "baseline": f"{sizes.baseline.raw_bytes:,}",
+         "pruned": f"{sizes.pruned.raw_bytes:,}", "change": f"{sizes.raw_ratio:.2f}x smaller"},
+        {"metric": "zip-deflated (bytes)", "baseline": f"{sizes.baseline.zip_bytes:,}",
+         "pruned": f"{sizes.pruned.zip_bytes:,}", "change": f"{sizes.zip_ratio:.2f}x smaller"},
+        {"metric": "gzipped (bytes)", "baseline": f"{sizes.baseline.gzip_bytes:,}",
+         "pruned": f"{sizes.pruned.gzip_bytes:,}", "change": f"{sizes.gzip_ratio:.2f}x smaller"},
+        {"metric": "floor: non-zero weights x 4 (bytes)", "baseline": f"{sizes.baseline.floor_bytes:,}",
+         "pruned": f"{sizes.pruned.floor_bytes:,}", "change": ""},
+    ]
+
+
+def render_table(summary: RunSummary) -> str:
+    """The comparison as a Markdown table (readable as plain text too)."""
+    rows = comparison_rows(summary)
+    columns = ["metric", "baseline", "pruned", "change"]
+    widths = {c: max(len(c), *(len(row[c]) for row in rows)) for c in columns}
+    line = lambda cells: "| " + " | ".join(cells[c].ljust(widths[c]) for c in columns) + " |"  # noqa: E731
+    return "\n".join(
+        [line({c: c for c in columns}), line({c: "-" * widths[c] for c in columns}), *(line(r) for r in rows)]
+    )
+
+
+def render_markdown(summary: RunSummary) -> str:
+    stages = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in summary.stage_seconds.items())
+    return (
+        f"# Pruning run\n\n{render_table(summary)}\n\n"
+        f"- Schedule: `{summary.schedule.model_dump_json()}`\n"
+        f"- Test images: {summary.pruned.examples}; classes: {', '.join(summary.classes)}\n"
+        f"- Pruned model: `{summary.pruned_model}`\n"
+        f"- Outputs: `{summary.run_dir}`\n"
+        f"- Stage wall times: {stages}\n"
+    )
+
+
+@task(cache_policy=NONE)
+def publish_report(summary: RunSummary) -> Path:
+    """Write summary.json and publish the comparison as Prefect artifacts."""
+    path = write_json(summary.run_dir / "summary.json", summary.model_dump(mode="json"))
+    create_markdown_artifact(key=ARTIFACT_KEY, markdown=render_markdown(summary), description="Baseline vs pruned")
+    create_table_artifact(key=f"{ARTIFACT_KEY}-table", table=comparison_rows(summary), description="Baseline vs pruned")
+    get_run_logger().info("Summary written to %s", path)
+    return path

@@ -1,0 +1,28 @@
+"""The one place TensorFlow is imported, with the legacy tf_keras that TFMOT requires.
+
+TFMOT does not support Keras 3, and `tf.keras` resolves to Keras 3 unless TF_USE_LEGACY_KERAS
+is set before tensorflow is first imported. Every module that needs TensorFlow, Keras or TFMOT
+imports them from here.
+"""
+
+import os
+import sys
+
+if "tensorflow" in sys.modules and os.environ.get("TF_USE_LEGACY_KERAS") != "1":
+    raise ImportError(
+        "tensorflow was imported before tasks.runtime could set TF_USE_LEGACY_KERAS=1; "
+        "import tasks.runtime first, or export TF_USE_LEGACY_KERAS=1"
+    )
+os.environ["TF_USE_LEGACY_KERAS"] = "1"
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep oneDNN/CUDA start-up notices out of the logs
+
+import tensorflow as tf  # noqa: E402
+import tensorflow_model_optimization as tfmot  # noqa: E402
+import tf_keras as keras  # noqa: E402
+
+# The wrapper class is not in TFMOT's public API; the sanity check needs it to find pruned layers.
+from tensorflow_model_optimization.python.core.sparsity.keras.pruning_wrapper import (  # noqa: E402
+    PruneLowMagnitude,
+)
+
+__all__ = ["PruneLowMagnitude", "keras", "tf", "tfmot"]

@@ -1,0 +1,113 @@
+"""Sanity check: every prunable weight tensor of the stripped model reached the target sparsity."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from prefect import get_run_logger, task
+from prefect.cache_policies import NONE
+from pydantic import BaseModel, ConfigDict
+
+from tasks.errors import PruneflowError
+from tasks.files import write_json
+from tasks.models import load_model
+
+
+class TensorSparsity(BaseModel):
+    """The measured sparsity of one prunable weight tensor."""
+
+    model_config = ConfigDict(frozen=True)
+
+    layer: str
+    weight: str
+    size: int
+    zeros: int
+    sparsity: float
+    passed: bool
+
+
+class SanityReport(BaseModel):
+    """Per-tensor sparsity against the schedule's final sparsity."""
+
+    model_config = ConfigDict(frozen=True)
+
+    expected: float
+    tolerance: float
+    tensors: list[TensorSparsity]
+
+    @property
+    def failed(self) -> list[TensorSparsity]:
+        return [tensor for tensor in self.tensors if not tensor.passed]
+
+    def table(self) -> str:
+        lines = [f"{'layer':<40} {'weight':<18} {'size':>9} {'sparsity':>9}  ok"]
+        for t in self.tensors:
+            lines.append(f"{t.layer:<40} {t.weight:<18} {t.size:>9} {t.sparsity:>9.4f}  {'yes' if t.passed else 'NO'}")
+        return "\n".join(lines)
+
+
+def prunable_tensors(wrapped, stripped, prefix: str = "") -> list[tuple[str, str, np.ndarray]]:
+    """(layer path, weight name, values in the stripped model) for every tensor TFMOT pruned.
+
+    The wrapped model says which tensors are prunable; the values come from the stripped model,
+    the one that ships. Nested models are walked too: a base model called with training=False
+    inside them is wrapped but never pruned, and this is where that shows.
+    """
+    from tasks.runtime import PruneLowMagnitude, keras
+
+    found = []
+    for layer in wrapped.layers:
+        if isinstance(layer, PruneLowMagnitude):
+            inner = layer.layer
+            twin = stripped.get_layer(inner.name)
+            for weight in inner.get_prunable_weights():
+                index = next(i for i, w in enumerate(inner.weights) if w is weight)
+                name = weight.name.split("/")[-1].split(":")[0]
+                found.append((prefix + inner.name, name, twin.weights[index].numpy()))
+        elif isinstance(layer, keras.Model):
+            found += prunable_tensors(layer, stripped.get_layer(layer.name), f"{prefix}{layer.name}/")
+    return found
+
+
+def measure_sparsity(wrapped_path: Path, stripped_path: Path, expected: float, tolerance: float) -> SanityReport:
+    """Measure each prunable tensor's fraction of zeros and compare it with `expected`."""
+    from tasks.runtime import keras
+
+    keras.backend.clear_session()
+    wrapped = load_model(wrapped_path, pruning_wrappers=True)
+    stripped = load_model(stripped_path)
+    tensors = []
+    for layer, weight, values in prunable_tensors(wrapped, stripped):
+        zeros = int(values.size - np.count_nonzero(values))
+        sparsity = zeros / values.size
+        tensors.append(
+            TensorSparsity(
+                layer=layer, weight=weight, size=int(values.size), zeros=zeros, sparsity=sparsity,
+                passed=abs(sparsity - expected) <= tolerance,
+            )
+        )
+    return SanityReport(expected=expected, tolerance=tolerance, tensors=tensors)
+
+
+@task(cache_policy=NONE)
+def sanity_check(
+    wrapped_path: Path, stripped_path: Path, expected: float, tolerance: float, out_path: Path
+) -> SanityReport:
+    """Fail, naming the layers, unless every prunable tensor is within tolerance of the target.
+
+    The per-tensor table is written to `out_path` and logged either way.
+    """
+    report = measure_sparsity(wrapped_path, stripped_path, expected, tolerance)
+    write_json(out_path, report.model_dump(mode="json"))
+    get_run_logger().info("Sparsity per prunable tensor (target %.4f):\n%s", expected, report.table())
+    if not report.tensors:
+        raise PruneflowError(f"{stripped_path}: the model has no prunable weight tensor (no Conv or Dense kernel)")
+    if report.failed:
+        missed = ", ".join(f"{t.layer} {t.weight} at {t.sparsity:.4f}" for t in report.failed)
+        raise PruneflowError(
+            f"sanity check: {len(report.failed)} of {len(report.tensors)} prunable tensors missed the target "
+            f"sparsity {expected} (tolerance {tolerance}): {missed}. A nested base model called with "
+            "training=False is never pruned: call it without training=False. Table in " + str(out_path)
+        )
+    return report
