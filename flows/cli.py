@@ -9,7 +9,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated
 
-import click
 import typer
 
 from tasks.errors import PruneflowError
@@ -70,17 +69,13 @@ def demo(
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: user errors print their message and exit 2, without a traceback."""
     try:
-        app(args=argv, standalone_mode=False)
+        # Standalone mode: bad arguments print click's usage message and exit 2.
+        app(args=argv, prog_name="pruneflow")
     except PruneflowError as error:
         typer.echo(f"pruneflow: error: {error}", err=True)
         return 2
-    except click.ClickException as error:  # bad arguments: click's own message and usage line
-        error.show()
-        return error.exit_code
-    except (typer.Exit, SystemExit) as done:
-        return int(getattr(done, "exit_code", getattr(done, "code", 0)) or 0)
-    except typer.Abort:
-        return 130
+    except SystemExit as done:
+        return done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
     return 0
 
 

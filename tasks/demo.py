@@ -72,8 +72,13 @@ def build_cnn(height: int, width: int, channels: int, n_classes: int):
     )
 
 
-def train_baseline(config: RunConfig, epochs: int, out_path: Path) -> Path:
-    """Train the demo CNN on the config's train split and save it as the baseline .h5."""
+def train_baseline(config: RunConfig, epochs: int, out_path: Path, build_model=None) -> Path:
+    """Train a model on the config's train split and save it as the baseline.
+
+    Args:
+        build_model: called with no argument after seeding to make the model; default: the
+            demo CNN sized for the config's images and the train split's classes.
+    """
     from tasks.models import compile_model, save_model
     from tasks.runtime import keras
 
@@ -81,9 +86,13 @@ def train_baseline(config: RunConfig, epochs: int, out_path: Path) -> Path:
     keras.utils.set_random_seed(config.seed)
     with tempfile.TemporaryDirectory() as scratch:
         dataset = write_manifest(config.dataset, Path(scratch))
-        model = build_cnn(
-            config.dataset.image_height, config.dataset.image_width, config.dataset.channels, len(dataset.classes)
-        )
+        if build_model is None:
+            model = build_cnn(
+                config.dataset.image_height, config.dataset.image_width, config.dataset.channels,
+                len(dataset.classes),
+            )
+        else:
+            model = build_model()
         compile_model(model, keras.optimizers.Adam(learning_rate=1e-3))
         model.fit(
             load_split(dataset, "train", config.dataset),

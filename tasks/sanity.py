@@ -90,6 +90,20 @@ def measure_sparsity(wrapped_path: Path, stripped_path: Path, expected: float, t
     return SanityReport(expected=expected, tolerance=tolerance, tensors=tensors)
 
 
+def require_target_reached(report: SanityReport, model_path: Path, table_path: Path) -> None:
+    """Raise, naming every layer that missed, unless each prunable tensor is within tolerance."""
+    if not report.tensors:
+        raise PruneflowError(f"{model_path}: the model has no prunable weight tensor (no Conv or Dense kernel)")
+    if report.failed:
+        missed = ", ".join(f"{t.layer} {t.weight} at {t.sparsity:.4f}" for t in report.failed)
+        raise PruneflowError(
+            f"sanity check: {len(report.failed)} of {len(report.tensors)} prunable tensors of {model_path} "
+            f"missed the target sparsity {report.expected} (tolerance {report.tolerance}): {missed}. "
+            "A nested base model called with training=False is never pruned: call it without "
+            f"training=False. Per-tensor table: {table_path}"
+        )
+
+
 @task(cache_policy=NONE)
 def sanity_check(
     wrapped_path: Path, stripped_path: Path, expected: float, tolerance: float, out_path: Path
@@ -101,13 +115,5 @@ def sanity_check(
     report = measure_sparsity(wrapped_path, stripped_path, expected, tolerance)
     write_json(out_path, report.model_dump(mode="json"))
     get_run_logger().info("Sparsity per prunable tensor (target %.4f):\n%s", expected, report.table())
-    if not report.tensors:
-        raise PruneflowError(f"{stripped_path}: the model has no prunable weight tensor (no Conv or Dense kernel)")
-    if report.failed:
-        missed = ", ".join(f"{t.layer} {t.weight} at {t.sparsity:.4f}" for t in report.failed)
-        raise PruneflowError(
-            f"sanity check: {len(report.failed)} of {len(report.tensors)} prunable tensors missed the target "
-            f"sparsity {expected} (tolerance {tolerance}): {missed}. A nested base model called with "
-            "training=False is never pruned: call it without training=False. Table in " + str(out_path)
-        )
+    require_target_reached(report, stripped_path, out_path)
     return report

@@ -1,0 +1,36 @@
+"""Shared fixtures: an isolated Prefect home, a tiny real image dataset and a tiny trained baseline."""
+
+import os
+import tempfile
+
+# Before prefect is imported anywhere: keep its database, results and telemetry out of the
+# user's home and off the network.
+_PREFECT_TMP = tempfile.mkdtemp(prefix="pruneflow-test-prefect-")
+os.environ["PREFECT_HOME"] = _PREFECT_TMP
+os.environ["PREFECT_RESULTS_LOCAL_STORAGE_PATH"] = os.path.join(_PREFECT_TMP, "results")
+os.environ["DO_NOT_TRACK"] = "1"
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+from tests.helpers import make_config_dict, write_tiny_dataset, train_tiny_baseline  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """Folder with train/val/test CSVs over 16x16 RGB JPEGs of two learnable classes."""
+    return write_tiny_dataset(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="session")
+def tiny_baseline(tmp_path_factory, tiny_data) -> Path:
+    """A small CNN trained on the tiny dataset, saved as .h5."""
+    return train_tiny_baseline(tiny_data, tmp_path_factory.mktemp("model") / "baseline.h5")
+
+
+@pytest.fixture
+def config_dict(tiny_data, tiny_baseline, tmp_path) -> dict:
+    """A valid run config (as a mapping) over the tiny dataset; tests change what they need."""
+    return make_config_dict(tiny_data, tiny_baseline, tmp_path / "outputs")

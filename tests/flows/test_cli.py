@@ -1,0 +1,48 @@
+"""The `pruneflow` command: user errors without tracebacks, a config run, the demo's promise."""
+
+import json
+
+import pytest
+import yaml
+
+from flows.cli import main
+
+
+def test_invalid_config_exits_2_naming_the_field(tmp_path, capsys):
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({"dataset": {}, "pruning": {"kind": "constant", "target_sparsity": 2}}))
+    assert main(["run", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"pruneflow: error: {path}: invalid configuration")
+    assert "pruning.target_sparsity: Input should be less than 1" in err
+    assert "Traceback" not in err
+
+
+def test_unknown_command_is_a_usage_error(capsys):
+    assert main(["prune-everything"]) == 2
+    assert "No such command" in capsys.readouterr().err
+
+
+def test_run_prints_the_comparison(prefect_server, config_dict, tmp_path, capsys):
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(config_dict))
+    assert main(["run", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "| test accuracy" in out and "| zip-deflated (bytes)" in out
+    summary_path = out.split("Summary: ")[1].split()[0]
+    assert json.loads(open(summary_path).read())["sanity"]["expected"] == 0.5
+
+
+@pytest.mark.slow
+def test_demo_prunes_mnist_to_80_percent_3x_smaller_within_2_points(prefect_server, tmp_path):
+    workdir = tmp_path / "demo"
+    assert main(["demo", "--workdir", str(workdir)]) == 0
+    assert len(list((workdir / "data" / "images").glob("*.jpg"))) == 5000
+    assert (workdir / "baseline.h5").is_file() and (workdir / "pruneflow.yaml").is_file()
+    [summary_path] = (workdir / "outputs" / "runs").glob("*/summary.json")
+    summary = json.loads(summary_path.read_text())
+    assert summary["counts"] == {"train": 3500, "val": 750, "test": 750}
+    assert summary["measured_sparsity"] == pytest.approx(0.8, abs=0.005)
+    assert summary["sizes"]["zip_ratio"] >= 3.0
+    assert abs(summary["accuracy_change"]) <= 2.0
+    assert summary["baseline"]["accuracy"] >= 0.9

@@ -1,0 +1,82 @@
+"""The pruning flow end to end on tiny real data, against a real (temporary) Prefect server."""
+
+import json
+
+import pytest
+from prefect import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, FlowRunFilterId
+
+from flows.prune import prune_flow
+from tasks.config import parse_config
+from tasks.errors import PruneflowError
+from tasks.report import ARTIFACT_KEY, RunSummary
+
+STAGES = [
+    "prepare_dataset", "evaluate_baseline", "prune_train", "strip", "sanity_check",
+    "measure_size", "evaluate_pruned", "publish_report",
+]
+
+
+def task_states(flow_run_id) -> dict[str, str]:
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    return {run.name.rsplit("-", 1)[0]: run.state.type.value for run in runs}
+
+
+def artifacts_of(flow_run_id) -> dict[str, object]:
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
+    return {artifact.key: artifact for artifact in found}
+
+
+def test_flow_prunes_strips_checks_measures_and_reports(prefect_server, config_dict):
+    config = parse_config(config_dict)
+    state = prune_flow(config, return_state=True)
+    assert state.is_completed(), state.message
+    summary: RunSummary = state.result()
+    flow_run_id = state.state_details.flow_run_id
+
+    assert task_states(flow_run_id) == {stage: "COMPLETED" for stage in STAGES}
+    assert summary.schedule.end_step == 10  # derived: ceil(40 / 8) * 2 epochs
+    assert summary.measured_sparsity == pytest.approx(0.5, abs=0.01)
+    assert all(t.passed for t in summary.sanity.tensors) and len(summary.sanity.tensors) == 3
+    assert summary.sizes.pruned.zip_bytes < summary.sizes.baseline.zip_bytes
+    assert summary.sizes.pruned.nonzero_weights < summary.sizes.baseline.nonzero_weights
+    assert summary.baseline.examples == summary.pruned.examples == 12
+    assert summary.baseline.accuracy >= 0.9
+    assert set(summary.stage_seconds) == set(STAGES) - {"publish_report"}
+
+    on_disk = json.loads((summary.run_dir / "summary.json").read_text())
+    assert on_disk == json.loads(summary.model_dump_json())
+    assert summary.run_dir.parent == config.output_root / "runs"
+    for produced in ("dataset/manifest.parquet", "dataset/labels.json", "prune/wrapped.h5", "prune/history.json",
+                     "pruned.h5", "sanity.json", "size/baseline.h5", "size/pruned.h5"):
+        assert (summary.run_dir / produced).is_file(), produced
+    assert not list(summary.run_dir.rglob(".*.tmp*")), "a temporary file was left behind"
+
+    artifacts = artifacts_of(flow_run_id)
+    assert "test accuracy" in artifacts[ARTIFACT_KEY].data
+    assert f"{summary.sizes.zip_ratio:.2f}x smaller" in artifacts[ARTIFACT_KEY].data
+    table = json.loads(artifacts[f"{ARTIFACT_KEY}-table"].data)  # table artifacts are stored as JSON
+    assert [row["metric"] for row in table][:2] == ["test accuracy", "test loss"]
+
+
+def test_bad_data_fails_the_first_stage_and_nothing_after_it(prefect_server, config_dict, tiny_data, tmp_path):
+    (tmp_path / "val.csv").write_text("filename,label\n" + f"{tiny_data / 'img' / 'val_000.jpg'},unknown\n")
+    config_dict["dataset"]["val_csv"] = str(tmp_path / "val.csv")
+    state = prune_flow(parse_config(config_dict), return_state=True)
+    assert state.is_failed()
+    with pytest.raises(PruneflowError, match="label\\(s\\) unknown never appear in the train split"):
+        state.result()
+    assert task_states(state.state_details.flow_run_id) == {"prepare_dataset": "FAILED"}
+
+
+def test_unreachable_schedule_is_refused_before_any_training(prefect_server, config_dict):
+    config_dict["pruning"] = {"kind": "constant", "target_sparsity": 0.8, "frequency": 100}
+    state = prune_flow(parse_config(config_dict), return_state=True)
+    assert state.is_failed()
+    with pytest.raises(PruneflowError, match="no pruning step falls inside the run"):
+        state.result()
+    assert "prune_train" not in task_states(state.state_details.flow_run_id)

@@ -1,0 +1,98 @@
+"""Tiny data builders and the assertions the tests share."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+IMAGE_SIZE = 16
+CLASSES = ("bottom", "top")  # which half of the image is bright
+SPLIT_SIZES = {"train": 40, "val": 12, "test": 12}
+
+
+def write_tiny_dataset(folder: Path, seed: int = 0) -> Path:
+    """Write JPEGs and train/val/test CSVs (paths relative to the CSVs' folder).
+
+    Each image is noise with one bright half, so a small CNN learns it in two epochs.
+    """
+    from tasks.runtime import tf
+
+    rng = np.random.default_rng(seed)
+    (folder / "img").mkdir(parents=True, exist_ok=True)
+    for split, count in SPLIT_SIZES.items():
+        rows = []
+        for i in range(count):
+            label = CLASSES[i % 2]
+            image = rng.integers(0, 80, size=(IMAGE_SIZE, IMAGE_SIZE, 3))
+            half = slice(0, IMAGE_SIZE // 2) if label == "top" else slice(IMAGE_SIZE // 2, IMAGE_SIZE)
+            image[half] += 170
+            name = f"img/{split}_{i:03d}.jpg"
+            tf.io.write_file(str(folder / name), tf.io.encode_jpeg(image.astype(np.uint8), quality=95))
+            rows.append({"filename": name, "label": label})
+        pd.DataFrame(rows).to_csv(folder / f"{split}.csv", index=False)
+    return folder
+
+
+def build_tiny_cnn(n_classes: int = 2, channels: int = 3):
+    from tasks.runtime import keras
+
+    return keras.Sequential(
+        [
+            keras.Input(shape=(IMAGE_SIZE, IMAGE_SIZE, channels)),
+            keras.layers.Conv2D(8, 3, activation="relu"),
+            keras.layers.MaxPooling2D(),
+            keras.layers.Flatten(),
+            keras.layers.Dense(32, activation="relu"),
+            keras.layers.Dense(n_classes, activation="softmax"),
+        ]
+    )
+
+
+def train_tiny_baseline(data: Path, out_path: Path) -> Path:
+    """Train build_tiny_cnn() on the tiny dataset for a few epochs and save it."""
+    from tasks.config import parse_config
+    from tasks.demo import train_baseline
+
+    config = parse_config(make_config_dict(data, out_path, out_path.parent / "unused"))
+    return train_baseline(config, epochs=4, out_path=out_path, build_model=build_tiny_cnn)
+
+
+def make_config_dict(data: Path, baseline: Path, output_root: Path, **sections) -> dict:
+    config = {
+        "dataset": {
+            "train_csv": str(data / "train.csv"),
+            "val_csv": str(data / "val.csv"),
+            "test_csv": str(data / "test.csv"),
+            "image_height": IMAGE_SIZE,
+            "image_width": IMAGE_SIZE,
+            "channels": 3,
+            "batch_size": 8,
+        },
+        "model": {"baseline": str(baseline)},
+        "pruning": {"kind": "constant", "target_sparsity": 0.5, "begin_step": 0, "frequency": 1},
+        "training": {"epochs": 2, "optimizer": "adam", "learning_rate": 1e-3},
+        "output_root": str(output_root),
+        "seed": 0,
+    }
+    config.update(sections)
+    return config
+
+
+def sparsity(values: np.ndarray) -> float:
+    return 1.0 - np.count_nonzero(values) / values.size
+
+
+def assert_kernels_sparse(layers, expected: float, tolerance: float = 0.02) -> None:
+    """Every Conv2D and Dense kernel among `layers` has `expected` zeros, within tolerance."""
+    kernels = [layer.kernel.numpy() for layer in layers if hasattr(layer, "kernel")]
+    assert kernels, "no layer has a kernel"
+    measured = [sparsity(k) for k in kernels]
+    assert all(abs(s - expected) <= tolerance for s in measured), f"kernel sparsities {measured}, expected {expected}"
+
+
+def assert_same_predictions(model_a, model_b, images, atol: float = 1e-5) -> None:
+    a = model_a(images, training=False).numpy()
+    b = model_b(images, training=False).numpy()
+    np.testing.assert_allclose(a, b, atol=atol)

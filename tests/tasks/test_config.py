@@ -1,0 +1,144 @@
+"""Config loading: valid files map one to one, every bad value names its field."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tasks.config import ConstantSchedule, PolynomialDecaySchedule, RunConfig, load_config, parse_config
+from tasks.errors import PruneflowError
+
+DEMO_CONFIG = Path(__file__).parents[2] / "flows" / "demo.yaml"
+
+
+def base() -> dict:
+    return {
+        "dataset": {
+            "train_csv": "data/train.csv", "val_csv": "data/val.csv", "test_csv": "data/test.csv",
+            "image_height": 28, "image_width": 28, "channels": 1,
+        },
+        "model": {"baseline": "baseline.h5"},
+        "pruning": {"kind": "constant", "target_sparsity": 0.8},
+        "training": {"epochs": 2},
+        "output_root": "out",
+    }
+
+
+def with_change(section: str, **values) -> dict:
+    data = base()
+    data[section] = {**data[section], **values}
+    return data
+
+
+def write_yaml(tmp_path: Path, data: dict) -> Path:
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_demo_config_validates():
+    config = load_config(DEMO_CONFIG)
+    assert isinstance(config.pruning, PolynomialDecaySchedule)
+    assert config.pruning.final_sparsity == 0.8
+    assert config.dataset.train_csv == DEMO_CONFIG.parent / "data" / "train.csv"
+
+
+def test_relative_paths_resolve_against_the_yaml_folder(tmp_path):
+    config = load_config(write_yaml(tmp_path, base()))
+    assert config.dataset.val_csv == tmp_path.resolve() / "data" / "val.csv"
+    assert config.model.baseline == tmp_path.resolve() / "baseline.h5"
+    assert config.output_root == tmp_path.resolve() / "out"
+
+
+def test_absolute_paths_are_kept(tmp_path):
+    config = load_config(write_yaml(tmp_path, with_change("model", baseline="/models/m.keras")))
+    assert config.model.baseline == Path("/models/m.keras")
+
+
+def test_defaults_and_round_trip():
+    config = parse_config(base())
+    assert isinstance(config.pruning, ConstantSchedule)
+    assert config.pruning.end_step is None and config.pruning.frequency == 1
+    assert config.training.optimizer == "adam" and config.dataset.batch_size == 32
+    assert RunConfig.model_validate(config.model_dump(mode="json")) == config
+
+
+def test_config_is_frozen():
+    config = parse_config(base())
+    with pytest.raises(Exception):
+        config.seed = 3
+
+
+@pytest.mark.parametrize(
+    "section, values, field",
+    [
+        ("pruning", {"target_sparsity": 1.0}, "pruning.target_sparsity"),
+        ("pruning", {"target_sparsity": -0.1}, "pruning.target_sparsity"),
+        ("pruning", {"frequency": 0}, "pruning.frequency"),
+        ("pruning", {"begin_step": 10, "end_step": 5}, "end_step (5) is before begin_step (10)"),
+        ("pruning", {"end_step": -2}, "pruning.end_step"),
+        ("pruning", {"kind": "cubic"}, "pruning"),
+        ("dataset", {"channels": 2}, "dataset.channels"),
+        ("dataset", {"batch_size": 0}, "dataset.batch_size"),
+        ("dataset", {"image_height": "tall"}, "dataset.image_height"),
+        ("training", {"epochs": 0}, "training.epochs"),
+        ("training", {"learning_rate": 0}, "training.learning_rate"),
+        ("training", {"optimizer": "lion"}, "training.optimizer"),
+        ("model", {"baseline": "model.pt"}, "must be a .h5 or .keras file"),
+        ("dataset", {"colour": True}, "dataset.colour: Extra inputs are not permitted"),
+    ],
+)
+def test_invalid_values_name_the_field(section, values, field):
+    with pytest.raises(PruneflowError) as error:
+        parse_config(with_change(section, **values), source="run.yaml")
+    assert field in str(error.value)
+    assert str(error.value).startswith("run.yaml: invalid configuration")
+
+
+def test_constant_end_step_minus_one_means_to_the_end():
+    assert parse_config(with_change("pruning", end_step=-1)).pruning.end_step == -1
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"initial_sparsity": 0.9, "final_sparsity": 0.5}, "initial_sparsity (0.9) is above final_sparsity (0.5)"),
+        ({"final_sparsity": 0.5, "end_step": -1}, "pruning.end_step"),
+        ({"final_sparsity": 0.5, "begin_step": 4, "end_step": 4}, "end_step (4) must be after begin_step (4)"),
+        ({"final_sparsity": 1.5}, "pruning.final_sparsity"),
+    ],
+)
+def test_invalid_polynomial_decay(values, message):
+    data = base()
+    data["pruning"] = {"kind": "polynomial_decay", **values}
+    with pytest.raises(PruneflowError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        parse_config(data)
+
+
+def test_missing_and_unknown_sections(tmp_path):
+    data = base()
+    del data["training"]
+    data["extras"] = 1
+    with pytest.raises(PruneflowError) as error:
+        load_config(write_yaml(tmp_path, data))
+    assert "training: Field required" in str(error.value)
+    assert "extras: Extra inputs are not permitted" in str(error.value)
+
+
+def test_yaml_syntax_error_gives_line_and_column(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("dataset:\n  train_csv: [unclosed\nmodel: {}\n")
+    with pytest.raises(PruneflowError, match=r"broken.yaml: not valid YAML at line \d+, column \d+"):
+        load_config(path)
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(PruneflowError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_config_that_is_not_a_mapping(tmp_path):
+    path = tmp_path / "list.yaml"
+    path.write_text("- 1\n- 2\n")
+    with pytest.raises(PruneflowError, match="expected a mapping"):
+        load_config(path)

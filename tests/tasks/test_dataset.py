@@ -1,0 +1,147 @@
+"""Dataset preparation: checked inputs, one label mapping from train, a manifest, honest splits."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tasks.config import DatasetConfig
+from tasks.dataset import load_split, write_manifest
+from tasks.errors import PruneflowError
+from tasks.files import file_digest
+from tests.helpers import IMAGE_SIZE, SPLIT_SIZES
+
+
+def dataset_config(data, **changes) -> DatasetConfig:
+    values = {
+        "train_csv": data / "train.csv", "val_csv": data / "val.csv", "test_csv": data / "test.csv",
+        "image_height": IMAGE_SIZE, "image_width": IMAGE_SIZE, "channels": 3, "batch_size": 8,
+    }
+    return DatasetConfig(**{**values, **changes})
+
+
+def copy_data(tiny_data, tmp_path):
+    """A writable copy of the tiny dataset, to break on purpose."""
+    import shutil
+
+    return shutil.copytree(tiny_data, tmp_path / "data")
+
+
+def test_manifest_lists_every_image_with_label_index_split_and_digest(tiny_data, tmp_path):
+    prepared = write_manifest(dataset_config(tiny_data), tmp_path / "out")
+    manifest = pd.read_parquet(prepared.manifest)
+    assert list(manifest.columns) == ["filename", "label", "label_index", "split", "digest"]
+    assert prepared.counts == SPLIT_SIZES
+    assert len(manifest) == sum(SPLIT_SIZES.values())
+    first = manifest.iloc[0]
+    assert first["digest"] == file_digest(first["filename"])
+    assert json.loads(prepared.labels.read_text()) == {"classes": ["bottom", "top"]}
+
+
+def test_labels_are_encoded_from_train_and_applied_to_every_split(tiny_data, tmp_path):
+    data = copy_data(tiny_data, tmp_path)
+    # A test split holding only one class: encoding it on its own would give that class index 0.
+    test = pd.read_csv(data / "test.csv")
+    test[test["label"] == "top"].to_csv(data / "test.csv", index=False)
+    prepared = write_manifest(dataset_config(data), tmp_path / "out")
+    manifest = pd.read_parquet(prepared.manifest)
+    assert set(manifest[manifest["split"] == "test"]["label_index"]) == {1}
+    assert (manifest["label_index"] == manifest["label"].map({"bottom": 0, "top": 1})).all()
+
+
+def test_val_or_test_label_unseen_in_train_is_refused(tiny_data, tmp_path):
+    data = copy_data(tiny_data, tmp_path)
+    val = pd.read_csv(data / "val.csv")
+    val.loc[3, "label"] = "sideways"
+    val.to_csv(data / "val.csv", index=False)
+    with pytest.raises(PruneflowError, match=r"val.csv: label\(s\) sideways never appear in the train split"):
+        write_manifest(dataset_config(data), tmp_path / "out")
+
+
+def test_every_unreadable_image_is_listed(tiny_data, tmp_path):
+    data = copy_data(tiny_data, tmp_path)
+    (data / "img" / "train_001.jpg").unlink()
+    (data / "img" / "val_002.jpg").write_text("not an image")
+    with pytest.raises(PruneflowError) as error:
+        write_manifest(dataset_config(data), tmp_path / "out")
+    message = str(error.value)
+    assert message.startswith("2 image(s)")
+    assert "train_001.jpg: file not found" in message
+    assert "val_002.jpg: not a readable JPEG" in message
+    assert not (tmp_path / "out" / "manifest.parquet").exists()
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("", "the file is empty"),
+        ("path,label\nimg/a.jpg,top\n", "missing column(s) filename"),
+        ("filename,label\n", "the train split has no rows"),
+        ("filename,label\nimg/train_000.jpg,\n", "blank label on line(s) 2"),
+    ],
+)
+def test_bad_csv_is_refused_naming_the_file(tiny_data, tmp_path, content, message):
+    data = copy_data(tiny_data, tmp_path)
+    (data / "train.csv").write_text(content)
+    with pytest.raises(PruneflowError) as error:
+        write_manifest(dataset_config(data), tmp_path / "out")
+    assert str(data / "train.csv") in str(error.value)
+    assert message in str(error.value)
+
+
+def test_missing_csv_names_the_config_field(tiny_data, tmp_path):
+    with pytest.raises(PruneflowError, match="test CSV not found; check dataset.test_csv"):
+        write_manifest(dataset_config(tiny_data, test_csv=tmp_path / "none.csv"), tmp_path / "out")
+
+
+def labels_of(data) -> list[int]:
+    return [int(label) for _, labels in data for label in labels.numpy()]
+
+
+def images_of(data) -> np.ndarray:
+    return np.concatenate([images.numpy() for images, _ in data])
+
+
+def test_test_split_keeps_csv_order_and_pixels(tiny_data, tmp_path):
+    config = dataset_config(tiny_data, augment=True)
+    prepared = write_manifest(config, tmp_path / "out")
+    manifest = pd.read_parquet(prepared.manifest)
+    expected = list(manifest[manifest["split"] == "test"]["label_index"])
+    test = load_split(prepared, "test", config)
+    assert labels_of(test) == expected
+    first, second = images_of(test), images_of(test)
+    np.testing.assert_array_equal(first, second)  # no augmentation, no reshuffle
+    assert first.shape == (SPLIT_SIZES["test"], IMAGE_SIZE, IMAGE_SIZE, 3)
+    assert 0.0 <= first.min() and first.max() <= 1.0
+
+
+def test_train_split_is_shuffled_with_the_seed(tiny_data, tmp_path):
+    from tasks.runtime import tf
+
+    config = dataset_config(tiny_data)
+    prepared = write_manifest(config, tmp_path / "out")
+    manifest = pd.read_parquet(prepared.manifest)
+    csv_order = list(manifest[manifest["split"] == "train"]["label_index"])
+    tf.random.set_seed(0)
+    once = labels_of(load_split(prepared, "train", config))
+    tf.random.set_seed(0)
+    again = labels_of(load_split(prepared, "train", config))
+    assert once == again
+    assert once != csv_order and sorted(once) == sorted(csv_order)
+
+
+def test_augmentation_flips_train_images_only_when_on(tiny_data, tmp_path):
+    plain = dataset_config(tiny_data, augment=False)
+    flipped = dataset_config(tiny_data, augment=True)
+    prepared = write_manifest(plain, tmp_path / "out")
+    from tasks.runtime import tf
+
+    tf.random.set_seed(0)
+    without = images_of(load_split(prepared, "train", plain))
+    tf.random.set_seed(0)
+    with_flips = images_of(load_split(prepared, "train", flipped))
+    # Same shuffle; some images are mirror images of their unaugmented selves.
+    mirrored = [not np.array_equal(a, b) and np.allclose(a[:, ::-1], b) for a, b in zip(without, with_flips)]
+    assert any(mirrored)
+    assert all(np.array_equal(a, b) or m for a, b, m in zip(without, with_flips, mirrored))

@@ -1,0 +1,59 @@
+"""Model files: clear errors for unusable ones, a checked match with the data, honest evaluation."""
+
+import pytest
+
+from tasks.config import DatasetConfig
+from tasks.dataset import write_manifest
+from tasks.errors import PruneflowError
+from tasks.evaluate import evaluate_on_test
+from tasks.models import check_compatible, load_model, outputs_probabilities
+from tests.helpers import IMAGE_SIZE, SPLIT_SIZES, build_tiny_cnn
+
+
+@pytest.fixture
+def prepared(tiny_data, tmp_path):
+    config = DatasetConfig(
+        train_csv=tiny_data / "train.csv", val_csv=tiny_data / "val.csv", test_csv=tiny_data / "test.csv",
+        image_height=IMAGE_SIZE, image_width=IMAGE_SIZE, channels=3, batch_size=8,
+    )
+    return write_manifest(config, tmp_path / "prepared"), config
+
+
+def test_trained_baseline_is_evaluated_on_the_whole_test_split(tiny_baseline, prepared):
+    dataset, config = prepared
+    result = evaluate_on_test(tiny_baseline, dataset, config)
+    assert result.examples == SPLIT_SIZES["test"]
+    assert result.accuracy >= 0.9  # the tiny task is easy: the baseline must have learnt it
+    assert result.loss > 0
+
+
+def test_input_shape_mismatch_is_refused(tiny_baseline, prepared):
+    dataset, config = prepared
+    wrong = config.model_copy(update={"image_height": 32})
+    with pytest.raises(PruneflowError, match=r"expects input \(16, 16, 3\), but .* give \(32, 16, 3\)"):
+        check_compatible(load_model(tiny_baseline), tiny_baseline, wrong, 2)
+
+
+def test_output_count_mismatch_is_refused(tiny_baseline, prepared):
+    _, config = prepared
+    with pytest.raises(PruneflowError, match="has 2 outputs, but the train split has 3 classes"):
+        check_compatible(load_model(tiny_baseline), tiny_baseline, config, 3)
+
+
+def test_missing_and_unreadable_model_files(tmp_path):
+    with pytest.raises(PruneflowError, match="model file not found"):
+        load_model(tmp_path / "absent.h5")
+    junk = tmp_path / "junk.h5"
+    junk.write_bytes(b"definitely not HDF5")
+    with pytest.raises(PruneflowError, match="junk.h5: cannot be loaded as a tf_keras model"):
+        load_model(junk)
+
+
+def test_softmax_output_is_detected_through_the_pruning_wrapper():
+    from tasks.runtime import keras, tfmot
+
+    model = build_tiny_cnn()
+    assert outputs_probabilities(model)
+    assert outputs_probabilities(tfmot.sparsity.keras.prune_low_magnitude(model))
+    logits = keras.Sequential([keras.Input(shape=(3,)), keras.layers.Dense(2)])
+    assert not outputs_probabilities(logits)

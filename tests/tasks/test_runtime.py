@@ -1,0 +1,38 @@
+"""TensorFlow is imported once, with tf_keras: the Keras that TFMOT supports."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).parents[2]
+
+
+def run_python(code: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_keras_in_use_is_tf_keras():
+    from tasks.runtime import keras, tf, tfmot
+
+    assert keras.__name__ == "tf_keras"
+    assert keras.__version__.startswith("2.")
+    assert tf.keras.Model is keras.Model
+    model = keras.Sequential([keras.Input(shape=(4,)), keras.layers.Dense(2)])
+    wrapped = tfmot.sparsity.keras.prune_low_magnitude(model)
+    assert type(wrapped.layers[0]).__name__ == "PruneLowMagnitude"
+
+
+def test_runtime_sets_legacy_keras_in_a_fresh_interpreter():
+    result = run_python(
+        "import tasks.runtime as r, os; print(os.environ['TF_USE_LEGACY_KERAS'], r.tf.keras.Model.__module__)"
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["1", "tf_keras.src.engine.training"]
+
+
+def test_tensorflow_imported_first_without_legacy_keras_is_refused():
+    result = run_python("import tensorflow, tasks.runtime")
+    assert result.returncode != 0
+    assert "tensorflow was imported before tasks.runtime" in result.stderr

@@ -1,0 +1,66 @@
+"""Schedules: the derived end_step, and refusing schedules that would not reach their target."""
+
+import pytest
+
+from tasks.config import ConstantSchedule, PolynomialDecaySchedule
+from tasks.errors import PruneflowError
+from tasks.schedule import pruning_steps, resolve_schedule, sparsity_at, to_tfmot
+
+
+def test_omitted_end_step_is_the_runs_last_step():
+    # ceil(n_train / batch) * epochs, e.g. 3500 images, batch 32, 6 epochs
+    resolved = resolve_schedule(ConstantSchedule(target_sparsity=0.5), steps_per_epoch=110, epochs=6)
+    assert resolved.end_step == 660
+
+
+def test_explicit_end_step_is_kept():
+    schedule = PolynomialDecaySchedule(final_sparsity=0.8, end_step=330, frequency=10)
+    assert resolve_schedule(schedule, 110, 6).end_step == 330
+
+
+def test_pruning_steps_follow_tfmot_rule():
+    # Steps seen are 1..total; step 0 never prunes.
+    assert list(pruning_steps(ConstantSchedule(target_sparsity=0.5, end_step=-1, frequency=3), 10)) == [3, 6, 9]
+    assert list(pruning_steps(ConstantSchedule(target_sparsity=0.5, begin_step=4, end_step=8, frequency=2), 20)) == [4, 6, 8]
+
+
+def test_default_tfmot_frequency_on_a_short_run_is_refused():
+    schedule = ConstantSchedule(target_sparsity=0.8, frequency=100)
+    with pytest.raises(PruneflowError, match="no pruning step falls inside the run: the run has 60 training steps"):
+        resolve_schedule(schedule, steps_per_epoch=20, epochs=3)
+
+
+def test_begin_step_after_the_run_is_refused():
+    with pytest.raises(PruneflowError, match="begin_step=500"):
+        resolve_schedule(ConstantSchedule(target_sparsity=0.5, begin_step=500), 10, 2)
+
+
+def test_polynomial_decay_that_stops_short_of_final_sparsity_is_refused():
+    # end_step beyond the run: the last pruning step only reaches part of the way.
+    schedule = PolynomialDecaySchedule(initial_sparsity=0.2, final_sparsity=0.8, end_step=1000)
+    with pytest.raises(PruneflowError, match="final_sparsity 0.8 is reached only at end_step=1000"):
+        resolve_schedule(schedule, 10, 5)
+    # end_step inside the run but not on a pruning step (frequency 7 from 0 skips 50).
+    off_grid = PolynomialDecaySchedule(final_sparsity=0.8, end_step=50, frequency=7)
+    with pytest.raises(PruneflowError, match="multiple of frequency"):
+        resolve_schedule(off_grid, 10, 6)
+
+
+def test_sparsity_at_matches_tfmot():
+    from tasks.runtime import tf
+
+    schedule = PolynomialDecaySchedule(initial_sparsity=0.1, final_sparsity=0.9, begin_step=5, end_step=105, power=2)
+    tfmot_schedule = to_tfmot(schedule)
+    for step in (5, 17, 55, 104, 105, 200):
+        _, expected = tfmot_schedule(tf.constant(step, dtype=tf.int64))
+        assert sparsity_at(schedule, step) == pytest.approx(float(expected), abs=1e-6)
+
+
+def test_to_tfmot_needs_a_resolved_schedule():
+    with pytest.raises(ValueError, match="resolve_schedule"):
+        to_tfmot(ConstantSchedule(target_sparsity=0.5))
+
+
+def test_to_tfmot_carries_every_parameter():
+    built = to_tfmot(ConstantSchedule(target_sparsity=0.6, begin_step=2, end_step=-1, frequency=5)).get_config()
+    assert built["config"] == {"target_sparsity": 0.6, "begin_step": 2, "end_step": -1, "frequency": 5}
