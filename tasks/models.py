@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import warnings
 from pathlib import Path
 
@@ -50,10 +51,17 @@ def load_model(path: Path, *, pruning_wrappers: bool = False):
 
 def save_model(model, path: Path, *, include_optimizer: bool = False) -> Path:
     """Save atomically; the suffix (.h5 or .keras) picks the format."""
+    tf_logger = logging.getLogger("tensorflow")
+    level = tf_logger.level
     with atomic_path(path) as tmp, warnings.catch_warnings():
-        # .h5 is what users of this tool ship; Keras's advice to move off it is noise here.
+        # Noise for this tool: .h5 is what its users ship, and an uncompiled model (stripped,
+        # or loaded with compile=False) is meant to be saved without compiled metrics.
         warnings.filterwarnings("ignore", message=".*HDF5 file.*legacy", category=UserWarning)
-        model.save(tmp, include_optimizer=include_optimizer)
+        tf_logger.setLevel(logging.ERROR)
+        try:
+            model.save(tmp, include_optimizer=include_optimizer)
+        finally:
+            tf_logger.setLevel(level)
     return Path(path)
 
 
