@@ -25,21 +25,28 @@ def _prefect_defaults() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
-def _run_flow(config_path: Path) -> None:
+def _run_flow(config_path: Path, refresh: bool = False) -> None:
+    from prefect.settings import PREFECT_TASKS_REFRESH_CACHE, temporary_settings
+
     from flows.prune import prune_flow
     from tasks.config import load_config
     from tasks.report import render_table
 
     config = load_config(config_path)
     _prefect_defaults()
-    summary = prune_flow(config)
+    # Refreshing makes every stage run and overwrite its cache record and stored artifact.
+    with temporary_settings(updates={PREFECT_TASKS_REFRESH_CACHE: refresh}):
+        summary = prune_flow(config)
     typer.echo(f"\n{render_table(summary)}\n\nPruned model: {summary.pruned_model}\nSummary: {summary.run_dir / 'summary.json'}")
 
 
 @app.command()
-def run(config: Annotated[Path, typer.Argument(help="A YAML run config (see README).")]) -> None:
-    """Run the pruning flow on CONFIG."""
-    _run_flow(config)
+def run(
+    config: Annotated[Path, typer.Argument(help="A YAML run config (see README).")],
+    refresh: Annotated[bool, typer.Option("--refresh", help="Run every stage, ignoring cached results.")] = False,
+) -> None:
+    """Run the pruning flow on CONFIG; stages whose inputs did not change are reused."""
+    _run_flow(config, refresh)
 
 
 @app.command()

@@ -1,4 +1,9 @@
-"""The pruning flow: prepare, evaluate the baseline, prune-train, strip, check, measure, report."""
+"""The pruning flow: prepare, evaluate the baseline, prune-train, strip, check, measure, report.
+
+Each stage stores its output in the artifact store under a key derived from its inputs'
+contents and its parameters, and Prefect caches it under that key: a re-run (the next night's,
+or one started from the UI) runs only the stages whose inputs changed.
+"""
 
 from __future__ import annotations
 
@@ -8,21 +13,23 @@ from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
-from prefect import flow
+from prefect import Task, flow, get_run_logger
 from prefect.runtime import flow_run
+from prefect.tasks import exponential_backoff
 
 from tasks.config import RunConfig
-from tasks.dataset import prepare_dataset
-from tasks.evaluate import evaluate_baseline, evaluate_pruned
-from tasks.prune import prune_train, strip
+from tasks.dataset import dataset_key, prepare_dataset
+from tasks.evaluate import baseline_key, evaluate_baseline, evaluate_pruned, pruned_key
+from tasks.prune import prune_train, strip, strip_key, train_key
 from tasks.report import RunSummary, publish_report
-from tasks.sanity import sanity_check
+from tasks.sanity import sanity_check, sanity_key
 from tasks.schedule import resolve_schedule
-from tasks.size import measure_size
+from tasks.size import measure_size, size_key
+from tasks.store import ArtifactStore
 
 
 def new_run_dir(output_root: Path) -> Path:
-    """A fresh folder for this run's outputs: UTC time, then the flow run's name."""
+    """A fresh folder for this run's summary: UTC time, then the flow run's name."""
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     run_dir = output_root / "runs" / f"{stamp}-{flow_run.name or 'local'}"
     run_dir.mkdir(parents=True, exist_ok=False)
@@ -36,31 +43,66 @@ def timed(stage_seconds: dict[str, float], stage: str) -> Iterator[None]:
     stage_seconds[stage] = round(time.perf_counter() - started, 3)
 
 
+def run_stage(stage: Task, store: ArtifactStore, key: str, **inputs):
+    """Run a stage task, bypassing its Prefect cache when the stored artifact is gone or damaged.
+
+    Prefect's cache record only says the stage once completed; the folder is what later stages
+    read. A missing folder, or one whose files no longer match their digests, makes the stage
+    run again (and overwrite its cache record) instead of returning a result that points nowhere.
+    """
+    problem = store.problem(stage.name, key)
+    if problem and store.folder(stage.name, key).exists():
+        get_run_logger().warning("%s: stored artifact unusable (%s); running the stage again", stage.name, problem)
+    elif problem:
+        get_run_logger().info("%s: no stored artifact for key %s; the stage will run", stage.name, key)
+    task = stage.with_options(refresh_cache=True) if problem else stage
+    return task(store=store, key=key, **inputs)
+
+
 @flow(name="prune")
 def prune_flow(config: RunConfig) -> RunSummary:
     """Prune the baseline under the configured schedule and compare it with the baseline."""
+    store = ArtifactStore(root=config.output_root / "artifacts")
     run_dir = new_run_dir(config.output_root)
     seconds: dict[str, float] = {}
     with timed(seconds, "prepare_dataset"):
-        dataset = prepare_dataset(config.dataset, run_dir / "dataset")
+        dataset = run_stage(prepare_dataset, store, dataset_key(config.dataset), config=config.dataset)
     schedule = resolve_schedule(
         config.pruning, config.steps_per_epoch(dataset.counts["train"]), config.training.epochs
     )
+    baseline_path = config.model.baseline
     with timed(seconds, "evaluate_baseline"):
-        baseline = evaluate_baseline(config.model.baseline, dataset, config.dataset)
+        baseline = run_stage(
+            evaluate_baseline, store, baseline_key(baseline_path, dataset, config.dataset),
+            model_path=baseline_path, dataset=dataset, config=config.dataset,
+        )
+    training = prune_train.with_options(
+        retries=config.training.retries,
+        retry_delay_seconds=exponential_backoff(backoff_factor=config.training.retry_delay_seconds),
+    )
     with timed(seconds, "prune_train"):
-        trained = prune_train(config, dataset, schedule, run_dir / "prune")
+        trained = run_stage(
+            training, store, train_key(config, dataset, schedule), config=config, dataset=dataset, schedule=schedule
+        )
     with timed(seconds, "strip"):
-        stripped = strip(trained, dataset, config, run_dir / "pruned.h5")
+        stripped = run_stage(strip, store, strip_key(trained), trained=trained, dataset=dataset, config=config)
     with timed(seconds, "sanity_check"):
-        sanity = sanity_check(
-            trained.wrapped_model, stripped.model, schedule.final_sparsity,
-            config.sanity_tolerance, run_dir / "sanity.json",
+        sanity = run_stage(
+            sanity_check, store,
+            sanity_key(trained, stripped, schedule.final_sparsity, config.sanity_tolerance),
+            wrapped_path=trained.wrapped_model, stripped_path=stripped.model,
+            expected=schedule.final_sparsity, tolerance=config.sanity_tolerance,
         )
     with timed(seconds, "measure_size"):
-        sizes = measure_size(config.model.baseline, stripped.model, run_dir / "size")
+        sizes = run_stage(
+            measure_size, store, size_key(baseline_path, stripped),
+            baseline_path=baseline_path, pruned_path=stripped.model,
+        )
     with timed(seconds, "evaluate_pruned"):
-        pruned = evaluate_pruned(stripped.model, dataset, config.dataset)
+        pruned = run_stage(
+            evaluate_pruned, store, pruned_key(stripped.digest, dataset, config.dataset),
+            model_path=stripped.model, dataset=dataset, config=config.dataset,
+        )
     summary = RunSummary(
         run_dir=run_dir, pruned_model=stripped.model, config=config, schedule=schedule,
         classes=dataset.classes, counts=dataset.counts, baseline=baseline, pruned=pruned,

@@ -122,6 +122,10 @@ class TrainingConfig(_Strict):
     epochs: int = Field(gt=0)
     optimizer: Literal["adam", "sgd", "rmsprop"] = "adam"
     learning_rate: float = Field(1e-4, gt=0)
+    retries: int = Field(2, ge=0, description="Retries of prune-training after a transient failure (out of memory, I/O).")
+    retry_delay_seconds: float = Field(
+        10.0, ge=0, description="Delay before the first retry; doubled for each later one."
+    )
 
 
 class RunConfig(_Strict):

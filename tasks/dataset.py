@@ -1,34 +1,47 @@
-"""Dataset preparation: read the split CSVs, check every image, encode labels once, write a manifest."""
+"""Dataset preparation: check the split CSVs and images, encode labels once, store decoded images."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 from prefect import get_run_logger, task
-from prefect.cache_policies import NONE
-from pydantic import BaseModel, ConfigDict
 
 from tasks.config import DatasetConfig
 from tasks.errors import PruneflowError
-from tasks.files import atomic_path, file_digest, write_json
+from tasks.files import file_digest
+from tasks.store import ARTIFACT_CACHE, ArtifactStore, StoredArtifact, code_version, digest_of, stage_key
 
 SPLITS = ("train", "val", "test")
 COLUMNS = ("filename", "label")
 MAX_LISTED = 20  # bad files named in one error; the rest are counted
 
 
-class PreparedDataset(BaseModel):
-    """Where the manifest and label mapping were written, and what they hold."""
+class PreparedDataset(StoredArtifact):
+    """A prepared dataset's folder and what it holds.
 
-    model_config = ConfigDict(frozen=True)
+    The folder has manifest.parquet (filename, label, label_index, split, digest),
+    labels.json, and one TFRecord file per split of decoded, resized uint8 images, so the
+    later stages never decode a JPEG again.
+    """
 
-    manifest: Path
-    labels: Path
     classes: list[str]
     counts: dict[str, int]
+    image_shape: tuple[int, int, int]
+
+    @property
+    def manifest(self) -> Path:
+        return self.folder / "manifest.parquet"
+
+    @property
+    def labels(self) -> Path:
+        return self.folder / "labels.json"
+
+    def records(self, split: str) -> Path:
+        return self.folder / f"{split}.tfrecord"
 
 
 def read_split(csv_path: Path, split: str) -> pd.DataFrame:
@@ -63,23 +76,6 @@ def read_split(csv_path: Path, split: str) -> pd.DataFrame:
     return frame
 
 
-def find_bad_images(paths: list[str], channels: int) -> list[str]:
-    """Return 'path: reason' for every image that is missing or does not decode as a JPEG."""
-    from tasks.runtime import tf
-
-    problems = []
-    for path in paths:
-        if not Path(path).is_file():
-            problems.append(f"{path}: file not found")
-            continue
-        try:
-            tf.io.decode_jpeg(tf.io.read_file(path), channels=channels)
-        except tf.errors.InvalidArgumentError as error:
-            reason = error.message.splitlines()[0] if error.message else "does not decode"
-            problems.append(f"{path}: not a readable JPEG ({reason})")
-    return problems
-
-
 def encode_labels(frames: dict[str, pd.DataFrame], csv_paths: dict[str, Path]) -> list[str]:
     """The sorted classes of the train split; refuses a val/test label that train never has.
 
@@ -98,20 +94,79 @@ def encode_labels(frames: dict[str, pd.DataFrame], csv_paths: dict[str, Path]) -
     return classes
 
 
-def write_manifest(config: DatasetConfig, out_dir: Path) -> PreparedDataset:
-    """Check the three splits and write manifest.parquet and labels.json under `out_dir`.
+def read_splits(config: DatasetConfig) -> dict[str, pd.DataFrame]:
+    """The three splits' rows, each checked for structure (see read_split)."""
+    paths = {"train": config.train_csv, "val": config.val_csv, "test": config.test_csv}
+    return {split: read_split(path, split) for split, path in paths.items()}
+
+
+def fingerprint(config: DatasetConfig) -> dict[str, str]:
+    """Content digest per split: its rows' labels and image bytes, in order; paths left out.
+
+    A missing image gets the digest 'missing', so the preparation that follows reports it.
+    """
+    inputs = {}
+    for split, frame in read_splits(config).items():
+        rows = [
+            (label, file_digest(Path(name)) if Path(name).is_file() else "missing")
+            for name, label in zip(frame["filename"], frame["label"])
+        ]
+        inputs[split] = digest_of(rows)
+    return inputs
+
+
+def decode_image(path, config: DatasetConfig):
+    """Read a JPEG and resize it to the configured shape, as uint8 (exact when no resize is needed)."""
+    from tasks.runtime import tf
+
+    image = tf.io.decode_jpeg(tf.io.read_file(path), channels=config.channels)
+    resized = tf.image.resize(image, (config.image_height, config.image_width))
+    return tf.cast(tf.round(tf.clip_by_value(resized, 0.0, 255.0)), tf.uint8)
+
+
+def write_records(paths: list[str], label_indices: list[int], config: DatasetConfig, out_path: Path) -> list[str]:
+    """Decode every image into a TFRecord file; return 'path: reason' for each one that failed."""
+    from tasks.runtime import tf
+
+    problems = []
+    with tf.io.TFRecordWriter(str(out_path)) as writer:
+        for path, label in zip(paths, label_indices):
+            if not Path(path).is_file():
+                problems.append(f"{path}: file not found")
+                continue
+            try:
+                image = decode_image(path, config)
+            except tf.errors.InvalidArgumentError as error:
+                reason = error.message.splitlines()[0] if error.message else "does not decode"
+                problems.append(f"{path}: not a readable JPEG ({reason})")
+                continue
+            features = {
+                "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image.numpy().tobytes()])),
+                "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
+            }
+            writer.write(tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString())
+    return problems
+
+
+def write_prepared(config: DatasetConfig, out_dir: Path) -> PreparedDataset:
+    """Check the three splits and write the prepared dataset into `out_dir`.
 
     Raises:
         PruneflowError: on a bad CSV, an unreadable image (all of them are listed, up to a cap)
             or a val/test label unseen in train.
     """
     csv_paths = {"train": config.train_csv, "val": config.val_csv, "test": config.test_csv}
-    frames = {split: read_split(path, split) for split, path in csv_paths.items()}
+    frames = read_splits(config)
     classes = encode_labels(frames, csv_paths)
+    index = {label: i for i, label in enumerate(classes)}
+    out_dir.mkdir(parents=True, exist_ok=True)
 
     problems = []
-    for split in SPLITS:
-        problems += find_bad_images(list(frames[split]["filename"]), config.channels)
+    for split, frame in frames.items():
+        frame["label_index"] = frame["label"].map(index).astype("int32")
+        problems += write_records(
+            list(frame["filename"]), [int(i) for i in frame["label_index"]], config, out_dir / f"{split}.tfrecord"
+        )
     if problems:
         shown = "\n  ".join(problems[:MAX_LISTED])
         more = f"\n  ... and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
@@ -120,29 +175,21 @@ def write_manifest(config: DatasetConfig, out_dir: Path) -> PreparedDataset:
             "Fix or remove those files, or delete their rows from the CSV."
         )
 
-    index = {label: i for i, label in enumerate(classes)}
-    manifest = pd.concat(
-        [frame.assign(split=split) for split, frame in frames.items()], ignore_index=True
-    )
-    manifest["label_index"] = manifest["label"].map(index).astype("int32")
+    manifest = pd.concat([frame.assign(split=split) for split, frame in frames.items()], ignore_index=True)
     manifest["digest"] = [file_digest(Path(path)) for path in manifest["filename"]]
     manifest = manifest[["filename", "label", "label_index", "split", "digest"]]
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    manifest_path = out_dir / "manifest.parquet"
-    with atomic_path(manifest_path) as tmp:
-        pq.write_table(pa.Table.from_pandas(manifest, preserve_index=False), tmp)
-    labels_path = write_json(out_dir / "labels.json", {"classes": classes})
+    pq.write_table(pa.Table.from_pandas(manifest, preserve_index=False), out_dir / "manifest.parquet")
+    (out_dir / "labels.json").write_text(json.dumps({"classes": classes}, indent=2) + "\n")
     return PreparedDataset(
-        manifest=manifest_path,
-        labels=labels_path,
+        folder=out_dir,
         classes=classes,
-        counts={split: len(frames[split]) for split in SPLITS},
+        counts={split: len(frame) for split, frame in frames.items()},
+        image_shape=(config.image_height, config.image_width, config.channels),
     )
 
 
 def load_split(dataset: PreparedDataset, split: str, config: DatasetConfig):
-    """A batched tf.data pipeline of (image in [0, 1], label index) for one split.
+    """A batched tf.data pipeline of (image as float32 in [0, 1], label index) for one split.
 
     Only the train split is shuffled (with config.shuffle_seed) and, when config.augment is
     on, randomly flipped; val and test keep their CSV order and pixels, so every evaluation
@@ -150,19 +197,18 @@ def load_split(dataset: PreparedDataset, split: str, config: DatasetConfig):
     """
     from tasks.runtime import tf
 
-    frame = pd.read_parquet(dataset.manifest)
-    frame = frame[frame["split"] == split]
-    size = (config.image_height, config.image_width)
+    shape = dataset.image_shape
+    spec = {"image": tf.io.FixedLenFeature([], tf.string), "label": tf.io.FixedLenFeature([], tf.int64)}
 
-    def decode(path, label):
-        image = tf.io.decode_jpeg(tf.io.read_file(path), channels=config.channels)
-        image = tf.image.convert_image_dtype(image, tf.float32)
-        return tf.image.resize(image, size), label
+    def parse(record):
+        example = tf.io.parse_single_example(record, spec)
+        image = tf.reshape(tf.io.decode_raw(example["image"], tf.uint8), shape)
+        return tf.image.convert_image_dtype(image, tf.float32), tf.cast(example["label"], tf.int32)
 
-    data = tf.data.Dataset.from_tensor_slices((frame["filename"].to_numpy(), frame["label_index"].to_numpy()))
-    data = data.map(decode, num_parallel_calls=tf.data.AUTOTUNE).cache()
+    data = tf.data.TFRecordDataset(str(dataset.records(split))).map(parse, num_parallel_calls=tf.data.AUTOTUNE)
+    data = data.cache()
     if split == "train":
-        data = data.shuffle(len(frame), seed=config.shuffle_seed, reshuffle_each_iteration=True)
+        data = data.shuffle(dataset.counts[split], seed=config.shuffle_seed, reshuffle_each_iteration=True)
         if config.augment:
             data = data.map(
                 lambda image, label: (tf.image.random_flip_left_right(image, seed=config.shuffle_seed), label),
@@ -171,10 +217,25 @@ def load_split(dataset: PreparedDataset, split: str, config: DatasetConfig):
     return data.batch(config.batch_size).prefetch(tf.data.AUTOTUNE)
 
 
-@task(cache_policy=NONE)
-def prepare_dataset(config: DatasetConfig, out_dir: Path) -> PreparedDataset:
-    """Check the splits and write the manifest the later stages read."""
-    prepared = write_manifest(config, out_dir)
+STAGE = "prepare_dataset"
+
+
+def dataset_key(config: DatasetConfig) -> str:
+    """The prepared dataset's key: image contents and labels, and the stored image shape.
+
+    Batch size, shuffle seed and augmentation only shape the pipelines built later, so
+    changing them reuses the prepared dataset.
+    """
+    params = config.model_dump(mode="json", include={"image_height", "image_width", "channels"})
+    return stage_key(STAGE, code_version(__name__), fingerprint(config), params)
+
+
+@task(cache_policy=ARTIFACT_CACHE, persist_result=True)
+def prepare_dataset(store: ArtifactStore, key: str, config: DatasetConfig) -> PreparedDataset:
+    """Check the splits and store them decoded, with the manifest and the label mapping."""
+    with store.writing(STAGE, key) as tmp:
+        prepared = write_prepared(config, tmp)
+    prepared = store.stored(STAGE, key, prepared)
     get_run_logger().info(
         "Dataset: %s images (%s), %d classes: %s",
         sum(prepared.counts.values()),

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from tasks.config import RunConfig
-from tasks.dataset import load_split, write_manifest
+from tasks.dataset import load_split, write_prepared
 from tasks.files import atomic_path
 
 SPLIT_FRACTIONS = {"train": 0.7, "val": 0.15, "test": 0.15}
@@ -85,7 +85,7 @@ def train_baseline(config: RunConfig, epochs: int, out_path: Path, build_model=N
     keras.backend.clear_session()
     keras.utils.set_random_seed(config.seed)
     with tempfile.TemporaryDirectory() as scratch:
-        dataset = write_manifest(config.dataset, Path(scratch))
+        dataset = write_prepared(config.dataset, Path(scratch))
         if build_model is None:
             model = build_cnn(
                 config.dataset.image_height, config.dataset.image_width, config.dataset.channels,

@@ -1,38 +1,74 @@
-"""Evaluation stages: the baseline before pruning, the stripped model after."""
+"""Evaluation stages: the baseline before pruning, the stripped model after, both on the test split."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from prefect import get_run_logger, task
-from prefect.cache_policies import NONE
 
 from tasks.config import DatasetConfig
 from tasks.dataset import PreparedDataset, load_split
-from tasks.models import Evaluation, check_compatible, evaluate, load_model
+from tasks.files import file_digest, write_json
+from tasks.models import check_compatible, evaluate, load_model
+from tasks.store import ARTIFACT_CACHE, ArtifactStore, StoredArtifact, code_version, stage_key
+
+BASELINE = "evaluate_baseline"
+PRUNED = "evaluate_pruned"
 
 
-def evaluate_on_test(model_path: Path, dataset: PreparedDataset, config: DatasetConfig) -> Evaluation:
-    """Check the model against the dataset's shape and classes, then evaluate it on test."""
+class Evaluation(StoredArtifact):
+    """A model's figures on the test split (also in the folder's evaluation.json)."""
+
+    accuracy: float
+    loss: float
+    examples: int
+
+
+def evaluate_on_test(model_path: Path, dataset: PreparedDataset, config: DatasetConfig, out_dir: Path) -> Evaluation:
+    """Check the model against the dataset's shape and classes, evaluate it on test, write the figures."""
     from tasks.runtime import keras
 
     keras.backend.clear_session()
     model = load_model(model_path)
     check_compatible(model, model_path, config, len(dataset.classes))
-    return evaluate(model, load_split(dataset, "test", config), dataset.counts["test"])
+    accuracy, loss = evaluate(model, load_split(dataset, "test", config))
+    result = Evaluation(folder=out_dir, accuracy=accuracy, loss=loss, examples=dataset.counts["test"])
+    write_json(out_dir / "evaluation.json", result.model_dump(mode="json", include={"accuracy", "loss", "examples"}))
+    return result
 
 
-@task(cache_policy=NONE)
-def evaluate_baseline(model_path: Path, dataset: PreparedDataset, config: DatasetConfig) -> Evaluation:
+def evaluation_key(stage: str, model_digest: str, dataset: PreparedDataset, config: DatasetConfig) -> str:
+    params = config.model_dump(mode="json", include={"batch_size"})
+    code = code_version(__name__, "tasks.models", "tasks.dataset")
+    return stage_key(stage, code, {"model": model_digest, "dataset": dataset.digest}, params)
+
+
+def baseline_key(model_path: Path, dataset: PreparedDataset, config: DatasetConfig) -> str:
+    return evaluation_key(BASELINE, file_digest(model_path), dataset, config)
+
+
+def pruned_key(model_digest: str, dataset: PreparedDataset, config: DatasetConfig) -> str:
+    return evaluation_key(PRUNED, model_digest, dataset, config)
+
+
+def _evaluate_stage(stage, store, key, model_path, dataset, config, who: str) -> Evaluation:
+    with store.writing(stage, key) as tmp:
+        result = evaluate_on_test(model_path, dataset, config, tmp)
+    get_run_logger().info("%s on test: accuracy %.4f, loss %.4f", who, result.accuracy, result.loss)
+    return store.stored(stage, key, result)
+
+
+@task(cache_policy=ARTIFACT_CACHE, persist_result=True)
+def evaluate_baseline(
+    store: ArtifactStore, key: str, model_path: Path, dataset: PreparedDataset, config: DatasetConfig
+) -> Evaluation:
     """Test accuracy and loss of the unpruned model."""
-    result = evaluate_on_test(model_path, dataset, config)
-    get_run_logger().info("Baseline on test: accuracy %.4f, loss %.4f", result.accuracy, result.loss)
-    return result
+    return _evaluate_stage(BASELINE, store, key, model_path, dataset, config, "Baseline")
 
 
-@task(cache_policy=NONE)
-def evaluate_pruned(model_path: Path, dataset: PreparedDataset, config: DatasetConfig) -> Evaluation:
+@task(cache_policy=ARTIFACT_CACHE, persist_result=True)
+def evaluate_pruned(
+    store: ArtifactStore, key: str, model_path: Path, dataset: PreparedDataset, config: DatasetConfig
+) -> Evaluation:
     """Test accuracy and loss of the stripped, pruned model."""
-    result = evaluate_on_test(model_path, dataset, config)
-    get_run_logger().info("Pruned on test: accuracy %.4f, loss %.4f", result.accuracy, result.loss)
-    return result
+    return _evaluate_stage(PRUNED, store, key, model_path, dataset, config, "Pruned")

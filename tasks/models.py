@@ -7,28 +7,17 @@ import logging
 import warnings
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict
-
 from tasks.config import DatasetConfig
 from tasks.errors import PruneflowError
 from tasks.files import atomic_path
 
 
-class Evaluation(BaseModel):
-    """A model's figures on one split."""
-
-    model_config = ConfigDict(frozen=True)
-
-    accuracy: float
-    loss: float
-    examples: int
-
-
-def load_model(path: Path, *, pruning_wrappers: bool = False):
-    """Load a .h5 or .keras model without compiling it.
+def load_model(path: Path, *, pruning_wrappers: bool = False, compile: bool = False):
+    """Load a .h5 or .keras model, by default without compiling it.
 
     Args:
         pruning_wrappers: load inside TFMOT's prune_scope, for models saved while wrapped.
+        compile: restore the saved loss, metrics and optimizer state (to resume training).
 
     Raises:
         PruneflowError: the file is missing or is not a model tf_keras can read.
@@ -41,7 +30,7 @@ def load_model(path: Path, *, pruning_wrappers: bool = False):
     scope = tfmot.sparsity.keras.prune_scope() if pruning_wrappers else contextlib.nullcontext()
     try:
         with scope:
-            return keras.models.load_model(path, compile=False)
+            return keras.models.load_model(path, compile=compile)
     except (OSError, ValueError, TypeError, KeyError) as error:
         raise PruneflowError(
             f"{path}: cannot be loaded as a tf_keras model ({type(error).__name__}: {error}). "
@@ -103,8 +92,8 @@ def compile_model(model, optimizer="adam") -> None:
     model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
 
 
-def evaluate(model, data, examples: int) -> Evaluation:
-    """Accuracy and loss of a model on a batched dataset of `examples` images."""
+def evaluate(model, data) -> tuple[float, float]:
+    """(accuracy, loss) of a model on a batched dataset."""
     compile_model(model)
     loss, accuracy = model.evaluate(data, verbose=0)
-    return Evaluation(accuracy=float(accuracy), loss=float(loss), examples=examples)
+    return float(accuracy), float(loss)

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, computed_field
 
 from tasks.config import RunConfig, Schedule
 from tasks.files import write_json
-from tasks.models import Evaluation
+from tasks.evaluate import Evaluation
 from tasks.sanity import SanityReport
 from tasks.size import SizeReport
 

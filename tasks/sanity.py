@@ -6,12 +6,14 @@ from pathlib import Path
 
 import numpy as np
 from prefect import get_run_logger, task
-from prefect.cache_policies import NONE
 from pydantic import BaseModel, ConfigDict
 
 from tasks.errors import PruneflowError
 from tasks.files import write_json
 from tasks.models import load_model
+from tasks.store import ARTIFACT_CACHE, ArtifactStore, StoredArtifact, code_version, stage_key
+
+STAGE = "sanity_check"
 
 
 class TensorSparsity(BaseModel):
@@ -27,10 +29,8 @@ class TensorSparsity(BaseModel):
     passed: bool
 
 
-class SanityReport(BaseModel):
-    """Per-tensor sparsity against the schedule's final sparsity."""
-
-    model_config = ConfigDict(frozen=True)
+class SanityReport(StoredArtifact):
+    """Per-tensor sparsity against the schedule's final sparsity (also in sanity.json)."""
 
     expected: float
     tolerance: float
@@ -70,7 +70,9 @@ def prunable_tensors(wrapped, stripped, prefix: str = "") -> list[tuple[str, str
     return found
 
 
-def measure_sparsity(wrapped_path: Path, stripped_path: Path, expected: float, tolerance: float) -> SanityReport:
+def measure_sparsity(
+    wrapped_path: Path, stripped_path: Path, expected: float, tolerance: float, folder: Path = Path(".")
+) -> SanityReport:
     """Measure each prunable tensor's fraction of zeros and compare it with `expected`."""
     from tasks.runtime import keras
 
@@ -87,10 +89,10 @@ def measure_sparsity(wrapped_path: Path, stripped_path: Path, expected: float, t
                 passed=abs(sparsity - expected) <= tolerance,
             )
         )
-    return SanityReport(expected=expected, tolerance=tolerance, tensors=tensors)
+    return SanityReport(folder=folder, expected=expected, tolerance=tolerance, tensors=tensors)
 
 
-def require_target_reached(report: SanityReport, model_path: Path, table_path: Path) -> None:
+def require_target_reached(report: SanityReport, model_path: Path) -> None:
     """Raise, naming every layer that missed, unless each prunable tensor is within tolerance."""
     if not report.tensors:
         raise PruneflowError(f"{model_path}: the model has no prunable weight tensor (no Conv or Dense kernel)")
@@ -99,21 +101,28 @@ def require_target_reached(report: SanityReport, model_path: Path, table_path: P
         raise PruneflowError(
             f"sanity check: {len(report.failed)} of {len(report.tensors)} prunable tensors of {model_path} "
             f"missed the target sparsity {report.expected} (tolerance {report.tolerance}): {missed}. "
-            "A nested base model called with training=False is never pruned: call it without "
-            f"training=False. Per-tensor table: {table_path}"
+            "A nested base model called with training=False is never pruned: call it without training=False."
         )
 
 
-@task(cache_policy=NONE)
+def sanity_key(trained: StoredArtifact, stripped: StoredArtifact, expected: float, tolerance: float) -> str:
+    return stage_key(
+        STAGE, code_version(__name__, "tasks.models"),
+        {"wrapped": trained.digest, "stripped": stripped.digest}, {"expected": expected, "tolerance": tolerance},
+    )
+
+
+@task(cache_policy=ARTIFACT_CACHE, persist_result=True)
 def sanity_check(
-    wrapped_path: Path, stripped_path: Path, expected: float, tolerance: float, out_path: Path
+    store: ArtifactStore, key: str, wrapped_path: Path, stripped_path: Path, expected: float, tolerance: float
 ) -> SanityReport:
     """Fail, naming the layers, unless every prunable tensor is within tolerance of the target.
 
-    The per-tensor table is written to `out_path` and logged either way.
+    The per-tensor table is logged either way, and stored as sanity.json when the check passes.
     """
-    report = measure_sparsity(wrapped_path, stripped_path, expected, tolerance)
-    write_json(out_path, report.model_dump(mode="json"))
-    get_run_logger().info("Sparsity per prunable tensor (target %.4f):\n%s", expected, report.table())
-    require_target_reached(report, stripped_path, out_path)
-    return report
+    with store.writing(STAGE, key) as tmp:
+        report = measure_sparsity(wrapped_path, stripped_path, expected, tolerance, tmp)
+        get_run_logger().info("Sparsity per prunable tensor (target %.4f):\n%s", expected, report.table())
+        require_target_reached(report, stripped_path)
+        write_json(tmp / "sanity.json", report.model_dump(mode="json", exclude={"folder", "digest"}))
+    return store.stored(STAGE, key, report)

@@ -9,10 +9,13 @@ from pathlib import Path
 
 import numpy as np
 from prefect import get_run_logger, task
-from prefect.cache_policies import NONE
 from pydantic import BaseModel, ConfigDict, computed_field
 
+from tasks.files import file_digest, write_json
 from tasks.models import load_model, save_model
+from tasks.store import ARTIFACT_CACHE, ArtifactStore, StoredArtifact, code_version, stage_key
+
+STAGE = "measure_size"
 
 
 class ModelSize(BaseModel):
@@ -20,7 +23,7 @@ class ModelSize(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    path: Path
+    file: str  # its name in the size artifact's folder
     raw_bytes: int
     zip_bytes: int
     gzip_bytes: int
@@ -34,10 +37,8 @@ class ModelSize(BaseModel):
         return self.nonzero_weights * 4
 
 
-class SizeReport(BaseModel):
+class SizeReport(StoredArtifact):
     """Baseline against pruned; ratios are baseline / pruned (higher is smaller)."""
-
-    model_config = ConfigDict(frozen=True)
 
     baseline: ModelSize
     pruned: ModelSize
@@ -77,7 +78,7 @@ def save_and_measure(model_path: Path, out_path: Path) -> ModelSize:
     save_model(model, out_path)
     values = [w.numpy() for w in model.weights]
     return ModelSize(
-        path=out_path,
+        file=out_path.name,
         raw_bytes=out_path.stat().st_size,
         zip_bytes=zip_size(out_path),
         gzip_bytes=gzip_size(out_path),
@@ -92,17 +93,25 @@ def compare_sizes(baseline_path: Path, pruned_path: Path, out_dir: Path) -> Size
 
     keras.backend.clear_session()
     return SizeReport(
+        folder=out_dir,
         baseline=save_and_measure(baseline_path, out_dir / "baseline.h5"),
         pruned=save_and_measure(pruned_path, out_dir / "pruned.h5"),
     )
 
 
-@task(cache_policy=NONE)
-def measure_size(baseline_path: Path, pruned_path: Path, out_dir: Path) -> SizeReport:
+def size_key(baseline_path: Path, stripped: StoredArtifact) -> str:
+    inputs = {"baseline": file_digest(baseline_path), "pruned": stripped.digest}
+    return stage_key(STAGE, code_version(__name__, "tasks.models"), inputs)
+
+
+@task(cache_policy=ARTIFACT_CACHE, persist_result=True)
+def measure_size(store: ArtifactStore, key: str, baseline_path: Path, pruned_path: Path) -> SizeReport:
     """Bytes on disk, zip-deflated and gzipped, for the baseline and the pruned model."""
-    report = compare_sizes(baseline_path, pruned_path, out_dir)
+    with store.writing(STAGE, key) as tmp:
+        report = compare_sizes(baseline_path, pruned_path, tmp)
+        write_json(tmp / "sizes.json", report.model_dump(mode="json", exclude={"folder", "digest"}))
     get_run_logger().info(
         "Size: baseline %d B zipped, pruned %d B zipped (%.2fx smaller); pruned floor %d B",
         report.baseline.zip_bytes, report.pruned.zip_bytes, report.zip_ratio, report.pruned.floor_bytes,
     )
-    return report
+    return store.stored(STAGE, key, report)

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from tasks.config import DatasetConfig
-from tasks.dataset import load_split, write_manifest
+from tasks.dataset import dataset_key, fingerprint, load_split, write_prepared
 from tasks.errors import PruneflowError
 from tasks.files import file_digest
 from tests.helpers import IMAGE_SIZE, SPLIT_SIZES
@@ -29,9 +29,11 @@ def copy_data(tiny_data, tmp_path):
 
 
 def test_manifest_lists_every_image_with_label_index_split_and_digest(tiny_data, tmp_path):
-    prepared = write_manifest(dataset_config(tiny_data), tmp_path / "out")
+    prepared = write_prepared(dataset_config(tiny_data), tmp_path / "out")
     manifest = pd.read_parquet(prepared.manifest)
     assert list(manifest.columns) == ["filename", "label", "label_index", "split", "digest"]
+    for split in SPLIT_SIZES:
+        assert prepared.records(split).stat().st_size > 0
     assert prepared.counts == SPLIT_SIZES
     assert len(manifest) == sum(SPLIT_SIZES.values())
     first = manifest.iloc[0]
@@ -44,7 +46,7 @@ def test_labels_are_encoded_from_train_and_applied_to_every_split(tiny_data, tmp
     # A test split holding only one class: encoding it on its own would give that class index 0.
     test = pd.read_csv(data / "test.csv")
     test[test["label"] == "top"].to_csv(data / "test.csv", index=False)
-    prepared = write_manifest(dataset_config(data), tmp_path / "out")
+    prepared = write_prepared(dataset_config(data), tmp_path / "out")
     manifest = pd.read_parquet(prepared.manifest)
     assert set(manifest[manifest["split"] == "test"]["label_index"]) == {1}
     assert (manifest["label_index"] == manifest["label"].map({"bottom": 0, "top": 1})).all()
@@ -56,7 +58,7 @@ def test_val_or_test_label_unseen_in_train_is_refused(tiny_data, tmp_path):
     val.loc[3, "label"] = "sideways"
     val.to_csv(data / "val.csv", index=False)
     with pytest.raises(PruneflowError, match=r"val.csv: label\(s\) sideways never appear in the train split"):
-        write_manifest(dataset_config(data), tmp_path / "out")
+        write_prepared(dataset_config(data), tmp_path / "out")
 
 
 def test_every_unreadable_image_is_listed(tiny_data, tmp_path):
@@ -64,7 +66,7 @@ def test_every_unreadable_image_is_listed(tiny_data, tmp_path):
     (data / "img" / "train_001.jpg").unlink()
     (data / "img" / "val_002.jpg").write_text("not an image")
     with pytest.raises(PruneflowError) as error:
-        write_manifest(dataset_config(data), tmp_path / "out")
+        write_prepared(dataset_config(data), tmp_path / "out")
     message = str(error.value)
     assert message.startswith("2 image(s)")
     assert "train_001.jpg: file not found" in message
@@ -85,14 +87,14 @@ def test_bad_csv_is_refused_naming_the_file(tiny_data, tmp_path, content, messag
     data = copy_data(tiny_data, tmp_path)
     (data / "train.csv").write_text(content)
     with pytest.raises(PruneflowError) as error:
-        write_manifest(dataset_config(data), tmp_path / "out")
+        write_prepared(dataset_config(data), tmp_path / "out")
     assert str(data / "train.csv") in str(error.value)
     assert message in str(error.value)
 
 
 def test_missing_csv_names_the_config_field(tiny_data, tmp_path):
     with pytest.raises(PruneflowError, match="test CSV not found; check dataset.test_csv"):
-        write_manifest(dataset_config(tiny_data, test_csv=tmp_path / "none.csv"), tmp_path / "out")
+        write_prepared(dataset_config(tiny_data, test_csv=tmp_path / "none.csv"), tmp_path / "out")
 
 
 def labels_of(data) -> list[int]:
@@ -105,7 +107,7 @@ def images_of(data) -> np.ndarray:
 
 def test_test_split_keeps_csv_order_and_pixels(tiny_data, tmp_path):
     config = dataset_config(tiny_data, augment=True)
-    prepared = write_manifest(config, tmp_path / "out")
+    prepared = write_prepared(config, tmp_path / "out")
     manifest = pd.read_parquet(prepared.manifest)
     expected = list(manifest[manifest["split"] == "test"]["label_index"])
     test = load_split(prepared, "test", config)
@@ -120,7 +122,7 @@ def test_train_split_is_shuffled_with_the_seed(tiny_data, tmp_path):
     from tasks.runtime import tf
 
     config = dataset_config(tiny_data)
-    prepared = write_manifest(config, tmp_path / "out")
+    prepared = write_prepared(config, tmp_path / "out")
     manifest = pd.read_parquet(prepared.manifest)
     csv_order = list(manifest[manifest["split"] == "train"]["label_index"])
     tf.random.set_seed(0)
@@ -134,7 +136,7 @@ def test_train_split_is_shuffled_with_the_seed(tiny_data, tmp_path):
 def test_augmentation_flips_train_images_only_when_on(tiny_data, tmp_path):
     plain = dataset_config(tiny_data, augment=False)
     flipped = dataset_config(tiny_data, augment=True)
-    prepared = write_manifest(plain, tmp_path / "out")
+    prepared = write_prepared(plain, tmp_path / "out")
     from tasks.runtime import tf
 
     tf.random.set_seed(0)
@@ -145,3 +147,36 @@ def test_augmentation_flips_train_images_only_when_on(tiny_data, tmp_path):
     mirrored = [not np.array_equal(a, b) and np.allclose(a[:, ::-1], b) for a, b in zip(without, with_flips)]
     assert any(mirrored)
     assert all(np.array_equal(a, b) or m for a, b, m in zip(without, with_flips, mirrored))
+
+
+def test_stored_images_equal_a_direct_decode(tiny_data, tmp_path):
+    from tasks.runtime import tf
+
+    config = dataset_config(tiny_data)
+    prepared = write_prepared(config, tmp_path / "out")
+    stored = images_of(load_split(prepared, "test", config))
+    first = pd.read_csv(tiny_data / "test.csv")["filename"][0]
+    direct = tf.image.convert_image_dtype(tf.io.decode_jpeg(tf.io.read_file(str(tiny_data / first)), channels=3), tf.float32)
+    np.testing.assert_array_equal(stored[0], direct.numpy())  # same size: no resize, exact pixels
+
+
+def test_images_are_resized_to_the_configured_shape(tiny_data, tmp_path):
+    config = dataset_config(tiny_data, image_height=8, image_width=12, channels=1)
+    prepared = write_prepared(config, tmp_path / "out")
+    assert images_of(load_split(prepared, "val", config)).shape == (SPLIT_SIZES["val"], 8, 12, 1)
+
+
+def test_key_follows_image_content_not_paths(tiny_data, tmp_path):
+    import shutil
+
+    config = dataset_config(tiny_data)
+    moved = shutil.copytree(tiny_data, tmp_path / "elsewhere")
+    assert dataset_key(dataset_config(moved)) == dataset_key(config)  # same bytes, other folder
+    assert dataset_key(dataset_config(moved, batch_size=4, augment=True)) == dataset_key(config)
+    assert dataset_key(dataset_config(moved, image_height=8)) != dataset_key(config)
+    before = fingerprint(dataset_config(moved))
+    image = moved / "img" / "val_003.jpg"
+    image.write_bytes(image.read_bytes() + b"\0")  # one edited image
+    after = fingerprint(dataset_config(moved))
+    assert after["val"] != before["val"] and after["train"] == before["train"]
+    assert dataset_key(dataset_config(moved)) != dataset_key(config)

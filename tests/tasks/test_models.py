@@ -1,9 +1,11 @@
 """Model files: clear errors for unusable ones, a checked match with the data, honest evaluation."""
 
+import json
+
 import pytest
 
 from tasks.config import DatasetConfig
-from tasks.dataset import write_manifest
+from tasks.dataset import write_prepared
 from tasks.errors import PruneflowError
 from tasks.evaluate import evaluate_on_test
 from tasks.models import check_compatible, load_model, outputs_probabilities
@@ -16,13 +18,14 @@ def prepared(tiny_data, tmp_path):
         train_csv=tiny_data / "train.csv", val_csv=tiny_data / "val.csv", test_csv=tiny_data / "test.csv",
         image_height=IMAGE_SIZE, image_width=IMAGE_SIZE, channels=3, batch_size=8,
     )
-    return write_manifest(config, tmp_path / "prepared"), config
+    return write_prepared(config, tmp_path / "prepared"), config
 
 
-def test_trained_baseline_is_evaluated_on_the_whole_test_split(tiny_baseline, prepared):
+def test_trained_baseline_is_evaluated_on_the_whole_test_split(tiny_baseline, prepared, tmp_path):
     dataset, config = prepared
-    result = evaluate_on_test(tiny_baseline, dataset, config)
+    result = evaluate_on_test(tiny_baseline, dataset, config, tmp_path)
     assert result.examples == SPLIT_SIZES["test"]
+    assert json.loads((tmp_path / "evaluation.json").read_text())["accuracy"] == result.accuracy
     assert result.accuracy >= 0.9  # the tiny task is easy: the baseline must have learnt it
     assert result.loss > 0
 

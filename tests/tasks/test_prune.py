@@ -5,10 +5,10 @@ import json
 import pytest
 
 from tasks.config import parse_config
-from tasks.dataset import load_split, write_manifest
+from tasks.dataset import load_split, write_prepared
 from tasks.errors import PruneflowError
 from tasks.models import load_model
-from tasks.prune import strip_wrappers, train_pruned, wrap_for_pruning
+from tasks.prune import pruning_step, strip_wrappers, train_pruned, wrap_for_pruning
 from tasks.schedule import resolve_schedule
 from tests.helpers import assert_kernels_sparse, assert_same_predictions
 
@@ -16,9 +16,9 @@ from tests.helpers import assert_kernels_sparse, assert_same_predictions
 @pytest.fixture
 def trained(config_dict, tmp_path):
     config = parse_config(config_dict)
-    dataset = write_manifest(config.dataset, tmp_path / "prepared")
+    dataset = write_prepared(config.dataset, tmp_path / "prepared")
     schedule = resolve_schedule(config.pruning, config.steps_per_epoch(dataset.counts["train"]), config.training.epochs)
-    return config, dataset, train_pruned(config, dataset, schedule, tmp_path / "prune")
+    return config, dataset, train_pruned(config, dataset, schedule, tmp_path / "work", tmp_path / "prune")
 
 
 def test_prune_training_reaches_the_target_and_records_the_run(trained):
@@ -32,18 +32,18 @@ def test_prune_training_reaches_the_target_and_records_the_run(trained):
     assert len(history["loss"]) == len(history["val_accuracy"]) == config.training.epochs
     assert result.steps == 5 * 2  # ceil(40 / 8) steps x 2 epochs
     assert list((result.tensorboard_logs / "metrics").glob("events.out.tfevents.*")), "no pruning summaries"
+    assert result.resumed_from_epoch == 0
 
 
 def test_strip_removes_wrappers_and_keeps_predictions(trained, tmp_path):
     config, dataset, result = trained
     images, _ = next(iter(load_split(dataset, "test", config.dataset)))
-    stripped = strip_wrappers(result.wrapped_model, images, tmp_path / "pruned.h5")
-    assert stripped.max_abs_diff <= 1e-5
-    model = load_model(stripped.model)  # no prune_scope needed: no wrapper is left
+    assert strip_wrappers(result.wrapped_model, images, tmp_path / "pruned.h5") <= 1e-5
+    model = load_model(tmp_path / "pruned.h5")  # no prune_scope needed: no wrapper is left
     assert not any(hasattr(layer, "pruning_step") for layer in model.layers)
     assert_kernels_sparse(model.layers, 0.5)
     assert_same_predictions(load_model(result.wrapped_model, pruning_wrappers=True), model, images)
-    assert stripped.model.stat().st_size < result.wrapped_model.stat().st_size  # no masks, no optimizer
+    assert (tmp_path / "pruned.h5").stat().st_size < result.wrapped_model.stat().st_size  # no masks, no optimizer
 
 
 def test_unprunable_model_is_refused_with_the_reason(tmp_path):
@@ -58,3 +58,92 @@ def test_unprunable_model_is_refused_with_the_reason(tmp_path):
     schedule = ConstantSchedule(target_sparsity=0.5, end_step=-1)
     with pytest.raises(PruneflowError, match="m.h5: TFMOT cannot prune this model"):
         wrap_for_pruning(model, schedule, tmp_path / "m.h5")
+
+
+def prepared_run(config_dict, tmp_path, **training):
+    config = parse_config({**config_dict, "training": {**config_dict["training"], **training}})
+    dataset = write_prepared(config.dataset, tmp_path / "prepared")
+    schedule = resolve_schedule(config.pruning, config.steps_per_epoch(dataset.counts["train"]), config.training.epochs)
+    return config, dataset, schedule
+
+
+def test_a_failed_attempt_resumes_after_its_last_complete_epoch(config_dict, tmp_path, monkeypatch):
+    from tasks.runtime import tf
+
+    config, dataset, schedule = prepared_run(config_dict, tmp_path, epochs=3)
+    monkeypatch.setenv("PRUNEFLOW_INJECT_FAULT", "resource_exhausted@1")
+    with pytest.raises(tf.errors.ResourceExhaustedError):
+        train_pruned(config, dataset, schedule, tmp_path / "work", tmp_path / "out1")
+    checkpoint = load_model(tmp_path / "work" / "checkpoint.h5", pruning_wrappers=True, compile=True)
+    assert int(checkpoint.optimizer.iterations.numpy()) > 0  # the optimizer state is restored, not fresh
+    assert pruning_step(checkpoint) == 5  # 1 epoch x 5 steps: what resuming counts epochs by
+    assert not (tmp_path / "out1").exists() or not any((tmp_path / "out1").iterdir())
+    result = train_pruned(config, dataset, schedule, tmp_path / "work", tmp_path / "out2")
+    assert result.resumed_from_epoch == 1
+    history = json.loads(result.history.read_text())
+    assert len(history["loss"]) == 3  # epoch 1 from the failed attempt, 2 and 3 from this one
+    wrapped = load_model(result.wrapped_model, pruning_wrappers=True)
+    assert_kernels_sparse([layer.layer for layer in wrapped.layers], 0.5)
+
+
+def test_a_process_killed_mid_training_resumes_from_its_checkpoint(config_dict, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    config, dataset, schedule = prepared_run(config_dict, tmp_path, epochs=4)
+    job = tmp_path / "job.json"
+    job.write_text(json.dumps({
+        "config": config.model_dump(mode="json"), "dataset": dataset.model_dump(mode="json"),
+        "schedule": schedule.model_dump(mode="json"), "work": str(tmp_path / "work"), "out": str(tmp_path / "out1"),
+    }))
+    script = (
+        "import json, sys\n"
+        "from pathlib import Path\n"
+        "from pydantic import TypeAdapter\n"
+        "from tasks.config import RunConfig, Schedule\n"
+        "from tasks.dataset import PreparedDataset\n"
+        "from tasks.prune import train_pruned\n"
+        "job = json.loads(Path(sys.argv[1]).read_text())\n"
+        "train_pruned(RunConfig.model_validate(job['config']), PreparedDataset.model_validate(job['dataset']),\n"
+        "             TypeAdapter(Schedule).validate_python(job['schedule']), Path(job['work']), Path(job['out']))\n"
+    )
+    env = {**os.environ, "PRUNEFLOW_INJECT_FAULT": "hang@2", "PYTHONUNBUFFERED": "1"}
+    root = Path(__file__).parents[2]
+    process = subprocess.Popen(
+        [sys.executable, "-c", script, str(job)], cwd=root, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        for line in process.stdout:  # wait until training hangs after epoch 2's checkpoint
+            if line.startswith("pruneflow: hanging"):
+                break
+        else:
+            pytest.fail(f"training ended without reaching the fault (exit {process.wait()})")
+        process.send_signal(signal.SIGKILL)
+        assert process.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+    assert not (tmp_path / "out1").exists()  # the killed attempt wrote no artifact
+    result = train_pruned(config, dataset, schedule, tmp_path / "work", tmp_path / "out2")
+    assert result.resumed_from_epoch == 2  # epochs 3 and 4 only were trained here
+    assert len(json.loads(result.history.read_text())["loss"]) == 4
+    wrapped = load_model(result.wrapped_model, pruning_wrappers=True)
+    assert_kernels_sparse([layer.layer for layer in wrapped.layers], 0.5)
+
+
+def test_only_transient_failures_are_retried():
+    from tasks.prune import is_transient
+    from tasks.runtime import tf
+
+    assert is_transient(tf.errors.ResourceExhaustedError(None, None, "OOM"))
+    assert is_transient(OSError("disk went away"))
+    assert is_transient(tf.errors.UnavailableError(None, None, "device lost"))
+    assert not is_transient(PruneflowError("bad data"))
+    assert not is_transient(ValueError("a bug"))
+    assert not is_transient(tf.errors.InvalidArgumentError(None, None, "shape"))

@@ -1,0 +1,152 @@
+"""The artifact store: one content-addressed folder per stage output, written atomically.
+
+A stage's key is a digest of the stage's name, its code version, the content digests of its
+inputs (never their paths) and its own parameters. Its outputs live in `ROOT/<stage>/<key>/`,
+which is written under a temporary name and renamed into place, and which records the digest
+of every file in it, so a folder that was half-written or altered later is detected.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from prefect.cache_policies import TASK_SOURCE, CachePolicy
+from pydantic import BaseModel, ConfigDict
+
+from tasks.files import file_digest
+
+DIGESTS = "digests.json"
+
+
+def digest_of(value: Any) -> str:
+    """SHA-256 of a JSON-able value (pydantic models included), stable across runs."""
+    if isinstance(value, BaseModel):
+        value = value.model_dump(mode="json")
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def code_version(*modules: str) -> str:
+    """Digest of the source files of the named modules: editing a stage's code changes its keys."""
+    sources = {name: file_digest(Path(sys.modules[name].__file__)) for name in modules}
+    return digest_of(sources)[:16]
+
+
+def stage_key(stage: str, code: str, inputs: dict[str, str], params: Any = None) -> str:
+    """The content address of a stage's output.
+
+    Args:
+        code: the stage's code version (see code_version).
+        inputs: name -> content digest of each input (a file's SHA-256, or an upstream
+            artifact's digest); paths are deliberately left out.
+        params: the stage's own parameters (a pydantic model or JSON-able value).
+    """
+    return digest_of({"stage": stage, "code": code, "inputs": inputs, "params": params})[:32]
+
+
+class StoredArtifact(BaseModel):
+    """Base of every stage's result: the artifact folder it lives in and its content digest.
+
+    Downstream stages key on `digest`, so they re-run when this artifact's content changes.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    folder: Path
+    digest: str = ""
+
+
+class ArtifactStore(BaseModel):
+    """Where stage outputs live: `root/<stage>/<key>/`."""
+
+    model_config = ConfigDict(frozen=True)
+
+    root: Path
+
+    def folder(self, stage: str, key: str) -> Path:
+        return self.root / stage / key
+
+    def work_folder(self, stage: str, key: str) -> Path:
+        """A scratch folder that outlives a crashed attempt (e.g. training checkpoints)."""
+        return self.root / stage / f".work-{key}"
+
+    def problem(self, stage: str, key: str) -> str | None:
+        """Why the stored artifact cannot be used, or None when it is complete and intact."""
+        folder = self.folder(stage, key)
+        if not folder.is_dir():
+            return f"{folder} does not exist"
+        try:
+            recorded = json.loads((folder / DIGESTS).read_text())
+        except (OSError, ValueError):
+            return f"{folder / DIGESTS} is missing or unreadable"
+        for name, expected in recorded.items():
+            path = folder / name
+            if not path.is_file():
+                return f"{path} is missing"
+            if file_digest(path) != expected:
+                return f"{path} does not match its recorded digest"
+        return None
+
+    def digest(self, stage: str, key: str) -> str:
+        """Content digest of a stored artifact: the digest of its recorded file digests."""
+        return hashlib.sha256((self.folder(stage, key) / DIGESTS).read_bytes()).hexdigest()
+
+    def stored(self, stage: str, key: str, result: StoredArtifact) -> StoredArtifact:
+        """`result` (built while writing in a temporary folder) pointed at its final folder."""
+        return result.model_copy(update={"folder": self.folder(stage, key), "digest": self.digest(stage, key)})
+
+    @contextlib.contextmanager
+    def writing(self, stage: str, key: str) -> Iterator[Path]:
+        """Yield an empty temporary folder; on success, record its digests and move it into place.
+
+        An existing folder under the same key (a corrupt one, or a forced re-run) is replaced.
+        On failure the temporary folder is removed and any existing folder is left as it was.
+        """
+        final = self.folder(stage, key)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = final.parent / f".tmp-{key}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+        try:
+            yield tmp
+            digests = {
+                path.relative_to(tmp).as_posix(): file_digest(path)
+                for path in sorted(tmp.rglob("*"))
+                if path.is_file()
+            }
+            (tmp / DIGESTS).write_text(json.dumps(digests, indent=2, sort_keys=True) + "\n")
+            if final.exists():
+                trash = final.parent / f".old-{key}-{uuid.uuid4().hex[:8]}"
+                os.replace(final, trash)
+                os.replace(tmp, final)
+                shutil.rmtree(trash, ignore_errors=True)
+            else:
+                os.replace(tmp, final)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+
+
+@dataclasses.dataclass
+class ArtifactKey(CachePolicy):
+    """Prefect cache key of a stage task: its store and artifact key, never the flow run id.
+
+    Every stage task takes `store` and `key` parameters. Keying on them alone lets a new flow
+    run (tonight's, or one started from the UI) reuse every stage whose inputs did not change.
+    """
+
+    def compute_key(self, task_ctx, inputs, flow_parameters, **kwargs) -> str:
+        return digest_of({"store": str(inputs["store"].root), "key": inputs["key"]})
+
+
+# Combined with the task's source, so editing a task body also invalidates its cache.
+ARTIFACT_CACHE = ArtifactKey() + TASK_SOURCE
