@@ -205,8 +205,11 @@ def load_split(dataset: PreparedDataset, split: str, config: DatasetConfig):
         image = tf.reshape(tf.io.decode_raw(example["image"], tf.uint8), shape)
         return tf.image.convert_image_dtype(image, tf.float32), tf.cast(example["label"], tf.int32)
 
-    data = tf.data.TFRecordDataset(str(dataset.records(split))).map(parse, num_parallel_calls=tf.data.AUTOTUNE)
-    data = data.cache()
+    data = tf.data.TFRecordDataset(str(dataset.records(split)))
+    # A TFRecord file's length is unknown to tf.data; Keras then runs a partial extra step in
+    # the first epoch, which advances TFMOT's pruning step and the optimizer once too often.
+    data = data.apply(tf.data.experimental.assert_cardinality(dataset.counts[split]))
+    data = data.map(parse, num_parallel_calls=tf.data.AUTOTUNE).cache()
     if split == "train":
         data = data.shuffle(dataset.counts[split], seed=config.shuffle_seed, reshuffle_each_iteration=True)
         if config.augment:

@@ -31,6 +31,7 @@ def test_prune_training_reaches_the_target_and_records_the_run(trained):
     history = json.loads(result.history.read_text())
     assert len(history["loss"]) == len(history["val_accuracy"]) == config.training.epochs
     assert result.steps == 5 * 2  # ceil(40 / 8) steps x 2 epochs
+    assert pruning_step(wrapped) == result.steps  # no partial extra step: the schedule's arithmetic holds
     assert list((result.tensorboard_logs / "metrics").glob("events.out.tfevents.*")), "no pruning summaries"
     assert result.resumed_from_epoch == 0
 
