@@ -106,7 +106,7 @@ def prune_flow(config: RunConfig) -> RunSummary:
     summary = RunSummary(
         run_dir=run_dir, pruned_model=stripped.model, config=config, schedule=schedule,
         classes=dataset.classes, counts=dataset.counts, baseline=baseline, pruned=pruned,
-        sanity=sanity, sizes=sizes, training_seconds=trained.seconds, stage_seconds=seconds,
+        sanity=sanity, sizes=sizes, training=trained, stage_seconds=seconds,
     )
     publish_report(summary)
     return summary

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, computed_field
 from tasks.config import RunConfig, Schedule
 from tasks.files import write_json
 from tasks.evaluate import Evaluation
+from tasks.prune import TrainedModel
 from tasks.sanity import SanityReport
 from tasks.size import SizeReport
 
@@ -33,7 +34,7 @@ class RunSummary(BaseModel):
     pruned: Evaluation
     sanity: SanityReport
     sizes: SizeReport
-    training_seconds: float
+    training: TrainedModel
     stage_seconds: dict[str, float]
 
     @computed_field

@@ -96,3 +96,28 @@ def assert_same_predictions(model_a, model_b, images, atol: float = 1e-5) -> Non
     a = model_a(images, training=False).numpy()
     b = model_b(images, training=False).numpy()
     np.testing.assert_allclose(a, b, atol=atol)
+
+
+def task_runs(flow_run_id) -> list[tuple[str, str, int]]:
+    """(task name, state name, run count) of a flow run's task runs, in start order."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    runs.sort(key=lambda run: run.start_time or run.expected_start_time)
+    return [(run.name.rsplit("-", 1)[0], run.state.name, run.run_count) for run in runs]
+
+
+def stage_states(flow_run_id) -> dict[str, str]:
+    """Task name -> state name (Completed, Cached, Failed) of the last run of each task."""
+    return {name: state for name, state, _ in task_runs(flow_run_id)}
+
+
+def latest_flow_run_id():
+    from prefect import get_client
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    with get_client(sync_client=True) as client:
+        [latest] = client.read_flow_runs(sort=FlowRunSort.START_TIME_DESC, limit=1)
+    return latest.id

@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 from flows.cli import main
+from tests.helpers import latest_flow_run_id, stage_states
 
 
 def test_invalid_config_exits_2_naming_the_field(tmp_path, capsys):
@@ -31,6 +32,16 @@ def test_run_prints_the_comparison(prefect_server, config_dict, tmp_path, capsys
     assert "| test accuracy" in out and "| zip-deflated (bytes)" in out
     summary_path = out.split("Summary: ")[1].split()[0]
     assert json.loads(open(summary_path).read())["sanity"]["expected"] == 0.5
+
+
+def test_refresh_runs_every_stage_again(prefect_server, config_dict, tmp_path, capsys):
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(config_dict))
+    assert main(["run", str(path)]) == 0
+    assert main(["run", str(path)]) == 0
+    assert set(stage_states(latest_flow_run_id()).values()) == {"Cached", "Completed"}
+    assert main(["run", str(path), "--refresh"]) == 0
+    assert set(stage_states(latest_flow_run_id()).values()) == {"Completed"}
 
 
 @pytest.mark.slow

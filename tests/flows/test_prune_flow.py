@@ -4,23 +4,19 @@ import json
 
 import pytest
 from prefect import get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, FlowRunFilterId
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
 from flows.prune import prune_flow
 from tasks.config import parse_config
 from tasks.errors import PruneflowError
 from tasks.report import ARTIFACT_KEY, RunSummary
+from tasks.store import ArtifactStore
+from tests.helpers import stage_states
 
 STAGES = [
     "prepare_dataset", "evaluate_baseline", "prune_train", "strip", "sanity_check",
     "measure_size", "evaluate_pruned", "publish_report",
 ]
-
-
-def task_states(flow_run_id) -> dict[str, str]:
-    with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-    return {run.name.rsplit("-", 1)[0]: run.state.type.value for run in runs}
 
 
 def artifacts_of(flow_run_id) -> dict[str, object]:
@@ -38,7 +34,7 @@ def test_flow_prunes_strips_checks_measures_and_reports(prefect_server, config_d
     summary: RunSummary = state.result()
     flow_run_id = state.state_details.flow_run_id
 
-    assert task_states(flow_run_id) == {stage: "COMPLETED" for stage in STAGES}
+    assert stage_states(flow_run_id) == {stage: "Completed" for stage in STAGES}
     assert summary.schedule.end_step == 10  # derived: ceil(40 / 8) * 2 epochs
     assert summary.measured_sparsity == pytest.approx(0.5, abs=0.01)
     assert all(t.passed for t in summary.sanity.tensors) and len(summary.sanity.tensors) == 3
@@ -51,10 +47,15 @@ def test_flow_prunes_strips_checks_measures_and_reports(prefect_server, config_d
     on_disk = json.loads((summary.run_dir / "summary.json").read_text())
     assert on_disk == json.loads(summary.model_dump_json())
     assert summary.run_dir.parent == config.output_root / "runs"
-    for produced in ("dataset/manifest.parquet", "dataset/labels.json", "prune/wrapped.h5", "prune/history.json",
-                     "pruned.h5", "sanity.json", "size/baseline.h5", "size/pruned.h5"):
-        assert (summary.run_dir / produced).is_file(), produced
-    assert not list(summary.run_dir.rglob(".*.tmp*")), "a temporary file was left behind"
+    store = ArtifactStore(root=config.output_root / "artifacts")
+    for stage in STAGES[:-1]:  # every stage but the report stored one intact, content-addressed folder
+        [folder] = (store.root / stage).iterdir()
+        assert store.problem(stage, folder.name) is None, stage
+    assert summary.pruned_model == store.root / "strip" / summary.pruned_model.parent.name / "pruned.h5"
+    for produced in ("manifest.parquet", "labels.json", "train.tfrecord", "test.tfrecord"):
+        assert list((store.root / "prepare_dataset").glob(f"*/{produced}")), produced
+    assert list((store.root / "prune_train").glob("*/logs/metrics/events.out.tfevents.*"))
+    assert not list(store.root.rglob(".tmp-*")) and not list(store.root.rglob(".work-*")), "scratch left behind"
 
     artifacts = artifacts_of(flow_run_id)
     assert "test accuracy" in artifacts[ARTIFACT_KEY].data
@@ -70,7 +71,7 @@ def test_bad_data_fails_the_first_stage_and_nothing_after_it(prefect_server, con
     assert state.is_failed()
     with pytest.raises(PruneflowError, match="label\\(s\\) unknown never appear in the train split"):
         state.result()
-    assert task_states(state.state_details.flow_run_id) == {"prepare_dataset": "FAILED"}
+    assert stage_states(state.state_details.flow_run_id) == {"prepare_dataset": "Failed"}
 
 
 def test_unreachable_schedule_is_refused_before_any_training(prefect_server, config_dict):
@@ -79,4 +80,4 @@ def test_unreachable_schedule_is_refused_before_any_training(prefect_server, con
     assert state.is_failed()
     with pytest.raises(PruneflowError, match="no pruning step falls inside the run"):
         state.result()
-    assert "prune_train" not in task_states(state.state_details.flow_run_id)
+    assert "prune_train" not in stage_states(state.state_details.flow_run_id)

@@ -1,0 +1,114 @@
+"""Caching and retries: a re-run does only what changed; a failed stage resumes where it stopped."""
+
+import json
+import shutil
+
+import pytest
+from flows.prune import prune_flow
+from tasks.config import parse_config
+from tasks.errors import PruneflowError
+from tasks.store import ArtifactStore
+from tests.helpers import stage_states, task_runs
+
+STAGES = ["prepare_dataset", "evaluate_baseline", "prune_train", "strip", "sanity_check", "measure_size", "evaluate_pruned"]
+UPSTREAM = ["prepare_dataset", "evaluate_baseline"]
+TRAINING_AND_AFTER = STAGES[2:]
+
+
+def states(state) -> dict[str, str]:
+    return stage_states(state.state_details.flow_run_id)
+
+
+def run(config_dict):
+    state = prune_flow(parse_config(config_dict), return_state=True)
+    assert state.is_completed(), state.message
+    return state
+
+
+def test_identical_rerun_is_all_cached_and_trains_nothing(prefect_server, config_dict):
+    first = run(config_dict)
+    assert all(states(first)[stage] == "Completed" for stage in STAGES)
+    second = run(config_dict)
+    assert {stage: states(second)[stage] for stage in STAGES} == {stage: "Cached" for stage in STAGES}
+    assert states(second)["publish_report"] == "Completed"  # each run publishes its own report
+    assert second.result().pruned == first.result().pruned
+
+
+def test_new_sparsity_reruns_training_and_after_but_not_data_or_baseline(prefect_server, config_dict):
+    run(config_dict)
+    config_dict["pruning"] = {**config_dict["pruning"], "target_sparsity": 0.7}
+    state = run(config_dict)
+    got = states(state)
+    assert {s: got[s] for s in UPSTREAM} == {s: "Cached" for s in UPSTREAM}
+    assert {s: got[s] for s in TRAINING_AND_AFTER} == {s: "Completed" for s in TRAINING_AND_AFTER}
+    assert state.result().measured_sparsity == pytest.approx(0.7, abs=0.02)
+
+
+def test_editing_one_image_invalidates_everything_downstream(prefect_server, config_dict, tiny_data, tmp_path):
+    data = shutil.copytree(tiny_data, tmp_path / "data")
+    for split in ("train", "val", "test"):
+        config_dict["dataset"][f"{split}_csv"] = str(data / f"{split}.csv")
+    run(config_dict)
+    from tasks.runtime import tf
+
+    image = data / "img" / "train_007.jpg"
+    pixels = tf.io.decode_jpeg(tf.io.read_file(str(image)))
+    tf.io.write_file(str(image), tf.io.encode_jpeg(255 - pixels))  # the same image, inverted
+    got = states(run(config_dict))
+    assert {s: got[s] for s in STAGES} == {s: "Completed" for s in STAGES}
+
+
+@pytest.mark.parametrize("damage", ["delete", "corrupt"])
+def test_a_damaged_artifact_reruns_its_stage_and_not_what_came_before(prefect_server, config_dict, damage, caplog):
+    first = run(config_dict)
+    store = ArtifactStore(root=parse_config(config_dict).output_root / "artifacts")
+    folder = first.result().pruned_model.parent  # the strip stage's artifact
+    if damage == "delete":
+        shutil.rmtree(folder)
+    else:
+        (folder / "pruned.h5").write_bytes(b"garbage")
+    got = states(run(config_dict))
+    assert {s: got[s] for s in STAGES[:3]} == {s: "Cached" for s in STAGES[:3]}
+    assert got["strip"] == "Completed"
+    assert store.problem("strip", folder.name) is None
+    if damage == "corrupt":
+        assert "strip: stored artifact unusable" in caplog.text and "does not match its recorded digest" in caplog.text
+
+
+def test_transient_failure_is_retried_and_resumes_from_the_checkpoint(prefect_server, config_dict, monkeypatch):
+    monkeypatch.setenv("PRUNEFLOW_INJECT_FAULT", "resource_exhausted@1")
+    config_dict["training"] = {**config_dict["training"], "epochs": 3, "retries": 2, "retry_delay_seconds": 0}
+    state = run(config_dict)
+    [(_, train_state, attempts)] = [run for run in task_runs(state.state_details.flow_run_id) if run[0] == "prune_train"]
+    assert (train_state, attempts) == ("Completed", 2)
+    summary = state.result()
+    assert summary.training.resumed_from_epoch == 1  # the retry trained epochs 2 and 3 only
+    assert len(json.loads(summary.training.history.read_text())["loss"]) == 3
+    assert summary.measured_sparsity == pytest.approx(0.5, abs=0.01)
+
+
+def test_invalid_data_is_not_retried(prefect_server, config_dict, monkeypatch):
+    monkeypatch.setenv("PRUNEFLOW_INJECT_FAULT", "invalid_data@1")
+    config_dict["training"] = {**config_dict["training"], "retries": 2, "retry_delay_seconds": 0}
+    state = prune_flow(parse_config(config_dict), return_state=True)
+    assert state.is_failed()
+    with pytest.raises(PruneflowError, match="invalid training data"):
+        state.result()
+    [(_, train_state, attempts)] = [run for run in task_runs(state.state_details.flow_run_id) if run[0] == "prune_train"]
+    assert (train_state, attempts) == ("Failed", 1)
+
+
+def test_flow_retry_reuses_finished_stages_and_resumes_training(prefect_server, config_dict, monkeypatch):
+    # No task retry: the failure reaches the flow, whose retry (the UI's Retry) re-runs the body.
+    monkeypatch.setenv("PRUNEFLOW_INJECT_FAULT", "resource_exhausted@1")
+    config_dict["training"] = {**config_dict["training"], "epochs": 3, "retries": 0}
+    state = prune_flow.with_options(retries=1)(parse_config(config_dict), return_state=True)
+    assert state.is_completed(), state.message
+    runs = task_runs(state.state_details.flow_run_id)
+    by_stage = {}
+    for name, state_name, _ in runs:
+        by_stage.setdefault(name, []).append(state_name)
+    assert by_stage["prepare_dataset"] == ["Completed", "Cached"]
+    assert by_stage["evaluate_baseline"] == ["Completed", "Cached"]
+    assert by_stage["prune_train"] == ["Failed", "Completed"]
+    assert all(by_stage[s] == ["Completed"] for s in STAGES[3:])
