@@ -20,6 +20,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_demo.py
+	$(BIN)/python bench/bench_cache.py
 
 clean:
 	rm -rf $(VENV) demo

@@ -73,7 +73,7 @@ def prune_flow(config: RunConfig) -> RunSummary:
     baseline_path = config.model.baseline
     with timed(seconds, "evaluate_baseline"):
         baseline = run_stage(
-            evaluate_baseline, store, baseline_key(baseline_path, dataset, config.dataset),
+            evaluate_baseline, store, baseline_key(baseline_path, dataset),
             model_path=baseline_path, dataset=dataset, config=config.dataset,
         )
     training = prune_train.with_options(
@@ -100,7 +100,7 @@ def prune_flow(config: RunConfig) -> RunSummary:
         )
     with timed(seconds, "evaluate_pruned"):
         pruned = run_stage(
-            evaluate_pruned, store, pruned_key(stripped.digest, dataset, config.dataset),
+            evaluate_pruned, store, pruned_key(stripped.digest, dataset),
             model_path=stripped.model, dataset=dataset, config=config.dataset,
         )
     summary = RunSummary(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -72,7 +73,9 @@ def read_split(csv_path: Path, split: str) -> pd.DataFrame:
         if not blank.empty:
             rows = ", ".join(str(row) for row in blank["csv_row"].head(MAX_LISTED))
             raise PruneflowError(f"{csv_path}: blank {column} on line(s) {rows}; fill or delete those rows")
-    frame["filename"] = [str((csv_path.parent / name).resolve()) for name in frame["filename"]]
+    folder = csv_path.parent.resolve()
+    # String joins, not Path.resolve() per row: this runs on every flow run, for every image.
+    frame["filename"] = [os.path.normpath(os.path.join(folder, name.strip())) for name in frame["filename"]]
     return frame
 
 

@@ -37,18 +37,18 @@ def evaluate_on_test(model_path: Path, dataset: PreparedDataset, config: Dataset
     return result
 
 
-def evaluation_key(stage: str, model_digest: str, dataset: PreparedDataset, config: DatasetConfig) -> str:
-    params = config.model_dump(mode="json", include={"batch_size"})
+def evaluation_key(stage: str, model_digest: str, dataset: PreparedDataset) -> str:
+    """Keyed on the model and the data only: the test split is never shuffled or augmented."""
     code = code_version(__name__, "tasks.models", "tasks.dataset")
-    return stage_key(stage, code, {"model": model_digest, "dataset": dataset.digest}, params)
+    return stage_key(stage, code, {"model": model_digest, "dataset": dataset.digest})
 
 
-def baseline_key(model_path: Path, dataset: PreparedDataset, config: DatasetConfig) -> str:
-    return evaluation_key(BASELINE, file_digest(model_path), dataset, config)
+def baseline_key(model_path: Path, dataset: PreparedDataset) -> str:
+    return evaluation_key(BASELINE, file_digest(model_path), dataset)
 
 
-def pruned_key(model_digest: str, dataset: PreparedDataset, config: DatasetConfig) -> str:
-    return evaluation_key(PRUNED, model_digest, dataset, config)
+def pruned_key(model_digest: str, dataset: PreparedDataset) -> str:
+    return evaluation_key(PRUNED, model_digest, dataset)
 
 
 def _evaluate_stage(stage, store, key, model_path, dataset, config, who: str) -> Evaluation:
