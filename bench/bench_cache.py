@@ -11,33 +11,21 @@ re-run costs under 5% of the first run.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-
-def median_range(values: list[float]) -> str:
-    return f"{statistics.median(values):7.2f}  ({min(values):.2f}-{max(values):.2f})"
+from common import demo_config, median_range, parse_args
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--workdir", type=Path, default=Path("bench-demo"))
-    args = parser.parse_args()
-    from flows.cli import main as cli_main
+    args = parse_args(__doc__)
+    demo = demo_config(args.workdir)
     from flows.cli import run_settings
     from flows.prune import prune_flow
-    from tasks.config import load_config
 
-    if cli_main(["demo", "--workdir", str(args.workdir)]) != 0:
-        return 1
-    demo = load_config(args.workdir / "pruneflow.yaml")
     sparser = demo.pruning.model_copy(update={"final_sparsity": 0.7})
 
     timings: dict[str, list[float]] = {"first": [], "identical": [], "sparsity": []}

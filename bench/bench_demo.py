@@ -9,31 +9,21 @@ medians (with min-max) since these machines are shared.
 
 from __future__ import annotations
 
-import argparse
-import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import demo_config, median_range, parse_args
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--workdir", type=Path, default=Path("bench-demo"))
-    args = parser.parse_args()
-    from flows.cli import main as cli_main
+    args = parse_args(__doc__)
+    config = demo_config(args.workdir)
     from flows.cli import run_settings
     from flows.prune import prune_flow
-    from tasks.config import load_config
     from tasks.report import render_table
 
-    # The demo command makes the data and the baseline; its own run doubles as warm-up.
-    if cli_main(["demo", "--workdir", str(args.workdir)]) != 0:
-        return 1
-    config = load_config(args.workdir / "pruneflow.yaml")
     runs = []
     for i in range(args.repeats):
         root = Path(tempfile.mkdtemp(prefix="pruneflow-bench-"))
@@ -46,9 +36,9 @@ def main() -> int:
     print(f"\nStage wall times over {args.repeats} runs (median, min-max), seconds:")
     for stage in runs[0][1].stage_seconds:
         values = [summary.stage_seconds[stage] for _, summary in runs]
-        print(f"  {stage:<18} {statistics.median(values):7.2f}  ({min(values):.2f}-{max(values):.2f})")
+        print(f"  {stage:<18} {median_range(values)}")
     flows = [seconds for seconds, _ in runs]
-    print(f"  {'whole flow':<18} {statistics.median(flows):7.2f}  ({min(flows):.2f}-{max(flows):.2f})")
+    print(f"  {'whole flow':<18} {median_range(flows)}")
     last = runs[-1][1]
     print(f"\nLast run ({last.run_dir}):\n{render_table(last)}")
     accuracies = sorted(summary.pruned.accuracy for _, summary in runs)
