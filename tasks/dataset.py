@@ -46,7 +46,7 @@ class PreparedDataset(StoredArtifact):
 
 
 def read_split(csv_path: Path, split: str) -> pd.DataFrame:
-    """Read one split's CSV into columns filename (absolute), label, csv_row.
+    """Read one split's CSV into columns filename (as written), label, csv_row and path (absolute).
 
     Raises:
         PruneflowError: the file is missing or empty, lacks a column, or has a blank cell.
@@ -75,7 +75,8 @@ def read_split(csv_path: Path, split: str) -> pd.DataFrame:
             raise PruneflowError(f"{csv_path}: blank {column} on line(s) {rows}; fill or delete those rows")
     folder = csv_path.parent.resolve()
     # String joins, not Path.resolve() per row: this runs on every flow run, for every image.
-    frame["filename"] = [os.path.normpath(os.path.join(folder, name.strip())) for name in frame["filename"]]
+    frame["filename"] = frame["filename"].str.strip()
+    frame["path"] = [os.path.normpath(os.path.join(folder, name)) for name in frame["filename"]]
     return frame
 
 
@@ -112,7 +113,7 @@ def fingerprint(config: DatasetConfig) -> dict[str, str]:
     for split, frame in read_splits(config).items():
         rows = [
             (label, file_digest(Path(name)) if Path(name).is_file() else "missing")
-            for name, label in zip(frame["filename"], frame["label"])
+            for name, label in zip(frame["path"], frame["label"])
         ]
         inputs[split] = digest_of(rows)
     return inputs
@@ -168,7 +169,7 @@ def write_prepared(config: DatasetConfig, out_dir: Path) -> PreparedDataset:
     for split, frame in frames.items():
         frame["label_index"] = frame["label"].map(index).astype("int32")
         problems += write_records(
-            list(frame["filename"]), [int(i) for i in frame["label_index"]], config, out_dir / f"{split}.tfrecord"
+            list(frame["path"]), [int(i) for i in frame["label_index"]], config, out_dir / f"{split}.tfrecord"
         )
     if problems:
         shown = "\n  ".join(problems[:MAX_LISTED])
@@ -179,7 +180,9 @@ def write_prepared(config: DatasetConfig, out_dir: Path) -> PreparedDataset:
         )
 
     manifest = pd.concat([frame.assign(split=split) for split, frame in frames.items()], ignore_index=True)
-    manifest["digest"] = [file_digest(Path(path)) for path in manifest["filename"]]
+    manifest["digest"] = [file_digest(Path(path)) for path in manifest["path"]]
+    # Filenames as the CSVs give them, relative to their folder: the artifact's content, and so
+    # the digest later stages key on, does not depend on where the dataset lives.
     manifest = manifest[["filename", "label", "label_index", "split", "digest"]]
     pq.write_table(pa.Table.from_pandas(manifest, preserve_index=False), out_dir / "manifest.parquet")
     (out_dir / "labels.json").write_text(json.dumps({"classes": classes}, indent=2) + "\n")

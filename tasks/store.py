@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -36,10 +37,16 @@ def digest_of(value: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+@functools.cache
+def _source_digest(module: str) -> str:
+    # Read once per process, close to import time: a file edited while a run is going must
+    # not change the keys of the code that is actually running.
+    return file_digest(Path(sys.modules[module].__file__))
+
+
 def code_version(*modules: str) -> str:
     """Digest of the source files of the named modules: editing a stage's code changes its keys."""
-    sources = {name: file_digest(Path(sys.modules[name].__file__)) for name in modules}
-    return digest_of(sources)[:16]
+    return digest_of({name: _source_digest(name) for name in modules})[:16]
 
 
 def stage_key(stage: str, code: str, inputs: dict[str, str], params: Any = None) -> str:

@@ -37,7 +37,8 @@ def test_manifest_lists_every_image_with_label_index_split_and_digest(tiny_data,
     assert prepared.counts == SPLIT_SIZES
     assert len(manifest) == sum(SPLIT_SIZES.values())
     first = manifest.iloc[0]
-    assert first["digest"] == file_digest(first["filename"])
+    assert first["filename"] == "img/train_000.jpg"  # as the CSV gives it
+    assert first["digest"] == file_digest(tiny_data / first["filename"])
     assert json.loads(prepared.labels.read_text()) == {"classes": ["bottom", "top"]}
 
 
@@ -174,6 +175,10 @@ def test_key_follows_image_content_not_paths(tiny_data, tmp_path):
     assert dataset_key(dataset_config(moved)) == dataset_key(config)  # same bytes, other folder
     assert dataset_key(dataset_config(moved, batch_size=4, augment=True)) == dataset_key(config)
     assert dataset_key(dataset_config(moved, image_height=8)) != dataset_key(config)
+    here = write_prepared(config, tmp_path / "here")
+    there = write_prepared(dataset_config(moved), tmp_path / "there")
+    for name in ("manifest.parquet", "labels.json", "train.tfrecord"):  # the stored content, too
+        assert file_digest(here.folder / name) == file_digest(there.folder / name), name
     before = fingerprint(dataset_config(moved))
     image = moved / "img" / "val_003.jpg"
     image.write_bytes(image.read_bytes() + b"\0")  # one edited image
