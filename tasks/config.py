@@ -46,7 +46,7 @@ class DatasetConfig(_Strict):
     image_height: int = Field(gt=0, description="Images are resized to this height.")
     image_width: int = Field(gt=0, description="Images are resized to this width.")
     channels: Literal[1, 3] = Field(3, description="1 for greyscale, 3 for RGB.")
-    batch_size: int = Field(32, gt=0)
+    batch_size: int = Field(32, gt=0, description="Images per training and evaluation step.")
     shuffle_seed: int = Field(42, description="Seed of the training split's shuffle.")
     augment: bool = Field(False, description="Random flips on the training split (never on val/test).")
 
@@ -71,8 +71,8 @@ class _ScheduleSteps(_Strict):
 class ConstantSchedule(_ScheduleSteps):
     """Prune to one sparsity at every pruning step."""
 
-    kind: Literal["constant"] = "constant"
-    target_sparsity: Sparsity
+    kind: Literal["constant"] = Field("constant", description="Schedule type.")
+    target_sparsity: Sparsity = Field(description="Fraction of each prunable tensor set to zero, in [0, 1).")
     end_step: int | None = Field(
         None, ge=-1, description="Last pruning step; -1 prunes to the end; omitted: the run's last step."
     )
@@ -94,13 +94,13 @@ class ConstantSchedule(_ScheduleSteps):
 class PolynomialDecaySchedule(_ScheduleSteps):
     """Raise sparsity from initial to final along a polynomial, as in Zhu & Gupta (2017)."""
 
-    kind: Literal["polynomial_decay"] = "polynomial_decay"
-    initial_sparsity: Sparsity = 0.0
-    final_sparsity: Sparsity
+    kind: Literal["polynomial_decay"] = Field("polynomial_decay", description="Schedule type.")
+    initial_sparsity: Sparsity = Field(0.0, description="Sparsity at begin_step, in [0, 1).")
+    final_sparsity: Sparsity = Field(description="Sparsity reached at end_step and kept after, in [0, 1).")
     end_step: int | None = Field(
         None, ge=0, description="Step at which final_sparsity is reached; omitted: the run's last step."
     )
-    power: float = Field(3.0, gt=0)
+    power: float = Field(3.0, gt=0, description="Exponent of the decay: 3 prunes fast early, then slowly.")
 
     @model_validator(mode="after")
     def _ordered(self) -> PolynomialDecaySchedule:
@@ -119,9 +119,9 @@ Schedule = Annotated[Union[ConstantSchedule, PolynomialDecaySchedule], Field(dis
 class TrainingConfig(_Strict):
     """How the pruned model is fine-tuned."""
 
-    epochs: int = Field(gt=0)
-    optimizer: Literal["adam", "sgd", "rmsprop"] = "adam"
-    learning_rate: float = Field(1e-4, gt=0)
+    epochs: int = Field(gt=0, description="Epochs of fine-tuning under the pruning schedule.")
+    optimizer: Literal["adam", "sgd", "rmsprop"] = Field("adam", description="Fine-tuning optimizer.")
+    learning_rate: float = Field(1e-4, gt=0, description="Fine-tuning learning rate.")
     retries: int = Field(2, ge=0, description="Retries of prune-training after a transient failure (out of memory, I/O).")
     retry_delay_seconds: float = Field(
         10.0, ge=0, description="Delay before the first retry; doubled for each later one."
@@ -131,10 +131,10 @@ class TrainingConfig(_Strict):
 class RunConfig(_Strict):
     """Everything one pruning run needs: the flow's only parameter."""
 
-    dataset: DatasetConfig
-    model: ModelConfig
-    pruning: Schedule
-    training: TrainingConfig
+    dataset: DatasetConfig = Field(description="The images: CSVs per split, size, batching.")
+    model: ModelConfig = Field(description="The model to prune.")
+    pruning: Schedule = Field(description="When and how far to prune.")
+    training: TrainingConfig = Field(description="Fine-tuning and its retries.")
     sanity_tolerance: float = Field(
         0.01, ge=0.0, lt=1.0, description="Allowed gap between a tensor's fraction of zeros and the target."
     )

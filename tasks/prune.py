@@ -256,7 +256,10 @@ def prune_train(
     store: ArtifactStore, key: str, config: RunConfig, dataset: PreparedDataset, schedule: Schedule
 ) -> TrainedModel:
     """Fine-tune the baseline with magnitude pruning, resuming from the last epoch checkpoint."""
+    from tasks.runtime import configure_devices
+
     logger = get_run_logger()
+    logger.info("Training on %s", configure_devices())
     logger.info("Prune-training for %d epochs under %s", config.training.epochs, schedule.model_dump())
     work_dir = store.work_folder(TRAIN, key)
     with store.writing(TRAIN, key) as tmp:

@@ -26,3 +26,24 @@ from tensorflow_model_optimization.python.core.sparsity.keras.pruning_wrapper im
 )
 
 __all__ = ["PruneLowMagnitude", "keras", "tf", "tfmot"]
+
+
+def configure_devices() -> str:
+    """Turn on memory growth for every visible GPU and describe what training will run on.
+
+    Memory growth lets several processes (or a retry after an out-of-memory) share a GPU
+    instead of the first one taking all of its memory. It must be set before a GPU is first
+    used; when that has already happened, the setting in force is kept.
+    """
+    gpus = tf.config.list_physical_devices("GPU")
+    if not gpus:
+        return "CPU (no GPU visible to TensorFlow)"
+    for gpu in gpus:
+        try:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        except RuntimeError:  # already initialised in this process
+            pass
+    names = ", ".join(
+        tf.config.experimental.get_device_details(gpu).get("device_name", gpu.name) for gpu in gpus
+    )
+    return f"{len(gpus)} GPU(s), memory growth on: {names}"

@@ -142,3 +142,17 @@ def test_config_that_is_not_a_mapping(tmp_path):
     path.write_text("- 1\n- 2\n")
     with pytest.raises(PruneflowError, match="expected a mapping"):
         load_config(path)
+
+
+def test_every_field_has_a_description_for_the_ui_form():
+    schema = RunConfig.model_json_schema()
+    sections = {"RunConfig": schema, **schema["$defs"]}
+    undocumented = [
+        f"{name}.{field}"
+        for name, section in sections.items()
+        for field, spec in section.get("properties", {}).items()
+        if not spec.get("description")
+    ]
+    assert undocumented == []
+    # The schedule is a choice between two sections, told apart by `kind`.
+    assert schema["properties"]["pruning"]["discriminator"]["propertyName"] == "kind"

@@ -36,3 +36,13 @@ def test_tensorflow_imported_first_without_legacy_keras_is_refused():
     result = run_python("import tensorflow, tasks.runtime")
     assert result.returncode != 0
     assert "tensorflow was imported before tasks.runtime" in result.stderr
+
+
+def test_device_report_names_what_training_runs_on():
+    from tasks.runtime import configure_devices, tf
+
+    report = configure_devices()
+    if tf.config.list_physical_devices("GPU"):
+        assert "memory growth on" in report
+    else:
+        assert report == "CPU (no GPU visible to TensorFlow)"
