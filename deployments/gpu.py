@@ -1,0 +1,86 @@
+"""The deployments, as code: this module is their source of truth (there is no prefect.yaml).
+
+Two deployments of the `prune` flow, both on one work pool meant for GPU workers:
+- `nightly`, on a cron schedule (02:00 by default, in a configurable time zone);
+- `manual`, without a schedule, for runs started from the UI with custom parameters.
+Their default parameters run the bundled demo dataset, prepared by `pruneflow demo` under
+`demo_dir` on the worker's machine.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+
+import yaml
+from prefect.schedules import Cron
+from pydantic import BaseModel, ConfigDict, Field
+
+from tasks.config import RunConfig, parse_config
+
+REPO = Path(__file__).resolve().parents[1]
+ENTRYPOINT = "flows/prune.py:prune_flow"
+KUBERNETES_TEMPLATE = Path(__file__).with_name("kubernetes-gpu.json")
+
+
+class DeploymentSettings(BaseModel):
+    """Where and when the deployments run."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    work_pool: str = Field("pruneflow-gpu", description="Work pool the GPU workers poll.")
+    cron: str = Field("0 2 * * *", description="Schedule of the nightly deployment.")
+    timezone: str = Field("UTC", description="Time zone of the cron schedule, e.g. Europe/Paris.")
+    gpu_devices: str = Field("0", description="CUDA_VISIBLE_DEVICES for flow runs on a process worker.")
+    demo_dir: Path = Field(REPO / "demo", description="Where `pruneflow demo` put the demo dataset.")
+
+
+def default_config(demo_dir: Path) -> RunConfig:
+    """The demo config with its paths taken from `demo_dir`: the deployments' default run."""
+    with resources.as_file(resources.files("flows") / "demo.yaml") as packaged:
+        data = yaml.safe_load(packaged.read_text())
+    return parse_config(data, source="flows/demo.yaml", base_dir=demo_dir.resolve())
+
+
+def process_job_variables(settings: DeploymentSettings) -> dict:
+    """Job variables for a process worker: which GPU(s) its flow runs may use."""
+    return {"env": {"CUDA_VISIBLE_DEVICES": settings.gpu_devices}}
+
+
+def build_deployments(settings: DeploymentSettings | None = None, flow=None) -> list:
+    """The `nightly` and `manual` deployments, not yet applied to a server.
+
+    Args:
+        flow: the flow to deploy; default: the prune flow loaded from this repository's
+            source, so that a process worker runs it from here.
+    """
+    settings = settings or DeploymentSettings()
+    if flow is None:
+        from flows.prune import prune_flow
+
+        flow = prune_flow.from_source(source=str(REPO), entrypoint=ENTRYPOINT)
+    parameters = {"config": default_config(settings.demo_dir).model_dump(mode="json")}
+    common = dict(
+        parameters=parameters, work_pool_name=settings.work_pool,
+        job_variables=process_job_variables(settings), tags=["pruneflow"],
+    )
+    return [
+        flow.to_deployment(
+            name="nightly", schedule=Cron(settings.cron, timezone=settings.timezone),
+            description="Prune the configured model every night.", **common,
+        ),
+        flow.to_deployment(
+            name="manual", description="Prune with parameters chosen at run time (Custom run in the UI).", **common,
+        ),
+    ]
+
+
+def kubernetes_base_job_template() -> dict:
+    """A Kubernetes work pool's base job template whose jobs request `gpu_count` NVIDIA GPUs.
+
+    Prefect's Kubernetes template has no GPU variable; this one adds `nvidia.com/gpu` to the
+    container's resource limits. Create such a pool with
+    `prefect work-pool create NAME --type kubernetes --base-job-template deployments/kubernetes-gpu.json`.
+    """
+    return json.loads(KUBERNETES_TEMPLATE.read_text())

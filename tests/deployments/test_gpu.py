@@ -1,0 +1,76 @@
+"""The deployments load, validate and schedule without a server."""
+
+import asyncio
+from datetime import datetime, timezone
+from zoneinfo import ZoneInfo
+
+import pytest
+from prefect.flows import load_flow_from_entrypoint
+from prefect.server.schemas.schedules import CronSchedule as ServerCronSchedule
+from prefect.utilities.templating import find_placeholders
+
+from deployments.gpu import (
+    ENTRYPOINT,
+    REPO,
+    DeploymentSettings,
+    build_deployments,
+    default_config,
+    kubernetes_base_job_template,
+)
+from tasks.config import RunConfig
+
+
+@pytest.fixture(scope="module")
+def deployments():
+    settings = DeploymentSettings(timezone="Europe/Paris", demo_dir=REPO / "demo")
+    return {d.name: d for d in build_deployments(settings, flow=load_flow_from_entrypoint(str(REPO / ENTRYPOINT)))}
+
+
+def test_entrypoint_loads_the_prune_flow():
+    flow = load_flow_from_entrypoint(str(REPO / ENTRYPOINT))
+    assert flow.name == "prune"
+
+
+def test_default_parameters_validate_against_the_config_model(deployments):
+    for deployment in deployments.values():
+        flow = load_flow_from_entrypoint(str(REPO / ENTRYPOINT))
+        validated = flow.validate_parameters(deployment.parameters)
+        assert isinstance(validated["config"], RunConfig)
+        assert validated["config"].dataset.train_csv == (REPO / "demo" / "data" / "train.csv").resolve()
+
+
+def test_nightly_runs_at_two_in_the_configured_time_zone(deployments):
+    [schedule] = deployments["nightly"].schedules
+    assert schedule.schedule.cron == "0 2 * * *"
+    assert schedule.schedule.timezone == "Europe/Paris"
+    # The server's own schedule model parses it and computes the next run.
+    server_schedule = ServerCronSchedule(cron=schedule.schedule.cron, timezone=schedule.schedule.timezone)
+    [next_run] = asyncio.run(server_schedule.get_dates(n=1, start=datetime(2026, 1, 1, tzinfo=timezone.utc)))
+    assert next_run.astimezone(ZoneInfo("Europe/Paris")).hour == 2
+    assert next_run.astimezone(timezone.utc).hour == 1  # 02:00 in Paris is 01:00 UTC in winter
+    assert deployments["manual"].schedules == []
+
+
+def test_both_run_on_the_gpu_pool_with_their_devices(deployments):
+    for deployment in deployments.values():
+        assert deployment.work_pool_name == "pruneflow-gpu"
+        assert deployment.job_variables == {"env": {"CUDA_VISIBLE_DEVICES": "0"}}
+    # The UI's custom-run form is built from this schema.
+    schema = deployments["manual"]._parameter_openapi_schema.model_dump()
+    assert "config" in schema["properties"]
+
+
+def test_kubernetes_template_requests_gpus():
+    template = kubernetes_base_job_template()
+    container = template["job_configuration"]["job_manifest"]["spec"]["template"]["spec"]["containers"][0]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "{{ gpu_count }}"
+    # Every placeholder in the job configuration is a declared variable, as Prefect requires.
+    placeholders = {p.name for p in find_placeholders(template["job_configuration"])}
+    assert placeholders <= set(template["variables"]["properties"])
+    assert template["variables"]["properties"]["gpu_count"]["default"] == 1
+
+
+def test_default_config_is_the_demo_under_the_given_folder(tmp_path):
+    config = default_config(tmp_path)
+    assert config.model.baseline == tmp_path.resolve() / "baseline.h5"
+    assert config.pruning.final_sparsity == 0.8
