@@ -84,3 +84,31 @@ def kubernetes_base_job_template() -> dict:
     `prefect work-pool create NAME --type kubernetes --base-job-template deployments/kubernetes-gpu.json`.
     """
     return json.loads(KUBERNETES_TEMPLATE.read_text())
+
+
+def ensure_process_pool(name: str) -> None:
+    """Create the process work pool if the server does not have it yet."""
+    from prefect import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectNotFound
+    from prefect.workers.process import ProcessWorker
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_work_pool(name)
+        except ObjectNotFound:
+            client.create_work_pool(
+                WorkPoolCreate(name=name, type="process", base_job_template=ProcessWorker.get_default_base_job_template())
+            )
+
+
+def apply(settings: DeploymentSettings | None = None) -> list:
+    """Create the work pool if needed and apply both deployments to the current Prefect API."""
+    from prefect.deployments.runner import deploy
+
+    settings = settings or DeploymentSettings()
+    ensure_process_pool(settings.work_pool)
+    return deploy(
+        *build_deployments(settings), work_pool_name=settings.work_pool,
+        build=False, push=False, print_next_steps_message=False, ignore_warnings=True,
+    )

@@ -1,0 +1,102 @@
+"""A Prefect server and worker on this machine, started as real processes and stopped by PID."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PREFECT = str(Path(sys.executable).with_name("prefect"))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def server_env(port: int, base: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for a server on 127.0.0.1:port and for the clients and workers that use it."""
+    env = dict(os.environ if base is None else base)
+    env.update(
+        PREFECT_API_URL=f"http://127.0.0.1:{port}/api",
+        PREFECT_SERVER_API_HOST="127.0.0.1",
+        # Without it the UI calls port 4200 and shows a blank page.
+        PREFECT_SERVER_API_PORT=str(port),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        DO_NOT_TRACK="1",
+    )
+    return env
+
+
+@dataclass
+class Process:
+    """A child process in its own session, so that stopping it stops its children too."""
+
+    name: str
+    args: list[str]
+    env: dict[str, str]
+    log: Path
+    cwd: Path | None = None
+    popen: subprocess.Popen | None = field(default=None, repr=False)
+
+    def start(self) -> Process:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "ab") as out:
+            self.popen = subprocess.Popen(
+                self.args, env=self.env, cwd=self.cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        return self
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def running(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def stop(self, timeout: float = 20) -> None:
+        """SIGTERM to the process group by its PID, then SIGKILL if it has not ended in time."""
+        if not self.running():
+            return
+        os.killpg(self.pid, signal.SIGTERM)
+        try:
+            self.popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.pid, signal.SIGKILL)
+            self.popen.wait(timeout=timeout)
+
+
+def wait_healthy(port: int, process: Process, timeout: float = 120) -> None:
+    """Wait until the server answers /api/health, or fail with the end of its log."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not process.running():
+            break
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    tail = process.log.read_text(errors="replace")[-3000:] if process.log.exists() else ""
+    process.stop()
+    raise RuntimeError(f"the Prefect server on port {port} did not become healthy:\n{tail}")
+
+
+def start_server(port: int, env: dict[str, str], log: Path) -> Process:
+    server = Process("server", [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)], env, log)
+    server.start()
+    wait_healthy(port, server)
+    return server
+
+
+def start_worker(pool: str, env: dict[str, str], log: Path, cwd: Path | None = None) -> Process:
+    return Process("worker", [PREFECT, "worker", "start", "--pool", pool, "--type", "process"], env, log, cwd).start()

@@ -1,0 +1,117 @@
+"""The deployments against a real Prefect server and worker, started here on 127.0.0.1."""
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from prefect import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+from prefect.deployments import run_deployment
+from prefect.settings import PREFECT_API_URL, temporary_settings
+from prefect.states import AwaitingRetry
+
+from deployments.gpu import REPO, DeploymentSettings, apply
+from deployments.local import free_port, server_env, start_server, start_worker
+from tests.helpers import stage_states, task_runs
+
+POOL = "pruneflow-gpu"
+STAGES = ["prepare_dataset", "evaluate_baseline", "prune_train", "strip", "sanity_check", "measure_size", "evaluate_pruned"]
+
+
+@dataclass
+class Live:
+    port: int
+    home: Path
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory):
+    """Server, work pool, both deployments and a process worker; all stopped by PID at the end."""
+    home = tmp_path_factory.mktemp("prefect-live")
+    port = free_port()
+    env = server_env(port)
+    env.update(
+        PREFECT_HOME=str(home / "prefect"),
+        PREFECT_RESULTS_LOCAL_STORAGE_PATH=str(home / "results"),
+        PREFECT_WORKER_QUERY_SECONDS="1",
+    )
+    server = start_server(port, env, home / "server.log")
+    worker = None
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: env["PREFECT_API_URL"]}):
+            apply(DeploymentSettings(work_pool=POOL, demo_dir=home / "demo"))
+            worker = start_worker(POOL, env, home / "worker.log", cwd=REPO)
+            yield Live(port=port, home=home)
+    finally:
+        if worker is not None:
+            worker.stop()
+        server.stop()
+        assert not server.running() and (worker is None or not worker.running())
+
+
+def wait_final(flow_run_id, timeout: float = 300):
+    with get_client(sync_client=True) as client:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            flow_run = client.read_flow_run(flow_run_id)
+            if flow_run.state and flow_run.state.is_final():
+                return flow_run
+            time.sleep(1)
+    raise TimeoutError(f"flow run {flow_run_id} did not finish in {timeout} s")
+
+
+def trigger(config_dict, env=None):
+    """Start the `manual` deployment with custom parameters, as the UI's Run button does."""
+    flow_run = run_deployment(
+        "prune/manual", parameters={"config": config_dict}, job_variables={"env": env or {}}, timeout=0
+    )
+    return wait_final(flow_run.id)
+
+
+def summary_of(config_dict) -> dict:
+    [path] = sorted(Path(config_dict["output_root"]).glob("runs/*/summary.json"))[-1:]
+    return json.loads(path.read_text())
+
+
+def test_manual_run_with_custom_parameters_completes_on_the_worker(live, config_dict):
+    with temporary_settings(updates={PREFECT_API_URL: f"http://127.0.0.1:{live.port}/api"}):
+        flow_run = trigger(config_dict)
+        assert flow_run.state.is_completed(), flow_run.state.message
+        assert {s: stage_states(flow_run.id)[s] for s in STAGES} == {s: "Completed" for s in STAGES}
+        with get_client(sync_client=True) as client:
+            artifacts = client.read_artifacts(
+                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run.id]))
+            )
+    summary = summary_of(config_dict)
+    markdown = next(a for a in artifacts if a.key == "pruneflow-summary").data
+    assert f"{summary['sizes']['zip_ratio']:.2f}x smaller" in markdown
+    assert summary["measured_sparsity"] == pytest.approx(0.5, abs=0.01)
+    assert summary["sizes"]["pruned"]["zip_bytes"] < summary["sizes"]["baseline"]["zip_bytes"]
+
+
+def test_a_transient_failure_completes_through_the_task_retry(live, config_dict):
+    config_dict["training"] = {**config_dict["training"], "epochs": 3, "retries": 2, "retry_delay_seconds": 0}
+    with temporary_settings(updates={PREFECT_API_URL: f"http://127.0.0.1:{live.port}/api"}):
+        flow_run = trigger(config_dict, env={"PRUNEFLOW_INJECT_FAULT": "resource_exhausted@1"})
+        assert flow_run.state.is_completed(), flow_run.state.message
+        [(_, state, attempts)] = [run for run in task_runs(flow_run.id) if run[0] == "prune_train"]
+    assert (state, attempts) == ("Completed", 2)
+    assert summary_of(config_dict)["training"]["resumed_from_epoch"] == 1
+
+
+def test_a_failed_flow_run_retried_through_the_api_reuses_finished_stages(live, config_dict):
+    config_dict["training"] = {**config_dict["training"], "epochs": 3, "retries": 0}
+    with temporary_settings(updates={PREFECT_API_URL: f"http://127.0.0.1:{live.port}/api"}):
+        failed = trigger(config_dict, env={"PRUNEFLOW_INJECT_FAULT": "resource_exhausted@1"})
+        assert failed.state.is_failed()
+        # What the UI's Retry button does: schedule the same flow run again.
+        with get_client(sync_client=True) as client:
+            client.set_flow_run_state(failed.id, AwaitingRetry(), force=True)
+        retried = wait_final(failed.id)
+        assert retried.state.is_completed(), retried.state.message
+        states = stage_states(failed.id)
+    assert states["prepare_dataset"] == states["evaluate_baseline"] == "Cached"
+    assert states["prune_train"] == "Completed"
+    assert summary_of(config_dict)["training"]["resumed_from_epoch"] == 1
