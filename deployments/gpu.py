@@ -10,7 +10,6 @@ Their default parameters run the bundled demo dataset, prepared by `pruneflow de
 from __future__ import annotations
 
 import json
-from importlib import resources
 from pathlib import Path
 
 import yaml
@@ -18,6 +17,7 @@ from prefect.schedules import Cron
 from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.config import RunConfig, parse_config
+from tasks.demo import demo_config_text
 
 REPO = Path(__file__).resolve().parents[1]
 ENTRYPOINT = "flows/prune.py:prune_flow"
@@ -38,9 +38,7 @@ class DeploymentSettings(BaseModel):
 
 def default_config(demo_dir: Path) -> RunConfig:
     """The demo config with its paths taken from `demo_dir`: the deployments' default run."""
-    with resources.as_file(resources.files("flows") / "demo.yaml") as packaged:
-        data = yaml.safe_load(packaged.read_text())
-    return parse_config(data, source="flows/demo.yaml", base_dir=demo_dir.resolve())
+    return parse_config(yaml.safe_load(demo_config_text()), source="tasks/demo.yaml", base_dir=demo_dir.resolve())
 
 
 def process_job_variables(settings: DeploymentSettings) -> dict:

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import sys
 from collections.abc import Iterator
-from importlib import resources
 from pathlib import Path
 from typing import Annotated
 
@@ -16,9 +14,6 @@ import typer
 from tasks.errors import PruneflowError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
-
-DEMO_BASELINE_EPOCHS = 8
-
 
 @contextlib.contextmanager
 def run_settings(refresh: bool = False) -> Iterator[None]:
@@ -72,23 +67,9 @@ def demo(
     workdir: Annotated[Path, typer.Option(help="Where the demo's data, baseline and outputs go.")] = Path("demo"),
 ) -> None:
     """Write the MNIST demo dataset, train a baseline if none exists, run the flow."""
-    from tasks.config import load_config
-    from tasks.demo import train_baseline, write_mnist_dataset
+    from tasks.demo import prepare_demo
 
-    config_path = workdir / "pruneflow.yaml"
-    if not config_path.exists():
-        workdir.mkdir(parents=True, exist_ok=True)
-        with resources.as_file(resources.files("flows") / "demo.yaml") as packaged:
-            shutil.copyfile(packaged, config_path)
-    config = load_config(config_path)
-    data_dir = config.dataset.train_csv.parent
-    if not data_dir.exists():
-        typer.echo(f"Writing the MNIST demo dataset to {data_dir}")
-        write_mnist_dataset(data_dir)
-    if not config.model.baseline.exists():
-        typer.echo(f"Training the demo baseline CNN ({DEMO_BASELINE_EPOCHS} epochs) into {config.model.baseline}")
-        train_baseline(config, DEMO_BASELINE_EPOCHS, config.model.baseline)
-    _run_flow(config_path)
+    _run_flow(prepare_demo(workdir, say=typer.echo))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tempfile
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,37 @@ from tasks.dataset import load_split, write_prepared
 from tasks.files import atomic_path
 
 SPLIT_FRACTIONS = {"train": 0.7, "val": 0.15, "test": 0.15}
+BASELINE_EPOCHS = 8
+
+
+def demo_config_text() -> str:
+    """The demo's YAML config; its relative paths are taken from the folder it is copied to."""
+    return resources.files("tasks").joinpath("demo.yaml").read_text()
+
+
+def prepare_demo(workdir: Path, say=print) -> Path:
+    """Make what the demo needs under `workdir`, each piece only if it is missing.
+
+    Writes pruneflow.yaml (the demo config), the MNIST dataset and the baseline CNN.
+
+    Returns:
+        The config's path.
+    """
+    from tasks.config import load_config
+
+    config_path = workdir / "pruneflow.yaml"
+    if not config_path.exists():
+        workdir.mkdir(parents=True, exist_ok=True)
+        config_path.write_text(demo_config_text())
+    config = load_config(config_path)
+    data_dir = config.dataset.train_csv.parent
+    if not data_dir.exists():
+        say(f"Writing the MNIST demo dataset to {data_dir}")
+        write_mnist_dataset(data_dir)
+    if not config.model.baseline.exists():
+        say(f"Training the demo baseline CNN ({BASELINE_EPOCHS} epochs) into {config.model.baseline}")
+        train_baseline(config, BASELINE_EPOCHS, config.model.baseline)
+    return config_path
 
 
 def split_indices(labels: np.ndarray, seed: int) -> dict[str, np.ndarray]:

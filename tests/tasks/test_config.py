@@ -8,7 +8,7 @@ import yaml
 from tasks.config import ConstantSchedule, PolynomialDecaySchedule, RunConfig, load_config, parse_config
 from tasks.errors import PruneflowError
 
-DEMO_CONFIG = Path(__file__).parents[2] / "flows" / "demo.yaml"
+DEMO_CONFIG = Path(__file__).parents[2] / "tasks" / "demo.yaml"
 
 
 def base() -> dict:

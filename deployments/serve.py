@@ -1,0 +1,73 @@
+"""Try pruneflow's deployments on one machine: a server, the GPU work pool, both deployments, a worker.
+
+    .venv/bin/python -m deployments.serve [--port 4200] [--timezone UTC] [--demo-dir demo]
+
+Prepares the demo (its data are the deployments' default parameters), starts `prefect server`
+on 127.0.0.1, creates the process work pool, applies the `nightly` and `manual` deployments,
+and starts a worker on the pool. Ctrl-C stops the worker and the server, by their PIDs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+from pathlib import Path
+
+from deployments.gpu import REPO, DeploymentSettings, apply
+from deployments.local import server_env, start_server, start_worker
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m deployments.serve", description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=4200)
+    parser.add_argument("--pool", default="pruneflow-gpu")
+    parser.add_argument("--timezone", default="UTC", help="time zone of the nightly 02:00 schedule")
+    parser.add_argument("--demo-dir", type=Path, default=REPO / "demo")
+    args = parser.parse_args(argv)
+
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    # SIGTERM (a service manager, `timeout`) must stop the children too, as Ctrl-C does.
+    signal.signal(signal.SIGTERM, _interrupt)
+
+    from tasks.demo import prepare_demo
+
+    prepare_demo(args.demo_dir)
+    env = server_env(args.port)
+    logs = args.demo_dir / "logs"
+    print(f"Starting the Prefect server on 127.0.0.1:{args.port} (log: {logs / 'server.log'})", flush=True)
+    server = start_server(args.port, env, logs / "server.log")
+    worker = None
+    try:
+        settings = DeploymentSettings(work_pool=args.pool, timezone=args.timezone, demo_dir=args.demo_dir)
+        with temporary_settings(updates={PREFECT_API_URL: env["PREFECT_API_URL"]}):
+            apply(settings)
+        worker = start_worker(args.pool, env, logs / "worker.log", cwd=REPO)
+        print(
+            f"\nUI: http://127.0.0.1:{args.port}  (server PID {server.pid}, worker PID {worker.pid}, "
+            f"log {logs / 'worker.log'})\n"
+            f"Run it now: Deployments > prune/manual > Run > Custom run, or\n"
+            f"  PREFECT_API_URL={env['PREFECT_API_URL']} .venv/bin/prefect deployment run prune/manual\n"
+            "Ctrl-C stops the worker and the server.",
+            flush=True,
+        )
+        while server.running() and worker.running():
+            time.sleep(1)
+        print("The server or the worker stopped; see their logs.", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        if worker is not None:
+            worker.stop()
+        server.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
