@@ -110,3 +110,19 @@ def apply(settings: DeploymentSettings | None = None) -> list:
         *build_deployments(settings), work_pool_name=settings.work_pool,
         build=False, push=False, print_next_steps_message=False, ignore_warnings=True,
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m deployments.gpu`: create the pool if needed and apply both deployments."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m deployments.gpu", description=main.__doc__)
+    for name, field in DeploymentSettings.model_fields.items():
+        parser.add_argument(f"--{name.replace('_', '-')}", default=field.default, help=field.description)
+    settings = DeploymentSettings(**vars(parser.parse_args(argv)))
+    apply(settings)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -71,6 +71,8 @@ class _ScheduleSteps(_Strict):
 class ConstantSchedule(_ScheduleSteps):
     """Prune to one sparsity at every pruning step."""
 
+    model_config = ConfigDict(frozen=True, extra="forbid", title="Constant sparsity")
+
     kind: Literal["constant"] = Field("constant", description="Schedule type.")
     target_sparsity: Sparsity = Field(description="Fraction of each prunable tensor set to zero, in [0, 1).")
     end_step: int | None = Field(
@@ -93,6 +95,8 @@ class ConstantSchedule(_ScheduleSteps):
 
 class PolynomialDecaySchedule(_ScheduleSteps):
     """Raise sparsity from initial to final along a polynomial, as in Zhu & Gupta (2017)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", title="Polynomial decay")
 
     kind: Literal["polynomial_decay"] = Field("polynomial_decay", description="Schedule type.")
     initial_sparsity: Sparsity = Field(0.0, description="Sparsity at begin_step, in [0, 1).")
@@ -128,8 +132,21 @@ class TrainingConfig(_Strict):
     )
 
 
+def _schedule_as_choice(schema: dict) -> None:
+    """Publish the schedule as `anyOf`, which Prefect's UI form renders as a choice of type.
+
+    Validation still uses the discriminated union (one clear error per field); only the JSON
+    schema that the UI reads changes.
+    """
+    pruning = schema["properties"]["pruning"]
+    pruning["anyOf"] = pruning.pop("oneOf")
+    pruning.pop("discriminator", None)
+
+
 class RunConfig(_Strict):
     """Everything one pruning run needs: the flow's only parameter."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", json_schema_extra=_schedule_as_choice)
 
     dataset: DatasetConfig = Field(description="The images: CSVs per split, size, batching.")
     model: ModelConfig = Field(description="The model to prune.")

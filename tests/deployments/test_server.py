@@ -2,7 +2,6 @@
 
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -12,43 +11,9 @@ from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.states import AwaitingRetry
 
-from deployments.gpu import REPO, DeploymentSettings, apply
-from deployments.local import free_port, server_env, start_server, start_worker
 from tests.helpers import stage_states, task_runs
 
-POOL = "pruneflow-gpu"
 STAGES = ["prepare_dataset", "evaluate_baseline", "prune_train", "strip", "sanity_check", "measure_size", "evaluate_pruned"]
-
-
-@dataclass
-class Live:
-    port: int
-    home: Path
-
-
-@pytest.fixture(scope="module")
-def live(tmp_path_factory):
-    """Server, work pool, both deployments and a process worker; all stopped by PID at the end."""
-    home = tmp_path_factory.mktemp("prefect-live")
-    port = free_port()
-    env = server_env(port)
-    env.update(
-        PREFECT_HOME=str(home / "prefect"),
-        PREFECT_RESULTS_LOCAL_STORAGE_PATH=str(home / "results"),
-        PREFECT_WORKER_QUERY_SECONDS="1",
-    )
-    server = start_server(port, env, home / "server.log")
-    worker = None
-    try:
-        with temporary_settings(updates={PREFECT_API_URL: env["PREFECT_API_URL"]}):
-            apply(DeploymentSettings(work_pool=POOL, demo_dir=home / "demo"))
-            worker = start_worker(POOL, env, home / "worker.log", cwd=REPO)
-            yield Live(port=port, home=home)
-    finally:
-        if worker is not None:
-            worker.stop()
-        server.stop()
-        assert not server.running() and (worker is None or not worker.running())
 
 
 def wait_final(flow_run_id, timeout: float = 300):
@@ -76,7 +41,7 @@ def summary_of(config_dict) -> dict:
 
 
 def test_manual_run_with_custom_parameters_completes_on_the_worker(live, config_dict):
-    with temporary_settings(updates={PREFECT_API_URL: f"http://127.0.0.1:{live.port}/api"}):
+    with temporary_settings(updates={PREFECT_API_URL: live.api}):
         flow_run = trigger(config_dict)
         assert flow_run.state.is_completed(), flow_run.state.message
         assert {s: stage_states(flow_run.id)[s] for s in STAGES} == {s: "Completed" for s in STAGES}
@@ -93,7 +58,7 @@ def test_manual_run_with_custom_parameters_completes_on_the_worker(live, config_
 
 def test_a_transient_failure_completes_through_the_task_retry(live, config_dict):
     config_dict["training"] = {**config_dict["training"], "epochs": 3, "retries": 2, "retry_delay_seconds": 0}
-    with temporary_settings(updates={PREFECT_API_URL: f"http://127.0.0.1:{live.port}/api"}):
+    with temporary_settings(updates={PREFECT_API_URL: live.api}):
         flow_run = trigger(config_dict, env={"PRUNEFLOW_INJECT_FAULT": "resource_exhausted@1"})
         assert flow_run.state.is_completed(), flow_run.state.message
         [(_, state, attempts)] = [run for run in task_runs(flow_run.id) if run[0] == "prune_train"]
@@ -103,7 +68,7 @@ def test_a_transient_failure_completes_through_the_task_retry(live, config_dict)
 
 def test_a_failed_flow_run_retried_through_the_api_reuses_finished_stages(live, config_dict):
     config_dict["training"] = {**config_dict["training"], "epochs": 3, "retries": 0}
-    with temporary_settings(updates={PREFECT_API_URL: f"http://127.0.0.1:{live.port}/api"}):
+    with temporary_settings(updates={PREFECT_API_URL: live.api}):
         failed = trigger(config_dict, env={"PRUNEFLOW_INJECT_FAULT": "resource_exhausted@1"})
         assert failed.state.is_failed()
         # What the UI's Retry button does: schedule the same flow run again.

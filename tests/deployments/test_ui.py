@@ -1,0 +1,76 @@
+"""In a real browser: the `manual` deployment's custom-run form, a run started from it, its page."""
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+from prefect import get_client
+from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+from prefect.settings import PREFECT_API_URL, temporary_settings
+
+from deployments.gpu import REPO
+from tasks.demo import prepare_demo
+from tests.helpers import stage_states
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+SCREENSHOTS = REPO / "test-outputs"
+# As the machine's own browser probe runs it: no sandbox (root), no GPU, no background traffic.
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync",
+]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"{CHROMIUM} is missing: .ci/run installs Debian's chromium package")
+        pytest.skip("no Chromium here; `apt-get install chromium` to run the browser test")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+def flow_run_ids(deployment_id) -> set:
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])))
+    return {run.id for run in runs}
+
+
+def test_custom_run_form_starts_a_run_that_completes(live, browser):
+    prepare_demo(live.demo_dir)  # what the deployments' default parameters point at
+    with temporary_settings(updates={PREFECT_API_URL: live.api}), get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name("prune/manual")
+        before = flow_run_ids(deployment.id)
+
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(f"http://127.0.0.1:{live.port}/deployments/deployment/{deployment.id}/run", wait_until="networkidle")
+        # The form is generated from the config model: sections, descriptions, defaults, the
+        # schedule type as a choice.
+        for text in ("Dataset", "The images: CSVs per split, size, batching.", "Pruning",
+                     "Constant sparsity", "Polynomial decay", "Fine-tuning and its retries."):
+            assert page.get_by_text(text, exact=True).first.is_visible(), text
+        assert page.get_by_role("textbox").first.is_visible()
+        page.get_by_role("button", name="Submit").click()
+        page.wait_for_url(f"**/deployments/deployment/{deployment.id}*")
+
+        [flow_run_id] = flow_run_ids(deployment.id) - before
+        deadline = time.monotonic() + 300
+        while not (flow_run := client.read_flow_run(flow_run_id)).state.is_final():
+            assert time.monotonic() < deadline, "the run started from the UI did not finish"
+            time.sleep(1)
+        assert flow_run.state.is_completed(), flow_run.state.message
+        assert stage_states(flow_run_id)["prune_train"] == "Completed"
+
+        page.goto(f"http://127.0.0.1:{live.port}/runs/flow-run/{flow_run_id}", wait_until="networkidle")
+        page.get_by_text("Completed").first.wait_for()
+        SCREENSHOTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(SCREENSHOTS / "ui-finished-run.png"))
+        assert (SCREENSHOTS / "ui-finished-run.png").stat().st_size > 10_000
+        page.close()
