@@ -80,3 +80,18 @@ def test_a_failed_flow_run_retried_through_the_api_reuses_finished_stages(live, 
     assert states["prepare_dataset"] == states["evaluate_baseline"] == "Cached"
     assert states["prune_train"] == "Completed"
     assert summary_of(config_dict)["training"]["resumed_from_epoch"] == 1
+
+
+def test_the_server_accepts_a_kubernetes_pool_with_the_gpu_template(live):
+    from prefect.client.schemas.actions import WorkPoolCreate
+
+    from deployments.gpu import kubernetes_base_job_template
+
+    with temporary_settings(updates={PREFECT_API_URL: live.api}), get_client(sync_client=True) as client:
+        client.create_work_pool(
+            WorkPoolCreate(name="pruneflow-k8s", type="kubernetes", base_job_template=kubernetes_base_job_template())
+        )
+        pool = client.read_work_pool("pruneflow-k8s")
+    container = pool.base_job_template["job_configuration"]["job_manifest"]["spec"]["template"]["spec"]["containers"][0]
+    assert container["resources"]["limits"] == {"nvidia.com/gpu": "{{ gpu_count }}"}
+    assert pool.type == "kubernetes"
