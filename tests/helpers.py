@@ -8,6 +8,8 @@ import numpy as np
 import pandas as pd
 
 IMAGE_SIZE = 16
+# The flow's stages in order: each stores an artifact and is cached. publish_report follows them.
+STAGES = ["prepare_dataset", "evaluate_baseline", "prune_train", "strip", "sanity_check", "measure_size", "evaluate_pruned"]
 CLASSES = ("bottom", "top")  # which half of the image is bright
 SPLIT_SIZES = {"train": 40, "val": 12, "test": 12}
 

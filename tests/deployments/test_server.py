@@ -11,10 +11,7 @@ from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.states import AwaitingRetry
 
-from tests.helpers import stage_states, task_runs
-
-STAGES = ["prepare_dataset", "evaluate_baseline", "prune_train", "strip", "sanity_check", "measure_size", "evaluate_pruned"]
-
+from tests.helpers import STAGES, stage_states, task_runs
 
 def wait_final(flow_run_id, timeout: float = 300):
     with get_client(sync_client=True) as client:

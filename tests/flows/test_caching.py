@@ -8,9 +8,8 @@ from flows.prune import prune_flow
 from tasks.config import parse_config
 from tasks.errors import PruneflowError
 from tasks.store import ArtifactStore
-from tests.helpers import stage_states, task_runs
+from tests.helpers import STAGES, stage_states, task_runs
 
-STAGES = ["prepare_dataset", "evaluate_baseline", "prune_train", "strip", "sanity_check", "measure_size", "evaluate_pruned"]
 UPSTREAM = ["prepare_dataset", "evaluate_baseline"]
 TRAINING_AND_AFTER = STAGES[2:]
 
