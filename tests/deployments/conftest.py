@@ -26,6 +26,13 @@ class Live:
         """Where the deployments' default parameters expect the demo dataset."""
         return self.home / "demo"
 
+    def prepared_demo(self) -> Path:
+        """The demo dataset and baseline in demo_dir, made on first use (about 25 s)."""
+        from tasks.demo import prepare_demo
+
+        prepare_demo(self.demo_dir)
+        return self.demo_dir
+
 
 @pytest.fixture(scope="package")
 def live(tmp_path_factory):

@@ -11,7 +11,6 @@ from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from deployments.gpu import REPO
-from tasks.demo import prepare_demo
 from tests.helpers import stage_states
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -44,7 +43,7 @@ def flow_run_ids(deployment_id) -> set:
 
 
 def test_custom_run_form_starts_a_run_that_completes(live, browser):
-    prepare_demo(live.demo_dir)  # what the deployments' default parameters point at
+    live.prepared_demo()  # what the deployments' default parameters point at
     with temporary_settings(updates={PREFECT_API_URL: live.api}), get_client(sync_client=True) as client:
         deployment = client.read_deployment_by_name("prune/manual")
         before = flow_run_ids(deployment.id)

@@ -1,0 +1,49 @@
+"""`python -m deployments.serve`: everything up for a user on one machine, and all of it stopped."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import urllib.request
+
+from deployments.gpu import REPO
+from deployments.local import free_port
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_serve_starts_server_pool_deployments_and_worker_and_stops_them(live, tmp_path):
+    port = free_port()
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PYTHONUNBUFFERED": "1"}
+    env.pop("PREFECT_API_URL", None)
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "deployments.serve", "--port", str(port), "--demo-dir", str(live.prepared_demo())],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )
+    try:
+        output = []
+        for line in serve.stdout:
+            output.append(line)
+            if line.startswith("UI: "):
+                break
+        else:
+            raise AssertionError("serve ended before it was up:\n" + "".join(output[-40:]))
+        server_pid, worker_pid = map(int, re.search(r"server PID (\d+), worker PID (\d+)", line).groups())
+        assert alive(server_pid) and alive(worker_pid)
+        url = f"http://127.0.0.1:{port}/api/deployments/name/prune/manual"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            assert response.status == 200
+        serve.send_signal(signal.SIGTERM)  # as a service manager would stop it
+        assert serve.wait(timeout=60) == 0
+    finally:
+        if serve.poll() is None:
+            os.killpg(serve.pid, signal.SIGKILL)
+            serve.wait()
+    assert not alive(server_pid) and not alive(worker_pid)
