@@ -32,6 +32,7 @@ class PreparedDataset(StoredArtifact):
     classes: list[str]
     counts: dict[str, int]
     image_shape: tuple[int, int, int]
+    warnings: list[str] = []
 
     @property
     def manifest(self) -> Path:
@@ -77,6 +78,11 @@ def read_split(csv_path: Path, split: str) -> pd.DataFrame:
     # String joins, not Path.resolve() per row: this runs on every flow run, for every image.
     frame["filename"] = frame["filename"].str.strip()
     frame["path"] = [os.path.normpath(os.path.join(folder, name)) for name in frame["filename"]]
+    repeated = frame[frame.duplicated("path", keep=False)]
+    if not repeated.empty:
+        lines = repeated.groupby("path")["csv_row"].apply(lambda rows: " and ".join(map(str, rows)))
+        shown = "; ".join(f"{path} on lines {rows}" for path, rows in list(lines.items())[:MAX_LISTED])
+        raise PruneflowError(f"{csv_path}: {len(lines)} image(s) listed more than once: {shown}. Keep one row each.")
     return frame
 
 
@@ -87,6 +93,11 @@ def encode_labels(frames: dict[str, pd.DataFrame], csv_paths: dict[str, Path]) -
     different index wherever a split lacks a class.
     """
     classes = sorted(frames["train"]["label"].unique())
+    if len(classes) < 2:
+        raise PruneflowError(
+            f"{csv_paths['train']}: the train split has a single class ({classes[0]}); "
+            "a classifier needs at least two. Add images of the other classes."
+        )
     known = set(classes)
     for split in ("val", "test"):
         unseen = sorted(set(frames[split]["label"]) - known)
@@ -99,9 +110,36 @@ def encode_labels(frames: dict[str, pd.DataFrame], csv_paths: dict[str, Path]) -
 
 
 def read_splits(config: DatasetConfig) -> dict[str, pd.DataFrame]:
-    """The three splits' rows, each checked for structure (see read_split)."""
+    """The three splits' rows, each checked for structure (see read_split).
+
+    Raises:
+        PruneflowError: also when one image is listed in two splits: a test image seen in
+            training makes the test accuracy a lie.
+    """
     paths = {"train": config.train_csv, "val": config.val_csv, "test": config.test_csv}
-    return {split: read_split(path, split) for split, path in paths.items()}
+    frames = {split: read_split(path, split) for split, path in paths.items()}
+    owner: dict[str, str] = {}
+    leaks = []
+    for split, frame in frames.items():
+        for path in frame["path"]:
+            if path in owner:
+                leaks.append(f"{path} (in {owner[path]} and {split})")
+            owner.setdefault(path, split)
+    if leaks:
+        shown = "; ".join(leaks[:MAX_LISTED])
+        raise PruneflowError(
+            f"{len(leaks)} image(s) are listed in two splits, which leaks data between them: {shown}. "
+            "Keep each image in exactly one of the train, val and test CSVs."
+        )
+    return frames
+
+
+def split_warnings(frames: dict[str, pd.DataFrame]) -> list[str]:
+    """Problems worth a warning but not a failure: a class that val has but test lacks."""
+    missing = sorted(set(frames["val"]["label"]) - set(frames["test"]["label"]))
+    if not missing:
+        return []
+    return [f"class(es) {', '.join(missing)} appear in val but never in test: their test accuracy is unmeasured"]
 
 
 def fingerprint(config: DatasetConfig) -> dict[str, str]:
@@ -128,6 +166,18 @@ def decode_image(path, config: DatasetConfig):
     return tf.cast(tf.round(tf.clip_by_value(resized, 0.0, 255.0)), tf.uint8)
 
 
+SIGNATURES = {b"\xff\xd8\xff": "JPEG", b"\x89PNG": "PNG", b"GIF8": "GIF", b"BM": "BMP", b"RIFF": "RIFF/WebP"}
+
+
+def sniff_format(path: Path) -> str:
+    """The image format a file's first bytes announce; 'empty' or 'not an image' otherwise."""
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+    if not head:
+        return "empty"
+    return next((kind for magic, kind in SIGNATURES.items() if head.startswith(magic)), "not an image")
+
+
 def write_records(paths: list[str], label_indices: list[int], config: DatasetConfig, out_path: Path) -> list[str]:
     """Decode every image into a TFRecord file; return 'path: reason' for each one that failed."""
     from tasks.runtime import tf
@@ -137,6 +187,11 @@ def write_records(paths: list[str], label_indices: list[int], config: DatasetCon
         for path, label in zip(paths, label_indices):
             if not Path(path).is_file():
                 problems.append(f"{path}: file not found")
+                continue
+            kind = sniff_format(Path(path))
+            if kind != "JPEG":
+                # TF's JPEG decoder also accepts PNG and GIF; a file named .jpg must be a JPEG.
+                problems.append(f"{path}: not a readable JPEG (the file is {kind})")
                 continue
             try:
                 image = decode_image(path, config)
@@ -191,6 +246,7 @@ def write_prepared(config: DatasetConfig, out_dir: Path) -> PreparedDataset:
         classes=classes,
         counts={split: len(frame) for split, frame in frames.items()},
         image_shape=(config.image_height, config.image_width, config.channels),
+        warnings=split_warnings(frames),
     )
 
 
@@ -245,7 +301,10 @@ def prepare_dataset(store: ArtifactStore, key: str, config: DatasetConfig) -> Pr
     with store.writing(STAGE, key) as tmp:
         prepared = write_prepared(config, tmp)
     prepared = store.stored(STAGE, key, prepared)
-    get_run_logger().info(
+    logger = get_run_logger()
+    for warning in prepared.warnings:
+        logger.warning("Dataset: %s", warning)
+    logger.info(
         "Dataset: %s images (%s), %d classes: %s",
         sum(prepared.counts.values()),
         ", ".join(f"{split} {n}" for split, n in prepared.counts.items()),

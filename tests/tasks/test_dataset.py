@@ -185,3 +185,59 @@ def test_key_follows_image_content_not_paths(tiny_data, tmp_path):
     after = fingerprint(dataset_config(moved))
     assert after["val"] != before["val"] and after["train"] == before["train"]
     assert dataset_key(dataset_config(moved)) != dataset_key(config)
+
+
+def test_an_image_listed_twice_in_a_split_is_refused(tiny_data, tmp_path):
+    data = copy_data(tiny_data, tmp_path)
+    with open(data / "val.csv", "a") as csv:
+        csv.write("img/val_001.jpg,top\n")
+    with pytest.raises(PruneflowError, match=r"val.csv: 1 image\(s\) listed more than once: .*val_001.jpg on lines 3 and 14"):
+        write_prepared(dataset_config(data), tmp_path / "out")
+
+
+def test_an_image_in_two_splits_is_refused_as_leakage(tiny_data, tmp_path):
+    data = copy_data(tiny_data, tmp_path)
+    with open(data / "test.csv", "a") as csv:
+        csv.write("img/train_004.jpg,bottom\n")
+    with pytest.raises(PruneflowError, match=r"listed in two splits.*train_004.jpg \(in train and test\)"):
+        write_prepared(dataset_config(data), tmp_path / "out")
+
+
+def test_a_single_class_in_train_is_refused(tiny_data, tmp_path):
+    data = copy_data(tiny_data, tmp_path)
+    train = pd.read_csv(data / "train.csv")
+    train[train["label"] == "top"].to_csv(data / "train.csv", index=False)
+    val = pd.read_csv(data / "val.csv")
+    val[val["label"] == "top"].to_csv(data / "val.csv", index=False)
+    test = pd.read_csv(data / "test.csv")
+    test[test["label"] == "top"].to_csv(data / "test.csv", index=False)
+    with pytest.raises(PruneflowError, match=r"train.csv: the train split has a single class \(top\)"):
+        write_prepared(dataset_config(data), tmp_path / "out")
+
+
+def test_a_class_in_val_but_not_in_test_is_only_a_warning(tiny_data, tmp_path):
+    data = copy_data(tiny_data, tmp_path)
+    test = pd.read_csv(data / "test.csv")
+    test[test["label"] == "top"].to_csv(data / "test.csv", index=False)
+    prepared = write_prepared(dataset_config(data), tmp_path / "out")
+    assert prepared.warnings == ["class(es) bottom appear in val but never in test: their test accuracy is unmeasured"]
+    assert prepared.counts["test"] == SPLIT_SIZES["test"] // 2
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated", "png"])
+def test_zero_byte_truncated_and_png_images_are_refused(tiny_data, tmp_path, damage):
+    from tasks.runtime import tf
+
+    data = copy_data(tiny_data, tmp_path)
+    image = data / "img" / "test_005.jpg"
+    if damage == "empty":
+        image.write_bytes(b"")
+    elif damage == "truncated":
+        image.write_bytes(image.read_bytes()[: len(image.read_bytes()) // 2])
+    else:
+        pixels = tf.io.decode_jpeg(tf.io.read_file(str(image)))
+        image.write_bytes(tf.io.encode_png(pixels).numpy())
+    with pytest.raises(PruneflowError, match=r"1 image\(s\) .* cannot be read:\n  .*test_005.jpg: not a readable JPEG") as error:
+        write_prepared(dataset_config(data), tmp_path / "out")
+    reason = {"empty": "the file is empty", "truncated": "jpeg::Uncompress failed", "png": "the file is PNG"}[damage]
+    assert reason in str(error.value)
