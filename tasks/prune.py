@@ -8,6 +8,7 @@ the pruning step, the masks and the optimizer state.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import sys
 import time
@@ -99,6 +100,8 @@ def epoch_checkpoint(work_dir: Path, history: dict[str, list[float]]):
 
     class EpochCheckpoint(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
+            if not math.isfinite((logs or {}).get("loss", 0.0)):
+                return  # diverged: keep the last good checkpoint, never a NaN model
             save_model(self.model, work_dir / "checkpoint.h5", include_optimizer=True)
             for name, value in (logs or {}).items():
                 history.setdefault(name, []).append(float(value))
@@ -145,12 +148,13 @@ def train_pruned(
     callbacks = [
         tfmot.sparsity.keras.UpdatePruningStep(),
         tfmot.sparsity.keras.PruningSummaries(log_dir=str(work_dir / "logs")),
+        keras.callbacks.TerminateOnNaN(),
         epoch_checkpoint(work_dir, history),
         *fault_callbacks(),
     ]
     started = time.perf_counter()
     if done < config.training.epochs:
-        wrapped.fit(
+        fitted = wrapped.fit(
             load_split(dataset, "train", config.dataset),
             validation_data=load_split(dataset, "val", config.dataset),
             initial_epoch=done,
@@ -159,6 +163,13 @@ def train_pruned(
             # A progress bar per batch in a terminal; one line per epoch in a log file.
             verbose=1 if sys.stdout.isatty() else 2,
         )
+        losses = fitted.history.get("loss", [])
+        if losses and not math.isfinite(losses[-1]):
+            raise PruneflowError(
+                f"prune-training diverged: the loss became {losses[-1]} in epoch {done + len(losses)} of "
+                f"{config.training.epochs}, so no model was saved. Lower training.learning_rate "
+                f"(now {config.training.learning_rate}) or check the data."
+            )
     seconds = time.perf_counter() - started
 
     # With its optimizer state: the pruning step and masks live in the wrapped model's weights.

@@ -148,3 +148,11 @@ def test_only_transient_failures_are_retried():
     assert not is_transient(PruneflowError("bad data"))
     assert not is_transient(ValueError("a bug"))
     assert not is_transient(tf.errors.InvalidArgumentError(None, None, "shape"))
+
+
+def test_diverging_training_fails_clearly_and_saves_no_nan_model(config_dict, tmp_path):
+    config, dataset, schedule = prepared_run(config_dict, tmp_path, epochs=3, optimizer="sgd", learning_rate=1e12)
+    with pytest.raises(PruneflowError, match=r"prune-training diverged: the loss became nan in epoch 1 of 3.*learning_rate"):
+        train_pruned(config, dataset, schedule, tmp_path / "work", tmp_path / "out")
+    assert not (tmp_path / "work" / "checkpoint.h5").exists()  # epoch 1 diverged: nothing to resume from
+    assert not (tmp_path / "out" / "wrapped.h5").exists()
