@@ -75,6 +75,7 @@ def prune_flow(config: RunConfig) -> RunSummary:
         baseline = run_stage(
             evaluate_baseline, store, baseline_key(baseline_path, dataset),
             model_path=baseline_path, dataset=dataset, config=config.dataset,
+            trust_custom_code=config.model.trust_custom_code,
         )
     training = prune_train.with_options(
         retries=config.training.retries,

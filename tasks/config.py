@@ -55,6 +55,9 @@ class ModelConfig(_Strict):
     """The unpruned model to start from."""
 
     baseline: ConfigPath = Field(description="A Keras model saved as .h5 or .keras.")
+    trust_custom_code: bool = Field(
+        False, description="Load a baseline with Lambda layers or custom classes, whose loading runs code."
+    )
 
     @model_validator(mode="after")
     def _known_format(self) -> ModelConfig:

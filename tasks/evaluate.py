@@ -24,12 +24,14 @@ class Evaluation(StoredArtifact):
     examples: int
 
 
-def evaluate_on_test(model_path: Path, dataset: PreparedDataset, config: DatasetConfig, out_dir: Path) -> Evaluation:
+def evaluate_on_test(
+    model_path: Path, dataset: PreparedDataset, config: DatasetConfig, out_dir: Path, trusted: bool = True
+) -> Evaluation:
     """Check the model against the dataset's shape and classes, evaluate it on test, write the figures."""
     from tasks.runtime import keras
 
     keras.backend.clear_session()
-    model = load_model(model_path)
+    model = load_model(model_path, trusted=trusted)
     check_compatible(model, model_path, config, len(dataset.classes))
     accuracy, loss = evaluate(model, load_split(dataset, "test", config))
     result = Evaluation(folder=out_dir, accuracy=accuracy, loss=loss, examples=dataset.counts["test"])
@@ -51,19 +53,20 @@ def pruned_key(model_digest: str, dataset: PreparedDataset) -> str:
     return evaluation_key(PRUNED, model_digest, dataset)
 
 
-def _evaluate_stage(stage, store, key, model_path, dataset, config, who: str) -> Evaluation:
+def _evaluate_stage(stage, store, key, model_path, dataset, config, who: str, trusted: bool = True) -> Evaluation:
     with store.writing(stage, key) as tmp:
-        result = evaluate_on_test(model_path, dataset, config, tmp)
+        result = evaluate_on_test(model_path, dataset, config, tmp, trusted)
     get_run_logger().info("%s on test: accuracy %.4f, loss %.4f", who, result.accuracy, result.loss)
     return store.stored(stage, key, result)
 
 
 @task(cache_policy=ARTIFACT_CACHE, persist_result=True)
 def evaluate_baseline(
-    store: ArtifactStore, key: str, model_path: Path, dataset: PreparedDataset, config: DatasetConfig
+    store: ArtifactStore, key: str, model_path: Path, dataset: PreparedDataset, config: DatasetConfig,
+    trust_custom_code: bool = False,
 ) -> Evaluation:
-    """Test accuracy and loss of the unpruned model."""
-    return _evaluate_stage(BASELINE, store, key, model_path, dataset, config, "Baseline")
+    """Test accuracy and loss of the unpruned model (refused if loading it would run code, unless trusted)."""
+    return _evaluate_stage(BASELINE, store, key, model_path, dataset, config, "Baseline", trust_custom_code)
 
 
 @task(cache_policy=ARTIFACT_CACHE, persist_result=True)

@@ -12,10 +12,12 @@ from tasks.errors import PruneflowError
 from tasks.files import atomic_path
 
 
-def load_model(path: Path, *, pruning_wrappers: bool = False, compile: bool = False):
+def load_model(path: Path, *, pruning_wrappers: bool = False, compile: bool = False, trusted: bool = True):
     """Load a .h5 or .keras model, by default without compiling it.
 
     Args:
+        trusted: False for a file from outside (the baseline): refuse it if loading it would
+            run code (see require_no_code). Files pruneflow wrote itself are trusted.
         pruning_wrappers: load inside TFMOT's prune_scope, for models saved while wrapped.
         compile: restore the saved loss, metrics and optimizer state (to resume training).
 
@@ -27,6 +29,8 @@ def load_model(path: Path, *, pruning_wrappers: bool = False, compile: bool = Fa
     path = Path(path)
     if not path.is_file():
         raise PruneflowError(f"{path}: model file not found; check model.baseline in the config")
+    if not trusted:
+        require_no_code(path)
     scope = tfmot.sparsity.keras.prune_scope() if pruning_wrappers else contextlib.nullcontext()
     try:
         with scope:
@@ -36,6 +40,57 @@ def load_model(path: Path, *, pruning_wrappers: bool = False, compile: bool = Fa
             f"{path}: cannot be loaded as a tf_keras model ({type(error).__name__}: {error}). "
             "Save the model with tf_keras (TF_USE_LEGACY_KERAS=1) as .h5 or .keras."
         ) from None
+
+
+def stored_config(path: Path) -> dict:
+    """A model file's architecture, read as JSON without deserialising (so without running) it."""
+    import json
+    import zipfile
+
+    import h5py
+
+    try:
+        if path.suffix == ".keras":
+            with zipfile.ZipFile(path) as archive:
+                return json.loads(archive.read("config.json"))
+        with h5py.File(path, "r") as h5:
+            raw = h5.attrs["model_config"]
+        return json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as error:
+        raise PruneflowError(
+            f"{path}: no Keras model architecture found in it ({type(error).__name__}: {error}); "
+            "save the model with tf_keras as .h5 or .keras"
+        ) from None
+
+
+def code_carrying_layers(config: dict) -> list[str]:
+    """'name (Class)' of each layer whose loading would run code from the file or from outside
+    tf_keras: Lambda layers (marshalled Python bytecode) and custom classes."""
+    from tasks.runtime import keras
+
+    found = []
+    for layer in config.get("config", {}).get("layers", []):
+        class_name = layer.get("class_name", "")
+        name = layer.get("config", {}).get("name", "?")
+        if class_name in ("Sequential", "Functional", "Model"):
+            found += code_carrying_layers(layer)
+        elif class_name == "Lambda" or not hasattr(keras.layers, class_name):
+            found.append(f"{name} ({class_name})")
+    return found
+
+
+def require_no_code(path: Path) -> None:
+    """Refuse a model file whose loading would run code that came with it.
+
+    Raises:
+        PruneflowError: naming the layers; model.trust_custom_code: true allows them.
+    """
+    risky = code_carrying_layers(stored_config(path))
+    if risky:
+        raise PruneflowError(
+            f"{path}: loading this model would run code that comes with it or from outside tf_keras: "
+            f"{', '.join(risky)}. If you trust the file, set model.trust_custom_code: true in the config."
+        )
 
 
 def save_model(model, path: Path, *, include_optimizer: bool = False) -> Path:

@@ -72,10 +72,37 @@ def make_optimizer(config: RunConfig):
     return optimizers[config.training.optimizer](learning_rate=config.training.learning_rate)
 
 
-def wrap_for_pruning(model, schedule: Schedule, model_path: Path):
-    """prune_low_magnitude over the whole model, with TFMOT's refusals turned into user errors."""
-    from tasks.runtime import tfmot
+def unprunable_layers(model) -> list[str]:
+    """'name (Class)' of every layer, nested ones included, that TFMOT has no pruning rule for."""
+    from tensorflow_model_optimization.python.core.sparsity.keras.prune_registry import PruneRegistry
 
+    from tasks.runtime import keras, tfmot
+
+    found = []
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            found += unprunable_layers(layer)
+        elif not (isinstance(layer, tfmot.sparsity.keras.PrunableLayer) or PruneRegistry.supports(layer)):
+            found.append(f"{layer.name} ({type(layer).__name__})")
+    return found
+
+
+def wrap_for_pruning(model, schedule: Schedule, model_path: Path):
+    """prune_low_magnitude over the whole model, with TFMOT's refusals explained as user errors."""
+    from tasks.runtime import keras, tfmot
+
+    if not (isinstance(model, keras.Sequential) or model._is_graph_network):
+        raise PruneflowError(
+            f"{model_path}: a subclassed model ({type(model).__name__}) cannot be pruned: TFMOT prunes "
+            "Sequential and functional models only. Rebuild it with the functional API and load its weights."
+        )
+    unsupported = unprunable_layers(model)
+    if unsupported:
+        raise PruneflowError(
+            f"{model_path}: TFMOT cannot prune these layers: {', '.join(unsupported)}. Whole-model pruning "
+            "needs every layer to be supported; pruning only the supported layers (leaving these unwrapped) "
+            "is done by selecting layers with keras.models.clone_model, which pruneflow does not do yet."
+        )
     try:
         return tfmot.sparsity.keras.prune_low_magnitude(model, pruning_schedule=to_tfmot(schedule))
     except (ValueError, NotImplementedError) as error:
@@ -117,7 +144,7 @@ def start_or_resume(config: RunConfig, dataset: PreparedDataset, schedule: Sched
     if checkpoint.is_file():
         wrapped = load_model(checkpoint, pruning_wrappers=True, compile=True)
         return wrapped, pruning_step(wrapped) // config.steps_per_epoch(dataset.counts["train"])
-    baseline = load_model(config.model.baseline)
+    baseline = load_model(config.model.baseline, trusted=config.model.trust_custom_code)
     check_compatible(baseline, config.model.baseline, config.dataset, len(dataset.classes))
     wrapped = wrap_for_pruning(baseline, schedule, config.model.baseline)
     compile_model(wrapped, make_optimizer(config))

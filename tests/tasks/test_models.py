@@ -60,3 +60,30 @@ def test_softmax_output_is_detected_through_the_pruning_wrapper():
     assert outputs_probabilities(tfmot.sparsity.keras.prune_low_magnitude(model))
     logits = keras.Sequential([keras.Input(shape=(3,)), keras.layers.Dense(2)])
     assert not outputs_probabilities(logits)
+
+
+def test_a_lambda_layer_is_refused_unless_trusted(tmp_path):
+    from tasks.models import save_model
+    from tasks.runtime import keras
+
+    model = keras.Sequential(
+        [keras.Input(shape=(4,)), keras.layers.Lambda(lambda x: x * 2, name="times_two"), keras.layers.Dense(2)]
+    )
+    path = save_model(model, tmp_path / "lambda.h5")
+    with pytest.raises(PruneflowError, match=r"lambda.h5: loading this model would run code .*times_two \(Lambda\).*trust_custom_code"):
+        load_model(path, trusted=False)
+    assert load_model(path, trusted=True).layers[0].name == "times_two"
+
+
+def test_a_model_of_plain_keras_layers_loads_untrusted(tiny_baseline):
+    assert load_model(tiny_baseline, trusted=False).count_params() > 0
+
+
+def test_a_file_without_an_architecture_is_refused(tmp_path):
+    import h5py
+
+    path = tmp_path / "weights-only.h5"
+    with h5py.File(path, "w") as h5:
+        h5.create_dataset("w", data=[1.0])
+    with pytest.raises(PruneflowError, match="weights-only.h5: no Keras model architecture found"):
+        load_model(path, trusted=False)

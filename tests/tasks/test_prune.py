@@ -2,6 +2,8 @@
 
 import json
 
+import numpy as np
+
 import pytest
 
 from tasks.config import parse_config
@@ -47,18 +49,37 @@ def test_strip_removes_wrappers_and_keeps_predictions(trained, tmp_path):
     assert (tmp_path / "pruned.h5").stat().st_size < result.wrapped_model.stat().st_size  # no masks, no optimizer
 
 
-def test_unprunable_model_is_refused_with_the_reason(tmp_path):
+def test_unprunable_layers_are_named(tmp_path):
     from tasks.config import ConstantSchedule
     from tasks.runtime import keras
 
-    class Custom(keras.layers.Layer):
+    class Doubler(keras.layers.Layer):
         def call(self, inputs):
             return inputs * 2
 
-    model = keras.Sequential([keras.Input(shape=(4,)), Custom(), keras.layers.Dense(2)])
+    model = keras.Sequential([keras.Input(shape=(4,)), Doubler(name="doubler"), keras.layers.Dense(2)])
     schedule = ConstantSchedule(target_sparsity=0.5, end_step=-1)
-    with pytest.raises(PruneflowError, match="m.h5: TFMOT cannot prune this model"):
+    with pytest.raises(PruneflowError, match=r"m.h5: TFMOT cannot prune these layers: doubler \(Doubler\)\. .*unwrapped"):
         wrap_for_pruning(model, schedule, tmp_path / "m.h5")
+
+
+def test_a_subclassed_model_is_refused_with_an_explanation(tmp_path):
+    from tasks.config import ConstantSchedule
+    from tasks.runtime import keras
+
+    class Net(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.dense = keras.layers.Dense(2)
+
+        def call(self, inputs):
+            return self.dense(inputs)
+
+    model = Net()
+    model(np.zeros((1, 4), dtype="float32"))
+    schedule = ConstantSchedule(target_sparsity=0.5, end_step=-1)
+    with pytest.raises(PruneflowError, match=r"a subclassed model \(Net\) cannot be pruned.*functional API"):
+        wrap_for_pruning(model, schedule, tmp_path / "m.keras")
 
 
 def prepared_run(config_dict, tmp_path, **training):
