@@ -82,6 +82,8 @@ def unprunable_layers(model) -> list[str]:
     for layer in model.layers:
         if isinstance(layer, keras.Model):
             found += unprunable_layers(layer)
+        elif isinstance(layer, keras.layers.InputLayer):
+            continue  # never wrapped: clone_model recreates inputs
         elif not (isinstance(layer, tfmot.sparsity.keras.PrunableLayer) or PruneRegistry.supports(layer)):
             found.append(f"{layer.name} ({type(layer).__name__})")
     return found
