@@ -55,11 +55,22 @@ def test_custom_run_form_starts_a_run_that_completes(live, browser):
         for text in ("Dataset", "The images: CSVs per split, size, batching.", "Pruning",
                      "Constant sparsity", "Polynomial decay", "Fine-tuning and its retries."):
             assert page.get_by_text(text, exact=True).first.is_visible(), text
-        assert page.get_by_role("textbox").first.is_visible()
-        page.get_by_role("button", name="Submit").click()
-        page.wait_for_url(f"**/deployments/deployment/{deployment.id}*")
-
-        [flow_run_id] = flow_run_ids(deployment.id) - before
+        # The defaults are filled in after the page loads; submitting before that sends an
+        # incomplete form, which the UI refuses.
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('textarea, input')].some(e => e.value.endsWith('train.csv'))",
+            timeout=60_000,
+        )
+        page.get_by_role("button", name="Submit").click()  # waits until the button is enabled
+        # The run exists once the server has it; the page's redirect may lag on a busy machine.
+        deadline = time.monotonic() + 90
+        while not (started := flow_run_ids(deployment.id) - before):
+            if time.monotonic() > deadline:
+                SCREENSHOTS.mkdir(exist_ok=True)
+                page.screenshot(path=str(SCREENSHOTS / "ui-submit-no-run.png"), full_page=True)
+                pytest.fail("clicking Submit created no flow run; see test-outputs/ui-submit-no-run.png")
+            time.sleep(0.5)
+        [flow_run_id] = started
         deadline = time.monotonic() + 300
         while not (flow_run := client.read_flow_run(flow_run_id)).state.is_final():
             assert time.monotonic() < deadline, "the run started from the UI did not finish"
