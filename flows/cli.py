@@ -15,6 +15,7 @@ from tasks.errors import PruneflowError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
+
 @contextlib.contextmanager
 def run_settings(refresh: bool = False) -> Iterator[None]:
     """Prefect settings for flow runs started from this process.
