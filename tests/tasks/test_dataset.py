@@ -28,6 +28,12 @@ def copy_data(tiny_data, tmp_path):
     return shutil.copytree(tiny_data, tmp_path / "data")
 
 
+def keep_only(data, split: str, label: str) -> None:
+    """Rewrite a split's CSV with the rows of one label only."""
+    frame = pd.read_csv(data / f"{split}.csv")
+    frame[frame["label"] == label].to_csv(data / f"{split}.csv", index=False)
+
+
 def test_manifest_lists_every_image_with_label_index_split_and_digest(tiny_data, tmp_path):
     prepared = write_prepared(dataset_config(tiny_data), tmp_path / "out")
     manifest = pd.read_parquet(prepared.manifest)
@@ -45,8 +51,7 @@ def test_manifest_lists_every_image_with_label_index_split_and_digest(tiny_data,
 def test_labels_are_encoded_from_train_and_applied_to_every_split(tiny_data, tmp_path):
     data = copy_data(tiny_data, tmp_path)
     # A test split holding only one class: encoding it on its own would give that class index 0.
-    test = pd.read_csv(data / "test.csv")
-    test[test["label"] == "top"].to_csv(data / "test.csv", index=False)
+    keep_only(data, "test", "top")
     prepared = write_prepared(dataset_config(data), tmp_path / "out")
     manifest = pd.read_parquet(prepared.manifest)
     assert set(manifest[manifest["split"] == "test"]["label_index"]) == {1}
@@ -205,20 +210,15 @@ def test_an_image_in_two_splits_is_refused_as_leakage(tiny_data, tmp_path):
 
 def test_a_single_class_in_train_is_refused(tiny_data, tmp_path):
     data = copy_data(tiny_data, tmp_path)
-    train = pd.read_csv(data / "train.csv")
-    train[train["label"] == "top"].to_csv(data / "train.csv", index=False)
-    val = pd.read_csv(data / "val.csv")
-    val[val["label"] == "top"].to_csv(data / "val.csv", index=False)
-    test = pd.read_csv(data / "test.csv")
-    test[test["label"] == "top"].to_csv(data / "test.csv", index=False)
+    for split in ("train", "val", "test"):
+        keep_only(data, split, "top")
     with pytest.raises(PruneflowError, match=r"train.csv: the train split has a single class \(top\)"):
         write_prepared(dataset_config(data), tmp_path / "out")
 
 
 def test_a_class_in_val_but_not_in_test_is_only_a_warning(tiny_data, tmp_path):
     data = copy_data(tiny_data, tmp_path)
-    test = pd.read_csv(data / "test.csv")
-    test[test["label"] == "top"].to_csv(data / "test.csv", index=False)
+    keep_only(data, "test", "top")
     prepared = write_prepared(dataset_config(data), tmp_path / "out")
     assert prepared.warnings == ["class(es) bottom appear in val but never in test: their test accuracy is unmeasured"]
     assert prepared.counts["test"] == SPLIT_SIZES["test"] // 2
