@@ -14,12 +14,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from prefect import Task, flow, get_run_logger
-from prefect.runtime import flow_run
+from prefect.runtime import deployment, flow_run
 from prefect.tasks import exponential_backoff
 
 from tasks.config import RunConfig
-from tasks.dataset import dataset_key, prepare_dataset
+from tasks.dataset import prepare_dataset
 from tasks.evaluate import baseline_key, evaluate_baseline, evaluate_pruned, pruned_key
+from tasks.files import storage_errors
+from tasks.inputs import check_inputs
 from tasks.prune import prune_train, strip, strip_key, train_key
 from tasks.report import RunSummary, publish_report
 from tasks.sanity import sanity_check, sanity_key
@@ -32,7 +34,8 @@ def new_run_dir(output_root: Path) -> Path:
     """A fresh folder for this run's summary: UTC time, then the flow run's name."""
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     run_dir = output_root / "runs" / f"{stamp}-{flow_run.name or 'local'}"
-    run_dir.mkdir(parents=True, exist_ok=False)
+    with storage_errors(output_root, "the run's folder"):
+        run_dir.mkdir(parents=True, exist_ok=False)
     return run_dir
 
 
@@ -62,18 +65,19 @@ def run_stage(stage: Task, store: ArtifactStore, key: str, **inputs):
 @flow(name="prune")
 def prune_flow(config: RunConfig) -> RunSummary:
     """Prune the baseline under the configured schedule and compare it with the baseline."""
+    inputs = check_inputs(config, from_deployment=deployment.id is not None)
     store = ArtifactStore(root=config.output_root / "artifacts")
     run_dir = new_run_dir(config.output_root)
     seconds: dict[str, float] = {}
     with timed(seconds, "prepare_dataset"):
-        dataset = run_stage(prepare_dataset, store, dataset_key(config.dataset), config=config.dataset)
+        dataset = run_stage(prepare_dataset, store, inputs.dataset_key, config=config.dataset)
     schedule = resolve_schedule(
         config.pruning, config.steps_per_epoch(dataset.counts["train"]), config.training.epochs
     )
     baseline_path = config.model.baseline
     with timed(seconds, "evaluate_baseline"):
         baseline = run_stage(
-            evaluate_baseline, store, baseline_key(baseline_path, dataset),
+            evaluate_baseline, store, baseline_key(inputs.baseline_digest, dataset),
             model_path=baseline_path, dataset=dataset, config=config.dataset,
             trust_custom_code=config.model.trust_custom_code,
         )

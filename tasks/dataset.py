@@ -142,13 +142,14 @@ def split_warnings(frames: dict[str, pd.DataFrame]) -> list[str]:
     return [f"class(es) {', '.join(missing)} appear in val but never in test: their test accuracy is unmeasured"]
 
 
-def fingerprint(config: DatasetConfig) -> dict[str, str]:
-    """Content digest per split: its rows' labels and image bytes, in order; paths left out.
+def fingerprint(frames: dict[str, pd.DataFrame]) -> dict[str, str]:
+    """Content digest per split (frames from read_splits): its rows' labels and image bytes, in
+    order; paths left out.
 
     A missing image gets the digest 'missing', so the preparation that follows reports it.
     """
     inputs = {}
-    for split, frame in read_splits(config).items():
+    for split, frame in frames.items():
         rows = [
             (label, file_digest(Path(name)) if Path(name).is_file() else "missing")
             for name, label in zip(frame["path"], frame["label"])
@@ -285,22 +286,24 @@ def load_split(dataset: PreparedDataset, split: str, config: DatasetConfig):
 STAGE = "prepare_dataset"
 
 
-def dataset_key(config: DatasetConfig) -> str:
+def dataset_key(config: DatasetConfig, frames: dict[str, pd.DataFrame] | None = None) -> str:
     """The prepared dataset's key: image contents and labels, and the stored image shape.
+
+    Args:
+        frames: the splits as read_splits returns them, when the caller has already read them.
 
     Batch size, shuffle seed and augmentation only shape the pipelines built later, so
     changing them reuses the prepared dataset.
     """
     params = config.model_dump(mode="json", include={"image_height", "image_width", "channels"})
-    return stage_key(STAGE, code_version(__name__), fingerprint(config), params)
+    frames = read_splits(config) if frames is None else frames
+    return stage_key(STAGE, code_version(__name__), fingerprint(frames), params)
 
 
 @task(cache_policy=ARTIFACT_CACHE, persist_result=True)
 def prepare_dataset(store: ArtifactStore, key: str, config: DatasetConfig) -> PreparedDataset:
     """Check the splits and store them decoded, with the manifest and the label mapping."""
-    with store.writing(STAGE, key) as tmp:
-        prepared = write_prepared(config, tmp)
-    prepared = store.stored(STAGE, key, prepared)
+    prepared = store.produce(STAGE, key, PreparedDataset, lambda tmp: write_prepared(config, tmp))
     logger = get_run_logger()
     for warning in prepared.warnings:
         logger.warning("Dataset: %s", warning)

@@ -8,7 +8,7 @@ from prefect import get_run_logger, task
 
 from tasks.config import DatasetConfig
 from tasks.dataset import PreparedDataset, load_split
-from tasks.files import file_digest, write_json
+from tasks.files import write_json
 from tasks.models import check_compatible, evaluate, load_model
 from tasks.store import ARTIFACT_CACHE, ArtifactStore, StoredArtifact, code_version, stage_key
 
@@ -45,8 +45,8 @@ def evaluation_key(stage: str, model_digest: str, dataset: PreparedDataset) -> s
     return stage_key(stage, code, {"model": model_digest, "dataset": dataset.digest})
 
 
-def baseline_key(model_path: Path, dataset: PreparedDataset) -> str:
-    return evaluation_key(BASELINE, file_digest(model_path), dataset)
+def baseline_key(model_digest: str, dataset: PreparedDataset) -> str:
+    return evaluation_key(BASELINE, model_digest, dataset)
 
 
 def pruned_key(model_digest: str, dataset: PreparedDataset) -> str:
@@ -54,10 +54,11 @@ def pruned_key(model_digest: str, dataset: PreparedDataset) -> str:
 
 
 def _evaluate_stage(stage, store, key, model_path, dataset, config, who: str, trusted: bool = True) -> Evaluation:
-    with store.writing(stage, key) as tmp:
-        result = evaluate_on_test(model_path, dataset, config, tmp, trusted)
+    result = store.produce(
+        stage, key, Evaluation, lambda tmp: evaluate_on_test(model_path, dataset, config, tmp, trusted)
+    )
     get_run_logger().info("%s on test: accuracy %.4f, loss %.4f", who, result.accuracy, result.loss)
-    return store.stored(stage, key, result)
+    return result
 
 
 @task(cache_policy=ARTIFACT_CACHE, persist_result=True)

@@ -1,8 +1,9 @@
-"""File helpers: atomic writes and content digests."""
+"""File helpers: atomic writes, content digests, and storage failures explained."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -11,6 +12,8 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from tasks.errors import PruneflowError
 
 
 @contextlib.contextmanager
@@ -45,3 +48,64 @@ def file_digest(path: Path) -> str:
     """Return the SHA-256 of a file's bytes, as hex."""
     with open(path, "rb") as fh:
         return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+# errno values that mean "this folder cannot take more data", whatever the writer was.
+_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+_READ_ONLY = {errno.EROFS, errno.EACCES, errno.EPERM}
+MIN_FREE_BYTES = 1 << 20  # below this, a failed write is blamed on a full disk
+
+
+def _errno_of(error: BaseException) -> int | None:
+    """The errno behind an error, also when a library wrapped it (h5py, TensorFlow)."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno is not None:
+            return error.errno
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _existing_parent(folder: Path) -> Path:
+    folder = Path(folder).absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder
+
+
+def storage_problem(folder: Path, error: BaseException | None = None) -> str | None:
+    """Why writing under `folder` fails, when the reason is the storage rather than the code.
+
+    Looks at the error's errno and, since TensorFlow and h5py often lose it, at the folder's
+    file system itself: read-only, or (almost) no space left.
+    """
+    code = _errno_of(error) if error is not None else None
+    probe = _existing_parent(folder)
+    read_only = bool(os.statvfs(probe).f_flag & os.ST_RDONLY) or not os.access(probe, os.W_OK)
+    if code in _READ_ONLY or read_only:
+        return f"{folder} is not writable (read-only file system or no permission)"
+    if code in _FULL or shutil.disk_usage(probe).free < MIN_FREE_BYTES:
+        free = shutil.disk_usage(probe).free
+        return f"no space left on the device holding {folder} ({free:,} bytes free)"
+    return None
+
+
+@contextlib.contextmanager
+def storage_errors(folder: Path, what: str) -> Iterator[None]:
+    """Turn a write that fails for lack of space or permission into a PruneflowError.
+
+    Args:
+        folder: where the writing happens, named in the message.
+        what: what was being written, e.g. "the prune_train artifact".
+    """
+    try:
+        yield
+    except PruneflowError:
+        raise
+    except Exception as error:
+        problem = storage_problem(folder, error)
+        if problem is None:
+            raise
+        raise PruneflowError(
+            f"cannot write {what}: {problem}. Free some space, or set output_root to a writable folder; "
+            "results already stored are untouched."
+        ) from error

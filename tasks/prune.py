@@ -302,8 +302,9 @@ def prune_train(
     logger.info("Training on %s", configure_devices())
     logger.info("Prune-training for %d epochs under %s", config.training.epochs, schedule.model_dump())
     work_dir = store.work_folder(TRAIN, key)
-    with store.writing(TRAIN, key) as tmp:
-        trained = train_pruned(config, dataset, schedule, work_dir, tmp)
+    trained = store.produce(
+        TRAIN, key, TrainedModel, lambda tmp: train_pruned(config, dataset, schedule, work_dir, tmp)
+    )
     shutil.rmtree(work_dir, ignore_errors=True)
     logger.info(
         "Prune-training took %.1f s (%d steps%s); final val accuracy %.4f",
@@ -311,7 +312,7 @@ def prune_train(
         f", resumed after epoch {trained.resumed_from_epoch}" if trained.resumed_from_epoch else "",
         trained.final_val_accuracy,
     )
-    return store.stored(TRAIN, key, trained)
+    return trained
 
 
 @task(cache_policy=ARTIFACT_CACHE, persist_result=True)
@@ -320,8 +321,9 @@ def strip(
 ) -> StrippedModel:
     """Remove the pruning wrappers; the stripped model must predict what the wrapped one did."""
     sample, _ = next(iter(load_split(dataset, "test", config.dataset)))
-    with store.writing(STRIP, key) as tmp:
-        diff = strip_wrappers(trained.wrapped_model, sample, tmp / "pruned.h5")
-    stripped = store.stored(STRIP, key, StrippedModel(folder=tmp, max_abs_diff=diff))
-    get_run_logger().info("Stripped model saved to %s (max output change %.2g)", stripped.model, diff)
+    stripped = store.produce(
+        STRIP, key, StrippedModel,
+        lambda tmp: StrippedModel(folder=tmp, max_abs_diff=strip_wrappers(trained.wrapped_model, sample, tmp / "pruned.h5")),
+    )
+    get_run_logger().info("Stripped model saved to %s (max output change %.2g)", stripped.model, stripped.max_abs_diff)
     return stripped

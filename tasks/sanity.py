@@ -120,9 +120,12 @@ def sanity_check(
 
     The per-tensor table is logged either way, and stored as sanity.json when the check passes.
     """
-    with store.writing(STAGE, key) as tmp:
+
+    def check(tmp: Path) -> SanityReport:
         report = measure_sparsity(wrapped_path, stripped_path, expected, tolerance, tmp)
         get_run_logger().info("Sparsity per prunable tensor (target %.4f):\n%s", expected, report.table())
         require_target_reached(report, stripped_path)
         write_json(tmp / "sanity.json", report.model_dump(mode="json", exclude={"folder", "digest"}))
-    return store.stored(STAGE, key, report)
+        return report
+
+    return store.produce(STAGE, key, SanityReport, check)

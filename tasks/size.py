@@ -107,9 +107,13 @@ def size_key(baseline_path: Path, stripped: StoredArtifact) -> str:
 @task(cache_policy=ARTIFACT_CACHE, persist_result=True)
 def measure_size(store: ArtifactStore, key: str, baseline_path: Path, pruned_path: Path) -> SizeReport:
     """Bytes on disk, zip-deflated and gzipped, for the baseline and the pruned model."""
-    with store.writing(STAGE, key) as tmp:
+
+    def measure(tmp: Path) -> SizeReport:
         report = compare_sizes(baseline_path, pruned_path, tmp)
         write_json(tmp / "sizes.json", report.model_dump(mode="json", exclude={"folder", "digest"}))
+        return report
+
+    report = store.produce(STAGE, key, SizeReport, measure)
     get_run_logger().info(
         "Size: baseline %d B zipped, pruned %d B zipped (%.2fx smaller); pruned floor %d B",
         report.baseline.zip_bytes, report.pruned.zip_bytes, report.zip_ratio, report.pruned.floor_bytes,

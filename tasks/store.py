@@ -4,6 +4,10 @@ A stage's key is a digest of the stage's name, its code version, the content dig
 inputs (never their paths) and its own parameters. Its outputs live in `ROOT/<stage>/<key>/`,
 which is written under a temporary name and renamed into place, and which records the digest
 of every file in it, so a folder that was half-written or altered later is detected.
+
+Two runs producing the same key at once take turns on a lock file (`ROOT/<stage>/.lock-<key>`,
+an flock, released by the kernel even when its holder is killed); the one that waited reuses
+what the other stored instead of producing it again.
 """
 
 from __future__ import annotations
@@ -13,20 +17,26 @@ import dataclasses
 import functools
 import hashlib
 import json
+import logging
 import os
 import shutil
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from filelock import FileLock, Timeout
+
+from prefect import get_run_logger
 from prefect.cache_policies import TASK_SOURCE, CachePolicy
+from prefect.exceptions import MissingContextError
 from pydantic import BaseModel, ConfigDict
 
-from tasks.files import file_digest
+from tasks.files import file_digest, storage_errors
 
 DIGESTS = "digests.json"
+RESULT = "result.json"  # the stage's result, as the flow received it; read back on reuse
 
 
 def digest_of(value: Any) -> str:
@@ -73,6 +83,17 @@ class StoredArtifact(BaseModel):
     digest: str = ""
 
 
+A = TypeVar("A", bound=StoredArtifact)
+
+
+def _logger() -> logging.Logger:
+    """The task run's logger (shown in the UI), or a plain one outside a run (unit tests)."""
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger("pruneflow")
+
+
 class ArtifactStore(BaseModel):
     """Where stage outputs live: `root/<stage>/<key>/`."""
 
@@ -111,6 +132,59 @@ class ArtifactStore(BaseModel):
     def stored(self, stage: str, key: str, result: StoredArtifact) -> StoredArtifact:
         """`result` (built while writing in a temporary folder) pointed at its final folder."""
         return result.model_copy(update={"folder": self.folder(stage, key), "digest": self.digest(stage, key)})
+
+    def produce(self, stage: str, key: str, kind: type[A], build: Callable[[Path], A]) -> A:
+        """Run `build` into a temporary folder and store what it wrote under the key.
+
+        Under the key's lock: a run that had to wait for another one producing the same key
+        reuses that run's folder when it is intact, instead of building it again. Leftovers of
+        a killed writer of this key (`.tmp-<key>-*`) are removed first. A write that fails for
+        lack of space or permission raises PruneflowError; stored folders are never touched.
+
+        Args:
+            kind: the result's type, to read it back from result.json.
+            build: writes the stage's files into the folder it is given and returns the
+                stage's result; the result is kept in the folder as result.json.
+        """
+        with storage_errors(self.root, f"the {stage} artifact"), self._lock(stage, key) as waited:
+            if waited and self.problem(stage, key) is None:
+                _logger().info("%s: reusing what the other run stored under %s", stage, key)
+                return self.load(stage, key, kind)
+            self._sweep(stage, key)
+            with self.writing(stage, key) as tmp:
+                result = build(tmp)
+                payload = result.model_dump(mode="json", exclude={"folder", "digest"})
+                (tmp / RESULT).write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+            return self.stored(stage, key, result)
+
+    @contextlib.contextmanager
+    def _lock(self, stage: str, key: str) -> Iterator[bool]:
+        """Hold the key's lock; yield whether another holder had to be waited for."""
+        lock_path = self.folder(stage, key).parent / f".lock-{key}"
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(lock_path)
+        waited = False
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            _logger().info("%s: another run is producing %s; waiting for it to finish", stage, key)
+            lock.acquire()
+            waited = True
+        try:
+            yield waited
+        finally:
+            lock.release()
+
+    def load(self, stage: str, key: str, kind: type[A]) -> A:
+        """The result a stage stored under the key, pointed at its folder."""
+        recorded = json.loads((self.folder(stage, key) / RESULT).read_text())
+        return self.stored(stage, key, kind.model_validate({**recorded, "folder": self.folder(stage, key)}))
+
+    def _sweep(self, stage: str, key: str) -> None:
+        """Remove what a killed writer of this key left (only called under the key's lock)."""
+        parent = self.folder(stage, key).parent
+        for leftover in [*parent.glob(f".tmp-{key}-*"), *parent.glob(f".old-{key}-*")]:
+            shutil.rmtree(leftover, ignore_errors=True)
 
     @contextlib.contextmanager
     def writing(self, stage: str, key: str) -> Iterator[Path]:

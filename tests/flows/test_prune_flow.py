@@ -29,7 +29,7 @@ def test_flow_prunes_strips_checks_measures_and_reports(prefect_server, config_d
     summary: RunSummary = state.result()
     flow_run_id = state.state_details.flow_run_id
 
-    assert stage_states(flow_run_id) == {stage: "Completed" for stage in [*STAGES, "publish_report"]}
+    assert stage_states(flow_run_id) == {stage: "Completed" for stage in ["check_inputs", *STAGES, "publish_report"]}
     assert summary.schedule.end_step == 10  # derived: ceil(40 / 8) * 2 epochs
     assert summary.measured_sparsity == pytest.approx(0.5, abs=0.01)
     assert all(t.passed for t in summary.sanity.tensors) and len(summary.sanity.tensors) == 3
@@ -44,7 +44,8 @@ def test_flow_prunes_strips_checks_measures_and_reports(prefect_server, config_d
     assert summary.run_dir.parent == config.output_root / "runs"
     store = ArtifactStore(root=config.output_root / "artifacts")
     for stage in STAGES:  # every stage stored one intact, content-addressed folder
-        [folder] = (store.root / stage).iterdir()
+        [folder] = [entry for entry in (store.root / stage).iterdir() if not entry.name.startswith(".")]
+        assert {entry.name for entry in (store.root / stage).glob(".*")} == {f".lock-{folder.name}"}, stage
         assert store.problem(stage, folder.name) is None, stage
     assert summary.pruned_model == store.root / "strip" / summary.pruned_model.parent.name / "pruned.h5"
     for produced in ("manifest.parquet", "labels.json", "train.tfrecord", "test.tfrecord"):
@@ -59,14 +60,14 @@ def test_flow_prunes_strips_checks_measures_and_reports(prefect_server, config_d
     assert [row["metric"] for row in table][:2] == ["test accuracy", "test loss"]
 
 
-def test_bad_data_fails_the_first_stage_and_nothing_after_it(prefect_server, config_dict, tiny_data, tmp_path):
+def test_bad_data_fails_the_input_check_before_any_stage(prefect_server, config_dict, tiny_data, tmp_path):
     (tmp_path / "val.csv").write_text("filename,label\n" + f"{tiny_data / 'img' / 'val_000.jpg'},unknown\n")
     config_dict["dataset"]["val_csv"] = str(tmp_path / "val.csv")
     state = prune_flow(parse_config(config_dict), return_state=True)
     assert state.is_failed()
     with pytest.raises(PruneflowError, match="label\\(s\\) unknown never appear in the train split"):
         state.result()
-    assert stage_states(state.state_details.flow_run_id) == {"prepare_dataset": "Failed"}
+    assert stage_states(state.state_details.flow_run_id) == {"check_inputs": "Failed"}
 
 
 def test_unreachable_schedule_is_refused_before_any_training(prefect_server, config_dict):

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from tasks.config import DatasetConfig
-from tasks.dataset import dataset_key, fingerprint, load_split, write_prepared
+from tasks.dataset import dataset_key, fingerprint, load_split, read_splits, write_prepared
 from tasks.errors import PruneflowError
 from tasks.files import file_digest
 from tests.helpers import IMAGE_SIZE, SPLIT_SIZES
@@ -184,10 +184,10 @@ def test_key_follows_image_content_not_paths(tiny_data, tmp_path):
     there = write_prepared(dataset_config(moved), tmp_path / "there")
     for name in ("manifest.parquet", "labels.json", "train.tfrecord"):  # the stored content, too
         assert file_digest(here.folder / name) == file_digest(there.folder / name), name
-    before = fingerprint(dataset_config(moved))
+    before = fingerprint(read_splits(dataset_config(moved)))
     image = moved / "img" / "val_003.jpg"
     image.write_bytes(image.read_bytes() + b"\0")  # one edited image
-    after = fingerprint(dataset_config(moved))
+    after = fingerprint(read_splits(dataset_config(moved)))
     assert after["val"] != before["val"] and after["train"] == before["train"]
     assert dataset_key(dataset_config(moved)) != dataset_key(config)
 

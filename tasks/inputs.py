@@ -1,0 +1,157 @@
+"""A run's inputs, checked before any work: paths confined to the allowed folders, CSVs and model readable.
+
+The paths of a config come from whoever fills the UI's form, so on a worker they are confined
+to folders the worker's operator allows, one list per kind, in the worker's environment:
+
+- PRUNEFLOW_DATA_ROOTS: the CSVs and every image they list;
+- PRUNEFLOW_MODEL_ROOTS: the baseline model;
+- PRUNEFLOW_OUTPUT_ROOTS: output_root.
+
+Each is a list of folders separated by ':'. A path is allowed when, with `..` and every symlink
+resolved, it lies inside one of them. A run started from a deployment refuses to start when
+one is unset; a run started by hand (`pruneflow run`) is confined only by those that are set.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from prefect import task
+from prefect.cache_policies import NONE
+from pydantic import BaseModel, ConfigDict
+
+from tasks.config import RunConfig
+from tasks.dataset import MAX_LISTED, dataset_key, encode_labels, read_splits
+from tasks.errors import PruneflowError
+from tasks.files import file_digest, storage_errors
+from tasks.models import require_no_code, stored_config
+
+ROOTS_ENV = {"data": "PRUNEFLOW_DATA_ROOTS", "models": "PRUNEFLOW_MODEL_ROOTS", "outputs": "PRUNEFLOW_OUTPUT_ROOTS"}
+
+
+class Roots(BaseModel):
+    """The folders a run may read data and models from and write outputs to; None: anywhere."""
+
+    model_config = ConfigDict(frozen=True)
+
+    data: tuple[Path, ...] | None = None
+    models: tuple[Path, ...] | None = None
+    outputs: tuple[Path, ...] | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> Roots:
+        """Read the three lists from the environment; an unset or empty variable means no limit."""
+        lists = {}
+        for kind, name in ROOTS_ENV.items():
+            folders = [part for part in env.get(name, "").split(os.pathsep) if part.strip()]
+            if any(not Path(folder).is_absolute() for folder in folders):
+                raise PruneflowError(f"{name}={env[name]!r}: every folder must be an absolute path")
+            lists[kind] = tuple(Path(os.path.realpath(folder)) for folder in folders) or None
+        return cls(**lists)
+
+    def require_all(self, why: str) -> None:
+        """Refuse to run unconfined, e.g. for runs whose parameters come from the UI."""
+        unset = [ROOTS_ENV[kind] for kind in ROOTS_ENV if getattr(self, kind) is None]
+        if unset:
+            raise PruneflowError(
+                f"{why}, but {', '.join(unset)} {'is' if len(unset) == 1 else 'are'} not set on the worker: "
+                "set them in the worker's environment to the folders runs may read and write "
+                "(absolute paths, separated by ':'), then start the worker again"
+            )
+
+    def confine(self, kind: str, path: Path, field: str) -> None:
+        """Refuse `path` unless, resolved, it lies inside one of the `kind` roots.
+
+        Args:
+            kind: "data", "models" or "outputs".
+            field: what the path is, for the message (a config field, or a CSV line).
+        """
+        escaped = self.escapes(kind, path)
+        if escaped:
+            raise PruneflowError(
+                f"{field}: {escaped} is outside the folders this worker allows for {kind} "
+                f"({self.describe(kind)}). Use a path inside them, or ask the worker's operator to add its folder."
+            )
+
+    def escapes(self, kind: str, path: Path) -> str | None:
+        """`path` (and what it resolves to, if that differs) when it lies outside every `kind` root."""
+        allowed = getattr(self, kind)
+        real = Path(os.path.realpath(path))
+        if allowed is None or any(real.is_relative_to(root) for root in allowed):
+            return None
+        return f"{path} (which resolves to {real})" if real != Path(os.path.abspath(path)) else str(path)
+
+    def describe(self, kind: str) -> str:
+        return f"{', '.join(map(str, getattr(self, kind)))}, from {ROOTS_ENV[kind]}"
+
+
+class CheckedInputs(BaseModel):
+    """What check_inputs learnt: the keys of the first stages, from the inputs' contents."""
+
+    model_config = ConfigDict(frozen=True)
+
+    dataset_key: str
+    baseline_digest: str
+
+
+def check_run_inputs(config: RunConfig, roots: Roots) -> CheckedInputs:
+    """Check everything a run reads, cheaply, before any stage does expensive work.
+
+    Raises:
+        PruneflowError: a path outside the roots (the config's, or an image's in a CSV); a bad
+            CSV or labels (see tasks.dataset); a baseline that is missing, not a Keras model,
+            or carrying code while untrusted; an output folder that cannot be written.
+    """
+    data = config.dataset
+    for split in ("train", "val", "test"):
+        roots.confine("data", getattr(data, f"{split}_csv"), f"dataset.{split}_csv")
+    roots.confine("models", config.model.baseline, "model.baseline")
+    roots.confine("outputs", config.output_root, "output_root")
+
+    frames = read_splits(data)
+    encode_labels(frames, {"train": data.train_csv, "val": data.val_csv, "test": data.test_csv})
+    outside = []
+    for split, frame in frames.items():
+        csv_path = getattr(data, f"{split}_csv")
+        for path, row in zip(frame["path"], frame["csv_row"]):
+            if escaped := roots.escapes("data", Path(path)):
+                outside.append(f"{csv_path}, line {row}: {escaped}")
+    if outside:
+        shown = "\n  ".join(outside[:MAX_LISTED])
+        more = f"\n  ... and {len(outside) - MAX_LISTED} more" if len(outside) > MAX_LISTED else ""
+        raise PruneflowError(
+            f"{len(outside)} image(s) listed in the dataset CSVs are outside the folders this worker "
+            f"allows for data ({roots.describe('data')}):\n  {shown}{more}\n"
+            "List only images inside them."
+        )
+
+    baseline = config.model.baseline
+    if not baseline.is_file():
+        raise PruneflowError(f"{baseline}: model file not found; check model.baseline in the config")
+    if config.model.trust_custom_code:
+        stored_config(baseline)  # still refuse a file that is no Keras model at all
+    else:
+        require_no_code(baseline)
+
+    with storage_errors(config.output_root, "into output_root"):
+        config.output_root.mkdir(parents=True, exist_ok=True)
+        probe = config.output_root / f".write-probe-{os.getpid()}"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    return CheckedInputs(dataset_key=dataset_key(data, frames), baseline_digest=file_digest(baseline))
+
+
+@task(cache_policy=NONE)
+def check_inputs(config: RunConfig, from_deployment: bool) -> CheckedInputs:
+    """Refuse bad or out-of-bounds inputs before any stage runs; return the first stages' keys.
+
+    Args:
+        from_deployment: the run was started from a deployment (a schedule, or the UI's form):
+            its paths must then be confined, so every root must be set.
+    """
+    roots = Roots.from_env()
+    if from_deployment:
+        roots.require_all("this run was started from a deployment, whose parameters anyone with UI access can set")
+    return check_run_inputs(config, roots)
