@@ -84,3 +84,101 @@ def test_keys_depend_on_contents_code_and_parameters_only():
 def test_code_version_follows_the_module_source():
     assert code_version("tasks.store") == code_version("tasks.store")
     assert code_version("tasks.store") != code_version("tasks.files")
+
+
+class Note(StoredArtifact):
+    text: str
+
+    @property
+    def file(self):
+        return self.folder / "note.txt"
+
+
+def note(text: str):
+    def build(tmp):
+        (tmp / "note.txt").write_text(text)
+        return Note(folder=tmp, text=text)
+
+    return build
+
+
+def test_produce_stores_the_result_beside_the_files_and_reads_it_back(tmp_path):
+    store = ArtifactStore(root=tmp_path)
+    made = store.produce("stage", "k1", Note, note("hello"))
+    assert made.folder == store.folder("stage", "k1") and made.file.read_text() == "hello"
+    assert made.digest == store.digest("stage", "k1")
+    assert store.load("stage", "k1", Note) == made
+    assert store.problem("stage", "k1") is None  # result.json is recorded in digests.json too
+
+
+def test_a_run_that_waited_on_the_same_key_reuses_the_other_runs_folder(tmp_path):
+    import threading
+
+    store = ArtifactStore(root=tmp_path)
+    release, first_started, results = threading.Event(), threading.Event(), {}
+
+    def slow(tmp):
+        first_started.set()
+        release.wait(timeout=30)
+        return note("first")(tmp)
+
+    def second_build(tmp):
+        raise AssertionError("the second run built the artifact again")
+
+    first = threading.Thread(target=lambda: results.setdefault("first", store.produce("stage", "k1", Note, slow)))
+    first.start()
+    assert first_started.wait(timeout=10)
+    second = threading.Thread(
+        target=lambda: results.setdefault("second", store.produce("stage", "k1", Note, second_build))
+    )
+    second.start()
+    second.join(timeout=1.0)
+    assert second.is_alive()  # blocked on the key's lock while the first run writes
+    release.set()
+    first.join(timeout=30)
+    second.join(timeout=30)
+    assert results["second"] == results["first"] and results["second"].text == "first"
+    assert sorted(p.name for p in (tmp_path / "stage").iterdir()) == [".lock-k1", "k1"]
+
+
+def test_leftovers_of_a_killed_writer_are_swept_when_its_key_is_produced_again(tmp_path):
+    store = ArtifactStore(root=tmp_path)
+    for leftover in (".tmp-k1-0a1b2c3d", ".old-k1-0a1b2c3d", ".tmp-k2-0a1b2c3d"):
+        (tmp_path / "stage" / leftover).mkdir(parents=True)
+        (tmp_path / "stage" / leftover / "wrapped.h5").write_text("half-written")
+    store.produce("stage", "k1", Note, note("whole"))
+    assert sorted(p.name for p in (tmp_path / "stage").iterdir()) == [".lock-k1", ".tmp-k2-0a1b2c3d", "k1"]
+
+
+def test_a_full_disk_is_a_clear_error_and_keeps_what_was_stored(tmp_path):
+    from tasks.errors import PruneflowError
+    from tests.helpers import fill_disk, small_disk
+
+    with small_disk(tmp_path / "disk", 4 << 20) as disk:
+        store = ArtifactStore(root=disk / "artifacts")
+        kept = store.produce("stage", "k1", Note, note("kept"))
+        fill_disk(disk, leave=16 << 10)
+
+        def big(tmp):
+            (tmp / "note.txt").write_bytes(b"x" * (1 << 20))
+            return Note(folder=tmp, text="big")
+
+        with pytest.raises(PruneflowError, match=r"cannot write the stage artifact: no space left on the device") as caught:
+            store.produce("stage", "k2", Note, big)
+        assert str(disk / "artifacts") in str(caught.value) and "results already stored are untouched" in str(caught.value)
+        assert store.problem("stage", "k1") is None and store.load("stage", "k1", Note) == kept
+        assert not store.folder("stage", "k2").exists()
+        assert not list((disk / "artifacts" / "stage").glob(".tmp-*"))
+
+
+def test_a_read_only_store_is_a_clear_error_and_keeps_what_was_stored(tmp_path):
+    from tasks.errors import PruneflowError
+    from tests.helpers import read_only
+
+    store = ArtifactStore(root=tmp_path / "artifacts")
+    kept = store.produce("stage", "k1", Note, note("kept"))
+    with read_only(tmp_path / "artifacts"):
+        with pytest.raises(PruneflowError, match=r"cannot write the stage artifact: .*artifacts is not writable"):
+            store.produce("stage", "k2", Note, note("new"))
+        assert store.problem("stage", "k1") is None and store.load("stage", "k1", Note) == kept
+    assert not store.folder("stage", "k2").exists()

@@ -1,0 +1,105 @@
+"""Inputs checked before any stage: paths confined to the worker's roots, CSVs, model and output folder."""
+
+import os
+
+import pytest
+
+from tasks.config import parse_config
+from tasks.errors import PruneflowError
+from tasks.inputs import ROOTS_ENV, Roots, check_inputs, check_run_inputs
+
+
+def roots_for(data=None, models=None, outputs=None) -> Roots:
+    env = {ROOTS_ENV[kind]: str(path) for kind, path in (("data", data), ("models", models), ("outputs", outputs)) if path}
+    return Roots.from_env(env)
+
+
+@pytest.fixture
+def allowed(config_dict, tiny_data, tiny_baseline, tmp_path):
+    """Roots that hold exactly the tiny dataset, the baseline's folder and the run's outputs."""
+    return roots_for(data=tiny_data, models=tiny_baseline.parent, outputs=tmp_path)
+
+
+def test_roots_are_read_from_the_environment_as_absolute_folders(tmp_path):
+    roots = Roots.from_env({ROOTS_ENV["data"]: f"{tmp_path / 'a'}{os.pathsep}{tmp_path / 'b'}", ROOTS_ENV["models"]: ""})
+    assert roots.data == (tmp_path / "a", tmp_path / "b") and roots.models is None and roots.outputs is None
+    with pytest.raises(PruneflowError, match="PRUNEFLOW_DATA_ROOTS='data': every folder must be an absolute path"):
+        Roots.from_env({ROOTS_ENV["data"]: "data"})
+
+
+def test_inputs_inside_the_roots_pass_and_give_the_first_stages_keys(config_dict, allowed):
+    checked = check_run_inputs(parse_config(config_dict), allowed)
+    assert len(checked.dataset_key) == 32 and len(checked.baseline_digest) == 64
+
+
+@pytest.mark.parametrize("field", ["dataset.train_csv", "model.baseline", "output_root"])
+def test_a_dotdot_path_that_leaves_its_root_is_refused(config_dict, allowed, tmp_path, field):
+    section, _, name = field.rpartition(".")
+    target = config_dict[section] if section else config_dict
+    original = os.fspath(target[name])
+    escaped = os.path.join(os.path.dirname(original), "..", "..", "..", "etc", os.path.basename(original))
+    target[name] = escaped
+    with pytest.raises(PruneflowError, match=rf"^{field}: .* is outside the folders this worker allows for"):
+        check_run_inputs(parse_config(config_dict), allowed)
+
+
+def test_an_absolute_path_outside_the_roots_is_refused_naming_field_and_roots(config_dict, tiny_data, tmp_path):
+    roots = roots_for(data=tmp_path / "elsewhere")
+    with pytest.raises(PruneflowError) as caught:
+        check_run_inputs(parse_config(config_dict), roots)
+    message = str(caught.value)
+    assert message.startswith(f"dataset.train_csv: {tiny_data / 'train.csv'} is outside the folders")
+    assert f"({tmp_path / 'elsewhere'}, from PRUNEFLOW_DATA_ROOTS)" in message
+
+
+def test_a_symlink_inside_a_root_that_points_out_is_refused(config_dict, tiny_baseline, tmp_path):
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "baseline.h5").symlink_to(tiny_baseline)
+    config_dict["model"]["baseline"] = str(models / "baseline.h5")
+    with pytest.raises(PruneflowError, match=rf"model.baseline: .*baseline.h5 \(which resolves to {tiny_baseline}\) is outside"):
+        check_run_inputs(parse_config(config_dict), roots_for(models=models))
+
+
+def test_images_a_csv_lists_outside_the_data_roots_are_all_listed(config_dict, tiny_data, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = (tiny_data / "train.csv").read_text().splitlines()
+    rows[1] = f"../../../../../../etc/hostname.jpg,{rows[1].split(',')[1]}"
+    (data / "train.csv").write_text("\n".join(rows) + "\n")
+    (data / "img").symlink_to(tiny_data / "img")  # every other row leaves through this link
+    for split in ("val", "test"):
+        (data / f"{split}.csv").write_text((tiny_data / f"{split}.csv").read_text())
+    config_dict["dataset"] |= {split: str(data / f"{split[:-4]}.csv") for split in ("train_csv", "val_csv", "test_csv")}
+    with pytest.raises(PruneflowError) as caught:
+        check_run_inputs(parse_config(config_dict), roots_for(data=data))
+    message = str(caught.value)
+    assert message.startswith("64 image(s) listed in the dataset CSVs are outside the folders this worker allows for data")
+    assert f"{data / 'train.csv'}, line 2: /etc/hostname.jpg" in message
+    assert f"(which resolves to {tiny_data / 'img'}" in message and "... and 44 more" in message
+
+
+def test_a_run_from_a_deployment_needs_every_root_set(config_dict, monkeypatch):
+    for name in ROOTS_ENV.values():
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(ROOTS_ENV["data"], "/srv/data")
+    with pytest.raises(PruneflowError, match="PRUNEFLOW_MODEL_ROOTS, PRUNEFLOW_OUTPUT_ROOTS are not set on the worker"):
+        check_inputs.fn(parse_config(config_dict), from_deployment=True)
+
+
+def test_a_file_that_is_not_a_model_is_refused_before_any_stage(config_dict, tmp_path):
+    (tmp_path / "notes.h5").write_text("not a model")
+    config_dict["model"]["baseline"] = str(tmp_path / "notes.h5")
+    with pytest.raises(PruneflowError, match=r"notes.h5: no Keras model architecture found in it"):
+        check_run_inputs(parse_config(config_dict), Roots())
+
+
+def test_a_read_only_output_folder_is_refused_before_any_stage(config_dict, tmp_path):
+    from tests.helpers import read_only
+
+    config_dict["output_root"] = str(tmp_path / "outputs")
+    (tmp_path / "outputs").mkdir()
+    with read_only(tmp_path / "outputs"):
+        with pytest.raises(PruneflowError, match=r"cannot write into output_root: .*outputs is not writable"):
+            check_run_inputs(parse_config(config_dict), Roots())
+    assert list((tmp_path / "outputs").iterdir()) == []
