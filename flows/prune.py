@@ -25,7 +25,6 @@ from tasks.inputs import check_inputs
 from tasks.prune import prune_train, strip, strip_key, train_key
 from tasks.report import RunSummary, publish_report
 from tasks.sanity import sanity_check, sanity_key
-from tasks.schedule import resolve_schedule
 from tasks.size import measure_size, size_key
 from tasks.store import ArtifactStore
 
@@ -71,9 +70,7 @@ def prune_flow(config: RunConfig) -> RunSummary:
     seconds: dict[str, float] = {}
     with timed(seconds, "prepare_dataset"):
         dataset = run_stage(prepare_dataset, store, inputs.dataset_key, config=config.dataset)
-    schedule = resolve_schedule(
-        config.pruning, config.steps_per_epoch(dataset.counts["train"]), config.training.epochs
-    )
+    schedule = inputs.schedule
     baseline_path = config.model.baseline
     with timed(seconds, "evaluate_baseline"):
         baseline = run_stage(

@@ -19,6 +19,8 @@ from tasks.store import ARTIFACT_CACHE, ArtifactStore, StoredArtifact, code_vers
 SPLITS = ("train", "val", "test")
 COLUMNS = ("filename", "label")
 MAX_LISTED = 20  # bad files named in one error; the rest are counted
+# What tools write for a missing value (pandas, Excel, SQL exports); never a real label or file.
+MISSING_MARKERS = {"nan", "NaN", "NAN", "<NA>", "#N/A", "null", "NULL"}
 
 
 class PreparedDataset(StoredArtifact):
@@ -70,10 +72,13 @@ def read_split(csv_path: Path, split: str) -> pd.DataFrame:
     # Line numbers as a person sees them in an editor: the header is line 1.
     frame["csv_row"] = range(2, len(frame) + 2)
     for column in COLUMNS:
-        blank = frame[frame[column].str.strip() == ""]
+        values = frame[column].str.strip()
+        blank = frame[(values == "") | values.isin(MISSING_MARKERS)]
         if not blank.empty:
-            rows = ", ".join(str(row) for row in blank["csv_row"].head(MAX_LISTED))
-            raise PruneflowError(f"{csv_path}: blank {column} on line(s) {rows}; fill or delete those rows")
+            rows = ", ".join(f"{row} ({value!r})" for row, value in zip(blank["csv_row"].head(MAX_LISTED), blank[column]))
+            raise PruneflowError(
+                f"{csv_path}: blank or missing {column} on line(s) {rows}; fill or delete those rows"
+            )
     folder = csv_path.parent.resolve()
     # String joins, not Path.resolve() per row: this runs on every flow run, for every image.
     frame["filename"] = frame["filename"].str.strip()

@@ -22,11 +22,13 @@ from prefect import task
 from prefect.cache_policies import NONE
 from pydantic import BaseModel, ConfigDict
 
-from tasks.config import RunConfig
+from tasks.config import RunConfig, Schedule
 from tasks.dataset import MAX_LISTED, dataset_key, encode_labels, read_splits
 from tasks.errors import PruneflowError
 from tasks.files import file_digest, storage_errors
-from tasks.models import require_no_code, stored_config
+from tasks.models import check_compatible, load_model
+from tasks.prune import require_prunable
+from tasks.schedule import resolve_schedule
 
 ROOTS_ENV = {"data": "PRUNEFLOW_DATA_ROOTS", "models": "PRUNEFLOW_MODEL_ROOTS", "outputs": "PRUNEFLOW_OUTPUT_ROOTS"}
 
@@ -88,12 +90,13 @@ class Roots(BaseModel):
 
 
 class CheckedInputs(BaseModel):
-    """What check_inputs learnt: the keys of the first stages, from the inputs' contents."""
+    """What check_inputs learnt: the first stages' keys (from the inputs' contents) and the schedule."""
 
     model_config = ConfigDict(frozen=True)
 
     dataset_key: str
     baseline_digest: str
+    schedule: Schedule
 
 
 def check_run_inputs(config: RunConfig, roots: Roots) -> CheckedInputs:
@@ -101,8 +104,9 @@ def check_run_inputs(config: RunConfig, roots: Roots) -> CheckedInputs:
 
     Raises:
         PruneflowError: a path outside the roots (the config's, or an image's in a CSV); a bad
-            CSV or labels (see tasks.dataset); a baseline that is missing, not a Keras model,
-            or carrying code while untrusted; an output folder that cannot be written.
+            CSV or labels (see tasks.dataset); a schedule under which nothing would be pruned; a baseline that is missing, not a Keras model,
+            carrying code while untrusted, not matching the images or classes, or not prunable;
+            an output folder that cannot be written.
     """
     data = config.dataset
     for split in ("train", "val", "test"):
@@ -111,7 +115,8 @@ def check_run_inputs(config: RunConfig, roots: Roots) -> CheckedInputs:
     roots.confine("outputs", config.output_root, "output_root")
 
     frames = read_splits(data)
-    encode_labels(frames, {"train": data.train_csv, "val": data.val_csv, "test": data.test_csv})
+    classes = encode_labels(frames, {"train": data.train_csv, "val": data.val_csv, "test": data.test_csv})
+    schedule = resolve_schedule(config.pruning, config.steps_per_epoch(len(frames["train"])), config.training.epochs)
     outside = []
     for split, frame in frames.items():
         csv_path = getattr(data, f"{split}_csv")
@@ -127,20 +132,28 @@ def check_run_inputs(config: RunConfig, roots: Roots) -> CheckedInputs:
             "List only images inside them."
         )
 
-    baseline = config.model.baseline
-    if not baseline.is_file():
-        raise PruneflowError(f"{baseline}: model file not found; check model.baseline in the config")
-    if config.model.trust_custom_code:
-        stored_config(baseline)  # still refuse a file that is no Keras model at all
-    else:
-        require_no_code(baseline)
+    check_baseline(config, len(classes))
 
     with storage_errors(config.output_root, "into output_root"):
         config.output_root.mkdir(parents=True, exist_ok=True)
         probe = config.output_root / f".write-probe-{os.getpid()}"
         probe.write_bytes(b"ok")
         probe.unlink()
-    return CheckedInputs(dataset_key=dataset_key(data, frames), baseline_digest=file_digest(baseline))
+    return CheckedInputs(
+        dataset_key=dataset_key(data, frames), baseline_digest=file_digest(config.model.baseline), schedule=schedule
+    )
+
+
+def check_baseline(config: RunConfig, n_classes: int) -> None:
+    """Load the baseline (refusing code it carries, unless trusted) and check that it fits the data
+    and can be pruned: a few seconds, against minutes of data preparation and training."""
+    from tasks.runtime import keras
+
+    keras.backend.clear_session()
+    path = config.model.baseline
+    model = load_model(path, trusted=config.model.trust_custom_code)
+    require_prunable(model, path)
+    check_compatible(model, path, config.dataset, n_classes)
 
 
 @task(cache_policy=NONE)

@@ -85,7 +85,10 @@ def require_no_code(path: Path) -> None:
     Raises:
         PruneflowError: naming the layers; model.trust_custom_code: true allows them.
     """
-    risky = code_carrying_layers(stored_config(path))
+    config = stored_config(path)
+    risky = code_carrying_layers(config)
+    if config.get("class_name") not in ("Sequential", "Functional", "Model"):  # a subclassed model's own class
+        risky.insert(0, f"{config.get('config', {}).get('name', '?')} ({config.get('class_name')})")
     if risky:
         raise PruneflowError(
             f"{path}: loading this model would run code that comes with it or from outside tf_keras: "
@@ -103,7 +106,10 @@ def save_model(model, path: Path, *, include_optimizer: bool = False) -> Path:
         warnings.filterwarnings("ignore", message=".*HDF5 file.*legacy", category=UserWarning)
         tf_logger.setLevel(logging.ERROR)
         try:
-            model.save(tmp, include_optimizer=include_optimizer)
+            if tmp.suffix == ".keras":  # the native format always keeps the optimizer it has
+                model.save(tmp)
+            else:
+                model.save(tmp, include_optimizer=include_optimizer)
         finally:
             tf_logger.setLevel(level)
     return Path(path)

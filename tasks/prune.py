@@ -89,9 +89,13 @@ def unprunable_layers(model) -> list[str]:
     return found
 
 
-def wrap_for_pruning(model, schedule: Schedule, model_path: Path):
-    """prune_low_magnitude over the whole model, with TFMOT's refusals explained as user errors."""
-    from tasks.runtime import keras, tfmot
+def require_prunable(model, model_path: Path) -> None:
+    """Refuse, naming the layers, a model that whole-model pruning cannot wrap.
+
+    Raises:
+        PruneflowError: a subclassed model, or layers TFMOT has no pruning rule for.
+    """
+    from tasks.runtime import keras
 
     if not (isinstance(model, keras.Sequential) or model._is_graph_network):
         raise PruneflowError(
@@ -105,6 +109,13 @@ def wrap_for_pruning(model, schedule: Schedule, model_path: Path):
             "needs every layer to be supported; pruning only the supported layers (leaving these unwrapped) "
             "is done by selecting layers with keras.models.clone_model, which pruneflow does not do yet."
         )
+
+
+def wrap_for_pruning(model, schedule: Schedule, model_path: Path):
+    """prune_low_magnitude over the whole model, with TFMOT's refusals explained as user errors."""
+    from tasks.runtime import tfmot
+
+    require_prunable(model, model_path)
     try:
         return tfmot.sparsity.keras.prune_low_magnitude(model, pruning_schedule=to_tfmot(schedule))
     except (ValueError, NotImplementedError) as error:

@@ -86,7 +86,9 @@ def test_every_unreadable_image_is_listed(tiny_data, tmp_path):
         ("", "the file is empty"),
         ("path,label\nimg/a.jpg,top\n", "missing column(s) filename"),
         ("filename,label\n", "the train split has no rows"),
-        ("filename,label\nimg/train_000.jpg,\n", "blank label on line(s) 2"),
+        ("filename,label\nimg/train_000.jpg,\n", "blank or missing label on line(s) 2 ('')"),
+        ("filename,label\nimg/train_000.jpg,top\nimg/train_001.jpg,NaN\n", "blank or missing label on line(s) 3 ('NaN')"),
+        ("img/train_000.jpg,top\nimg/train_001.jpg,bottom\n", "missing column(s) filename, label"),
     ],
 )
 def test_bad_csv_is_refused_naming_the_file(tiny_data, tmp_path, content, message):
@@ -164,6 +166,21 @@ def test_stored_images_equal_a_direct_decode(tiny_data, tmp_path):
     first = pd.read_csv(tiny_data / "test.csv")["filename"][0]
     direct = tf.image.convert_image_dtype(tf.io.decode_jpeg(tf.io.read_file(str(tiny_data / first)), channels=3), tf.float32)
     np.testing.assert_array_equal(stored[0], direct.numpy())  # same size: no resize, exact pixels
+
+
+def test_greyscale_among_rgb_images_is_decoded_to_the_configured_channels(tiny_data, tmp_path):
+    from tasks.runtime import tf
+
+    data = copy_data(tiny_data, tmp_path)
+    first = pd.read_csv(data / "test.csv")["filename"][0]
+    grey = tf.io.decode_jpeg(tf.io.read_file(str(data / first)), channels=1)
+    tf.io.write_file(str(data / first), tf.io.encode_jpeg(grey, quality=100))
+    config = dataset_config(data)
+    prepared = write_prepared(config, tmp_path / "out")
+    images = images_of(load_split(prepared, "test", config))
+    assert images.shape == (SPLIT_SIZES["test"], IMAGE_SIZE, IMAGE_SIZE, 3)
+    np.testing.assert_array_equal(images[0][..., 0], images[0][..., 1])  # grey, repeated on R, G and B
+    assert not np.array_equal(images[1][..., 0], images[1][..., 1])  # the others stay in colour
 
 
 def test_images_are_resized_to_the_configured_shape(tiny_data, tmp_path):
