@@ -3,24 +3,30 @@
 Set PRUNEFLOW_INJECT_FAULT=<kind>@<epoch> (epochs count from 1) to raise at the end of that
 epoch, after its checkpoint is written. A retry or re-run resumes after that epoch, so the
 fault fires once. Kinds: resource_exhausted (an out-of-memory, retried), io_error (retried),
-invalid_data (a user error, not retried), hang (sleeps, for a test to kill the process).
+invalid_data (a user error, not retried), hang (sleeps, for a test to kill the process), wait
+(pauses until the file named by PRUNEFLOW_FAULT_RELEASE exists, then goes on: a stage held
+mid-write, for a test to start a concurrent run).
 """
 
 from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 from tasks.errors import PruneflowError
 
 FAULT_ENV = "PRUNEFLOW_INJECT_FAULT"
-KINDS = ("resource_exhausted", "io_error", "invalid_data", "hang")
+RELEASE_ENV = "PRUNEFLOW_FAULT_RELEASE"
+KINDS = ("resource_exhausted", "io_error", "invalid_data", "hang", "wait")
 
 
 def parse_fault(spec: str) -> tuple[str, int]:
     kind, _, epoch = spec.partition("@")
     if kind not in KINDS or not epoch.isdigit() or int(epoch) < 1:
         raise PruneflowError(f"{FAULT_ENV}={spec!r}: expected <kind>@<epoch>, kind one of {', '.join(KINDS)}")
+    if kind == "wait" and not os.environ.get(RELEASE_ENV):
+        raise PruneflowError(f"{FAULT_ENV}={spec!r}: set {RELEASE_ENV} to the file whose creation ends the wait")
     return kind, int(epoch)
 
 
@@ -34,6 +40,13 @@ def raise_fault(kind: str, epoch: int) -> None:
         raise OSError(f"I/O error ({message})")
     if kind == "invalid_data":
         raise PruneflowError(f"invalid training data ({message})")
+    if kind == "wait":
+        release = Path(os.environ[RELEASE_ENV])
+        print(f"pruneflow: waiting for {release} ({message})", flush=True)
+        deadline = time.monotonic() + 600
+        while not release.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return
     print(f"pruneflow: hanging ({message})", flush=True)
     time.sleep(3600)
 
