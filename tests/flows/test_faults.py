@@ -17,7 +17,6 @@ import pytest
 import yaml
 
 from flows.cli import main
-from tasks.config import parse_config
 from tasks.store import ArtifactStore
 from tests.helpers import STAGES, fill_disk, read_only, small_disk
 
