@@ -41,6 +41,34 @@ def default_config(demo_dir: Path) -> RunConfig:
     return parse_config(yaml.safe_load(demo_config_text()), source="tasks/demo.yaml", base_dir=demo_dir.resolve())
 
 
+# The only environment variables a deployment or a run started from the UI may set for a flow
+# run: the GPUs, and fault drills. Anything else (PRUNEFLOW_*_ROOTS, PYTHONPATH, LD_PRELOAD) is
+# refused by the server, as are the `command` and `working_dir` job variables.
+RUN_ENV_ALLOWED = ("CUDA_VISIBLE_DEVICES", "PRUNEFLOW_INJECT_FAULT")
+
+
+def process_base_job_template() -> dict:
+    """A process work pool's base job template that a run's job variables cannot turn into code.
+
+    Prefect's default lets every run, including a custom run from the UI, set the `command` the
+    worker executes and any environment variable: a way to run anything on the GPU host, or to
+    lift the folder limits of tasks.inputs. This one drops `command` and `working_dir`, allows
+    only RUN_ENV_ALLOWED in `env`, and makes the server refuse any other job variable.
+    """
+    from prefect.workers.process import ProcessWorker
+
+    template = ProcessWorker.get_default_base_job_template()
+    for name in ("command", "working_dir"):
+        template["variables"]["properties"].pop(name)
+        template["job_configuration"].pop(name)
+    template["variables"]["properties"]["env"]["propertyNames"] = {"enum": list(RUN_ENV_ALLOWED)}
+    template["variables"]["properties"]["env"]["description"] = (
+        f"Environment variables for the flow run; only {', '.join(RUN_ENV_ALLOWED)}."
+    )
+    template["variables"]["additionalProperties"] = False
+    return template
+
+
 def process_job_variables(settings: DeploymentSettings) -> dict:
     """Job variables for a process worker: which GPU(s) its flow runs may use."""
     return {"env": {"CUDA_VISIBLE_DEVICES": settings.gpu_devices}}
@@ -85,19 +113,20 @@ def kubernetes_base_job_template() -> dict:
 
 
 def ensure_process_pool(name: str) -> None:
-    """Create the process work pool if the server does not have it yet."""
+    """Create the process work pool, or give an existing process pool the locked-down template."""
     from prefect import get_client
-    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
     from prefect.exceptions import ObjectNotFound
-    from prefect.workers.process import ProcessWorker
 
+    template = process_base_job_template()
     with get_client(sync_client=True) as client:
         try:
-            client.read_work_pool(name)
+            pool = client.read_work_pool(name)
         except ObjectNotFound:
-            client.create_work_pool(
-                WorkPoolCreate(name=name, type="process", base_job_template=ProcessWorker.get_default_base_job_template())
-            )
+            client.create_work_pool(WorkPoolCreate(name=name, type="process", base_job_template=template))
+            return
+        if pool.type == "process" and pool.base_job_template != template:
+            client.update_work_pool(name, WorkPoolUpdate(base_job_template=template))
 
 
 def apply(settings: DeploymentSettings | None = None) -> list:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from deployments.gpu import REPO, DeploymentSettings, apply
 from deployments.local import server_env, start_server, start_worker
+from tasks.inputs import ROOTS_ENV
 
 
 def _interrupt(signum, frame) -> None:
@@ -40,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
 
     prepare_demo(args.demo_dir)
     env = server_env(args.port)
+    # Runs started from the UI may read and write the demo's folder only.
+    env.update({name: str(args.demo_dir.resolve()) for name in ROOTS_ENV.values()})
     logs = args.demo_dir / "logs"
     print(f"Starting the Prefect server on 127.0.0.1:{args.port} (log: {logs / 'server.log'})", flush=True)
     server = start_server(args.port, env, logs / "server.log")

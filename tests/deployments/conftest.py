@@ -8,6 +8,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from deployments.gpu import REPO, DeploymentSettings, apply
 from deployments.local import free_port, server_env, start_server, start_worker
+from tasks.inputs import ROOTS_ENV
 
 POOL = "pruneflow-gpu"
 
@@ -45,6 +46,9 @@ def live(tmp_path_factory):
         PREFECT_RESULTS_LOCAL_STORAGE_PATH=str(home / "results"),
         PREFECT_WORKER_QUERY_SECONDS="1",
     )
+    # The worker's runs may use this session's temporary folders (the tiny data, the baselines,
+    # the outputs, the demo) and nothing else.
+    env.update({name: str(tmp_path_factory.getbasetemp()) for name in ROOTS_ENV.values()})
     server = start_server(port, env, home / "server.log")
     worker = None
     try:

@@ -60,6 +60,22 @@ def test_both_run_on_the_gpu_pool_with_their_devices(deployments):
     assert "config" in schema["properties"]
 
 
+def test_process_template_lets_runs_choose_gpus_and_drills_only():
+    from prefect.utilities.schema_tools import ValidationError, validate
+
+    from deployments.gpu import process_base_job_template
+
+    template = process_base_job_template()
+    placeholders = {p.name for p in find_placeholders(template["job_configuration"])}
+    assert placeholders <= set(template["variables"]["properties"])
+    assert "command" not in template["job_configuration"] and "command" not in template["variables"]["properties"]
+    schema = template["variables"]
+    validate({"env": {"CUDA_VISIBLE_DEVICES": "1", "PRUNEFLOW_INJECT_FAULT": "hang@1"}}, schema, raise_on_error=True)
+    for refused in ({"env": {"LD_PRELOAD": "/tmp/x.so"}}, {"command": "sh -c id"}, {"working_dir": "/"}):
+        with pytest.raises(ValidationError):
+            validate(refused, schema, raise_on_error=True)
+
+
 def test_kubernetes_template_requests_gpus():
     template = kubernetes_base_job_template()
     container = template["job_configuration"]["job_manifest"]["spec"]["template"]["spec"]["containers"][0]

@@ -92,3 +92,39 @@ def test_the_server_accepts_a_kubernetes_pool_with_the_gpu_template(live):
     container = pool.base_job_template["job_configuration"]["job_manifest"]["spec"]["template"]["spec"]["containers"][0]
     assert container["resources"]["limits"] == {"nvidia.com/gpu": "{{ gpu_count }}"}
     assert pool.type == "kubernetes"
+
+
+@pytest.mark.parametrize(
+    "job_variables",
+    [{"command": "touch /tmp/pruneflow-pwned"}, {"env": {"PRUNEFLOW_DATA_ROOTS": "/"}}, {"working_dir": "/"}],
+    ids=["command", "env-roots", "working_dir"],
+)
+def test_a_run_cannot_set_the_command_or_lift_the_roots_through_job_variables(live, config_dict, job_variables):
+    from prefect.exceptions import PrefectHTTPStatusError
+
+    with temporary_settings(updates={PREFECT_API_URL: live.api}):
+        with pytest.raises(PrefectHTTPStatusError) as refused:
+            run_deployment("prune/manual", parameters={"config": config_dict}, job_variables=job_variables, timeout=0)
+    assert refused.value.response.status_code == 422
+    assert "Validation failed" in refused.value.response.text or "is not" in refused.value.response.text
+
+
+def test_a_run_from_the_ui_cannot_read_a_model_outside_the_workers_roots(live, config_dict, tiny_baseline):
+    import shutil
+    import tempfile
+
+    outside = Path(tempfile.mkdtemp(prefix="pruneflow-outside-"))  # not under the worker's roots
+    try:
+        shutil.copy(tiny_baseline, outside / "baseline.h5")
+        config_dict["model"]["baseline"] = str(outside / "baseline.h5")
+        with temporary_settings(updates={PREFECT_API_URL: live.api}):
+            flow_run = trigger(config_dict)
+            assert flow_run.state.is_failed()
+            assert stage_states(flow_run.id) == {"check_inputs": "Failed"}
+        assert f"model.baseline: {outside / 'baseline.h5'} is outside the folders this worker allows for models" in (
+            flow_run.state.message
+        )
+        assert "from PRUNEFLOW_MODEL_ROOTS" in flow_run.state.message
+        assert not (Path(config_dict["output_root"]) / "artifacts").exists()
+    finally:
+        shutil.rmtree(outside)
