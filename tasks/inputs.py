@@ -10,6 +10,8 @@ to folders the worker's operator allows, one list per kind, in the worker's envi
 Each is a list of folders separated by ':'. A path is allowed when, with `..` and every symlink
 resolved, it lies inside one of them. A run started from a deployment refuses to start when
 one is unset; a run started by hand (`pruneflow run`) is confined only by those that are set.
+A run started from a deployment may set model.trust_custom_code only where the worker allows it
+with PRUNEFLOW_ALLOW_CUSTOM_CODE=1: loading such a model runs its code on the worker.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from tasks.models import check_compatible, load_model
 from tasks.prune import require_prunable
 from tasks.schedule import resolve_schedule
 
+ALLOW_CODE_ENV = "PRUNEFLOW_ALLOW_CUSTOM_CODE"
 ROOTS_ENV = {"data": "PRUNEFLOW_DATA_ROOTS", "models": "PRUNEFLOW_MODEL_ROOTS", "outputs": "PRUNEFLOW_OUTPUT_ROOTS"}
 
 
@@ -166,5 +169,11 @@ def check_inputs(config: RunConfig, from_deployment: bool) -> CheckedInputs:
     """
     roots = Roots.from_env()
     if from_deployment:
-        roots.require_all("this run was started from a deployment, whose parameters anyone with UI access can set")
+        why = "this run was started from a deployment, whose parameters anyone with UI access can set"
+        roots.require_all(why)
+        if config.model.trust_custom_code and os.environ.get(ALLOW_CODE_ENV) != "1":
+            raise PruneflowError(
+                f"model.trust_custom_code: true is refused: {why}, and loading such a model runs its code on "
+                f"the worker. Run it with `pruneflow run` instead, or have the worker's operator set {ALLOW_CODE_ENV}=1."
+            )
     return check_run_inputs(config, roots)

@@ -87,6 +87,21 @@ def test_a_run_from_a_deployment_needs_every_root_set(config_dict, monkeypatch):
         check_inputs.fn(parse_config(config_dict), from_deployment=True)
 
 
+def test_trusting_custom_code_from_a_deployment_needs_the_workers_consent(config_dict, tmp_path, monkeypatch):
+    from tasks.inputs import ALLOW_CODE_ENV
+
+    for name in ROOTS_ENV.values():
+        monkeypatch.setenv(name, str(tmp_path.parent.parent))
+    monkeypatch.delenv(ALLOW_CODE_ENV, raising=False)
+    config_dict["model"]["trust_custom_code"] = True
+    config = parse_config(config_dict)
+    with pytest.raises(PruneflowError, match=r"^model.trust_custom_code: true is refused: .*PRUNEFLOW_ALLOW_CUSTOM_CODE=1"):
+        check_inputs.fn(config, from_deployment=True)
+    assert check_inputs.fn(config, from_deployment=False).dataset_key  # by hand: the user's own choice
+    monkeypatch.setenv(ALLOW_CODE_ENV, "1")
+    assert check_inputs.fn(config, from_deployment=True).dataset_key
+
+
 def test_a_file_that_is_not_a_model_is_refused_before_any_stage(config_dict, tmp_path):
     (tmp_path / "notes.h5").write_text("not a model")
     config_dict["model"]["baseline"] = str(tmp_path / "notes.h5")
