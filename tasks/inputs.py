@@ -20,6 +20,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+import pandas as pd
 from prefect import task
 from prefect.cache_policies import NONE
 from pydantic import BaseModel, ConfigDict
@@ -107,44 +108,53 @@ def check_run_inputs(config: RunConfig, roots: Roots) -> CheckedInputs:
 
     Raises:
         PruneflowError: a path outside the roots (the config's, or an image's in a CSV); a bad
-            CSV or labels (see tasks.dataset); a schedule under which nothing would be pruned; a baseline that is missing, not a Keras model,
-            carrying code while untrusted, not matching the images or classes, or not prunable;
-            an output folder that cannot be written.
+            CSV or labels (see tasks.dataset); a schedule under which nothing would be pruned;
+            a baseline that is missing, not a Keras model, carrying code while untrusted, not
+            prunable or not matching the images or classes; an output folder that cannot be
+            written.
     """
     data = config.dataset
-    for split in ("train", "val", "test"):
-        roots.confine("data", getattr(data, f"{split}_csv"), f"dataset.{split}_csv")
+    csv_paths = {"train": data.train_csv, "val": data.val_csv, "test": data.test_csv}
+    for split, path in csv_paths.items():
+        roots.confine("data", path, f"dataset.{split}_csv")
     roots.confine("models", config.model.baseline, "model.baseline")
     roots.confine("outputs", config.output_root, "output_root")
 
     frames = read_splits(data)
-    classes = encode_labels(frames, {"train": data.train_csv, "val": data.val_csv, "test": data.test_csv})
+    confine_images(frames, csv_paths, roots)
+    classes = encode_labels(frames, csv_paths)
     schedule = resolve_schedule(config.pruning, config.steps_per_epoch(len(frames["train"])), config.training.epochs)
-    outside = []
-    for split, frame in frames.items():
-        csv_path = getattr(data, f"{split}_csv")
-        for path, row in zip(frame["path"], frame["csv_row"]):
-            if escaped := roots.escapes("data", Path(path)):
-                outside.append(f"{csv_path}, line {row}: {escaped}")
+    check_baseline(config, len(classes))
+    check_writable(config.output_root)
+    return CheckedInputs(
+        dataset_key=dataset_key(data, frames), baseline_digest=file_digest(config.model.baseline), schedule=schedule
+    )
+
+
+def confine_images(frames: dict[str, pd.DataFrame], csv_paths: dict[str, Path], roots: Roots) -> None:
+    """Refuse, listing them by CSV line, the images that lie outside the data roots."""
+    outside = [
+        f"{csv_paths[split]}, line {row}: {escaped}"
+        for split, frame in frames.items()
+        for path, row in zip(frame["path"], frame["csv_row"])
+        if (escaped := roots.escapes("data", Path(path)))
+    ]
     if outside:
         shown = "\n  ".join(outside[:MAX_LISTED])
         more = f"\n  ... and {len(outside) - MAX_LISTED} more" if len(outside) > MAX_LISTED else ""
         raise PruneflowError(
             f"{len(outside)} image(s) listed in the dataset CSVs are outside the folders this worker "
-            f"allows for data ({roots.describe('data')}):\n  {shown}{more}\n"
-            "List only images inside them."
+            f"allows for data ({roots.describe('data')}):\n  {shown}{more}\nList only images inside them."
         )
 
-    check_baseline(config, len(classes))
 
-    with storage_errors(config.output_root, "into output_root"):
-        config.output_root.mkdir(parents=True, exist_ok=True)
-        probe = config.output_root / f".write-probe-{os.getpid()}"
+def check_writable(output_root: Path) -> None:
+    """Refuse an output folder that cannot be created or written (a probe file, removed at once)."""
+    with storage_errors(output_root, "into output_root"):
+        output_root.mkdir(parents=True, exist_ok=True)
+        probe = output_root / f".write-probe-{os.getpid()}"
         probe.write_bytes(b"ok")
         probe.unlink()
-    return CheckedInputs(
-        dataset_key=dataset_key(data, frames), baseline_digest=file_digest(config.model.baseline), schedule=schedule
-    )
 
 
 def check_baseline(config: RunConfig, n_classes: int) -> None:
