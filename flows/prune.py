@@ -64,10 +64,11 @@ def run_stage(stage: Task, store: ArtifactStore, key: str, **inputs):
 @flow(name="prune")
 def prune_flow(config: RunConfig) -> RunSummary:
     """Prune the baseline under the configured schedule and compare it with the baseline."""
-    inputs = check_inputs(config, from_deployment=deployment.id is not None)
+    seconds: dict[str, float] = {}
+    with timed(seconds, "check_inputs"):
+        inputs = check_inputs(config, from_deployment=deployment.id is not None)
     store = ArtifactStore(root=config.output_root / "artifacts")
     run_dir = new_run_dir(config.output_root)
-    seconds: dict[str, float] = {}
     with timed(seconds, "prepare_dataset"):
         dataset = run_stage(prepare_dataset, store, inputs.dataset_key, config=config.dataset)
     schedule = inputs.schedule

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -147,16 +148,19 @@ def split_warnings(frames: dict[str, pd.DataFrame]) -> list[str]:
     return [f"class(es) {', '.join(missing)} appear in val but never in test: their test accuracy is unmeasured"]
 
 
-def fingerprint(frames: dict[str, pd.DataFrame]) -> dict[str, str]:
+def fingerprint(frames: dict[str, pd.DataFrame], digest: Callable[[Path], str] = file_digest) -> dict[str, str]:
     """Content digest per split (frames from read_splits): its rows' labels and image bytes, in
     order; paths left out.
+
+    Args:
+        digest: the SHA-256 of a file (e.g. DigestCache.digest, which skips unchanged files).
 
     A missing image gets the digest 'missing', so the preparation that follows reports it.
     """
     inputs = {}
     for split, frame in frames.items():
         rows = [
-            (label, file_digest(Path(name)) if Path(name).is_file() else "missing")
+            (label, digest(name) if os.path.isfile(name) else "missing")
             for name, label in zip(frame["path"], frame["label"])
         ]
         inputs[split] = digest_of(rows)
@@ -291,18 +295,21 @@ def load_split(dataset: PreparedDataset, split: str, config: DatasetConfig):
 STAGE = "prepare_dataset"
 
 
-def dataset_key(config: DatasetConfig, frames: dict[str, pd.DataFrame] | None = None) -> str:
+def dataset_key(
+    config: DatasetConfig, frames: dict[str, pd.DataFrame] | None = None, digest: Callable[[Path], str] = file_digest
+) -> str:
     """The prepared dataset's key: image contents and labels, and the stored image shape.
 
     Args:
         frames: the splits as read_splits returns them, when the caller has already read them.
+        digest: how to get an image's SHA-256 (see fingerprint).
 
     Batch size, shuffle seed and augmentation only shape the pipelines built later, so
     changing them reuses the prepared dataset.
     """
     params = config.model_dump(mode="json", include={"image_height", "image_width", "channels"})
     frames = read_splits(config) if frames is None else frames
-    return stage_key(STAGE, code_version(__name__), fingerprint(frames), params)
+    return stage_key(STAGE, code_version(__name__), fingerprint(frames, digest), params)
 
 
 @task(cache_policy=ARTIFACT_CACHE, persist_result=True)

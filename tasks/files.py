@@ -109,3 +109,52 @@ def storage_errors(folder: Path, what: str) -> Iterator[None]:
             f"cannot write {what}: {problem}. Free some space, or set output_root to a writable folder; "
             "results already stored are untouched."
         ) from error
+
+
+class DigestCache:
+    """SHA-256 of files, remembered in SQLite by (path, size, mtime, inode), so that a nightly
+    re-run does not read every image of an unchanged dataset again.
+
+    As git does for its index, a file modified less than SETTLE_SECONDS before it was hashed is
+    not remembered: on a file system with coarse timestamps, a rewrite within the same tick
+    would otherwise keep its old digest. Several processes may share one cache file.
+    """
+
+    SETTLE_SECONDS = 2.0
+
+    def __init__(self, path: Path):
+        import sqlite3
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, timeout=30, isolation_level=None)
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS digests (path TEXT PRIMARY KEY, size INT, mtime_ns INT, inode INT, sha256 TEXT)"
+        )
+        # One read of the whole table: a query per file would cost more than hashing a small JPEG.
+        self._known = {row[0]: row[1:] for row in self._db.execute("SELECT * FROM digests")}
+        self._new: list[tuple] = []
+
+    def digest(self, path: Path) -> str:
+        """The file's SHA-256, from the cache when its size, mtime and inode are unchanged."""
+        import time
+
+        stat = os.stat(path)
+        known = self._known.get(str(path))
+        if known is not None and known[:3] == (stat.st_size, stat.st_mtime_ns, stat.st_ino):
+            return known[3]
+        sha = file_digest(path)
+        if time.time_ns() - stat.st_mtime_ns > self.SETTLE_SECONDS * 1e9:
+            self._new.append((str(path), stat.st_size, stat.st_mtime_ns, stat.st_ino, sha))
+        return sha
+
+    def close(self) -> None:
+        """Record the digests computed since opening, in one transaction, and close."""
+        with self._db:
+            self._db.executemany("INSERT OR REPLACE INTO digests VALUES (?, ?, ?, ?, ?)", self._new)
+        self._db.close()
+
+    def __enter__(self) -> DigestCache:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

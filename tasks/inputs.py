@@ -28,12 +28,13 @@ from pydantic import BaseModel, ConfigDict
 from tasks.config import RunConfig, Schedule
 from tasks.dataset import MAX_LISTED, dataset_key, encode_labels, read_splits
 from tasks.errors import PruneflowError
-from tasks.files import file_digest, storage_errors
+from tasks.files import DigestCache, file_digest, storage_errors
 from tasks.models import check_compatible, load_model
 from tasks.prune import require_prunable
 from tasks.schedule import resolve_schedule
 
 ALLOW_CODE_ENV = "PRUNEFLOW_ALLOW_CUSTOM_CODE"
+DIGEST_CACHE = ".file-digests.sqlite"  # in the artifact store: image digests by size, mtime and inode
 ROOTS_ENV = {"data": "PRUNEFLOW_DATA_ROOTS", "models": "PRUNEFLOW_MODEL_ROOTS", "outputs": "PRUNEFLOW_OUTPUT_ROOTS"}
 
 
@@ -81,13 +82,16 @@ class Roots(BaseModel):
                 f"({self.describe(kind)}). Use a path inside them, or ask the worker's operator to add its folder."
             )
 
-    def escapes(self, kind: str, path: Path) -> str | None:
+    def escapes(self, kind: str, path: Path | str) -> str | None:
         """`path` (and what it resolves to, if that differs) when it lies outside every `kind` root."""
         allowed = getattr(self, kind)
-        real = Path(os.path.realpath(path))
-        if allowed is None or any(real.is_relative_to(root) for root in allowed):
+        if allowed is None:
             return None
-        return f"{path} (which resolves to {real})" if real != Path(os.path.abspath(path)) else str(path)
+        # Strings, not Paths: this runs for every image of every run.
+        real = os.path.realpath(path)
+        if any(real == str(root) or real.startswith(f"{root}{os.sep}") for root in allowed):
+            return None
+        return f"{path} (which resolves to {real})" if real != os.path.abspath(path) else str(path)
 
     def describe(self, kind: str) -> str:
         return f"{', '.join(map(str, getattr(self, kind)))}, from {ROOTS_ENV[kind]}"
@@ -126,9 +130,9 @@ def check_run_inputs(config: RunConfig, roots: Roots) -> CheckedInputs:
     schedule = resolve_schedule(config.pruning, config.steps_per_epoch(len(frames["train"])), config.training.epochs)
     check_baseline(config, len(classes))
     check_writable(config.output_root)
-    return CheckedInputs(
-        dataset_key=dataset_key(data, frames), baseline_digest=file_digest(config.model.baseline), schedule=schedule
-    )
+    with DigestCache(config.output_root / "artifacts" / DIGEST_CACHE) as cache:
+        key = dataset_key(data, frames, cache.digest)
+    return CheckedInputs(dataset_key=key, baseline_digest=file_digest(config.model.baseline), schedule=schedule)
 
 
 def confine_images(frames: dict[str, pd.DataFrame], csv_paths: dict[str, Path], roots: Roots) -> None:
@@ -137,7 +141,7 @@ def confine_images(frames: dict[str, pd.DataFrame], csv_paths: dict[str, Path], 
         f"{csv_paths[split]}, line {row}: {escaped}"
         for split, frame in frames.items()
         for path, row in zip(frame["path"], frame["csv_row"])
-        if (escaped := roots.escapes("data", Path(path)))
+        if (escaped := roots.escapes("data", path))
     ]
     if outside:
         shown = "\n  ".join(outside[:MAX_LISTED])
