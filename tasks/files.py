@@ -117,7 +117,9 @@ class DigestCache:
 
     As git does for its index, a file modified less than SETTLE_SECONDS before it was hashed is
     not remembered: on a file system with coarse timestamps, a rewrite within the same tick
-    would otherwise keep its old digest. Several processes may share one cache file.
+    would otherwise keep its old digest. Several processes may share one cache file. The cache
+    only saves time: if its file cannot be read or written (damaged, disk full), every file is
+    hashed and nothing is remembered.
     """
 
     SETTLE_SECONDS = 2.0
@@ -125,14 +127,17 @@ class DigestCache:
     def __init__(self, path: Path):
         import sqlite3
 
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, timeout=30, isolation_level=None)
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS digests (path TEXT PRIMARY KEY, size INT, mtime_ns INT, inode INT, sha256 TEXT)"
-        )
-        # One read of the whole table: a query per file would cost more than hashing a small JPEG.
-        self._known = {row[0]: row[1:] for row in self._db.execute("SELECT * FROM digests")}
-        self._new: list[tuple] = []
+        self._db, self._known, self._new = None, {}, []
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(path, timeout=30, isolation_level=None)
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS digests (path TEXT PRIMARY KEY, size INT, mtime_ns INT, inode INT, sha256 TEXT)"
+            )
+            # One read of the whole table: a query per file would cost more than hashing a small JPEG.
+            self._known = {row[0]: row[1:] for row in self._db.execute("SELECT * FROM digests")}
+        except (sqlite3.Error, OSError):
+            self.close()
 
     def digest(self, path: Path) -> str:
         """The file's SHA-256, from the cache when its size, mtime and inode are unchanged."""
@@ -149,9 +154,18 @@ class DigestCache:
 
     def close(self) -> None:
         """Record the digests computed since opening, in one transaction, and close."""
-        with self._db:
-            self._db.executemany("INSERT OR REPLACE INTO digests VALUES (?, ?, ?, ?, ?)", self._new)
-        self._db.close()
+        import sqlite3
+
+        if self._db is None:
+            return
+        try:
+            with self._db:
+                self._db.executemany("INSERT OR REPLACE INTO digests VALUES (?, ?, ?, ?, ?)", self._new)
+        except sqlite3.Error:
+            pass  # a cache that cannot be written costs time later, never a wrong digest
+        finally:
+            self._db.close()
+            self._db = None
 
     def __enter__(self) -> DigestCache:
         return self

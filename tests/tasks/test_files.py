@@ -40,3 +40,11 @@ def test_a_file_modified_just_now_is_not_remembered(tmp_path):
     os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     with DigestCache(db) as cache:
         assert cache.digest(image) == file_digest(image)
+
+
+def test_a_damaged_cache_file_only_costs_time(tmp_path):
+    image, db = tmp_path / "a.jpg", tmp_path / "digests.sqlite"
+    image.write_bytes(b"first")
+    db.write_bytes(b"this is not a database" * 100)
+    with DigestCache(db) as cache:
+        assert cache.digest(image) == file_digest(image)
