@@ -57,3 +57,25 @@ def test_demo_prunes_mnist_to_80_percent_3x_smaller_within_2_points(prefect_serv
     assert summary["sizes"]["zip_ratio"] >= 3.0
     assert abs(summary["accuracy_change"]) <= 2.0
     assert summary["baseline"]["accuracy"] >= 0.9
+
+
+def test_a_user_error_shows_no_traceback_anywhere_in_the_terminal(prefect_server, config_dict, tmp_path):
+    """What a person at a terminal sees: Prefect's own run logs included, not only our last line."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from prefect.settings import PREFECT_API_URL
+
+    config_dict["model"]["baseline"] = str(tmp_path / "gone.h5")
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(config_dict))
+    done = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "run", str(path)], cwd=Path(__file__).parents[2],
+        env={**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 2
+    assert f"pruneflow: error: {tmp_path / 'gone.h5'}: model file not found" in done.stderr
+    assert "Task run failed with exception: PruneflowError" in done.stderr  # Prefect's log line stays
+    assert "Traceback" not in done.stdout + done.stderr
