@@ -135,6 +135,27 @@ class TrainingConfig(_Strict):
     )
 
 
+class SweepConfig(_Strict):
+    """A sweep: one baseline pruned to several sparsities, and the gate that picks one to promote."""
+
+    targets: list[Sparsity] = Field(
+        [0.5, 0.7, 0.8, 0.9, 0.95], min_length=1, description="Target sparsities, each pruned from the baseline."
+    )
+    max_accuracy_drop: float = Field(
+        1.0, ge=0.0, le=100.0, description="Largest test accuracy drop from the baseline a promoted model may have, in points."
+    )
+    min_sparsity: Sparsity = Field(0.5, description="Smallest sparsity worth promoting.")
+    max_parallel: int = Field(
+        1, ge=1, description="Targets trained at once in one process (the thread runner); one is safest for TensorFlow."
+    )
+
+    @model_validator(mode="after")
+    def _distinct_targets(self) -> SweepConfig:
+        if len(set(self.targets)) != len(self.targets):
+            raise ValueError(f"targets {self.targets} repeat a sparsity; list each once")
+        return self
+
+
 def _schedule_as_choice(schema: dict) -> None:
     """Publish the schedule as `anyOf`, which Prefect's UI form renders as a choice of type.
 
@@ -160,6 +181,9 @@ class RunConfig(_Strict):
     )
     output_root: ConfigPath = Field(description="Folder under which each run writes its outputs.")
     seed: int = Field(42, description="Seed of weight initialisation and training.")
+    sweep: SweepConfig = Field(
+        default_factory=SweepConfig, description="Used by the sweep flow only: targets, accuracy gate, parallelism."
+    )
 
     def steps_per_epoch(self, n_train: int) -> int:
         return math.ceil(n_train / self.dataset.batch_size)

@@ -1,0 +1,176 @@
+"""A sweep's pieces: one schedule per target, the accuracy gate, promotion, and the run history.
+
+The sweep flow (flows/sweep.py) prunes one baseline to every target sparsity; this module
+decides which result passes the gate, copies the smallest passing model to `promoted/`, and
+appends one row per target to the Parquet history under the output root.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from datetime import datetime
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict, computed_field
+
+from tasks.config import ConstantSchedule, RunConfig, Schedule, SweepConfig
+from tasks.evaluate import Evaluation
+from tasks.files import write_json
+from tasks.prune import TrainedModel
+from tasks.sanity import SanityReport
+from tasks.size import SizeReport
+
+PROMOTED = "promoted"
+HISTORY = "history"
+
+
+def at_target(schedule: Schedule, target: float) -> Schedule:
+    """The run's schedule aimed at `target`: same steps and shape, another final sparsity."""
+    if isinstance(schedule, ConstantSchedule):
+        return schedule.model_copy(update={"target_sparsity": target})
+    return schedule.model_copy(
+        update={"final_sparsity": target, "initial_sparsity": min(schedule.initial_sparsity, target)}
+    )
+
+
+class TargetResult(BaseModel):
+    """What pruning to one target gave, against the baseline."""
+
+    model_config = ConfigDict(frozen=True)
+
+    target: float
+    schedule: Schedule
+    baseline: Evaluation
+    pruned: Evaluation
+    training: TrainedModel
+    sanity: SanityReport
+    sizes: SizeReport
+    pruned_model: Path
+
+    @computed_field
+    @property
+    def measured_sparsity(self) -> float:
+        size = sum(t.size for t in self.sanity.tensors)
+        return sum(t.zeros for t in self.sanity.tensors) / size if size else 0.0
+
+    @computed_field
+    @property
+    def accuracy_change(self) -> float:
+        """Pruned minus baseline test accuracy, in points."""
+        return 100.0 * (self.pruned.accuracy - self.baseline.accuracy)
+
+    def gate_problem(self, gate: SweepConfig) -> str | None:
+        """Why this result may not be promoted, or None when it passes the gate."""
+        if self.target < gate.min_sparsity - 1e-9:
+            return f"sparsity {self.target} is below min_sparsity {gate.min_sparsity}"
+        if -self.accuracy_change > gate.max_accuracy_drop + 1e-9:
+            return f"accuracy dropped {-self.accuracy_change:.2f} points (max_accuracy_drop {gate.max_accuracy_drop})"
+        return None
+
+    def row(self, gate: SweepConfig) -> dict:
+        """One line of the sweep's table, formatted for people."""
+        problem = self.gate_problem(gate)
+        return {
+            "target": f"{self.target:.2f}",
+            "measured sparsity": f"{self.measured_sparsity:.4f}",
+            "test accuracy": f"{self.pruned.accuracy:.4f}",
+            "change": f"{self.accuracy_change:+.2f} points",
+            "zip-deflated (bytes)": f"{self.sizes.pruned.zip_bytes:,}",
+            "vs baseline": f"{self.sizes.zip_ratio:.2f}x smaller",
+            "training (s)": f"{self.training.seconds:.1f}",
+            "gate": "pass" if problem is None else f"fail: {problem}",
+        }
+
+
+def choose(results: list[TargetResult], gate: SweepConfig) -> TargetResult | None:
+    """The smallest model (zip-deflated) among those that pass the gate; None if none does."""
+    passing = [result for result in results if result.gate_problem(gate) is None]
+    return min(passing, key=lambda result: (result.sizes.pruned.zip_bytes, -result.target), default=None)
+
+
+def best_candidate(results: list[TargetResult]) -> TargetResult | None:
+    """The most accurate result, then the smallest: what to report when nothing passes."""
+    return min(results, key=lambda result: (-result.pruned.accuracy, result.sizes.pruned.zip_bytes), default=None)
+
+
+def promote(result: TargetResult, config: RunConfig, flow_run_id: str, output_root: Path) -> Path:
+    """Copy the model, its config and its figures to `output_root/promoted/`, replacing the last.
+
+    The new folder is written beside the old one and swapped in by renames, so a crash leaves
+    either the previous promoted model or the new one, whole.
+    """
+    final = output_root / PROMOTED
+    tmp = output_root / f".{PROMOTED}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir(parents=True)
+    try:
+        shutil.copy2(result.pruned_model, tmp / "model.h5")
+        write_json(tmp / "config.json", config.model_copy(update={"pruning": result.schedule}).model_dump(mode="json"))
+        write_json(tmp / "metrics.json", {
+            "flow_run_id": flow_run_id,
+            "promoted_at": datetime.now().astimezone().isoformat(timespec="seconds"),
+            "source": str(result.pruned_model),
+            **json.loads(result.model_dump_json(include={"target", "measured_sparsity", "accuracy_change"})),
+            "accuracy": result.pruned.accuracy,
+            "baseline_accuracy": result.baseline.accuracy,
+            "zip_bytes": result.sizes.pruned.zip_bytes,
+            "zip_ratio": result.sizes.zip_ratio,
+        })
+        old = output_root / f".{PROMOTED}-old-{uuid.uuid4().hex[:8]}"
+        if final.exists():
+            os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def history_rows(
+    results: list[TargetResult], promoted: TargetResult | None, gate: SweepConfig, *,
+    flow_run_id: str, started: datetime, code_version: str, config_digest: str,
+) -> pd.DataFrame:
+    """One row per target of this run, as appended to the history."""
+    return pd.DataFrame([
+        {
+            "flow_run_id": flow_run_id, "started": started, "code_version": code_version,
+            "config_digest": config_digest, "target": result.target,
+            "measured_sparsity": result.measured_sparsity, "accuracy": result.pruned.accuracy,
+            "baseline_accuracy": result.baseline.accuracy, "accuracy_change": result.accuracy_change,
+            "zip_bytes": result.sizes.pruned.zip_bytes, "zip_ratio": result.sizes.zip_ratio,
+            "training_seconds": result.training.seconds, "passed_gate": result.gate_problem(gate) is None,
+            "promoted": promoted is not None and result.target == promoted.target,
+        }
+        for result in results
+    ])
+
+
+def append_history(output_root: Path, rows: pd.DataFrame) -> Path:
+    """Add this run's rows to the Parquet dataset `output_root/history/` (one file per run).
+
+    One file per run, written under a temporary name and renamed: concurrent runs never write
+    the same file, and a reader never sees a half-written one.
+    """
+    folder = output_root / HISTORY
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp = rows["started"].iloc[0].strftime("%Y%m%dT%H%M%S")
+    target = folder / f"{stamp}-{rows['flow_run_id'].iloc[0]}.parquet"
+    tmp = folder / f".{target.name}.tmp"
+    pq.write_table(pa.Table.from_pandas(rows, preserve_index=False), tmp)
+    os.replace(tmp, target)
+    return target
+
+
+def read_history(output_root: Path) -> pd.DataFrame:
+    """Every run's rows, oldest first; empty when there is no history yet."""
+    folder = output_root / HISTORY
+    files = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
+    if not files:
+        return pd.DataFrame()
+    table = pq.ParquetDataset([str(path) for path in files]).read()
+    return table.to_pandas().sort_values(["started", "target"], ignore_index=True)

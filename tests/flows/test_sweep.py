@@ -1,0 +1,55 @@
+"""The sweep flow: mapped stages per target, the gate both ways, promotion, and the history."""
+
+import json
+
+import pytest
+
+from flows.sweep import sweep_flow
+from tasks.config import parse_config
+from tasks.errors import PruneflowError
+from tasks.sweep import read_history
+from tests.helpers import task_runs
+
+
+def sweep_config(config_dict, **gate):
+    return parse_config({**config_dict, "sweep": {"targets": [0.3, 0.6], **gate}})
+
+
+def test_sweep_prunes_each_target_and_promotes_the_smallest_within_the_gate(prefect_server, config_dict):
+    config = sweep_config(config_dict, max_accuracy_drop=100.0, min_sparsity=0.0)
+    state = sweep_flow(config, return_state=True)
+    assert state.is_completed(), state.message
+    results = state.result()
+    runs = task_runs(state.state_details.flow_run_id)
+    counts = {name: sum(1 for run in runs if run[0] == name) for name, _, _ in runs}
+    assert counts["prepare_dataset"] == counts["evaluate_baseline"] == 1
+    assert all(counts[stage] == 2 for stage in ("prune_train", "strip", "sanity_check", "measure_size", "evaluate_pruned"))
+    assert [r.target for r in results] == [0.3, 0.6]
+    assert [r.measured_sparsity for r in results] == pytest.approx([0.3, 0.6], abs=0.01)
+    assert results[1].sizes.pruned.zip_bytes < results[0].sizes.pruned.zip_bytes
+
+    promoted = config.output_root / "promoted"
+    metrics = json.loads((promoted / "metrics.json").read_text())
+    assert metrics["target"] == 0.6 and metrics["flow_run_id"] == str(state.state_details.flow_run_id)
+    assert (promoted / "model.h5").read_bytes() == results[1].pruned_model.read_bytes()
+    assert json.loads((promoted / "config.json").read_text())["pruning"]["target_sparsity"] == 0.6
+    history = read_history(config.output_root)
+    assert list(history["target"]) == [0.3, 0.6] and list(history["promoted"]) == [False, True]
+
+
+def test_no_target_within_the_gate_fails_the_run_and_keeps_the_promoted_model(prefect_server, config_dict):
+    first = sweep_flow(sweep_config(config_dict, max_accuracy_drop=100.0, min_sparsity=0.0), return_state=True)
+    assert first.is_completed(), first.message
+    config = sweep_config(config_dict, min_sparsity=0.9)
+    promoted = config.output_root / "promoted"
+    before = {path.name: path.read_bytes() for path in promoted.iterdir()}
+
+    second = sweep_flow(config, return_state=True)
+    assert second.is_failed()
+    with pytest.raises(PruneflowError, match=r"no target passed the gate .*min_sparsity 0.9.*the best candidate, sparsity 0\.[36]"):
+        second.result()
+    assert {path.name: path.read_bytes() for path in promoted.iterdir()} == before
+    history = read_history(config.output_root)
+    assert len(history) == 4 and history["flow_run_id"].nunique() == 2
+    assert list(history["promoted"]) == [False, True, False, False]
+    assert not history["passed_gate"].iloc[2:].any()
