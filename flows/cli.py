@@ -85,14 +85,71 @@ def run(
     _run_flow(config, refresh)
 
 
+def _run_sweep(config_path: Path, refresh: bool = False) -> None:
+    from flows.sweep import render_sweep, sweep_flow
+    from tasks.config import load_config
+    from tasks.sweep import choose
+
+    config = load_config(config_path)
+    with run_settings(refresh):
+        results = sweep_flow(config)
+    typer.echo(f"\n{render_sweep(results, choose(results, config.sweep), config)}")
+
+
+@app.command()
+def sweep(
+    config: Annotated[Path, typer.Argument(help="A YAML run config; its `sweep` section lists the targets.")],
+    refresh: Annotated[bool, typer.Option("--refresh", help="Run every stage, ignoring cached results.")] = False,
+) -> None:
+    """Prune CONFIG's baseline to each sweep target; promote the smallest model within the gate."""
+    _run_sweep(config, refresh)
+
+
+@app.command()
+def history(
+    config: Annotated[Path, typer.Argument(help="The run config whose output_root holds the history.")],
+    last: Annotated[int, typer.Option(help="How many recent runs to show.")] = 10,
+    tolerance: Annotated[float, typer.Option(help="Accuracy drop, in points, that counts as a regression.")] = 0.5,
+) -> None:
+    """Show recent sweeps' promoted models; exit 1 if the latest run regressed."""
+    import pandas as pd
+
+    from tasks.config import load_config
+    from tasks.sweep import read_history, regressions, runs_summary
+
+    output_root = load_config(config).output_root
+    rows = read_history(output_root)
+    if rows.empty:
+        raise PruneflowError(f"{output_root / 'history'}: no sweep history yet; run `pruneflow sweep {config}` first")
+    runs = runs_summary(rows)
+    flagged = regressions(runs, tolerance)
+    typer.echo(f"{'started (UTC)':<20} {'flow run':<36} {'promoted':>8} {'accuracy':>8} {'zip bytes':>11}  regression")
+    for run in runs.tail(last).itertuples():
+        nothing = pd.isna(run.target)  # no model passed the gate
+        promoted, accuracy, size = ("none", "-", "-") if nothing else (
+            f"{run.target:.2f}", f"{run.accuracy:.4f}", f"{int(run.zip_bytes):,}"
+        )
+        typer.echo(
+            f"{run.started:%Y-%m-%d %H:%M:%S}  {run.flow_run_id:<36} {promoted:>8} {accuracy:>8} {size:>11}  "
+            f"{flagged.get(run.flow_run_id, '')}"
+        )
+    if runs.iloc[-1]["flow_run_id"] in flagged:
+        raise typer.Exit(1)
+
+
 @app.command()
 def demo(
     workdir: Annotated[Path, typer.Option(help="Where the demo's data, baseline and outputs go.")] = Path("demo"),
+    sweep: Annotated[bool, typer.Option("--sweep", help="Sweep the demo's targets instead of one run.")] = False,
 ) -> None:
-    """Write the MNIST demo dataset, train a baseline if none exists, run the flow."""
+    """Write the MNIST demo dataset, train a baseline if none exists, run the flow (or the sweep)."""
     from tasks.demo import prepare_demo
 
-    _run_flow(prepare_demo(workdir, say=typer.echo))
+    config = prepare_demo(workdir, say=typer.echo)
+    if sweep:
+        _run_sweep(config)
+    else:
+        _run_flow(config)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -174,3 +174,31 @@ def read_history(output_root: Path) -> pd.DataFrame:
         return pd.DataFrame()
     table = pq.ParquetDataset([str(path) for path in files]).read()
     return table.to_pandas().sort_values(["started", "target"], ignore_index=True)
+
+
+def runs_summary(history: pd.DataFrame) -> pd.DataFrame:
+    """One row per run, oldest first: its promoted model's figures (NaN where nothing was promoted)."""
+    runs = history.groupby("flow_run_id", sort=False).agg(started=("started", "first")).reset_index()
+    promoted = history[history["promoted"]][["flow_run_id", "target", "accuracy", "zip_bytes"]]
+    return runs.merge(promoted, on="flow_run_id", how="left").sort_values("started", ignore_index=True)
+
+
+def regressions(runs: pd.DataFrame, tolerance: float) -> dict[str, str]:
+    """flow run id -> what regressed against the run before it: the promoted model's accuracy
+    down by more than `tolerance` points, or its size up, or no model promoted any more."""
+    found = {}
+    for previous, current in zip(runs.iloc[:-1].itertuples(), runs.iloc[1:].itertuples()):
+        if pd.isna(previous.accuracy):
+            continue
+        if pd.isna(current.accuracy):
+            found[current.flow_run_id] = "no model passed the gate (the run before promoted one)"
+            continue
+        drop = 100.0 * (previous.accuracy - current.accuracy)
+        problems = []
+        if drop > tolerance:
+            problems.append(f"accuracy {current.accuracy:.4f}, down {drop:.2f} points from {previous.accuracy:.4f}")
+        if current.zip_bytes > previous.zip_bytes:
+            problems.append(f"size {int(current.zip_bytes):,} B zipped, up from {int(previous.zip_bytes):,} B")
+        if problems:
+            found[current.flow_run_id] = "; ".join(problems)
+    return found

@@ -53,3 +53,27 @@ def test_no_target_within_the_gate_fails_the_run_and_keeps_the_promoted_model(pr
     assert len(history) == 4 and history["flow_run_id"].nunique() == 2
     assert list(history["promoted"]) == [False, True, False, False]
     assert not history["passed_gate"].iloc[2:].any()
+
+
+def test_history_lists_runs_and_exits_1_when_the_latest_regressed(prefect_server, config_dict, tmp_path, capsys):
+    import yaml
+
+    from flows.cli import main
+
+    loose = tmp_path / "loose.yaml"
+    loose.write_text(yaml.safe_dump({**config_dict, "sweep": {"targets": [0.3, 0.6], "max_accuracy_drop": 100.0}}))
+    strict = tmp_path / "strict.yaml"
+    strict.write_text(yaml.safe_dump({**config_dict, "sweep": {"targets": [0.3, 0.6], "min_sparsity": 0.9}}))
+    assert main(["history", str(loose)]) == 2  # no history yet
+    assert "no sweep history yet" in capsys.readouterr().err
+    assert main(["sweep", str(loose)]) == 0
+    out = capsys.readouterr().out
+    assert "| 0.60   | 0.6" in out and "Promoted: sparsity 0.6" in out
+    assert main(["history", str(loose)]) == 0
+    assert main(["sweep", str(strict)]) == 2
+    assert "no target passed the gate" in capsys.readouterr().err
+    assert main(["history", str(loose)]) == 1
+    header, first, second = capsys.readouterr().out.splitlines()  # the two sweeps, oldest first
+    assert header.startswith("started (UTC)")
+    assert " 0.60 " in first and "regress" not in first and "gate" not in first
+    assert " none " in second and second.endswith("no model passed the gate (the run before promoted one)")
