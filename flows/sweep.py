@@ -36,6 +36,7 @@ from tasks.sweep import (
     best_candidate,
     choose,
     history_rows,
+    plot_sweep,
     promote,
 )
 
@@ -187,7 +188,7 @@ def render_sweep(results: list[TargetResult], chosen: TargetResult | None, confi
 
 
 def publish_sweep(results, chosen, failures, config: RunConfig, run_dir: Path) -> None:
-    """sweep.json in the run's folder, and the table as Prefect artifacts."""
+    """sweep.json and sweep.png in the run's folder, and the table as Prefect artifacts."""
     write_json(run_dir / "sweep.json", {
         "results": [result.model_dump(mode="json") for result in results],
         "promoted": chosen.target if chosen else None,
@@ -195,7 +196,12 @@ def publish_sweep(results, chosen, failures, config: RunConfig, run_dir: Path) -
         "gate": config.sweep.model_dump(mode="json"),
     })
     markdown = render_sweep(results, chosen, config)
-    create_markdown_artifact(key=SWEEP_KEY, markdown=f"# Sparsity sweep\n\n{markdown}\n", description="Sweep")
+    where = f"- Run folder: `{run_dir}` (sweep.json)\n"
+    if results:
+        plot = plot_sweep(results, config.sweep, run_dir / "sweep.png")
+        models = ", ".join(f"{r.target:.2f}: `{r.pruned_model}`" for r in results)
+        where += f"- Plot: `{plot}`\n- Models: {models}\n"
+    create_markdown_artifact(key=SWEEP_KEY, markdown=f"# Sparsity sweep\n\n{markdown}\n\n{where}", description="Sweep")
     if results:
         create_table_artifact(key=f"{SWEEP_KEY}-table", table=[r.row(config.sweep) for r in results], description="Sweep")
     get_run_logger().info("Sweep:\n%s", markdown)

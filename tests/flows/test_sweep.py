@@ -35,6 +35,10 @@ def test_sweep_prunes_each_target_and_promotes_the_smallest_within_the_gate(pref
     assert json.loads((promoted / "config.json").read_text())["pruning"]["target_sparsity"] == 0.6
     history = read_history(config.output_root)
     assert list(history["target"]) == [0.3, 0.6] and list(history["promoted"]) == [False, True]
+    [run_dir] = (config.output_root / "runs").iterdir()
+    assert (run_dir / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    recorded = json.loads((run_dir / "sweep.json").read_text())
+    assert recorded["promoted"] == 0.6 and [r["target"] for r in recorded["results"]] == [0.3, 0.6]
 
 
 def test_no_target_within_the_gate_fails_the_run_and_keeps_the_promoted_model(prefect_server, config_dict):
