@@ -85,14 +85,15 @@ def run(
     _run_flow(config, refresh)
 
 
-def _run_sweep(config_path: Path, refresh: bool = False) -> None:
-    from flows.sweep import render_sweep, sweep_flow
+def _run_sweep(config_path: Path, refresh: bool = False, dask: str | None = None, dask_workers: int = 2) -> None:
+    from flows.sweep import dask_runner, render_sweep, sweep_flow
     from tasks.config import load_config
     from tasks.sweep import choose
 
     config = load_config(config_path)
     with run_settings(refresh):
-        results = sweep_flow(config)
+        flow = sweep_flow.with_options(task_runner=dask_runner(dask, dask_workers)) if dask else sweep_flow
+        results = flow(config)
     typer.echo(f"\n{render_sweep(results, choose(results, config.sweep), config)}")
 
 
@@ -100,9 +101,13 @@ def _run_sweep(config_path: Path, refresh: bool = False) -> None:
 def sweep(
     config: Annotated[Path, typer.Argument(help="A YAML run config; its `sweep` section lists the targets.")],
     refresh: Annotated[bool, typer.Option("--refresh", help="Run every stage, ignoring cached results.")] = False,
+    dask: Annotated[
+        str | None, typer.Option(help="Run the targets on Dask: a scheduler address, or 'local' for a local cluster.")
+    ] = None,
+    dask_workers: Annotated[int, typer.Option(help="Worker processes of a local Dask cluster.")] = 2,
 ) -> None:
     """Prune CONFIG's baseline to each sweep target; promote the smallest model within the gate."""
-    _run_sweep(config, refresh)
+    _run_sweep(config, refresh, dask, dask_workers)
 
 
 @app.command()

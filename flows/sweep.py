@@ -43,6 +43,30 @@ from tasks.sweep import (
 SWEEP_KEY = "pruneflow-sweep"
 
 
+def dask_runner(address: str, workers: int = 2):
+    """A DaskTaskRunner: on the scheduler at `address`, or, for "local", a LocalCluster of
+    `workers` processes (one thread each: TensorFlow wants a process per training).
+
+    Raises:
+        PruneflowError: no Prefect server is configured. Dask workers are other processes: each
+            would start its own temporary server, and the runs would not be recorded together.
+    """
+    from prefect.settings import PREFECT_API_URL
+    from prefect_dask import DaskTaskRunner
+
+    if not PREFECT_API_URL.value():
+        raise PruneflowError(
+            "a sweep on Dask needs a Prefect server its workers can report to: start one "
+            "(`prefect server start`, or `make serve`) and set PREFECT_API_URL"
+        )
+    if address == "local":
+        return DaskTaskRunner(
+            cluster_class="distributed.LocalCluster",
+            cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True, "dashboard_address": None},
+        )
+    return DaskTaskRunner(address=address)
+
+
 def map_stage(stage: Task, store: ArtifactStore, keys: dict[float, str], cap: int, per_target: dict, **shared) -> dict:
     """Run `stage` for every target, `cap` at a time, as mapped task runs.
 

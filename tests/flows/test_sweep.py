@@ -81,3 +81,31 @@ def test_history_lists_runs_and_exits_1_when_the_latest_regressed(prefect_server
     assert header.startswith("started (UTC)")
     assert " 0.60 " in first and "regress" not in first and "gate" not in first
     assert " none " in second and second.endswith("no model passed the gate (the run before promoted one)")
+
+
+def test_a_sweep_on_a_local_dask_cluster_trains_targets_in_parallel_processes(
+    prefect_server, config_dict, tmp_path, monkeypatch
+):
+    from prefect.settings import PREFECT_API_URL
+
+    from flows.sweep import dask_runner
+
+    # The cluster's worker processes read the server's address from their environment.
+    monkeypatch.setenv("PREFECT_API_URL", PREFECT_API_URL.value())
+    config = parse_config({**config_dict, "sweep": {"targets": [0.3, 0.6], "max_accuracy_drop": 100.0, "max_parallel": 2}})
+    state = sweep_flow.with_options(task_runner=dask_runner("local", workers=2))(config, return_state=True)
+    assert state.is_completed(), state.message
+    assert [r.measured_sparsity for r in state.result()] == pytest.approx([0.3, 0.6], abs=0.01)
+    assert json.loads((config.output_root / "promoted" / "metrics.json").read_text())["target"] == 0.6
+
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, TaskRunFilter, TaskRunFilterName
+
+    with get_client(sync_client=True) as client:
+        training = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])),
+            task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="prune_train")),
+        )
+    assert len(training) == 2 and all(run.state.is_completed() for run in training)
+    first, second = sorted(training, key=lambda run: run.start_time)
+    assert second.start_time < first.end_time  # the two trainings overlapped: two processes at once
