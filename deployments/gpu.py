@@ -1,7 +1,9 @@
 """The deployments, as code: this module is their source of truth (there is no prefect.yaml).
 
-Two deployments of the `prune` flow, both on one work pool meant for GPU workers:
-- `nightly`, on a cron schedule (02:00 by default, in a configurable time zone);
+Two deployments of the `prune` flow and two of the `sweep` flow, all on one work pool meant
+for GPU workers:
+- `nightly`, on a cron schedule (02:00 for prune, 03:00 for sweep by default, in a
+  configurable time zone);
 - `manual`, without a schedule, for runs started from the UI with custom parameters.
 Their default parameters run the bundled demo dataset, prepared by `pruneflow demo` under
 `demo_dir` on the worker's machine.
@@ -21,6 +23,7 @@ from tasks.demo import demo_config_text
 
 REPO = Path(__file__).resolve().parents[1]
 ENTRYPOINT = "flows/prune.py:prune_flow"
+SWEEP_ENTRYPOINT = "flows/sweep.py:sweep_flow"
 KUBERNETES_TEMPLATE = Path(__file__).with_name("kubernetes-gpu.json")
 
 
@@ -31,6 +34,7 @@ class DeploymentSettings(BaseModel):
 
     work_pool: str = Field("pruneflow-gpu", description="Work pool the GPU workers poll.")
     cron: str = Field("0 2 * * *", description="Schedule of the nightly deployment.")
+    sweep_cron: str = Field("0 3 * * *", description="Schedule of the nightly sweep.")
     timezone: str = Field("UTC", description="Time zone of the cron schedule, e.g. Europe/Paris.")
     gpu_devices: str = Field("0", description="CUDA_VISIBLE_DEVICES for flow runs on a process worker.")
     demo_dir: Path = Field(REPO / "demo", description="Where `pruneflow demo` put the demo dataset.")
@@ -74,18 +78,23 @@ def process_job_variables(settings: DeploymentSettings) -> dict:
     return {"env": {"CUDA_VISIBLE_DEVICES": settings.gpu_devices}}
 
 
-def build_deployments(settings: DeploymentSettings | None = None, flow=None) -> list:
-    """The `nightly` and `manual` deployments, not yet applied to a server.
+def build_deployments(settings: DeploymentSettings | None = None, flow=None, sweep=None) -> list:
+    """The `nightly` and `manual` deployments of the prune flow and of the sweep flow, not yet
+    applied to a server.
 
     Args:
-        flow: the flow to deploy; default: the prune flow loaded from this repository's
-            source, so that a process worker runs it from here.
+        flow, sweep: the flows to deploy; default: loaded from this repository's source, so
+            that a process worker runs them from here.
     """
     settings = settings or DeploymentSettings()
     if flow is None:
         from flows.prune import prune_flow
 
         flow = prune_flow.from_source(source=str(REPO), entrypoint=ENTRYPOINT)
+    if sweep is None:
+        from flows.sweep import sweep_flow
+
+        sweep = sweep_flow.from_source(source=str(REPO), entrypoint=SWEEP_ENTRYPOINT)
     parameters = {"config": default_config(settings.demo_dir).model_dump(mode="json")}
     common = dict(
         parameters=parameters, work_pool_name=settings.work_pool,
@@ -98,6 +107,14 @@ def build_deployments(settings: DeploymentSettings | None = None, flow=None) -> 
         ),
         flow.to_deployment(
             name="manual", description="Prune with parameters chosen at run time (Custom run in the UI).", **common,
+        ),
+        sweep.to_deployment(
+            name="nightly", schedule=Cron(settings.sweep_cron, timezone=settings.timezone),
+            description="Sweep the target sparsities every night, promote within the gate, record the history.",
+            **common,
+        ),
+        sweep.to_deployment(
+            name="manual", description="Sweep with parameters chosen at run time (Custom run in the UI).", **common,
         ),
     ]
 
@@ -130,7 +147,7 @@ def ensure_process_pool(name: str) -> None:
 
 
 def apply(settings: DeploymentSettings | None = None) -> list:
-    """Create the work pool if needed and apply both deployments to the current Prefect API."""
+    """Create the work pool if needed and apply the four deployments to the current Prefect API."""
     from prefect.deployments.runner import deploy
 
     settings = settings or DeploymentSettings()
@@ -142,7 +159,7 @@ def apply(settings: DeploymentSettings | None = None) -> list:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m deployments.gpu`: create the pool if needed and apply both deployments."""
+    """`python -m deployments.gpu`: create the pool if needed and apply the four deployments."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m deployments.gpu", description=main.__doc__)

@@ -1,9 +1,9 @@
-"""Try pruneflow's deployments on one machine: a server, the GPU work pool, both deployments, a worker.
+"""Try pruneflow's deployments on one machine: a server, the GPU work pool, the deployments, a worker.
 
     .venv/bin/python -m deployments.serve [--port 4200] [--timezone UTC] [--demo-dir demo]
 
 Prepares the demo (its data are the deployments' default parameters), starts `prefect server`
-on 127.0.0.1, creates the process work pool, applies the `nightly` and `manual` deployments,
+on 127.0.0.1, creates the process work pool, applies the `nightly` and `manual` deployments of both flows,
 and starts a worker on the pool. Ctrl-C stops the worker and the server, by their PIDs.
 """
 

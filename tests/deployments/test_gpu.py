@@ -12,6 +12,7 @@ from prefect.utilities.templating import find_placeholders
 from deployments.gpu import (
     ENTRYPOINT,
     REPO,
+    SWEEP_ENTRYPOINT,
     DeploymentSettings,
     build_deployments,
     default_config,
@@ -23,7 +24,8 @@ from tasks.config import RunConfig
 @pytest.fixture(scope="module")
 def deployments():
     settings = DeploymentSettings(timezone="Europe/Paris", demo_dir=REPO / "demo")
-    return {d.name: d for d in build_deployments(settings, flow=load_flow_from_entrypoint(str(REPO / ENTRYPOINT)))}
+    flows = {"flow": load_flow_from_entrypoint(str(REPO / ENTRYPOINT)), "sweep": load_flow_from_entrypoint(str(REPO / SWEEP_ENTRYPOINT))}
+    return {f"{d.flow_name}/{d.name}": d for d in build_deployments(settings, **flows)}
 
 
 def test_entrypoint_loads_the_prune_flow():
@@ -32,15 +34,16 @@ def test_entrypoint_loads_the_prune_flow():
 
 
 def test_default_parameters_validate_against_the_config_model(deployments):
-    for deployment in deployments.values():
-        flow = load_flow_from_entrypoint(str(REPO / ENTRYPOINT))
+    assert sorted(deployments) == ["prune/manual", "prune/nightly", "sweep/manual", "sweep/nightly"]
+    for name, deployment in deployments.items():
+        flow = load_flow_from_entrypoint(str(REPO / (ENTRYPOINT if name.startswith("prune/") else SWEEP_ENTRYPOINT)))
         validated = flow.validate_parameters(deployment.parameters)
         assert isinstance(validated["config"], RunConfig)
         assert validated["config"].dataset.train_csv == (REPO / "demo" / "data" / "train.csv").resolve()
 
 
 def test_nightly_runs_at_two_in_the_configured_time_zone(deployments):
-    [schedule] = deployments["nightly"].schedules
+    [schedule] = deployments["prune/nightly"].schedules
     assert schedule.schedule.cron == "0 2 * * *"
     assert schedule.schedule.timezone == "Europe/Paris"
     # The server's own schedule model parses it and computes the next run.
@@ -48,16 +51,19 @@ def test_nightly_runs_at_two_in_the_configured_time_zone(deployments):
     [next_run] = asyncio.run(server_schedule.get_dates(n=1, start=datetime(2026, 1, 1, tzinfo=timezone.utc)))
     assert next_run.astimezone(ZoneInfo("Europe/Paris")).hour == 2
     assert next_run.astimezone(timezone.utc).hour == 1  # 02:00 in Paris is 01:00 UTC in winter
-    assert deployments["manual"].schedules == []
+    assert deployments["prune/manual"].schedules == deployments["sweep/manual"].schedules == []
+    [sweep] = deployments["sweep/nightly"].schedules
+    assert (sweep.schedule.cron, sweep.schedule.timezone) == ("0 3 * * *", "Europe/Paris")  # after the prune run
 
 
-def test_both_run_on_the_gpu_pool_with_their_devices(deployments):
+def test_all_run_on_the_gpu_pool_with_their_devices(deployments):
     for deployment in deployments.values():
         assert deployment.work_pool_name == "pruneflow-gpu"
         assert deployment.job_variables == {"env": {"CUDA_VISIBLE_DEVICES": "0"}}
     # The UI's custom-run form is built from this schema.
-    schema = deployments["manual"]._parameter_openapi_schema.model_dump()
-    assert "config" in schema["properties"]
+    for name in ("prune/manual", "sweep/manual"):
+        schema = deployments[name]._parameter_openapi_schema.model_dump()
+        assert "config" in schema["properties"]
 
 
 def test_process_template_lets_runs_choose_gpus_and_drills_only():

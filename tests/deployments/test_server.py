@@ -128,3 +128,16 @@ def test_a_run_from_the_ui_cannot_read_a_model_outside_the_workers_roots(live, c
         assert not (Path(config_dict["output_root"]) / "artifacts").exists()
     finally:
         shutil.rmtree(outside)
+
+
+def test_a_sweep_started_from_the_ui_promotes_on_the_worker(live, config_dict):
+    config_dict["sweep"] = {"targets": [0.3, 0.6], "max_accuracy_drop": 100.0}
+    with temporary_settings(updates={PREFECT_API_URL: live.api}):
+        flow_run = run_deployment("sweep/manual", parameters={"config": config_dict}, timeout=0)
+        flow_run = wait_final(flow_run.id)
+        assert flow_run.state.is_completed(), flow_run.state.message
+        names = [name for name, _, _ in task_runs(flow_run.id)]
+    assert names.count("prune_train") == 2 and names.count("prepare_dataset") == 1
+    promoted = Path(config_dict["output_root"]) / "promoted"
+    assert json.loads((promoted / "metrics.json").read_text())["flow_run_id"] == str(flow_run.id)
+    assert len(list((Path(config_dict["output_root"]) / "history").glob("*.parquet"))) == 1
