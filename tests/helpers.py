@@ -121,6 +121,18 @@ def stage_states(flow_run_id) -> dict[str, str]:
     return {name: state for name, state, _ in task_runs(flow_run_id)}
 
 
+def artifacts_of(flow_run_id) -> dict:
+    """Key -> the Prefect artifact a flow run published under it."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
+    return {artifact.key: artifact for artifact in found}
+
+
 def latest_flow_run_id():
     from prefect import get_client
     from prefect.client.schemas.sorting import FlowRunSort

@@ -3,23 +3,13 @@
 import json
 
 import pytest
-from prefect import get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
 from flows.prune import prune_flow
 from tasks.config import parse_config
 from tasks.errors import PruneflowError
 from tasks.report import ARTIFACT_KEY, RunSummary
 from tasks.store import ArtifactStore
-from tests.helpers import STAGES, stage_states
-
-
-def artifacts_of(flow_run_id) -> dict[str, object]:
-    with get_client(sync_client=True) as client:
-        found = client.read_artifacts(
-            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
-        )
-    return {artifact.key: artifact for artifact in found}
+from tests.helpers import STAGES, artifacts_of, stage_states
 
 
 def test_flow_prunes_strips_checks_measures_and_reports(prefect_server, config_dict):

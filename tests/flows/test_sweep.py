@@ -8,7 +8,7 @@ from flows.sweep import sweep_flow
 from tasks.config import parse_config
 from tasks.errors import PruneflowError
 from tasks.sweep import read_history
-from tests.helpers import task_runs
+from tests.helpers import artifacts_of, task_runs
 
 
 def sweep_config(config_dict, **gate):
@@ -39,6 +39,24 @@ def test_sweep_prunes_each_target_and_promotes_the_smallest_within_the_gate(pref
     assert (run_dir / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     recorded = json.loads((run_dir / "sweep.json").read_text())
     assert recorded["promoted"] == 0.6 and [r["target"] for r in recorded["results"]] == [0.3, 0.6]
+    artifacts = artifacts_of(state.state_details.flow_run_id)
+    markdown = artifacts["pruneflow-sweep"].data
+    assert "Promoted: sparsity 0.6" in markdown and str(run_dir / "sweep.png") in markdown
+    assert str(results[0].pruned_model) in markdown
+    table = json.loads(artifacts["pruneflow-sweep-table"].data)
+    assert [row["target"] for row in table] == ["0.30", "0.60"] and {row["gate"] for row in table} == {"pass"}
+
+
+def test_targets_that_fail_are_reported_and_fail_the_sweep(prefect_server, config_dict, monkeypatch):
+    monkeypatch.setenv("PRUNEFLOW_INJECT_FAULT", "invalid_data@1")  # every target's training fails
+    config = sweep_config(config_dict, max_accuracy_drop=100.0)
+    state = sweep_flow(config, return_state=True)
+    assert state.is_failed()
+    with pytest.raises(PruneflowError, match=r"sweep: 2 of 2 target\(s\) failed: 0.3: PruneflowError: invalid training data"):
+        state.result()
+    assert not (config.output_root / "promoted").exists()
+    [run_dir] = (config.output_root / "runs").iterdir()
+    assert set(json.loads((run_dir / "sweep.json").read_text())["failed"]) == {"0.3", "0.6"}
 
 
 def test_no_target_within_the_gate_fails_the_run_and_keeps_the_promoted_model(prefect_server, config_dict):
