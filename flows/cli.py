@@ -15,6 +15,7 @@ import typer
 from tasks.errors import PruneflowError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+Refresh = Annotated[bool, typer.Option("--refresh", help="Run every stage, ignoring cached results.")]
 
 
 # Loggers under which Prefect reports a failed task or flow run, with the exception's traceback.
@@ -79,7 +80,7 @@ def _run_flow(config_path: Path, refresh: bool = False) -> None:
 @app.command()
 def run(
     config: Annotated[Path, typer.Argument(help="A YAML run config (see README).")],
-    refresh: Annotated[bool, typer.Option("--refresh", help="Run every stage, ignoring cached results.")] = False,
+    refresh: Refresh = False,
 ) -> None:
     """Run the pruning flow on CONFIG; stages whose inputs did not change are reused."""
     _run_flow(config, refresh)
@@ -100,7 +101,7 @@ def _run_sweep(config_path: Path, refresh: bool = False, dask: str | None = None
 @app.command()
 def sweep(
     config: Annotated[Path, typer.Argument(help="A YAML run config; its `sweep` section lists the targets.")],
-    refresh: Annotated[bool, typer.Option("--refresh", help="Run every stage, ignoring cached results.")] = False,
+    refresh: Refresh = False,
     dask: Annotated[
         str | None, typer.Option(help="Run the targets on Dask: a scheduler address, or 'local' for a local cluster.")
     ] = None,
