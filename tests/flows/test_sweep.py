@@ -127,3 +127,13 @@ def test_a_sweep_on_a_local_dask_cluster_trains_targets_in_parallel_processes(
     assert len(training) == 2 and all(run.state.is_completed() for run in training)
     first, second = sorted(training, key=lambda run: run.start_time)
     assert second.start_time < first.end_time  # the two trainings overlapped: two processes at once
+
+
+def test_a_dask_sweep_without_a_prefect_server_is_refused():
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.sweep import dask_runner
+
+    with temporary_settings(updates={PREFECT_API_URL: None}):
+        with pytest.raises(PruneflowError, match="a sweep on Dask needs a Prefect server .* set PREFECT_API_URL"):
+            dask_runner("local")
