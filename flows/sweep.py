@@ -22,7 +22,7 @@ from tasks.config import RunConfig
 from tasks.dataset import prepare_dataset
 from tasks.errors import PruneflowError
 from tasks.evaluate import baseline_key, evaluate_baseline, evaluate_pruned, pruned_key
-from tasks.files import write_json
+from tasks.files import storage_errors, write_json
 from tasks.inputs import check_inputs
 from tasks.prune import prune_train, strip, strip_key, train_key
 from tasks.sanity import sanity_check, sanity_key
@@ -167,19 +167,22 @@ def sweep_flow(config: RunConfig) -> list[TargetResult]:
         for t in gate.targets if t in pruned
     ]
 
-    chosen = choose(results, gate)
+    # With a target missing, the smallest passing model may be the one that failed: keep the
+    # promoted model until a complete sweep.
+    chosen = None if failures else choose(results, gate)
     run_id = str(flow_run.id or "local")
-    if chosen is not None:
-        folder = promote(chosen, config, run_id, config.output_root)
-        logger.info("Promoted the %.2f-sparsity model (%s) to %s", chosen.target, chosen.row(gate)["change"], folder)
-    rows = history_rows(
-        results, chosen, gate, flow_run_id=run_id, started=started,
-        code_version=code_version("tasks.prune", "tasks.dataset", "tasks.models", "tasks.schedule"),
-        config_digest=digest_of(config)[:16],
-    )
-    if results:
-        append_history(config.output_root, rows)
-    publish_sweep(results, chosen, failures, config, run_dir)
+    with storage_errors(config.output_root, "the sweep's promoted model, history and report"):
+        if chosen is not None:
+            folder = promote(chosen, config, run_id, config.output_root)
+            logger.info("Promoted the %.2f-sparsity model (%s) to %s", chosen.target, chosen.row(gate)["change"], folder)
+        rows = history_rows(
+            results, chosen, gate, flow_run_id=run_id, started=started,
+            code_version=code_version("tasks.prune", "tasks.dataset", "tasks.models", "tasks.schedule"),
+            config_digest=digest_of(config.model_dump(mode="json", exclude={"sweep"}))[:16],
+        )
+        if results:
+            append_history(config.output_root, rows)
+        publish_sweep(results, chosen, failures, config, run_dir)
 
     if failures:
         listed = "; ".join(f"{t}: {type(e).__name__}: {e}" for t, e in sorted(failures.items()))

@@ -112,8 +112,9 @@ def storage_errors(folder: Path, what: str) -> Iterator[None]:
 
 
 class DigestCache:
-    """SHA-256 of files, remembered in SQLite by (path, size, mtime, inode), so that a nightly
-    re-run does not read every image of an unchanged dataset again.
+    """SHA-256 of files, remembered in SQLite by (path, size, mtime, ctime, inode), so that a
+    nightly re-run does not read every image of an unchanged dataset again. The ctime catches a
+    rewrite that put the old mtime back (`cp -p`, `rsync -t`).
 
     As git does for its index, a file modified less than SETTLE_SECONDS before it was hashed is
     not remembered: on a file system with coarse timestamps, a rewrite within the same tick
@@ -130,13 +131,14 @@ class DigestCache:
         self._db, self._known, self._new = None, {}, []
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(path, timeout=30, isolation_level=None)
+            self._db = sqlite3.connect(path, timeout=30)
             self._db.execute(
-                "CREATE TABLE IF NOT EXISTS digests (path TEXT PRIMARY KEY, size INT, mtime_ns INT, inode INT, sha256 TEXT)"
+                "CREATE TABLE IF NOT EXISTS digests "
+                "(path TEXT PRIMARY KEY, size INT, mtime_ns INT, ctime_ns INT, inode INT, sha256 TEXT)"
             )
             # One read of the whole table: a query per file would cost more than hashing a small JPEG.
             self._known = {row[0]: row[1:] for row in self._db.execute("SELECT * FROM digests")}
-        except (sqlite3.Error, OSError):
+        except (sqlite3.Error, OSError):  # an unreadable cache (or an older layout): start without it
             self.close()
 
     def digest(self, path: Path) -> str:
@@ -144,12 +146,13 @@ class DigestCache:
         import time
 
         stat = os.stat(path)
+        signature = (stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino)
         known = self._known.get(str(path))
-        if known is not None and known[:3] == (stat.st_size, stat.st_mtime_ns, stat.st_ino):
-            return known[3]
+        if known is not None and tuple(known[:4]) == signature:
+            return known[4]
         sha = file_digest(path)
-        if time.time_ns() - stat.st_mtime_ns > self.SETTLE_SECONDS * 1e9:
-            self._new.append((str(path), stat.st_size, stat.st_mtime_ns, stat.st_ino, sha))
+        if time.time_ns() - max(stat.st_mtime_ns, stat.st_ctime_ns) > self.SETTLE_SECONDS * 1e9:
+            self._new.append((str(path), *signature, sha))
         return sha
 
     def close(self) -> None:
@@ -159,9 +162,9 @@ class DigestCache:
         if self._db is None:
             return
         try:
-            with self._db:
-                self._db.executemany("INSERT OR REPLACE INTO digests VALUES (?, ?, ?, ?, ?)", self._new)
-        except sqlite3.Error:
+            with self._db:  # one transaction
+                self._db.executemany("INSERT OR REPLACE INTO digests VALUES (?, ?, ?, ?, ?, ?)", self._new)
+        except (sqlite3.Error, OverflowError):
             pass  # a cache that cannot be written costs time later, never a wrong digest
         finally:
             self._db.close()

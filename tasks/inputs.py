@@ -89,7 +89,7 @@ class Roots(BaseModel):
             return None
         # Strings, not Paths: this runs for every image of every run.
         real = os.path.realpath(path)
-        if any(real == str(root) or real.startswith(f"{root}{os.sep}") for root in allowed):
+        if any(os.path.commonpath([real, root]) == str(root) for root in allowed):
             return None
         return f"{path} (which resolves to {real})" if real != os.path.abspath(path) else str(path)
 

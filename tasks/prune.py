@@ -314,9 +314,8 @@ def prune_train(
     logger.info("Prune-training for %d epochs under %s", config.training.epochs, schedule.model_dump())
     work_dir = store.work_folder(TRAIN, key)
     trained = store.produce(
-        TRAIN, key, TrainedModel, lambda tmp: train_pruned(config, dataset, schedule, work_dir, tmp)
+        TRAIN, key, TrainedModel, lambda tmp: train_pruned(config, dataset, schedule, work_dir, tmp), scratch=work_dir
     )
-    shutil.rmtree(work_dir, ignore_errors=True)
     logger.info(
         "Prune-training took %.1f s (%d steps%s); final val accuracy %.4f",
         trained.seconds, trained.steps,

@@ -10,7 +10,7 @@ from prefect.cache_policies import NONE
 from pydantic import BaseModel, ConfigDict, computed_field
 
 from tasks.config import RunConfig, Schedule
-from tasks.files import write_json
+from tasks.files import storage_errors, write_json
 from tasks.evaluate import Evaluation
 from tasks.prune import TrainedModel
 from tasks.sanity import SanityReport
@@ -98,7 +98,8 @@ def render_markdown(summary: RunSummary) -> str:
 @task(cache_policy=NONE)
 def publish_report(summary: RunSummary) -> Path:
     """Write summary.json and publish the comparison as Prefect artifacts."""
-    path = write_json(summary.run_dir / "summary.json", summary.model_dump(mode="json"))
+    with storage_errors(summary.run_dir, "the run's summary"):
+        path = write_json(summary.run_dir / "summary.json", summary.model_dump(mode="json"))
     create_markdown_artifact(key=ARTIFACT_KEY, markdown=render_markdown(summary), description="Baseline vs pruned")
     create_table_artifact(key=f"{ARTIFACT_KEY}-table", table=comparison_rows(summary), description="Baseline vs pruned")
     get_run_logger().info("Summary written to %s", path)

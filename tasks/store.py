@@ -133,28 +133,43 @@ class ArtifactStore(BaseModel):
         """`result` (built while writing in a temporary folder) pointed at its final folder."""
         return result.model_copy(update={"folder": self.folder(stage, key), "digest": self.digest(stage, key)})
 
-    def produce(self, stage: str, key: str, kind: type[A], build: Callable[[Path], A]) -> A:
+    def produce(
+        self, stage: str, key: str, kind: type[A], build: Callable[[Path], A], *,
+        force: bool | None = None, scratch: Path | None = None,
+    ) -> A:
         """Run `build` into a temporary folder and store what it wrote under the key.
 
-        Under the key's lock: a run that had to wait for another one producing the same key
-        reuses that run's folder when it is intact, instead of building it again. Leftovers of
-        a killed writer of this key (`.tmp-<key>-*`) are removed first. A write that fails for
-        lack of space or permission raises PruneflowError; stored folders are never touched.
+        Under the key's lock: an intact folder already under the key (another run stored it
+        while this one waited, or since the flow looked) is reused instead of built again,
+        unless `force`. Leftovers of a killed writer of this key (`.tmp-<key>-*`) are removed
+        first. A write that fails for lack of space or permission raises PruneflowError;
+        stored folders are never touched.
 
         Args:
             kind: the result's type, to read it back from result.json.
             build: writes the stage's files into the folder it is given and returns the
                 stage's result; the result is kept in the folder as result.json.
+            force: build even over an intact folder; default: Prefect's refresh setting
+                (`pruneflow run --refresh`).
+            scratch: a work folder of this key (checkpoints) to remove, under the lock, once
+                the artifact is stored.
         """
+        if force is None:
+            from prefect.settings import PREFECT_TASKS_REFRESH_CACHE
+
+            force = bool(PREFECT_TASKS_REFRESH_CACHE.value())
         with storage_errors(self.root, f"the {stage} artifact"), self._lock(stage, key) as waited:
-            if waited and self.problem(stage, key) is None:
-                _logger().info("%s: reusing what the other run stored under %s", stage, key)
+            if not force and self.problem(stage, key) is None:
+                why = "what the other run stored" if waited else "the intact folder"
+                _logger().info("%s: reusing %s under %s", stage, why, key)
                 return self.load(stage, key, kind)
             self._sweep(stage, key)
             with self.writing(stage, key) as tmp:
                 result = build(tmp)
                 payload = result.model_dump(mode="json", exclude={"folder", "digest"})
                 (tmp / RESULT).write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+            if scratch is not None:
+                shutil.rmtree(scratch, ignore_errors=True)
             return self.stored(stage, key, result)
 
     @contextlib.contextmanager

@@ -11,7 +11,7 @@ import json
 import os
 import shutil
 import uuid
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
@@ -100,15 +100,20 @@ def best_candidate(results: list[TargetResult]) -> TargetResult | None:
 
 
 def promote(result: TargetResult, config: RunConfig, flow_run_id: str, output_root: Path) -> Path:
-    """Copy the model, its config and its figures to `output_root/promoted/`, replacing the last.
+    """Make `result` the promoted model: `output_root/promoted/` holds its model, config and figures.
 
-    The new folder is written beside the old one and swapped in by renames, so a crash leaves
-    either the previous promoted model or the new one, whole.
+    `promoted` is a symlink to a version folder under `promoted-versions/`, written first and
+    switched to by one atomic rename of the link: a reader or a crash sees the previous promoted
+    model or the new one, whole. Sweeps promoting at once take turns on a lock.
     """
-    final = output_root / PROMOTED
-    tmp = output_root / f".{PROMOTED}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir(parents=True)
-    try:
+    from filelock import FileLock
+
+    versions = output_root / f"{PROMOTED}-versions"
+    versions.mkdir(parents=True, exist_ok=True)
+    with FileLock(output_root / f".{PROMOTED}.lock"):
+        version = versions / f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{flow_run_id}-{uuid.uuid4().hex[:6]}"
+        tmp = versions / f".tmp-{version.name}"
+        tmp.mkdir()
         shutil.copy2(result.pruned_model, tmp / "model.h5")
         write_json(tmp / "config.json", config.model_copy(update={"pruning": result.schedule}).model_dump(mode="json"))
         write_json(tmp / "metrics.json", {
@@ -121,14 +126,14 @@ def promote(result: TargetResult, config: RunConfig, flow_run_id: str, output_ro
             "zip_bytes": result.sizes.pruned.zip_bytes,
             "zip_ratio": result.sizes.zip_ratio,
         })
-        old = output_root / f".{PROMOTED}-old-{uuid.uuid4().hex[:8]}"
-        if final.exists():
-            os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
+        os.replace(tmp, version)
+        link, new_link = output_root / PROMOTED, output_root / f".{PROMOTED}-link-{uuid.uuid4().hex[:6]}"
+        new_link.symlink_to(version.relative_to(output_root), target_is_directory=True)
+        os.replace(new_link, link)
+        for old in versions.iterdir():  # earlier versions, and what a crash left behind
+            if old != version:
+                shutil.rmtree(old, ignore_errors=True)
+    return link
 
 
 def history_rows(
@@ -172,23 +177,31 @@ def read_history(output_root: Path) -> pd.DataFrame:
     files = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
     if not files:
         return pd.DataFrame()
-    table = pq.ParquetDataset([str(path) for path in files]).read()
-    return table.to_pandas().sort_values(["started", "target"], ignore_index=True)
+    rows = pq.ParquetDataset([str(path) for path in files]).read().to_pandas()
+    # A flow run retried after a failure appends again: keep its latest rows.
+    latest = rows.groupby("flow_run_id")["started"].transform("max")
+    return rows[rows["started"] == latest].sort_values(["started", "target"], ignore_index=True)
 
 
 def runs_summary(history: pd.DataFrame) -> pd.DataFrame:
     """One row per run, oldest first: its promoted model's figures (NaN where nothing was promoted)."""
-    runs = history.groupby("flow_run_id", sort=False).agg(started=("started", "first")).reset_index()
+    runs = history.groupby("flow_run_id", sort=False).agg(
+        started=("started", "first"), config_digest=("config_digest", "first")
+    ).reset_index()
     promoted = history[history["promoted"]][["flow_run_id", "target", "accuracy", "zip_bytes"]]
     return runs.merge(promoted, on="flow_run_id", how="left").sort_values("started", ignore_index=True)
 
 
 def regressions(runs: pd.DataFrame, tolerance: float) -> dict[str, str]:
-    """flow run id -> what regressed against the run before it: the promoted model's accuracy
-    down by more than `tolerance` points, or its size up, or no model promoted any more."""
-    found = {}
-    for previous, current in zip(runs.iloc[:-1].itertuples(), runs.iloc[1:].itertuples()):
-        if pd.isna(previous.accuracy):
+    """flow run id -> what regressed against the last earlier run of the same config (its
+    `sweep` section aside) that promoted a model: the promoted model's accuracy down by more
+    than `tolerance` points, or its size up, or no model promoted any more."""
+    found, last_promoted = {}, {}
+    for current in runs.itertuples():
+        previous = last_promoted.get(current.config_digest)
+        if not pd.isna(current.accuracy):
+            last_promoted[current.config_digest] = current
+        if previous is None:
             continue
         if pd.isna(current.accuracy):
             found[current.flow_run_id] = "no model passed the gate (the run before promoted one)"

@@ -118,3 +118,13 @@ def test_a_read_only_output_folder_is_refused_before_any_stage(config_dict, tmp_
         with pytest.raises(PruneflowError, match=r"cannot write into output_root: .*outputs is not writable"):
             check_run_inputs(parse_config(config_dict), Roots())
     assert list((tmp_path / "outputs").iterdir()) == []
+
+
+def test_a_root_admits_its_subfolders_only_and_slash_admits_everything(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data2").mkdir()
+    roots = roots_for(data=tmp_path / "data")
+    assert roots.escapes("data", tmp_path / "data" / "a.jpg") is None
+    assert roots.escapes("data", tmp_path / "data") is None
+    assert roots.escapes("data", tmp_path / "data2" / "a.jpg") == str(tmp_path / "data2" / "a.jpg")
+    assert roots_for(data="/").escapes("data", tmp_path / "data2" / "a.jpg") is None

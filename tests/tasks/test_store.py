@@ -182,3 +182,15 @@ def test_a_read_only_store_is_a_clear_error_and_keeps_what_was_stored(tmp_path):
             store.produce("stage", "k2", Note, note("new"))
         assert store.problem("stage", "k1") is None and store.load("stage", "k1", Note) == kept
     assert not store.folder("stage", "k2").exists()
+
+
+def test_an_intact_folder_is_reused_unless_forced(tmp_path):
+    store = ArtifactStore(root=tmp_path)
+    first = store.produce("stage", "k1", Note, note("first"), force=False)
+    assert store.produce("stage", "k1", Note, note("second"), force=False) == first  # not built again
+    forced = store.produce("stage", "k1", Note, note("second"), force=True)
+    assert forced.text == "second" and forced.digest != first.digest
+    scratch = tmp_path / "stage" / ".work-k2"
+    scratch.mkdir()
+    store.produce("stage", "k2", Note, note("x"), scratch=scratch)
+    assert not scratch.exists()  # removed once the artifact was stored

@@ -20,9 +20,10 @@ def history(*runs):
     """Rows as the sweep appends them: (run id, [(target, accuracy, zip bytes, promoted)])."""
     start = datetime(2026, 11, 1, 2, tzinfo=timezone.utc)
     return pd.DataFrame([
-        {"flow_run_id": run_id, "started": start + timedelta(days=day), "target": target,
+        {"flow_run_id": run_id, "started": start + timedelta(days=day), "target": target, "config_digest": digest,
          "accuracy": accuracy, "zip_bytes": size, "promoted": promoted}
-        for day, (run_id, rows) in enumerate(runs) for target, accuracy, size, promoted in rows
+        for day, (run_id, rows, *other) in enumerate(runs) for digest in [other[0] if other else "nightly"]
+        for target, accuracy, size, promoted in rows
     ])
 
 
@@ -33,8 +34,10 @@ def test_a_promoted_model_less_accurate_or_larger_than_the_last_is_a_regression(
         ("wed", [(0.5, 0.95, 1000, True), (0.8, 0.90, 600, False)]),  # larger model promoted
         ("thu", [(0.5, 0.93, 1000, True)]),  # 2 points less accurate
         ("fri", [(0.5, 0.80, 1000, False)]),  # nothing promoted
+        ("sat", [(0.5, 0.50, 9000, True)], "someone's manual run of another config"),
+        ("sun", [(0.5, 0.93, 1000, True)]),  # compared with thu: fri promoted nothing
     ))
-    assert list(runs["target"].fillna(0)) == [0.8, 0.8, 0.5, 0.5, 0]
+    assert list(runs["target"].fillna(0)) == [0.8, 0.8, 0.5, 0.5, 0, 0.5, 0.5]
     found = regressions(runs, tolerance=0.5)
     assert set(found) == {"wed", "thu", "fri"}
     assert found["wed"] == "accuracy 0.9500, down 0.80 points from 0.9580; size 1,000 B zipped, up from 600 B"
