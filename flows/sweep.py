@@ -25,6 +25,7 @@ from tasks.evaluate import baseline_key, evaluate_baseline, evaluate_pruned, pru
 from tasks.files import storage_errors, write_json
 from tasks.inputs import check_inputs
 from tasks.prune import prune_train, strip, strip_key, train_key
+from tasks.report import markdown_table
 from tasks.sanity import sanity_check, sanity_key
 from tasks.schedule import resolve_schedule
 from tasks.size import measure_size, size_key
@@ -203,10 +204,7 @@ def render_sweep(results: list[TargetResult], chosen: TargetResult | None, confi
     rows = [result.row(config.sweep) for result in results]
     if not rows:
         return "No target completed."
-    columns = list(rows[0])
-    widths = {c: max(len(c), *(len(row[c]) for row in rows)) for c in columns}
-    line = lambda cells: "| " + " | ".join(cells[c].ljust(widths[c]) for c in columns) + " |"  # noqa: E731
-    table = "\n".join([line({c: c for c in columns}), line({c: "-" * widths[c] for c in columns}), *map(line, rows)])
+    table = markdown_table(rows)
     baseline = results[0].baseline
     promoted = (
         f"Promoted: sparsity {chosen.target}, to `{config.output_root / 'promoted'}`" if chosen else "Promoted: none"

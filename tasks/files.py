@@ -83,8 +83,8 @@ def storage_problem(folder: Path, error: BaseException | None = None) -> str | N
     read_only = bool(os.statvfs(probe).f_flag & os.ST_RDONLY) or not os.access(probe, os.W_OK)
     if code in _READ_ONLY or read_only:
         return f"{folder} is not writable (read-only file system or no permission)"
-    if code in _FULL or shutil.disk_usage(probe).free < MIN_FREE_BYTES:
-        free = shutil.disk_usage(probe).free
+    free = shutil.disk_usage(probe).free
+    if code in _FULL or free < MIN_FREE_BYTES:
         return f"no space left on the device holding {folder} ({free:,} bytes free)"
     return None
 
@@ -142,7 +142,7 @@ class DigestCache:
             self.close()
 
     def digest(self, path: Path) -> str:
-        """The file's SHA-256, from the cache when its size, mtime and inode are unchanged."""
+        """The file's SHA-256, from the cache when its size, times and inode are unchanged."""
         import time
 
         stat = os.stat(path)

@@ -34,7 +34,7 @@ from tasks.prune import require_prunable
 from tasks.schedule import resolve_schedule
 
 ALLOW_CODE_ENV = "PRUNEFLOW_ALLOW_CUSTOM_CODE"
-DIGEST_CACHE = ".file-digests.sqlite"  # in the artifact store: image digests by size, mtime and inode
+DIGEST_CACHE = ".file-digests.sqlite"  # in the artifact store: image digests (see DigestCache)
 ROOTS_ENV = {"data": "PRUNEFLOW_DATA_ROOTS", "models": "PRUNEFLOW_MODEL_ROOTS", "outputs": "PRUNEFLOW_OUTPUT_ROOTS"}
 
 

@@ -19,23 +19,18 @@ from tasks.size import SizeReport
 ARTIFACT_KEY = "pruneflow-summary"
 
 
-class RunSummary(BaseModel):
-    """What one run produced, written as summary.json in the run's folder."""
+class PruningOutcome(BaseModel):
+    """A pruned model against its baseline: what a run, or one target of a sweep, produced."""
 
     model_config = ConfigDict(frozen=True)
 
-    run_dir: Path
     pruned_model: Path
-    config: RunConfig
     schedule: Schedule
-    classes: list[str]
-    counts: dict[str, int]
     baseline: Evaluation
     pruned: Evaluation
     sanity: SanityReport
     sizes: SizeReport
     training: TrainedModel
-    stage_seconds: dict[str, float]
 
     @computed_field
     @property
@@ -49,6 +44,16 @@ class RunSummary(BaseModel):
         """Zeros over all prunable weights of the pruned model."""
         size = sum(t.size for t in self.sanity.tensors)
         return sum(t.zeros for t in self.sanity.tensors) / size if size else 0.0
+
+
+class RunSummary(PruningOutcome):
+    """What one run produced, written as summary.json in the run's folder."""
+
+    run_dir: Path
+    config: RunConfig
+    classes: list[str]
+    counts: dict[str, int]
+    stage_seconds: dict[str, float]
 
 
 def comparison_rows(summary: RunSummary) -> list[dict[str, str]]:
@@ -72,15 +77,19 @@ def comparison_rows(summary: RunSummary) -> list[dict[str, str]]:
     ]
 
 
-def render_table(summary: RunSummary) -> str:
-    """The comparison as a Markdown table (readable as plain text too)."""
-    rows = comparison_rows(summary)
-    columns = ["metric", "baseline", "pruned", "change"]
+def markdown_table(rows: list[dict[str, str]]) -> str:
+    """Rows (all with the same keys, in column order) as an aligned Markdown table, readable as plain text."""
+    columns = list(rows[0])
     widths = {c: max(len(c), *(len(row[c]) for row in rows)) for c in columns}
     line = lambda cells: "| " + " | ".join(cells[c].ljust(widths[c]) for c in columns) + " |"  # noqa: E731
     return "\n".join(
         [line({c: c for c in columns}), line({c: "-" * widths[c] for c in columns}), *(line(r) for r in rows)]
     )
+
+
+def render_table(summary: RunSummary) -> str:
+    """The comparison of the baseline and the pruned model as a Markdown table."""
+    return markdown_table(comparison_rows(summary))
 
 
 def render_markdown(summary: RunSummary) -> str:

@@ -5,9 +5,9 @@ inputs (never their paths) and its own parameters. Its outputs live in `ROOT/<st
 which is written under a temporary name and renamed into place, and which records the digest
 of every file in it, so a folder that was half-written or altered later is detected.
 
-Two runs producing the same key at once take turns on a lock file (`ROOT/<stage>/.lock-<key>`,
-an flock, released by the kernel even when its holder is killed); the one that waited reuses
-what the other stored instead of producing it again.
+A stage produces its folder holding a lock on the key (`ROOT/<stage>/.lock-<key>`, an flock,
+released by the kernel even when its holder is killed), and reuses an intact folder it finds
+there, such as the one a concurrent run of the same config stored while it waited.
 """
 
 from __future__ import annotations

@@ -17,14 +17,10 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pydantic import BaseModel, ConfigDict, computed_field
 
 from tasks.config import ConstantSchedule, RunConfig, Schedule, SweepConfig
-from tasks.evaluate import Evaluation
 from tasks.files import write_json
-from tasks.prune import TrainedModel
-from tasks.sanity import SanityReport
-from tasks.size import SizeReport
+from tasks.report import PruningOutcome
 
 PROMOTED = "promoted"
 HISTORY = "history"
@@ -39,31 +35,10 @@ def at_target(schedule: Schedule, target: float) -> Schedule:
     )
 
 
-class TargetResult(BaseModel):
+class TargetResult(PruningOutcome):
     """What pruning to one target gave, against the baseline."""
 
-    model_config = ConfigDict(frozen=True)
-
     target: float
-    schedule: Schedule
-    baseline: Evaluation
-    pruned: Evaluation
-    training: TrainedModel
-    sanity: SanityReport
-    sizes: SizeReport
-    pruned_model: Path
-
-    @computed_field
-    @property
-    def measured_sparsity(self) -> float:
-        size = sum(t.size for t in self.sanity.tensors)
-        return sum(t.zeros for t in self.sanity.tensors) / size if size else 0.0
-
-    @computed_field
-    @property
-    def accuracy_change(self) -> float:
-        """Pruned minus baseline test accuracy, in points."""
-        return 100.0 * (self.pruned.accuracy - self.baseline.accuracy)
 
     def gate_problem(self, gate: SweepConfig) -> str | None:
         """Why this result may not be promoted, or None when it passes the gate."""
