@@ -17,7 +17,7 @@ from pathlib import Path
 
 from deployments.gpu import REPO, DeploymentSettings, apply
 from deployments.local import server_env, start_server, start_worker
-from tasks.inputs import ROOTS_ENV
+from tasks.confine import ROOTS_ENV
 
 
 def _interrupt(signum, frame) -> None:

@@ -87,9 +87,10 @@ def run(
 
 
 def _run_sweep(config_path: Path, refresh: bool = False, dask: str | None = None, dask_workers: int = 2) -> None:
-    from flows.sweep import dask_runner, render_sweep, sweep_flow
+    from flows.sweep import dask_runner, sweep_flow
     from tasks.config import load_config
-    from tasks.sweep import choose
+    from tasks.gate import choose
+    from tasks.report import render_sweep
 
     config = load_config(config_path)
     with run_settings(refresh):
@@ -121,12 +122,13 @@ def history(
     import pandas as pd
 
     from tasks.config import load_config
-    from tasks.sweep import read_history, regressions, runs_summary
+    from tasks.history import read_history, regressions, runs_summary
+    from tasks.layout import OutputLayout
 
-    output_root = load_config(config).output_root
-    rows = read_history(output_root)
+    folder = OutputLayout(root=load_config(config).output_root).history
+    rows = read_history(folder)
     if rows.empty:
-        raise PruneflowError(f"{output_root / 'history'}: no sweep history yet; run `pruneflow sweep {config}` first")
+        raise PruneflowError(f"{folder}: no sweep history yet; run `pruneflow sweep {config}` first")
     runs = runs_summary(rows)
     flagged = regressions(runs, tolerance)
     typer.echo(f"{'started (UTC)':<20} {'flow run':<36} {'promoted':>8} {'accuracy':>8} {'zip bytes':>11}  regression")

@@ -37,26 +37,54 @@ class _Strict(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+class ImageShape(_Strict):
+    """The size images are decoded and resized to: what the prepared dataset holds."""
+
+    height: int = Field(gt=0)
+    width: int = Field(gt=0)
+    channels: Literal[1, 3]
+
+
 class DatasetConfig(_Strict):
     """Where the images are and how they are fed to the model."""
 
-    train_csv: ConfigPath = Field(description="CSV with columns filename,label; paths relative to its folder.")
-    val_csv: ConfigPath = Field(description="Validation split, same columns.")
-    test_csv: ConfigPath = Field(description="Test split, same columns.")
-    image_height: int = Field(gt=0, description="Images are resized to this height.")
-    image_width: int = Field(gt=0, description="Images are resized to this width.")
-    channels: Literal[1, 3] = Field(3, description="1 for greyscale, 3 for RGB.")
-    batch_size: int = Field(32, gt=0, description="Images per training and evaluation step.")
-    shuffle_seed: int = Field(42, description="Seed of the training split's shuffle.")
-    augment: bool = Field(False, description="Random flips on the training split (never on val/test).")
+    train_csv: ConfigPath = Field(
+        description="The training split: a CSV with the header filename,label and one row per JPEG, "
+        "filenames relative to the CSV's folder. Its sorted labels are the classes."
+    )
+    val_csv: ConfigPath = Field(description="The validation split, same columns: validation accuracy during fine-tuning.")
+    test_csv: ConfigPath = Field(
+        description="The test split, same columns: every reported accuracy is measured on it, in CSV order."
+    )
+    image_height: int = Field(gt=0, description="Height in pixels each image is resized to; the model's input height.")
+    image_width: int = Field(gt=0, description="Width in pixels each image is resized to; the model's input width.")
+    channels: Literal[1, 3] = Field(
+        3, description="1 for greyscale, 3 for RGB: each JPEG is decoded to this many channels."
+    )
+    batch_size: int = Field(
+        32, gt=0, description="Images per step of fine-tuning and of evaluation; a run has "
+        "ceil(train images / batch_size) steps per epoch."
+    )
+    shuffle_seed: int = Field(42, description="Seed of the training split's shuffle; val and test are never shuffled.")
+    augment: bool = Field(
+        False, description="Random left-right flips of the training images (never val or test images)."
+    )
+
+    @property
+    def shape(self) -> ImageShape:
+        return ImageShape(height=self.image_height, width=self.image_width, channels=self.channels)
 
 
 class ModelConfig(_Strict):
     """The unpruned model to start from."""
 
-    baseline: ConfigPath = Field(description="A Keras model saved as .h5 or .keras.")
+    baseline: ConfigPath = Field(
+        description="The trained model, saved with tf_keras as .h5 or .keras: Sequential or functional "
+        "(nested models too), taking images scaled to [0, 1], with one output per class (softmax or logits)."
+    )
     trust_custom_code: bool = Field(
-        False, description="Load a baseline with Lambda layers or custom classes, whose loading runs code."
+        False, description="Load a baseline whose loading runs code (Lambda layers, custom classes). A run from "
+        "a deployment may set it only where the worker sets PRUNEFLOW_ALLOW_CUSTOM_CODE=1."
     )
 
     @model_validator(mode="after")
@@ -67,8 +95,11 @@ class ModelConfig(_Strict):
 
 
 class _ScheduleSteps(_Strict):
-    begin_step: int = Field(0, ge=0, description="First training step at which pruning may happen.")
-    frequency: int = Field(1, ge=1, description="Prune every `frequency` steps.")
+    begin_step: int = Field(0, ge=0, description="First training step at which pruning may happen (steps count from 1).")
+    frequency: int = Field(
+        1, ge=1, description="Prune every `frequency` steps. A schedule under which no pruning step falls "
+        "inside the run (TFMOT's default of 100, in a short run) is refused."
+    )
 
 
 class ConstantSchedule(_ScheduleSteps):
@@ -79,7 +110,8 @@ class ConstantSchedule(_ScheduleSteps):
     kind: Literal["constant"] = Field("constant", description="Schedule type.")
     target_sparsity: Sparsity = Field(description="Fraction of each prunable tensor set to zero, in [0, 1).")
     end_step: int | None = Field(
-        None, ge=-1, description="Last pruning step; -1 prunes to the end; omitted: the run's last step."
+        None, ge=-1, description="Last pruning step; -1 prunes until the end of training; omitted: the run's "
+        "last step (steps per epoch x epochs)."
     )
 
     @property
@@ -105,7 +137,8 @@ class PolynomialDecaySchedule(_ScheduleSteps):
     initial_sparsity: Sparsity = Field(0.0, description="Sparsity at begin_step, in [0, 1).")
     final_sparsity: Sparsity = Field(description="Sparsity reached at end_step and kept after, in [0, 1).")
     end_step: int | None = Field(
-        None, ge=0, description="Step at which final_sparsity is reached; omitted: the run's last step."
+        None, ge=0, description="Step at which final_sparsity is reached: at most the run's last step, and "
+        "begin_step plus a multiple of frequency; omitted: the run's last step."
     )
     power: float = Field(3.0, gt=0, description="Exponent of the decay: 3 prunes fast early, then slowly.")
 
@@ -128,25 +161,52 @@ class TrainingConfig(_Strict):
 
     epochs: int = Field(gt=0, description="Epochs of fine-tuning under the pruning schedule.")
     optimizer: Literal["adam", "sgd", "rmsprop"] = Field("adam", description="Fine-tuning optimizer.")
-    learning_rate: float = Field(1e-4, gt=0, description="Fine-tuning learning rate.")
-    retries: int = Field(2, ge=0, description="Retries of prune-training after a transient failure (out of memory, I/O).")
-    retry_delay_seconds: float = Field(
-        10.0, ge=0, description="Delay before the first retry; doubled for each later one."
+    learning_rate: float = Field(
+        1e-4, gt=0, description="Fine-tuning learning rate; lower it if the loss becomes NaN, which stops the run."
     )
+    retries: int = Field(
+        2, ge=0, description="Retries of prune-training after a transient failure (out of memory, I/O, a lost "
+        "device), each resuming after the last complete epoch; never after a user error."
+    )
+    retry_delay_seconds: float = Field(
+        10.0, ge=0, description="Seconds before the first retry; doubled for each later one."
+    )
+
+
+class TrainingSpec(_Strict):
+    """What prune-training does with the data, the baseline and the schedule: the part of the
+    config its result depends on (RunConfig.training_spec). The stage receives only this, so its
+    key covers every field it can read. Retries, which do not change the result, are not in it."""
+
+    epochs: int = Field(gt=0)
+    optimizer: Literal["adam", "sgd", "rmsprop"]
+    learning_rate: float = Field(gt=0)
+    batch_size: int = Field(gt=0)
+    shuffle_seed: int
+    augment: bool
+    seed: int
+
+    def steps_per_epoch(self, n_train: int) -> int:
+        return math.ceil(n_train / self.batch_size)
 
 
 class SweepConfig(_Strict):
     """A sweep: one baseline pruned to several sparsities, and the gate that picks one to promote."""
 
     targets: list[Sparsity] = Field(
-        [0.5, 0.7, 0.8, 0.9, 0.95], min_length=1, description="Target sparsities, each pruned from the baseline."
+        [0.5, 0.7, 0.8, 0.9, 0.95], min_length=1,
+        description="Target sparsities, each pruned from the baseline under the run's schedule, its final sparsity "
+        "set to the target.",
     )
     max_accuracy_drop: float = Field(
-        1.0, ge=0.0, le=100.0, description="Largest test accuracy drop from the baseline a promoted model may have, in points."
+        1.0, ge=0.0, le=100.0,
+        description="Largest drop in test accuracy from the baseline's that a promoted model may have, in points "
+        "(percent); a drop exactly this large passes.",
     )
-    min_sparsity: Sparsity = Field(0.5, description="Smallest sparsity worth promoting.")
+    min_sparsity: Sparsity = Field(0.5, description="Smallest target sparsity worth promoting (included).")
     max_parallel: int = Field(
-        1, ge=1, description="Targets trained at once in one process (the thread runner); one is safest for TensorFlow."
+        1, ge=1, description="Targets pruned at once: the number of Dask workers, or threads of one process "
+        "without Dask (keep 1 there: trainings in one process share TensorFlow's state)."
     )
 
     @model_validator(mode="after")
@@ -172,21 +232,32 @@ class RunConfig(_Strict):
 
     model_config = ConfigDict(frozen=True, extra="forbid", json_schema_extra=_schedule_as_choice)
 
-    dataset: DatasetConfig = Field(description="The images: CSVs per split, size, batching.")
-    model: ModelConfig = Field(description="The model to prune.")
-    pruning: Schedule = Field(description="When and how far to prune.")
-    training: TrainingConfig = Field(description="Fine-tuning and its retries.")
+    dataset: DatasetConfig = Field(description="The images: a CSV per split, the size they are decoded to, batching.")
+    model: ModelConfig = Field(description="The trained model to prune.")
+    pruning: Schedule = Field(description="When and how far to prune: the pruning schedule.")
+    training: TrainingConfig = Field(description="Fine-tuning under the schedule, and its retries.")
     sanity_tolerance: float = Field(
-        0.01, ge=0.0, lt=1.0, description="Allowed gap between a tensor's fraction of zeros and the target."
+        0.01, ge=0.0, lt=1.0,
+        description="Largest gap allowed between a prunable tensor's fraction of zeros and the target sparsity.",
     )
-    output_root: ConfigPath = Field(description="Folder under which each run writes its outputs.")
-    seed: int = Field(42, description="Seed of weight initialisation and training.")
+    output_root: ConfigPath = Field(
+        description="Folder under which runs store their artifacts and summaries, and sweeps the promoted model "
+        "and the history."
+    )
+    seed: int = Field(42, description="Seed of fine-tuning: the same seed on the same machine gives the same model.")
     sweep: SweepConfig = Field(
-        default_factory=SweepConfig, description="Used by the sweep flow only: targets, accuracy gate, parallelism."
+        default_factory=SweepConfig,
+        description="Used by `pruneflow sweep` only: the targets, the accuracy gate, parallelism.",
     )
 
     def steps_per_epoch(self, n_train: int) -> int:
         return math.ceil(n_train / self.dataset.batch_size)
+
+    @property
+    def training_spec(self) -> TrainingSpec:
+        """TrainingSpec's fields, each read from the section that holds it."""
+        sections = {**self.training.model_dump(), **self.dataset.model_dump(), "seed": self.seed}
+        return TrainingSpec(**{name: sections[name] for name in TrainingSpec.model_fields})
 
 
 def format_validation_error(error: ValidationError, source: str) -> str:

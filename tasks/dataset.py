@@ -1,4 +1,8 @@
-"""Dataset preparation: check the split CSVs and images, encode labels once, store decoded images."""
+"""The prepare_dataset stage: the split CSVs read and checked, labels encoded once, images stored decoded.
+
+check_inputs reads the CSVs once per run (read_splits, encode_labels) and lists every image with
+its content digest (list_images); the stage receives that listing and never reads a CSV again.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +10,22 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from prefect import get_run_logger, task
+from pydantic import BaseModel, ConfigDict
 
-from tasks.config import DatasetConfig
+from tasks.config import DatasetConfig, ImageShape
 from tasks.errors import PruneflowError
 from tasks.files import file_digest
-from tasks.store import ARTIFACT_CACHE, ArtifactStore, StoredArtifact, code_version, digest_of, stage_key
+from tasks.log import run_logger
+from tasks.stage import Stage
+from tasks.store import Content, StoredArtifact, digest_of
+
+if TYPE_CHECKING:
+    from tasks.inputs import Preflight
 
 SPLITS = ("train", "val", "test")
 COLUMNS = ("filename", "label")
@@ -122,8 +132,7 @@ def read_splits(config: DatasetConfig) -> dict[str, pd.DataFrame]:
         PruneflowError: also when one image is listed in two splits: a test image seen in
             training makes the test accuracy a lie.
     """
-    paths = {"train": config.train_csv, "val": config.val_csv, "test": config.test_csv}
-    frames = {split: read_split(path, split) for split, path in paths.items()}
+    frames = {split: read_split(path, split) for split, path in csv_paths_of(config).items()}
     owner: dict[str, str] = {}
     leaks = []
     for split, frame in frames.items():
@@ -148,31 +157,72 @@ def split_warnings(frames: dict[str, pd.DataFrame]) -> list[str]:
     return [f"class(es) {', '.join(missing)} appear in val but never in test: their test accuracy is unmeasured"]
 
 
-def fingerprint(frames: dict[str, pd.DataFrame], digest: Callable[[Path], str] = file_digest) -> dict[str, str]:
-    """Content digest per split (frames from read_splits): its rows' labels and image bytes, in
-    order; paths left out.
+class SplitListing(BaseModel):
+    """One split's rows, in CSV order."""
+
+    model_config = ConfigDict(frozen=True)
+
+    csv: Path
+    filenames: list[str]  # as the CSV gives them, relative to its folder
+    paths: list[str]  # absolute
+    labels: list[str]
+    digests: list[str]  # SHA-256 of each image; "missing" for a file that does not exist
+
+
+class DatasetListing(Content):
+    """Every image of the three splits with its label and content digest, and the classes.
+
+    Its digest covers the labels and image contents of each split, in order, and not where the
+    files are: the same images elsewhere make the same dataset.
+    """
+
+    splits: dict[str, SplitListing]
+    classes: list[str]
+    warnings: list[str] = []
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return {split: len(rows.paths) for split, rows in self.splits.items()}
+
+
+def list_images(
+    frames: dict[str, pd.DataFrame], classes: list[str], csv_paths: dict[str, Path],
+    digest: Callable[[str], str] = file_digest,
+) -> DatasetListing:
+    """The listing of the splits read by read_splits, with every image's digest.
 
     Args:
         digest: the SHA-256 of a file (e.g. DigestCache.digest, which skips unchanged files).
-
-    A missing image gets the digest 'missing', so the preparation that follows reports it.
     """
-    inputs = {}
-    for split, frame in frames.items():
-        rows = [
-            (label, digest(name) if os.path.isfile(name) else "missing")
-            for name, label in zip(frame["path"], frame["label"])
-        ]
-        inputs[split] = digest_of(rows)
-    return inputs
+    splits = {
+        split: SplitListing(
+            csv=csv_paths[split], filenames=list(frame["filename"]), paths=list(frame["path"]),
+            labels=list(frame["label"]),
+            digests=[digest(path) if os.path.isfile(path) else "missing" for path in frame["path"]],
+        )
+        for split, frame in frames.items()
+    }
+    content = {split: list(zip(rows.labels, rows.digests)) for split, rows in splits.items()}
+    return DatasetListing(splits=splits, classes=classes, warnings=split_warnings(frames), digest=digest_of(content))
 
 
-def decode_image(path, config: DatasetConfig):
-    """Read a JPEG and resize it to the configured shape, as uint8 (exact when no resize is needed)."""
+def csv_paths_of(config: DatasetConfig) -> dict[str, Path]:
+    return {"train": config.train_csv, "val": config.val_csv, "test": config.test_csv}
+
+
+def list_dataset(config: DatasetConfig, digest: Callable[[str], str] = file_digest) -> DatasetListing:
+    """Read and check the config's CSVs and list their images (what check_inputs does, unconfined)."""
+    frames = read_splits(config)
+    classes = encode_labels(frames, csv_paths_of(config))
+    return list_images(frames, classes, csv_paths_of(config), digest)
+
+
+def decode_image(path, shape: ImageShape):
+    """Read a JPEG and resize it to `shape`, as uint8 (exact when no resize is needed)."""
     from tasks.runtime import tf
 
-    image = tf.io.decode_jpeg(tf.io.read_file(path), channels=config.channels)
-    resized = tf.image.resize(image, (config.image_height, config.image_width))
+    image = tf.io.decode_jpeg(tf.io.read_file(path), channels=shape.channels)
+    resized = tf.image.resize(image, (shape.height, shape.width))
     return tf.cast(tf.round(tf.clip_by_value(resized, 0.0, 255.0)), tf.uint8)
 
 
@@ -188,7 +238,7 @@ def sniff_format(path: Path) -> str:
     return next((kind for magic, kind in SIGNATURES.items() if head.startswith(magic)), "not an image")
 
 
-def write_records(paths: list[str], label_indices: list[int], config: DatasetConfig, out_path: Path) -> list[str]:
+def write_records(paths: list[str], label_indices: list[int], shape: ImageShape, out_path: Path) -> list[str]:
     """Decode every image into a TFRecord file; return 'path: reason' for each one that failed."""
     from tasks.runtime import tf
 
@@ -204,7 +254,7 @@ def write_records(paths: list[str], label_indices: list[int], config: DatasetCon
                 problems.append(f"{path}: not a readable JPEG (the file is {kind})")
                 continue
             try:
-                image = decode_image(path, config)
+                image = decode_image(path, shape)
             except tf.errors.InvalidArgumentError as error:
                 reason = error.message.splitlines()[0] if error.message else "does not decode"
                 problems.append(f"{path}: not a readable JPEG ({reason})")
@@ -217,25 +267,16 @@ def write_records(paths: list[str], label_indices: list[int], config: DatasetCon
     return problems
 
 
-def write_prepared(config: DatasetConfig, out_dir: Path) -> PreparedDataset:
-    """Check the three splits and write the prepared dataset into `out_dir`.
+def write_prepared(out: Path, listing: DatasetListing, shape: ImageShape) -> PreparedDataset:
+    """Decode every listed image to `shape` and store the splits, the manifest and the labels.
 
     Raises:
-        PruneflowError: on a bad CSV, an unreadable image (all of them are listed, up to a cap)
-            or a val/test label unseen in train.
+        PruneflowError: an image is missing or unreadable (all of them are listed, up to a cap).
     """
-    csv_paths = {"train": config.train_csv, "val": config.val_csv, "test": config.test_csv}
-    frames = read_splits(config)
-    classes = encode_labels(frames, csv_paths)
-    index = {label: i for i, label in enumerate(classes)}
-    out_dir.mkdir(parents=True, exist_ok=True)
-
+    index = {label: i for i, label in enumerate(listing.classes)}
     problems = []
-    for split, frame in frames.items():
-        frame["label_index"] = frame["label"].map(index).astype("int32")
-        problems += write_records(
-            list(frame["path"]), [int(i) for i in frame["label_index"]], config, out_dir / f"{split}.tfrecord"
-        )
+    for split, rows in listing.splits.items():
+        problems += write_records(rows.paths, [index[label] for label in rows.labels], shape, out / f"{split}.tfrecord")
     if problems:
         shown = "\n  ".join(problems[:MAX_LISTED])
         more = f"\n  ... and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
@@ -244,28 +285,28 @@ def write_prepared(config: DatasetConfig, out_dir: Path) -> PreparedDataset:
             "Fix or remove those files, or delete their rows from the CSV."
         )
 
-    manifest = pd.concat([frame.assign(split=split) for split, frame in frames.items()], ignore_index=True)
-    manifest["digest"] = [file_digest(Path(path)) for path in manifest["path"]]
     # Filenames as the CSVs give them, relative to their folder: the artifact's content, and so
     # the digest later stages key on, does not depend on where the dataset lives.
-    manifest = manifest[["filename", "label", "label_index", "split", "digest"]]
-    pq.write_table(pa.Table.from_pandas(manifest, preserve_index=False), out_dir / "manifest.parquet")
-    (out_dir / "labels.json").write_text(json.dumps({"classes": classes}, indent=2) + "\n")
+    manifest = pd.DataFrame([
+        {"filename": name, "label": label, "label_index": index[label], "split": split, "digest": digest}
+        for split, rows in listing.splits.items()
+        for name, label, digest in zip(rows.filenames, rows.labels, rows.digests)
+    ]).astype({"label_index": "int32"})
+    pq.write_table(pa.Table.from_pandas(manifest, preserve_index=False), out / "manifest.parquet")
+    (out / "labels.json").write_text(json.dumps({"classes": listing.classes}, indent=2) + "\n")
     return PreparedDataset(
-        folder=out_dir,
-        classes=classes,
-        counts={split: len(frame) for split, frame in frames.items()},
-        image_shape=(config.image_height, config.image_width, config.channels),
-        warnings=split_warnings(frames),
+        folder=out, classes=listing.classes, counts=listing.counts,
+        image_shape=(shape.height, shape.width, shape.channels), warnings=listing.warnings,
     )
 
 
-def load_split(dataset: PreparedDataset, split: str, config: DatasetConfig):
+def load_split(
+    dataset: PreparedDataset, split: str, batch_size: int, *, shuffle_seed: int | None = None, augment: bool = False
+):
     """A batched tf.data pipeline of (image as float32 in [0, 1], label index) for one split.
 
-    Only the train split is shuffled (with config.shuffle_seed) and, when config.augment is
-    on, randomly flipped; val and test keep their CSV order and pixels, so every evaluation
-    sees the same data.
+    Only the train split may be shuffled (with `shuffle_seed`) and, with `augment`, randomly
+    flipped; val and test keep their CSV order and pixels, so every evaluation sees the same data.
     """
     from tasks.runtime import tf
 
@@ -282,48 +323,29 @@ def load_split(dataset: PreparedDataset, split: str, config: DatasetConfig):
     # the first epoch, which advances TFMOT's pruning step and the optimizer once too often.
     data = data.apply(tf.data.experimental.assert_cardinality(dataset.counts[split]))
     data = data.map(parse, num_parallel_calls=tf.data.AUTOTUNE).cache()
-    if split == "train":
-        data = data.shuffle(dataset.counts[split], seed=config.shuffle_seed, reshuffle_each_iteration=True)
-        if config.augment:
-            data = data.map(
-                lambda image, label: (tf.image.random_flip_left_right(image, seed=config.shuffle_seed), label),
-                num_parallel_calls=tf.data.AUTOTUNE,
-            )
-    return data.batch(config.batch_size).prefetch(tf.data.AUTOTUNE)
+    if (shuffle_seed is not None or augment) and split != "train":
+        raise ValueError(f"the {split} split is never shuffled or augmented")
+    if shuffle_seed is not None:
+        data = data.shuffle(dataset.counts[split], seed=shuffle_seed, reshuffle_each_iteration=True)
+    if augment:
+        data = data.map(
+            lambda image, label: (tf.image.random_flip_left_right(image, seed=shuffle_seed), label),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
+    return data.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
-STAGE = "prepare_dataset"
+def check_dataset(preflight: Preflight) -> None:
+    """The CSVs are readable and well formed, no image is in two splits, and the labels fit;
+    what is only worth a warning is logged."""
+    for warning in split_warnings(preflight.frames):
+        run_logger().warning("Dataset: %s", warning)
+    preflight.classes  # noqa: B018 (encoding them is the check)
 
 
-def dataset_key(
-    config: DatasetConfig, frames: dict[str, pd.DataFrame] | None = None, digest: Callable[[Path], str] = file_digest
-) -> str:
-    """The prepared dataset's key: image contents and labels, and the stored image shape.
-
-    Args:
-        frames: the splits as read_splits returns them, when the caller has already read them.
-        digest: how to get an image's SHA-256 (see fingerprint).
-
-    Batch size, shuffle seed and augmentation only shape the pipelines built later, so
-    changing them reuses the prepared dataset.
-    """
-    params = config.model_dump(mode="json", include={"image_height", "image_width", "channels"})
-    frames = read_splits(config) if frames is None else frames
-    return stage_key(STAGE, code_version(__name__), fingerprint(frames, digest), params)
+def describe(prepared: PreparedDataset) -> str:
+    counts = ", ".join(f"{split} {n}" for split, n in prepared.counts.items())
+    return f"{sum(prepared.counts.values())} images ({counts}), {len(prepared.classes)} classes: {', '.join(prepared.classes)}"
 
 
-@task(cache_policy=ARTIFACT_CACHE, persist_result=True)
-def prepare_dataset(store: ArtifactStore, key: str, config: DatasetConfig) -> PreparedDataset:
-    """Check the splits and store them decoded, with the manifest and the label mapping."""
-    prepared = store.produce(STAGE, key, PreparedDataset, lambda tmp: write_prepared(config, tmp))
-    logger = get_run_logger()
-    for warning in prepared.warnings:
-        logger.warning("Dataset: %s", warning)
-    logger.info(
-        "Dataset: %s images (%s), %d classes: %s",
-        sum(prepared.counts.values()),
-        ", ".join(f"{split} {n}" for split, n in prepared.counts.items()),
-        len(prepared.classes),
-        ", ".join(prepared.classes),
-    )
-    return prepared
+prepare_dataset = Stage("prepare_dataset", write_prepared, check=check_dataset, describe=describe)

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from tasks.config import RunConfig
-from tasks.dataset import load_split, write_prepared
+from tasks.dataset import list_dataset, load_split, write_prepared
 from tasks.files import atomic_path
 
 SPLIT_FRACTIONS = {"train": 0.7, "val": 0.15, "test": 0.15}
@@ -114,10 +114,11 @@ def train_baseline(config: RunConfig, epochs: int, out_path: Path, build_model=N
     from tasks.models import compile_model, save_model
     from tasks.runtime import keras
 
+    spec = config.training_spec
     keras.backend.clear_session()
     keras.utils.set_random_seed(config.seed)
     with tempfile.TemporaryDirectory() as scratch:
-        dataset = write_prepared(config.dataset, Path(scratch))
+        dataset = write_prepared(Path(scratch), list_dataset(config.dataset), config.dataset.shape)
         if build_model is None:
             model = build_cnn(
                 config.dataset.image_height, config.dataset.image_width, config.dataset.channels,
@@ -127,8 +128,8 @@ def train_baseline(config: RunConfig, epochs: int, out_path: Path, build_model=N
             model = build_model()
         compile_model(model, keras.optimizers.Adam(learning_rate=1e-3))
         model.fit(
-            load_split(dataset, "train", config.dataset),
-            validation_data=load_split(dataset, "val", config.dataset),
+            load_split(dataset, "train", spec.batch_size, shuffle_seed=spec.shuffle_seed, augment=spec.augment),
+            validation_data=load_split(dataset, "val", spec.batch_size),
             epochs=epochs,
             verbose=2,
         )

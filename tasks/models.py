@@ -7,9 +7,29 @@ import logging
 import warnings
 from pathlib import Path
 
-from tasks.config import DatasetConfig
+from tasks.config import ImageShape
 from tasks.errors import PruneflowError
-from tasks.files import atomic_path
+from tasks.files import atomic_path, file_digest
+from tasks.store import Content
+
+
+class ModelFile(Content):
+    """A model file a stage reads: keys use its content digest, never its path.
+
+    Args:
+        trust_code: load it even if that runs code that comes with it (see require_no_code).
+    """
+
+    path: Path
+    trust_code: bool = False
+
+    @classmethod
+    def of(cls, path: Path, trust_code: bool = False) -> ModelFile:
+        return cls(path=path, digest=file_digest(path), trust_code=trust_code)
+
+    def load(self, **options):
+        """The model, loaded as load_model does (refusing code unless trust_code)."""
+        return load_model(self.path, trusted=self.trust_code, **options)
 
 
 def load_model(path: Path, *, pruning_wrappers: bool = False, compile: bool = False, trusted: bool = True):
@@ -115,11 +135,24 @@ def save_model(model, path: Path, *, include_optimizer: bool = False) -> Path:
     return Path(path)
 
 
-def check_compatible(model, path: Path, config: DatasetConfig, n_classes: int) -> None:
+def require_graph_model(model, path: Path) -> None:
+    """Refuse a subclassed model: TFMOT prunes Sequential and functional models only, and only
+    those know their input and output shapes before being called."""
+    from tasks.runtime import keras
+
+    if not (isinstance(model, keras.Sequential) or model._is_graph_network):
+        raise PruneflowError(
+            f"{path}: a subclassed model ({type(model).__name__}) cannot be pruned: TFMOT prunes "
+            "Sequential and functional models only. Rebuild it with the functional API and load its weights."
+        )
+
+
+def check_compatible(model, path: Path, shape: ImageShape, n_classes: int) -> None:
     """Refuse a model whose input or output does not match the configured images and classes."""
+    require_graph_model(model, path)
     if isinstance(model.input_shape, list) or isinstance(model.output_shape, list):
         raise PruneflowError(f"{path}: the model must have exactly one input and one output")
-    expected = (config.image_height, config.image_width, config.channels)
+    expected = (shape.height, shape.width, shape.channels)
     if tuple(model.input_shape[1:]) != expected:
         raise PruneflowError(
             f"{path}: the model expects input {tuple(model.input_shape[1:])}, but the config's "

@@ -1,4 +1,4 @@
-"""Prune-training and stripping: wrap the baseline, fine-tune under the schedule, remove the wrappers.
+"""The prune_train and strip stages: wrap the baseline, fine-tune under the schedule, remove the wrappers.
 
 Prune-training checkpoints the wrapped model at every epoch end. A retry, or a re-run after a
 crash, resumes after the last complete epoch: an epoch-end .h5 loaded under prune_scope keeps
@@ -13,24 +13,27 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from prefect import get_run_logger, task
-from pydantic import BaseModel
 
-from tasks.config import RunConfig, Schedule
+from tasks.config import Schedule, TrainingSpec
 from tasks.dataset import PreparedDataset, load_split
 from tasks.errors import PruneflowError
 from tasks.faults import fault_callbacks
-from tasks.files import file_digest, write_json
-from tasks.models import check_compatible, compile_model, load_model, save_model
+from tasks.files import write_json
+from tasks.log import run_logger
+from tasks.models import ModelFile, compile_model, load_model, require_graph_model, save_model
 from tasks.schedule import to_tfmot
-from tasks.store import ARTIFACT_CACHE, ArtifactStore, StoredArtifact, code_version, stage_key
+from tasks.stage import Stage
+from tasks.store import StoredArtifact
 
-TRAIN = "prune_train"
-STRIP = "strip"
+if TYPE_CHECKING:
+    from tasks.inputs import Preflight
+
 # Stripping only removes wrappers, so outputs should agree to float rounding.
 STRIP_ATOL = 1e-5
+STRIP_SAMPLE = 32  # test images on which the stripped model must predict what the wrapped one did
 
 
 class TrainedModel(StoredArtifact):
@@ -64,12 +67,17 @@ class StrippedModel(StoredArtifact):
     def model(self) -> Path:
         return self.folder / "pruned.h5"
 
+    @property
+    def file(self) -> ModelFile:
+        """The stripped model as a later stage's input, known by this artifact's digest."""
+        return ModelFile(path=self.model, digest=self.digest, trust_code=True)
 
-def make_optimizer(config: RunConfig):
+
+def make_optimizer(training: TrainingSpec):
     from tasks.runtime import keras
 
     optimizers = {"adam": keras.optimizers.Adam, "sgd": keras.optimizers.SGD, "rmsprop": keras.optimizers.RMSprop}
-    return optimizers[config.training.optimizer](learning_rate=config.training.learning_rate)
+    return optimizers[training.optimizer](learning_rate=training.learning_rate)
 
 
 def unprunable_layers(model) -> list[str]:
@@ -95,13 +103,7 @@ def require_prunable(model, model_path: Path) -> None:
     Raises:
         PruneflowError: a subclassed model, or layers TFMOT has no pruning rule for.
     """
-    from tasks.runtime import keras
-
-    if not (isinstance(model, keras.Sequential) or model._is_graph_network):
-        raise PruneflowError(
-            f"{model_path}: a subclassed model ({type(model).__name__}) cannot be pruned: TFMOT prunes "
-            "Sequential and functional models only. Rebuild it with the functional API and load its weights."
-        )
+    require_graph_model(model, model_path)
     unsupported = unprunable_layers(model)
     if unsupported:
         raise PruneflowError(
@@ -150,55 +152,59 @@ def epoch_checkpoint(work_dir: Path, history: dict[str, list[float]]):
     return EpochCheckpoint()
 
 
-def start_or_resume(config: RunConfig, dataset: PreparedDataset, schedule: Schedule, work_dir: Path):
+def start_or_resume(
+    baseline: ModelFile, schedule: Schedule, training: TrainingSpec, steps_per_epoch: int, work: Path
+):
     """The compiled wrapped model and the number of epochs it has done: from the last epoch-end
-    checkpoint in `work_dir` when there is one, else freshly wrapped from the baseline."""
-    checkpoint = work_dir / "checkpoint.h5"
+    checkpoint in `work` when there is one, else freshly wrapped from the baseline."""
+    checkpoint = work / "checkpoint.h5"
     if checkpoint.is_file():
         wrapped = load_model(checkpoint, pruning_wrappers=True, compile=True)
-        return wrapped, pruning_step(wrapped) // config.steps_per_epoch(dataset.counts["train"])
-    baseline = load_model(config.model.baseline, trusted=config.model.trust_custom_code)
-    check_compatible(baseline, config.model.baseline, config.dataset, len(dataset.classes))
-    wrapped = wrap_for_pruning(baseline, schedule, config.model.baseline)
-    compile_model(wrapped, make_optimizer(config))
+        return wrapped, pruning_step(wrapped) // steps_per_epoch
+    wrapped = wrap_for_pruning(baseline.load(), schedule, baseline.path)
+    compile_model(wrapped, make_optimizer(training))
     return wrapped, 0
 
 
 def train_pruned(
-    config: RunConfig, dataset: PreparedDataset, schedule: Schedule, work_dir: Path, out_dir: Path
+    out: Path, work: Path, dataset: PreparedDataset, baseline: ModelFile, schedule: Schedule, training: TrainingSpec
 ) -> TrainedModel:
-    """Fine-tune the baseline under the pruning schedule; write the wrapped model to `out_dir`.
+    """Fine-tune the baseline under the pruning schedule; write the wrapped model to `out`.
 
     Callbacks: UpdatePruningStep (required: it advances the pruning step and re-applies the
     masks at each epoch end), PruningSummaries (per-layer sparsity in TensorBoard logs), and
-    an epoch-end checkpoint into `work_dir`, from which a later attempt resumes.
+    an epoch-end checkpoint into `work`, from which a later attempt resumes.
     """
-    from tasks.runtime import keras, tfmot
+    from tasks.runtime import configure_devices, keras, tfmot
 
+    logger = run_logger()
+    logger.info("Training on %s", configure_devices())
+    logger.info("Prune-training for %d epochs under %s", training.epochs, schedule.model_dump())
     keras.backend.clear_session()
-    keras.utils.set_random_seed(config.seed)
-    work_dir.mkdir(parents=True, exist_ok=True)
-    wrapped, done = start_or_resume(config, dataset, schedule, work_dir)
-    history_path = work_dir / "history.json"
+    keras.utils.set_random_seed(training.seed)
+    work.mkdir(parents=True, exist_ok=True)
+    steps_per_epoch = training.steps_per_epoch(dataset.counts["train"])
+    wrapped, done = start_or_resume(baseline, schedule, training, steps_per_epoch, work)
+    history_path = work / "history.json"
     history = json.loads(history_path.read_text()) if done and history_path.is_file() else {}
     history = {name: values[:done] for name, values in history.items()}
     if done:
-        print(f"Resuming prune-training after epoch {done} of {config.training.epochs}", flush=True)
+        print(f"Resuming prune-training after epoch {done} of {training.epochs}", flush=True)
 
     callbacks = [
         tfmot.sparsity.keras.UpdatePruningStep(),
-        tfmot.sparsity.keras.PruningSummaries(log_dir=str(work_dir / "logs")),
+        tfmot.sparsity.keras.PruningSummaries(log_dir=str(work / "logs")),
         keras.callbacks.TerminateOnNaN(),
-        epoch_checkpoint(work_dir, history),
+        epoch_checkpoint(work, history),
         *fault_callbacks(),
     ]
     started = time.perf_counter()
-    if done < config.training.epochs:
+    if done < training.epochs:
         fitted = wrapped.fit(
-            load_split(dataset, "train", config.dataset),
-            validation_data=load_split(dataset, "val", config.dataset),
+            load_split(dataset, "train", training.batch_size, shuffle_seed=training.shuffle_seed, augment=training.augment),
+            validation_data=load_split(dataset, "val", training.batch_size),
             initial_epoch=done,
-            epochs=config.training.epochs,
+            epochs=training.epochs,
             callbacks=callbacks,
             # A progress bar per batch in a terminal; one line per epoch in a log file.
             verbose=1 if sys.stdout.isatty() else 2,
@@ -207,20 +213,20 @@ def train_pruned(
         if losses and not math.isfinite(losses[-1]):
             raise PruneflowError(
                 f"prune-training diverged: the loss became {losses[-1]} in epoch {done + len(losses)} of "
-                f"{config.training.epochs}, so no model was saved. Lower training.learning_rate "
-                f"(now {config.training.learning_rate}) or check the data."
+                f"{training.epochs}, so no model was saved. Lower training.learning_rate "
+                f"(now {training.learning_rate}) or check the data."
             )
     seconds = time.perf_counter() - started
 
     # With its optimizer state: the pruning step and masks live in the wrapped model's weights.
-    save_model(wrapped, out_dir / "wrapped.h5", include_optimizer=True)
-    write_json(out_dir / "history.json", history)
-    shutil.copytree(work_dir / "logs", out_dir / "logs")
+    save_model(wrapped, out / "wrapped.h5", include_optimizer=True)
+    write_json(out / "history.json", history)
+    shutil.copytree(work / "logs", out / "logs")
     return TrainedModel(
-        folder=out_dir,
-        epochs=config.training.epochs,
+        folder=out,
+        epochs=training.epochs,
         resumed_from_epoch=done,
-        steps=config.steps_per_epoch(dataset.counts["train"]) * config.training.epochs,
+        steps=steps_per_epoch * training.epochs,
         seconds=seconds,
         final_val_accuracy=history["val_accuracy"][-1],
     )
@@ -249,33 +255,6 @@ def strip_wrappers(wrapped_path: Path, sample, out_path: Path) -> float:
     return diff
 
 
-class _TrainParams(BaseModel):
-    schedule: Schedule
-    epochs: int
-    optimizer: str
-    learning_rate: float
-    seed: int
-    batch_size: int
-    shuffle_seed: int
-    augment: bool
-
-
-def train_key(config: RunConfig, dataset: PreparedDataset, schedule: Schedule) -> str:
-    """Keyed on the data and baseline contents and every parameter that shapes training."""
-    params = _TrainParams(
-        schedule=schedule, epochs=config.training.epochs, optimizer=config.training.optimizer,
-        learning_rate=config.training.learning_rate, seed=config.seed, batch_size=config.dataset.batch_size,
-        shuffle_seed=config.dataset.shuffle_seed, augment=config.dataset.augment,
-    )
-    inputs = {"dataset": dataset.digest, "baseline": file_digest(config.model.baseline)}
-    code = code_version(__name__, "tasks.models", "tasks.dataset", "tasks.schedule")
-    return stage_key(TRAIN, code, inputs, params)
-
-
-def strip_key(trained: TrainedModel) -> str:
-    return stage_key(STRIP, code_version(__name__, "tasks.models"), {"wrapped": trained.digest})
-
-
 def is_transient(exc: BaseException) -> bool:
     """Failures worth a retry: out of memory, I/O, a lost device. Never a user error."""
     from tasks.runtime import tf
@@ -289,51 +268,31 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, transient)
 
 
-def retry_if_transient(task, task_run, state) -> bool:
-    """Prefect retry_condition_fn: retry prune_train only on transient failures."""
-    try:
-        state.result()
-    except Exception as exc:  # the task's own exception, re-raised by result()
-        retry = is_transient(exc)
-        get_run_logger().warning(
-            "prune_train failed with %s: %s", type(exc).__name__, "retrying" if retry else "not retried"
-        )
-        return retry
-    return False
+def check_prunable(preflight: Preflight) -> None:
+    """TFMOT can wrap the whole baseline, and the schedule prunes inside the run."""
+    require_prunable(preflight.baseline_model, preflight.config.model.baseline)
+    preflight.schedule  # noqa: B018 (resolving it is the check)
 
 
-@task(cache_policy=ARTIFACT_CACHE, persist_result=True, retry_condition_fn=retry_if_transient)
-def prune_train(
-    store: ArtifactStore, key: str, config: RunConfig, dataset: PreparedDataset, schedule: Schedule
-) -> TrainedModel:
-    """Fine-tune the baseline with magnitude pruning, resuming from the last epoch checkpoint."""
-    from tasks.runtime import configure_devices
-
-    logger = get_run_logger()
-    logger.info("Training on %s", configure_devices())
-    logger.info("Prune-training for %d epochs under %s", config.training.epochs, schedule.model_dump())
-    work_dir = store.work_folder(TRAIN, key)
-    trained = store.produce(
-        TRAIN, key, TrainedModel, lambda tmp: train_pruned(config, dataset, schedule, work_dir, tmp), scratch=work_dir
-    )
-    logger.info(
-        "Prune-training took %.1f s (%d steps%s); final val accuracy %.4f",
-        trained.seconds, trained.steps,
-        f", resumed after epoch {trained.resumed_from_epoch}" if trained.resumed_from_epoch else "",
-        trained.final_val_accuracy,
-    )
-    return trained
-
-
-@task(cache_policy=ARTIFACT_CACHE, persist_result=True)
-def strip(
-    store: ArtifactStore, key: str, trained: TrainedModel, dataset: PreparedDataset, config: RunConfig
-) -> StrippedModel:
+def strip_model(out: Path, trained: TrainedModel, dataset: PreparedDataset) -> StrippedModel:
     """Remove the pruning wrappers; the stripped model must predict what the wrapped one did."""
-    sample, _ = next(iter(load_split(dataset, "test", config.dataset)))
-    stripped = store.produce(
-        STRIP, key, StrippedModel,
-        lambda tmp: StrippedModel(folder=tmp, max_abs_diff=strip_wrappers(trained.wrapped_model, sample, tmp / "pruned.h5")),
+    sample, _ = next(iter(load_split(dataset, "test", STRIP_SAMPLE)))
+    return StrippedModel(folder=out, max_abs_diff=strip_wrappers(trained.wrapped_model, sample, out / "pruned.h5"))
+
+
+def describe_training(trained: TrainedModel) -> str:
+    resumed = f", resumed after epoch {trained.resumed_from_epoch}" if trained.resumed_from_epoch else ""
+    return (
+        f"{trained.seconds:.1f} s of training ({trained.steps} steps{resumed}); "
+        f"final val accuracy {trained.final_val_accuracy:.4f}"
     )
-    get_run_logger().info("Stripped model saved to %s (max output change %.2g)", stripped.model, stripped.max_abs_diff)
-    return stripped
+
+
+prune_train = Stage(
+    "prune_train", train_pruned, check=check_prunable, describe=describe_training, resumable=True,
+    retry_if=is_transient,
+)
+strip = Stage(
+    "strip", strip_model,
+    describe=lambda stripped: f"saved to {stripped.model} (max output change {stripped.max_abs_diff:.2g})",
+)

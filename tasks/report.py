@@ -1,49 +1,23 @@
-"""The run's summary: a JSON file beside the outputs, and Prefect artifacts comparing the two models."""
+"""Reports: a run's summary and a sweep's table, as files in the run's folder and as Prefect artifacts."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from prefect import get_run_logger, task
+from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NONE
-from pydantic import BaseModel, ConfigDict, computed_field
 
-from tasks.config import RunConfig, Schedule
+from tasks.config import RunConfig, SweepConfig
 from tasks.files import storage_errors, write_json
-from tasks.evaluate import Evaluation
-from tasks.prune import TrainedModel
-from tasks.sanity import SanityReport
-from tasks.size import SizeReport
+from tasks.gate import gate_problem
+from tasks.layout import OutputLayout
+from tasks.log import run_logger
+from tasks.outcome import PruningOutcome, TargetResult
+from tasks.plot import plot_sweep
 
 ARTIFACT_KEY = "pruneflow-summary"
-
-
-class PruningOutcome(BaseModel):
-    """A pruned model against its baseline: what a run, or one target of a sweep, produced."""
-
-    model_config = ConfigDict(frozen=True)
-
-    pruned_model: Path
-    schedule: Schedule
-    baseline: Evaluation
-    pruned: Evaluation
-    sanity: SanityReport
-    sizes: SizeReport
-    training: TrainedModel
-
-    @computed_field
-    @property
-    def accuracy_change(self) -> float:
-        """Pruned minus baseline test accuracy, in points (percent)."""
-        return 100.0 * (self.pruned.accuracy - self.baseline.accuracy)
-
-    @computed_field
-    @property
-    def measured_sparsity(self) -> float:
-        """Zeros over all prunable weights of the pruned model."""
-        size = sum(t.size for t in self.sanity.tensors)
-        return sum(t.zeros for t in self.sanity.tensors) / size if size else 0.0
+SWEEP_KEY = "pruneflow-sweep"
 
 
 class RunSummary(PruningOutcome):
@@ -111,5 +85,59 @@ def publish_report(summary: RunSummary) -> Path:
         path = write_json(summary.run_dir / "summary.json", summary.model_dump(mode="json"))
     create_markdown_artifact(key=ARTIFACT_KEY, markdown=render_markdown(summary), description="Baseline vs pruned")
     create_table_artifact(key=f"{ARTIFACT_KEY}-table", table=comparison_rows(summary), description="Baseline vs pruned")
-    get_run_logger().info("Summary written to %s", path)
+    run_logger().info("Summary written to %s", path)
     return path
+
+
+def sweep_row(result: TargetResult, gate: SweepConfig) -> dict[str, str]:
+    """One line of the sweep's table, formatted for people."""
+    problem = gate_problem(result, gate)
+    return {
+        "target": f"{result.target:.2f}",
+        "measured sparsity": f"{result.measured_sparsity:.4f}",
+        "test accuracy": f"{result.pruned.accuracy:.4f}",
+        "change": f"{result.accuracy_change:+.2f} points",
+        "zip-deflated (bytes)": f"{result.sizes.pruned.zip_bytes:,}",
+        "vs baseline": f"{result.sizes.zip_ratio:.2f}x smaller",
+        "training (s)": f"{result.training.seconds:.1f}",
+        "gate": "pass" if problem is None else f"fail: {problem}",
+    }
+
+
+def render_sweep(results: list[TargetResult], chosen: TargetResult | None, config: RunConfig) -> str:
+    """The sweep's table as Markdown, and what was promoted."""
+    if not results:
+        return "No target completed."
+    table = markdown_table([sweep_row(result, config.sweep) for result in results])
+    promoted = OutputLayout(root=config.output_root).promoted
+    line = f"Promoted: sparsity {chosen.target}, to `{promoted}`" if chosen else "Promoted: none"
+    return f"Baseline test accuracy {results[0].baseline.accuracy:.4f}.\n\n{table}\n\n{line}"
+
+
+@task(cache_policy=NONE)
+def publish_sweep(
+    results: list[TargetResult], chosen: TargetResult | None, failures: dict[float, str], config: RunConfig, run_dir: Path
+) -> None:
+    """sweep.json and sweep.png in the run's folder, and the table as Prefect artifacts.
+
+    Args:
+        failures: target -> why it failed.
+    """
+    with storage_errors(run_dir, "the sweep's report"):
+        write_json(run_dir / "sweep.json", {
+            "results": [result.model_dump(mode="json") for result in results],
+            "promoted": chosen.target if chosen else None,
+            "failed": {str(target): why for target, why in failures.items()},
+            "gate": config.sweep.model_dump(mode="json"),
+        })
+        plot = plot_sweep(results, config.sweep, run_dir / "sweep.png") if results else None
+    markdown = render_sweep(results, chosen, config)
+    where = f"- Run folder: `{run_dir}` (sweep.json)\n"
+    if results:
+        models = ", ".join(f"{r.target:.2f}: `{r.pruned_model}`" for r in results)
+        where += f"- Plot: `{plot}`\n- Models: {models}\n"
+    create_markdown_artifact(key=SWEEP_KEY, markdown=f"# Sparsity sweep\n\n{markdown}\n\n{where}", description="Sweep")
+    if results:
+        rows = [sweep_row(result, config.sweep) for result in results]
+        create_table_artifact(key=f"{SWEEP_KEY}-table", table=rows, description="Sweep")
+    run_logger().info("Sweep:\n%s", markdown)

@@ -1,19 +1,19 @@
-"""Sanity check: every prunable weight tensor of the stripped model reached the target sparsity."""
+"""The sanity_check stage: every prunable weight tensor of the stripped model reached the target sparsity."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
-from prefect import get_run_logger, task
 from pydantic import BaseModel, ConfigDict
 
 from tasks.errors import PruneflowError
 from tasks.files import write_json
+from tasks.log import run_logger
 from tasks.models import load_model
-from tasks.store import ARTIFACT_CACHE, ArtifactStore, StoredArtifact, code_version, stage_key
-
-STAGE = "sanity_check"
+from tasks.prune import StrippedModel, TrainedModel
+from tasks.stage import Stage
+from tasks.store import StoredArtifact
 
 
 class TensorSparsity(BaseModel):
@@ -105,27 +105,21 @@ def require_target_reached(report: SanityReport, model_path: Path) -> None:
         )
 
 
-def sanity_key(trained: StoredArtifact, stripped: StoredArtifact, expected: float, tolerance: float) -> str:
-    return stage_key(
-        STAGE, code_version(__name__, "tasks.models"),
-        {"wrapped": trained.digest, "stripped": stripped.digest}, {"expected": expected, "tolerance": tolerance},
-    )
-
-
-@task(cache_policy=ARTIFACT_CACHE, persist_result=True)
-def sanity_check(
-    store: ArtifactStore, key: str, wrapped_path: Path, stripped_path: Path, expected: float, tolerance: float
+def check_sparsity(
+    out: Path, trained: TrainedModel, stripped: StrippedModel, expected: float, tolerance: float
 ) -> SanityReport:
-    """Fail, naming the layers, unless every prunable tensor is within tolerance of the target.
+    """Fail, naming the layers, unless every prunable tensor is within tolerance of `expected`.
 
     The per-tensor table is logged either way, and stored as sanity.json when the check passes.
     """
+    report = measure_sparsity(trained.wrapped_model, stripped.model, expected, tolerance, out)
+    run_logger().info("Sparsity per prunable tensor (target %.4f):\n%s", expected, report.table())
+    require_target_reached(report, stripped.model)
+    write_json(out / "sanity.json", report.model_dump(mode="json", exclude={"folder", "digest"}))
+    return report
 
-    def check(tmp: Path) -> SanityReport:
-        report = measure_sparsity(wrapped_path, stripped_path, expected, tolerance, tmp)
-        get_run_logger().info("Sparsity per prunable tensor (target %.4f):\n%s", expected, report.table())
-        require_target_reached(report, stripped_path)
-        write_json(tmp / "sanity.json", report.model_dump(mode="json", exclude={"folder", "digest"}))
-        return report
 
-    return store.produce(STAGE, key, SanityReport, check)
+sanity_check = Stage(
+    "sanity_check", check_sparsity,
+    describe=lambda report: f"all {len(report.tensors)} prunable tensors within {report.tolerance} of {report.expected}",
+)

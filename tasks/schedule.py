@@ -1,4 +1,5 @@
-"""Pruning schedules: fill in the run's length, refuse schedules that would not prune, build TFMOT's."""
+"""Pruning schedules: fill in the run's length, refuse schedules that would not prune, aim at a
+target, build TFMOT's."""
 
 from __future__ import annotations
 
@@ -62,6 +63,15 @@ def resolve_schedule(schedule: Schedule, steps_per_epoch: int, epochs: int) -> S
             f"begin_step + a multiple of frequency ({schedule.frequency})."
         )
     return schedule
+
+
+def at_target(schedule: Schedule, target: float) -> Schedule:
+    """The schedule aimed at `target`: same steps and shape, another final sparsity (for a sweep)."""
+    if isinstance(schedule, ConstantSchedule):
+        return schedule.model_copy(update={"target_sparsity": target})
+    return schedule.model_copy(
+        update={"final_sparsity": target, "initial_sparsity": min(schedule.initial_sparsity, target)}
+    )
 
 
 def to_tfmot(schedule: Schedule):

@@ -1,4 +1,4 @@
-"""Size measurement: baseline and pruned model, saved alike, raw and compressed."""
+"""The measure_size stage: baseline and pruned model, saved alike, measured raw and compressed."""
 
 from __future__ import annotations
 
@@ -8,14 +8,12 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-from prefect import get_run_logger, task
 from pydantic import BaseModel, ConfigDict, computed_field
 
-from tasks.files import file_digest, write_json
-from tasks.models import load_model, save_model
-from tasks.store import ARTIFACT_CACHE, ArtifactStore, StoredArtifact, code_version, stage_key
-
-STAGE = "measure_size"
+from tasks.files import write_json
+from tasks.models import ModelFile, save_model
+from tasks.stage import Stage
+from tasks.store import StoredArtifact
 
 
 class ModelSize(BaseModel):
@@ -72,9 +70,9 @@ def gzip_size(path: Path) -> int:
     return len(gzip.compress(path.read_bytes(), compresslevel=9))
 
 
-def save_and_measure(model_path: Path, out_path: Path) -> ModelSize:
+def save_and_measure(model_file: ModelFile, out_path: Path) -> ModelSize:
     """Re-save a model as .h5 without optimizer state, then measure that file."""
-    model = load_model(model_path)
+    model = model_file.load()
     save_model(model, out_path)
     values = [w.numpy() for w in model.weights]
     return ModelSize(
@@ -87,35 +85,24 @@ def save_and_measure(model_path: Path, out_path: Path) -> ModelSize:
     )
 
 
-def compare_sizes(baseline_path: Path, pruned_path: Path, out_dir: Path) -> SizeReport:
-    """Save both models the same way (.h5, no optimizer) so the sizes compare like with like."""
+def compare_sizes(out: Path, baseline: ModelFile, pruned: ModelFile) -> SizeReport:
+    """Bytes on disk, zip-deflated and gzipped, of both models saved the same way (.h5, no
+    optimizer), so the sizes compare like with like; sizes.json holds the figures."""
     from tasks.runtime import keras
 
     keras.backend.clear_session()
-    return SizeReport(
-        folder=out_dir,
-        baseline=save_and_measure(baseline_path, out_dir / "baseline.h5"),
-        pruned=save_and_measure(pruned_path, out_dir / "pruned.h5"),
+    report = SizeReport(
+        folder=out, baseline=save_and_measure(baseline, out / "baseline.h5"), pruned=save_and_measure(pruned, out / "pruned.h5")
+    )
+    write_json(out / "sizes.json", report.model_dump(mode="json", exclude={"folder", "digest"}))
+    return report
+
+
+def describe(report: SizeReport) -> str:
+    return (
+        f"baseline {report.baseline.zip_bytes:,} B zipped, pruned {report.pruned.zip_bytes:,} B zipped "
+        f"({report.zip_ratio:.2f}x smaller); pruned floor {report.pruned.floor_bytes:,} B"
     )
 
 
-def size_key(baseline_path: Path, stripped: StoredArtifact) -> str:
-    inputs = {"baseline": file_digest(baseline_path), "pruned": stripped.digest}
-    return stage_key(STAGE, code_version(__name__, "tasks.models"), inputs)
-
-
-@task(cache_policy=ARTIFACT_CACHE, persist_result=True)
-def measure_size(store: ArtifactStore, key: str, baseline_path: Path, pruned_path: Path) -> SizeReport:
-    """Bytes on disk, zip-deflated and gzipped, for the baseline and the pruned model."""
-
-    def measure(tmp: Path) -> SizeReport:
-        report = compare_sizes(baseline_path, pruned_path, tmp)
-        write_json(tmp / "sizes.json", report.model_dump(mode="json", exclude={"folder", "digest"}))
-        return report
-
-    report = store.produce(STAGE, key, SizeReport, measure)
-    get_run_logger().info(
-        "Size: baseline %d B zipped, pruned %d B zipped (%.2fx smaller); pruned floor %d B",
-        report.baseline.zip_bytes, report.pruned.zip_bytes, report.zip_ratio, report.pruned.floor_bytes,
-    )
-    return store.stored(STAGE, key, report)
+measure_size = Stage("measure_size", compare_sizes, describe=describe)

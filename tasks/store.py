@@ -1,9 +1,10 @@
 """The artifact store: one content-addressed folder per stage output, written atomically.
 
-A stage's key is a digest of the stage's name, its code version, the content digests of its
-inputs (never their paths) and its own parameters. Its outputs live in `ROOT/<stage>/<key>/`,
-which is written under a temporary name and renamed into place, and which records the digest
-of every file in it, so a folder that was half-written or altered later is detected.
+A stage's output lives in `ROOT/<stage>/<key>/`, under the key tasks.stage derives from the
+stage's code and inputs. The folder is written under a temporary name and renamed into place,
+and it records the digest of every file in it, so a folder that was half-written or altered
+later is detected. The store is the pipeline's only cache: an intact folder under the key is
+reused, anything else is built again.
 
 A stage produces its folder holding a lock on the key (`ROOT/<stage>/.lock-<key>`, an flock,
 released by the kernel even when its holder is killed), and reuses an intact folder it finds
@@ -13,27 +14,20 @@ there, such as the one a concurrent run of the same config stored while it waite
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import functools
 import hashlib
 import json
-import logging
 import os
 import shutil
-import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 from filelock import FileLock, Timeout
-
-from prefect import get_run_logger
-from prefect.cache_policies import TASK_SOURCE, CachePolicy
-from prefect.exceptions import MissingContextError
 from pydantic import BaseModel, ConfigDict
 
 from tasks.files import file_digest, storage_errors
+from tasks.log import run_logger
 
 DIGESTS = "digests.json"
 RESULT = "result.json"  # the stage's result, as the flow received it; read back on reuse
@@ -47,51 +41,24 @@ def digest_of(value: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-@functools.cache
-def _source_digest(module: str) -> str:
-    # Read once per process, close to import time: a file edited while a run is going must
-    # not change the keys of the code that is actually running.
-    return file_digest(Path(sys.modules[module].__file__))
+class Content(BaseModel):
+    """A value known by its content digest: stage keys use the digest, never where it lives."""
+
+    model_config = ConfigDict(frozen=True)
+
+    digest: str = ""
 
 
-def code_version(*modules: str) -> str:
-    """Digest of the source files of the named modules: editing a stage's code changes its keys."""
-    return digest_of({name: _source_digest(name) for name in modules})[:16]
-
-
-def stage_key(stage: str, code: str, inputs: dict[str, str], params: Any = None) -> str:
-    """The content address of a stage's output.
-
-    Args:
-        code: the stage's code version (see code_version).
-        inputs: name -> content digest of each input (a file's SHA-256, or an upstream
-            artifact's digest); paths are deliberately left out.
-        params: the stage's own parameters (a pydantic model or JSON-able value).
-    """
-    return digest_of({"stage": stage, "code": code, "inputs": inputs, "params": params})[:32]
-
-
-class StoredArtifact(BaseModel):
+class StoredArtifact(Content):
     """Base of every stage's result: the artifact folder it lives in and its content digest.
 
     Downstream stages key on `digest`, so they re-run when this artifact's content changes.
     """
 
-    model_config = ConfigDict(frozen=True)
-
     folder: Path
-    digest: str = ""
 
 
 A = TypeVar("A", bound=StoredArtifact)
-
-
-def _logger() -> logging.Logger:
-    """The task run's logger (shown in the UI), or a plain one outside a run (unit tests)."""
-    try:
-        return get_run_logger()
-    except MissingContextError:
-        return logging.getLogger("pruneflow")
 
 
 class ArtifactStore(BaseModel):
@@ -136,7 +103,7 @@ class ArtifactStore(BaseModel):
     def produce(
         self, stage: str, key: str, kind: type[A], build: Callable[[Path], A], *,
         force: bool | None = None, scratch: Path | None = None,
-    ) -> A:
+    ) -> tuple[A, bool]:
         """Run `build` into a temporary folder and store what it wrote under the key.
 
         Under the key's lock: an intact folder already under the key (another run stored it
@@ -153,16 +120,22 @@ class ArtifactStore(BaseModel):
                 (`pruneflow run --refresh`).
             scratch: a work folder of this key (checkpoints) to remove, under the lock, once
                 the artifact is stored.
+
+        Returns:
+            The stored result, and whether it was reused rather than built.
         """
         if force is None:
             from prefect.settings import PREFECT_TASKS_REFRESH_CACHE
 
             force = bool(PREFECT_TASKS_REFRESH_CACHE.value())
         with storage_errors(self.root, f"the {stage} artifact"), self._lock(stage, key) as waited:
-            if not force and self.problem(stage, key) is None:
+            problem = None if force else self.problem(stage, key)
+            if not force and problem is None:
                 why = "what the other run stored" if waited else "the intact folder"
-                _logger().info("%s: reusing %s under %s", stage, why, key)
-                return self.load(stage, key, kind)
+                run_logger().info("%s: reusing %s under %s", stage, why, key)
+                return self.load(stage, key, kind), True
+            if problem and self.folder(stage, key).exists():
+                run_logger().warning("%s: stored artifact unusable (%s); building it again", stage, problem)
             self._sweep(stage, key)
             with self.writing(stage, key) as tmp:
                 result = build(tmp)
@@ -170,7 +143,7 @@ class ArtifactStore(BaseModel):
                 (tmp / RESULT).write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
             if scratch is not None:
                 shutil.rmtree(scratch, ignore_errors=True)
-            return self.stored(stage, key, result)
+            return self.stored(stage, key, result), False
 
     @contextlib.contextmanager
     def _lock(self, stage: str, key: str) -> Iterator[bool]:
@@ -182,7 +155,7 @@ class ArtifactStore(BaseModel):
         try:
             lock.acquire(timeout=0)
         except Timeout:
-            _logger().info("%s: another run is producing %s; waiting for it to finish", stage, key)
+            run_logger().info("%s: another run is producing %s; waiting for it to finish", stage, key)
             lock.acquire()
             waited = True
         try:
@@ -230,19 +203,3 @@ class ArtifactStore(BaseModel):
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
-
-
-@dataclasses.dataclass
-class ArtifactKey(CachePolicy):
-    """Prefect cache key of a stage task: its store and artifact key, never the flow run id.
-
-    Every stage task takes `store` and `key` parameters. Keying on them alone lets a new flow
-    run (tonight's, or one started from the UI) reuse every stage whose inputs did not change.
-    """
-
-    def compute_key(self, task_ctx, inputs, flow_parameters, **kwargs) -> str:
-        return digest_of({"store": str(inputs["store"].root), "key": inputs["key"]})
-
-
-# Combined with the task's source, so editing a task body also invalidates its cache.
-ARTIFACT_CACHE = ArtifactKey() + TASK_SOURCE

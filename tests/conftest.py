@@ -13,9 +13,26 @@ os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 
 from pathlib import Path  # noqa: E402
 
+# Prefect sets up its log handlers when its main module is first imported, binding them to the
+# sys.stderr of that moment: do it now, not inside a test whose output pytest captures and
+# then closes.
+import prefect.main  # noqa: E402,F401
 import pytest  # noqa: E402
 
 from tests.helpers import make_config_dict, write_tiny_dataset, train_tiny_baseline  # noqa: E402
+
+
+# Fixtures that start real services: a Prefect server (and, for `live`, a work pool, the
+# deployments and a worker). A test using one is marked `services`, so `make test-fast` can
+# leave it out; tests that start a server, a browser or a Dask cluster by themselves carry
+# the marker explicitly.
+SERVICE_FIXTURES = {"prefect_server", "live"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if SERVICE_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.services)
 
 
 @pytest.fixture(scope="session")

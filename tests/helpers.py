@@ -12,9 +12,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tasks.pipeline import STAGES as PIPELINE
+
 IMAGE_SIZE = 16
-# The flow's stages in order: each stores an artifact and is cached. publish_report follows them.
-STAGES = ["prepare_dataset", "evaluate_baseline", "prune_train", "strip", "sanity_check", "measure_size", "evaluate_pruned"]
+# The stages' names in order: each stores an artifact and is cached. publish_report follows them.
+STAGES = [stage.name for stage in PIPELINE]
 CLASSES = ("bottom", "top")  # which half of the image is bright
 SPLIT_SIZES = {"train": 40, "val": 12, "test": 12}
 
@@ -42,28 +44,46 @@ def write_tiny_dataset(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
-def build_tiny_cnn(n_classes: int = 2, channels: int = 3):
+# The model shapes and save formats the stage tests run over, as TFMOT's tests do: the same
+# three prunable kernels (a Conv2D and two Dense) built as a Sequential model, a functional
+# model, and a functional model whose convolution sits in a nested functional "backbone".
+MODEL_KINDS = ("sequential", "functional", "nested")
+SAVE_FORMATS = (".h5", ".keras")
+MODEL_VARIANTS = [(kind, suffix) for kind in MODEL_KINDS for suffix in SAVE_FORMATS]
+PRUNABLE_KERNELS = 3
+
+
+def build_tiny_cnn(n_classes: int = 2, channels: int = 3, kind: str = "sequential"):
     from tasks.runtime import keras
 
-    return keras.Sequential(
-        [
-            keras.Input(shape=(IMAGE_SIZE, IMAGE_SIZE, channels)),
-            keras.layers.Conv2D(8, 3, activation="relu"),
-            keras.layers.MaxPooling2D(),
-            keras.layers.Flatten(),
-            keras.layers.Dense(32, activation="relu"),
-            keras.layers.Dense(n_classes, activation="softmax"),
-        ]
-    )
+    layers = keras.layers
+    shape = (IMAGE_SIZE, IMAGE_SIZE, channels)
+    if kind == "sequential":
+        return keras.Sequential([
+            keras.Input(shape=shape), layers.Conv2D(8, 3, activation="relu"), layers.MaxPooling2D(),
+            layers.Flatten(), layers.Dense(32, activation="relu"), layers.Dense(n_classes, activation="softmax"),
+        ])
+    inputs = keras.Input(shape=shape)
+    if kind == "functional":
+        features = layers.MaxPooling2D()(layers.Conv2D(8, 3, activation="relu")(inputs))
+    elif kind == "nested":
+        image = keras.Input(shape=shape)
+        backbone = keras.Model(image, layers.MaxPooling2D()(layers.Conv2D(8, 3, activation="relu")(image)), name="backbone")
+        features = backbone(inputs)  # called without training=False, so that TFMOT prunes it
+    else:
+        raise ValueError(f"unknown model kind {kind!r}; one of {MODEL_KINDS}")
+    hidden = layers.Dense(32, activation="relu")(layers.Flatten()(features))
+    return keras.Model(inputs, layers.Dense(n_classes, activation="softmax")(hidden), name=f"tiny_{kind}")
 
 
-def train_tiny_baseline(data: Path, out_path: Path) -> Path:
-    """Train build_tiny_cnn() on the tiny dataset for a few epochs and save it."""
+def train_tiny_baseline(data: Path, out_path: Path, kind: str = "sequential") -> Path:
+    """Train build_tiny_cnn(kind=kind) on the tiny dataset for a few epochs and save it (the
+    suffix of `out_path`, .h5 or .keras, picks the format)."""
     from tasks.config import parse_config
     from tasks.demo import train_baseline
 
     config = parse_config(make_config_dict(data, out_path, out_path.parent / "unused"))
-    return train_baseline(config, epochs=4, out_path=out_path, build_model=build_tiny_cnn)
+    return train_baseline(config, epochs=4, out_path=out_path, build_model=lambda: build_tiny_cnn(kind=kind))
 
 
 def make_config_dict(data: Path, baseline: Path, output_root: Path, **sections) -> dict:
@@ -195,3 +215,35 @@ def read_only(folder: Path) -> Iterator[Path]:
         yield folder
     finally:
         subprocess.run(["umount", str(folder)], check=True)
+
+
+def target_result(target: float, accuracy: float, zip_bytes: int, *, baseline_accuracy: float = 0.95,
+                  model: Path = Path("/nowhere/pruned.h5"), seconds: float = 1.0):
+    """A sweep target's result with the given figures, for tests of what is decided from them."""
+    from tasks.config import ConstantSchedule
+    from tasks.evaluate import Evaluation
+    from tasks.outcome import TargetResult
+    from tasks.prune import TrainedModel
+    from tasks.sanity import SanityReport, TensorSparsity
+    from tasks.size import ModelSize, SizeReport
+
+    folder = model.parent
+    size = 10_000
+    zeros = round(size * target)
+    return TargetResult(
+        target=target, pruned_model=model, schedule=ConstantSchedule(target_sparsity=target, end_step=10),
+        baseline=Evaluation(folder=folder, accuracy=baseline_accuracy, loss=0.1, examples=100),
+        pruned=Evaluation(folder=folder, accuracy=accuracy, loss=0.2, examples=100),
+        sanity=SanityReport(folder=folder, expected=target, tolerance=0.01, tensors=[
+            TensorSparsity(layer="dense", weight="kernel", size=size, zeros=zeros, sparsity=zeros / size, passed=True)
+        ]),
+        sizes=SizeReport(
+            folder=folder,
+            baseline=ModelSize(file="baseline.h5", raw_bytes=50_000, zip_bytes=40_000, gzip_bytes=39_000,
+                               weights=size, nonzero_weights=size),
+            pruned=ModelSize(file="pruned.h5", raw_bytes=50_000, zip_bytes=zip_bytes, gzip_bytes=zip_bytes - 100,
+                             weights=size, nonzero_weights=size - zeros),
+        ),
+        training=TrainedModel(folder=folder, epochs=2, resumed_from_epoch=0, steps=10, seconds=seconds,
+                              final_val_accuracy=accuracy),
+    )

@@ -8,7 +8,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from deployments.gpu import REPO, DeploymentSettings, apply
 from deployments.local import free_port, server_env, start_server, start_worker
-from tasks.inputs import ROOTS_ENV
+from tasks.confine import ROOTS_ENV
 
 POOL = "pruneflow-gpu"
 

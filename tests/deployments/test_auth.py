@@ -24,6 +24,7 @@ def post(url: str, auth: str | None = None) -> int:
         return error.code
 
 
+@pytest.mark.services
 def test_a_server_with_an_auth_string_refuses_callers_without_it(tmp_path):
     from prefect import get_client
     from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings

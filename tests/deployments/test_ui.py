@@ -11,6 +11,7 @@ from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from deployments.gpu import REPO
+from tasks.config import RunConfig
 from tests.helpers import stage_states
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -52,8 +53,9 @@ def test_custom_run_form_starts_a_run_that_completes(live, browser):
         page.goto(f"http://127.0.0.1:{live.port}/deployments/deployment/{deployment.id}/run", wait_until="networkidle")
         # The form is generated from the config model: sections, descriptions, defaults, the
         # schedule type as a choice.
-        for text in ("Dataset", "The images: CSVs per split, size, batching.", "Pruning",
-                     "Constant sparsity", "Polynomial decay", "Fine-tuning and its retries."):
+        sections = RunConfig.model_fields
+        for text in ("Dataset", sections["dataset"].description, "Pruning", "Constant sparsity",
+                     "Polynomial decay", sections["training"].description):
             assert page.get_by_text(text, exact=True).first.is_visible(), text
         # The defaults are filled in after the page loads; submitting before that sends an
         # incomplete form, which the UI refuses.

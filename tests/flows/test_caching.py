@@ -43,6 +43,28 @@ def test_new_sparsity_reruns_training_and_after_but_not_data_or_baseline(prefect
     assert state.result().measured_sparsity == pytest.approx(0.7, abs=0.02)
 
 
+def test_what_shapes_no_artifact_reruns_nothing_even_with_the_data_and_model_moved(
+    prefect_server, config_dict, tiny_data, tiny_baseline, tmp_path
+):
+    run(config_dict)
+    data = shutil.copytree(tiny_data, tmp_path / "moved-data")
+    baseline = shutil.copy(tiny_baseline, tmp_path / "renamed-baseline.h5")
+    config_dict["dataset"] |= {f"{split}_csv": str(data / f"{split}.csv") for split in ("train", "val", "test")}
+    config_dict["model"] = {"baseline": str(baseline), "trust_custom_code": True}
+    config_dict["training"] = {**config_dict["training"], "retries": 5, "retry_delay_seconds": 1}
+    config_dict["sweep"] = {"targets": [0.9], "max_accuracy_drop": 3.0}
+    got = states(run(config_dict))
+    assert {s: got[s] for s in STAGES} == {s: "Cached" for s in STAGES}
+
+
+def test_a_new_batch_size_reruns_what_batches_but_not_the_dataset(prefect_server, config_dict):
+    run(config_dict)
+    config_dict["dataset"] = {**config_dict["dataset"], "batch_size": 4}
+    got = states(run(config_dict))
+    assert got["prepare_dataset"] == "Cached"
+    assert {s: got[s] for s in STAGES[1:]} == {s: "Completed" for s in STAGES[1:]}
+
+
 def test_editing_one_image_invalidates_everything_downstream(prefect_server, config_dict, tiny_data, tmp_path):
     data = shutil.copytree(tiny_data, tmp_path / "data")
     for split in ("train", "val", "test"):

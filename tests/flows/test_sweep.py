@@ -7,7 +7,7 @@ import pytest
 from flows.sweep import sweep_flow
 from tasks.config import parse_config
 from tasks.errors import PruneflowError
-from tasks.sweep import read_history
+from tasks.history import read_history
 from tests.helpers import artifacts_of, task_runs
 
 
@@ -33,7 +33,7 @@ def test_sweep_prunes_each_target_and_promotes_the_smallest_within_the_gate(pref
     assert metrics["target"] == 0.6 and metrics["flow_run_id"] == str(state.state_details.flow_run_id)
     assert (promoted / "model.h5").read_bytes() == results[1].pruned_model.read_bytes()
     assert json.loads((promoted / "config.json").read_text())["pruning"]["target_sparsity"] == 0.6
-    history = read_history(config.output_root)
+    history = read_history(config.output_root / "history")
     assert list(history["target"]) == [0.3, 0.6] and list(history["promoted"]) == [False, True]
     [run_dir] = (config.output_root / "runs").iterdir()
     assert (run_dir / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -71,7 +71,7 @@ def test_no_target_within_the_gate_fails_the_run_and_keeps_the_promoted_model(pr
     with pytest.raises(PruneflowError, match=r"no target passed the gate .*min_sparsity 0.9.*the best candidate, sparsity 0\.[36]"):
         second.result()
     assert {path.name: path.read_bytes() for path in promoted.iterdir()} == before
-    history = read_history(config.output_root)
+    history = read_history(config.output_root / "history")
     assert len(history) == 4 and history["flow_run_id"].nunique() == 2
     assert list(history["promoted"]) == [False, True, False, False]
     assert not history["passed_gate"].iloc[2:].any()

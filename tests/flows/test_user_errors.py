@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from flows.cli import main
-from tasks.inputs import ROOTS_ENV
+from tasks.confine import ROOTS_ENV
 from tests.helpers import IMAGE_SIZE, build_tiny_cnn
 
 

@@ -7,10 +7,24 @@ import pandas as pd
 import pytest
 
 from tasks.config import DatasetConfig
-from tasks.dataset import dataset_key, fingerprint, load_split, read_splits, write_prepared
+from tasks.dataset import list_dataset, load_split, prepare_dataset, write_prepared
 from tasks.errors import PruneflowError
 from tasks.files import file_digest
 from tests.helpers import IMAGE_SIZE, SPLIT_SIZES
+
+
+def prepare(config: DatasetConfig, out):
+    """What check_inputs and the prepare_dataset stage do, unconfined and without Prefect."""
+    listing = list_dataset(config)
+    out.mkdir(parents=True)  # the store gives each build an empty folder
+    return write_prepared(out, listing, config.shape)
+
+
+def split_of(prepared, split: str, config: DatasetConfig):
+    """A split's pipeline as training reads it: only train is shuffled and augmented."""
+    if split == "train":
+        return load_split(prepared, split, config.batch_size, shuffle_seed=config.shuffle_seed, augment=config.augment)
+    return load_split(prepared, split, config.batch_size)
 
 
 def dataset_config(data, **changes) -> DatasetConfig:
@@ -35,7 +49,7 @@ def keep_only(data, split: str, label: str) -> None:
 
 
 def test_manifest_lists_every_image_with_label_index_split_and_digest(tiny_data, tmp_path):
-    prepared = write_prepared(dataset_config(tiny_data), tmp_path / "out")
+    prepared = prepare(dataset_config(tiny_data), tmp_path / "out")
     manifest = pd.read_parquet(prepared.manifest)
     assert list(manifest.columns) == ["filename", "label", "label_index", "split", "digest"]
     for split in SPLIT_SIZES:
@@ -52,7 +66,7 @@ def test_labels_are_encoded_from_train_and_applied_to_every_split(tiny_data, tmp
     data = copy_data(tiny_data, tmp_path)
     # A test split holding only one class: encoding it on its own would give that class index 0.
     keep_only(data, "test", "top")
-    prepared = write_prepared(dataset_config(data), tmp_path / "out")
+    prepared = prepare(dataset_config(data), tmp_path / "out")
     manifest = pd.read_parquet(prepared.manifest)
     assert set(manifest[manifest["split"] == "test"]["label_index"]) == {1}
     assert (manifest["label_index"] == manifest["label"].map({"bottom": 0, "top": 1})).all()
@@ -64,7 +78,7 @@ def test_val_or_test_label_unseen_in_train_is_refused(tiny_data, tmp_path):
     val.loc[3, "label"] = "sideways"
     val.to_csv(data / "val.csv", index=False)
     with pytest.raises(PruneflowError, match=r"val.csv: label\(s\) sideways never appear in the train split"):
-        write_prepared(dataset_config(data), tmp_path / "out")
+        prepare(dataset_config(data), tmp_path / "out")
 
 
 def test_every_unreadable_image_is_listed(tiny_data, tmp_path):
@@ -72,7 +86,7 @@ def test_every_unreadable_image_is_listed(tiny_data, tmp_path):
     (data / "img" / "train_001.jpg").unlink()
     (data / "img" / "val_002.jpg").write_text("not an image")
     with pytest.raises(PruneflowError) as error:
-        write_prepared(dataset_config(data), tmp_path / "out")
+        prepare(dataset_config(data), tmp_path / "out")
     message = str(error.value)
     assert message.startswith("2 image(s)")
     assert "train_001.jpg: file not found" in message
@@ -95,14 +109,14 @@ def test_bad_csv_is_refused_naming_the_file(tiny_data, tmp_path, content, messag
     data = copy_data(tiny_data, tmp_path)
     (data / "train.csv").write_text(content)
     with pytest.raises(PruneflowError) as error:
-        write_prepared(dataset_config(data), tmp_path / "out")
+        prepare(dataset_config(data), tmp_path / "out")
     assert str(data / "train.csv") in str(error.value)
     assert message in str(error.value)
 
 
 def test_missing_csv_names_the_config_field(tiny_data, tmp_path):
     with pytest.raises(PruneflowError, match="test CSV not found; check dataset.test_csv"):
-        write_prepared(dataset_config(tiny_data, test_csv=tmp_path / "none.csv"), tmp_path / "out")
+        prepare(dataset_config(tiny_data, test_csv=tmp_path / "none.csv"), tmp_path / "out")
 
 
 def labels_of(data) -> list[int]:
@@ -115,28 +129,31 @@ def images_of(data) -> np.ndarray:
 
 def test_test_split_keeps_csv_order_and_pixels(tiny_data, tmp_path):
     config = dataset_config(tiny_data, augment=True)
-    prepared = write_prepared(config, tmp_path / "out")
+    prepared = prepare(config, tmp_path / "out")
     manifest = pd.read_parquet(prepared.manifest)
     expected = list(manifest[manifest["split"] == "test"]["label_index"])
-    test = load_split(prepared, "test", config)
+    test = split_of(prepared, "test", config)
     assert labels_of(test) == expected
     first, second = images_of(test), images_of(test)
     np.testing.assert_array_equal(first, second)  # no augmentation, no reshuffle
     assert first.shape == (SPLIT_SIZES["test"], IMAGE_SIZE, IMAGE_SIZE, 3)
     assert 0.0 <= first.min() and first.max() <= 1.0
+    for wrong in ({"shuffle_seed": 1}, {"augment": True}):
+        with pytest.raises(ValueError, match="the test split is never shuffled or augmented"):
+            load_split(prepared, "test", 8, **wrong)
 
 
 def test_train_split_is_shuffled_with_the_seed(tiny_data, tmp_path):
     from tasks.runtime import tf
 
     config = dataset_config(tiny_data)
-    prepared = write_prepared(config, tmp_path / "out")
+    prepared = prepare(config, tmp_path / "out")
     manifest = pd.read_parquet(prepared.manifest)
     csv_order = list(manifest[manifest["split"] == "train"]["label_index"])
     tf.random.set_seed(0)
-    once = labels_of(load_split(prepared, "train", config))
+    once = labels_of(split_of(prepared, "train", config))
     tf.random.set_seed(0)
-    again = labels_of(load_split(prepared, "train", config))
+    again = labels_of(split_of(prepared, "train", config))
     assert once == again
     assert once != csv_order and sorted(once) == sorted(csv_order)
 
@@ -144,13 +161,13 @@ def test_train_split_is_shuffled_with_the_seed(tiny_data, tmp_path):
 def test_augmentation_flips_train_images_only_when_on(tiny_data, tmp_path):
     plain = dataset_config(tiny_data, augment=False)
     flipped = dataset_config(tiny_data, augment=True)
-    prepared = write_prepared(plain, tmp_path / "out")
+    prepared = prepare(plain, tmp_path / "out")
     from tasks.runtime import tf
 
     tf.random.set_seed(0)
-    without = images_of(load_split(prepared, "train", plain))
+    without = images_of(split_of(prepared, "train", plain))
     tf.random.set_seed(0)
-    with_flips = images_of(load_split(prepared, "train", flipped))
+    with_flips = images_of(split_of(prepared, "train", flipped))
     # Same shuffle; some images are mirror images of their unaugmented selves.
     mirrored = [not np.array_equal(a, b) and np.allclose(a[:, ::-1], b) for a, b in zip(without, with_flips)]
     assert any(mirrored)
@@ -161,8 +178,8 @@ def test_stored_images_equal_a_direct_decode(tiny_data, tmp_path):
     from tasks.runtime import tf
 
     config = dataset_config(tiny_data)
-    prepared = write_prepared(config, tmp_path / "out")
-    stored = images_of(load_split(prepared, "test", config))
+    prepared = prepare(config, tmp_path / "out")
+    stored = images_of(split_of(prepared, "test", config))
     first = pd.read_csv(tiny_data / "test.csv")["filename"][0]
     direct = tf.image.convert_image_dtype(tf.io.decode_jpeg(tf.io.read_file(str(tiny_data / first)), channels=3), tf.float32)
     np.testing.assert_array_equal(stored[0], direct.numpy())  # same size: no resize, exact pixels
@@ -176,8 +193,8 @@ def test_greyscale_among_rgb_images_is_decoded_to_the_configured_channels(tiny_d
     grey = tf.io.decode_jpeg(tf.io.read_file(str(data / first)), channels=1)
     tf.io.write_file(str(data / first), tf.io.encode_jpeg(grey, quality=100))
     config = dataset_config(data)
-    prepared = write_prepared(config, tmp_path / "out")
-    images = images_of(load_split(prepared, "test", config))
+    prepared = prepare(config, tmp_path / "out")
+    images = images_of(split_of(prepared, "test", config))
     assert images.shape == (SPLIT_SIZES["test"], IMAGE_SIZE, IMAGE_SIZE, 3)
     np.testing.assert_array_equal(images[0][..., 0], images[0][..., 1])  # grey, repeated on R, G and B
     assert not np.array_equal(images[1][..., 0], images[1][..., 1])  # the others stay in colour
@@ -185,28 +202,33 @@ def test_greyscale_among_rgb_images_is_decoded_to_the_configured_channels(tiny_d
 
 def test_images_are_resized_to_the_configured_shape(tiny_data, tmp_path):
     config = dataset_config(tiny_data, image_height=8, image_width=12, channels=1)
-    prepared = write_prepared(config, tmp_path / "out")
-    assert images_of(load_split(prepared, "val", config)).shape == (SPLIT_SIZES["val"], 8, 12, 1)
+    prepared = prepare(config, tmp_path / "out")
+    assert images_of(split_of(prepared, "val", config)).shape == (SPLIT_SIZES["val"], 8, 12, 1)
 
 
 def test_key_follows_image_content_not_paths(tiny_data, tmp_path):
     import shutil
 
+    def key(config):
+        return prepare_dataset.key(listing=list_dataset(config), shape=config.shape)
+
     config = dataset_config(tiny_data)
     moved = shutil.copytree(tiny_data, tmp_path / "elsewhere")
-    assert dataset_key(dataset_config(moved)) == dataset_key(config)  # same bytes, other folder
-    assert dataset_key(dataset_config(moved, batch_size=4, augment=True)) == dataset_key(config)
-    assert dataset_key(dataset_config(moved, image_height=8)) != dataset_key(config)
-    here = write_prepared(config, tmp_path / "here")
-    there = write_prepared(dataset_config(moved), tmp_path / "there")
+    assert key(dataset_config(moved)) == key(config)  # same bytes, other folder
+    assert key(dataset_config(moved, image_height=8)) != key(config)
+    assert set(prepare_dataset.inputs) == {"listing", "shape"}  # batching and augmenting come later
+    here = prepare(config, tmp_path / "here")
+    there = prepare(dataset_config(moved), tmp_path / "there")
     for name in ("manifest.parquet", "labels.json", "train.tfrecord"):  # the stored content, too
         assert file_digest(here.folder / name) == file_digest(there.folder / name), name
-    before = fingerprint(read_splits(dataset_config(moved)))
+    before = list_dataset(dataset_config(moved))
     image = moved / "img" / "val_003.jpg"
     image.write_bytes(image.read_bytes() + b"\0")  # one edited image
-    after = fingerprint(read_splits(dataset_config(moved)))
-    assert after["val"] != before["val"] and after["train"] == before["train"]
-    assert dataset_key(dataset_config(moved)) != dataset_key(config)
+    after = list_dataset(dataset_config(moved))
+    changed = {split: [i for i, (a, b) in enumerate(zip(before.splits[split].digests, after.splits[split].digests)) if a != b]
+               for split in SPLIT_SIZES}
+    assert changed == {"train": [], "val": [3], "test": []}
+    assert key(dataset_config(moved)) != key(config)
 
 
 def test_an_image_listed_twice_in_a_split_is_refused(tiny_data, tmp_path):
@@ -214,7 +236,7 @@ def test_an_image_listed_twice_in_a_split_is_refused(tiny_data, tmp_path):
     with open(data / "val.csv", "a") as csv:
         csv.write("img/val_001.jpg,top\n")
     with pytest.raises(PruneflowError, match=r"val.csv: 1 image\(s\) listed more than once: .*val_001.jpg on lines 3 and 14"):
-        write_prepared(dataset_config(data), tmp_path / "out")
+        prepare(dataset_config(data), tmp_path / "out")
 
 
 def test_an_image_in_two_splits_is_refused_as_leakage(tiny_data, tmp_path):
@@ -222,7 +244,7 @@ def test_an_image_in_two_splits_is_refused_as_leakage(tiny_data, tmp_path):
     with open(data / "test.csv", "a") as csv:
         csv.write("img/train_004.jpg,bottom\n")
     with pytest.raises(PruneflowError, match=r"listed in two splits.*train_004.jpg \(in train and test\)"):
-        write_prepared(dataset_config(data), tmp_path / "out")
+        prepare(dataset_config(data), tmp_path / "out")
 
 
 def test_a_single_class_in_train_is_refused(tiny_data, tmp_path):
@@ -230,13 +252,13 @@ def test_a_single_class_in_train_is_refused(tiny_data, tmp_path):
     for split in ("train", "val", "test"):
         keep_only(data, split, "top")
     with pytest.raises(PruneflowError, match=r"train.csv: the train split has a single class \(top\)"):
-        write_prepared(dataset_config(data), tmp_path / "out")
+        prepare(dataset_config(data), tmp_path / "out")
 
 
 def test_a_class_in_val_but_not_in_test_is_only_a_warning(tiny_data, tmp_path):
     data = copy_data(tiny_data, tmp_path)
     keep_only(data, "test", "top")
-    prepared = write_prepared(dataset_config(data), tmp_path / "out")
+    prepared = prepare(dataset_config(data), tmp_path / "out")
     assert prepared.warnings == ["class(es) bottom appear in val but never in test: their test accuracy is unmeasured"]
     assert prepared.counts["test"] == SPLIT_SIZES["test"] // 2
 
@@ -255,6 +277,6 @@ def test_zero_byte_truncated_and_png_images_are_refused(tiny_data, tmp_path, dam
         pixels = tf.io.decode_jpeg(tf.io.read_file(str(image)))
         image.write_bytes(tf.io.encode_png(pixels).numpy())
     with pytest.raises(PruneflowError, match=r"1 image\(s\) .* cannot be read:\n  .*test_005.jpg: not a readable JPEG") as error:
-        write_prepared(dataset_config(data), tmp_path / "out")
+        prepare(dataset_config(data), tmp_path / "out")
     reason = {"empty": "the file is empty", "truncated": "jpeg::Uncompress failed", "png": "the file is PNG"}[damage]
     assert reason in str(error.value)

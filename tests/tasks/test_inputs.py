@@ -5,13 +5,10 @@ import os
 import pytest
 
 from tasks.config import parse_config
+from tasks.confine import ROOTS_ENV, Roots
 from tasks.errors import PruneflowError
-from tasks.inputs import ROOTS_ENV, Roots, check_inputs, check_run_inputs
-
-
-def roots_for(data=None, models=None, outputs=None) -> Roots:
-    env = {ROOTS_ENV[kind]: str(path) for kind, path in (("data", data), ("models", models), ("outputs", outputs)) if path}
-    return Roots.from_env(env)
+from tasks.inputs import check_inputs, check_run_inputs
+from tests.tasks.test_confine import roots_for
 
 
 @pytest.fixture
@@ -20,16 +17,14 @@ def allowed(config_dict, tiny_data, tiny_baseline, tmp_path):
     return roots_for(data=tiny_data, models=tiny_baseline.parent, outputs=tmp_path)
 
 
-def test_roots_are_read_from_the_environment_as_absolute_folders(tmp_path):
-    roots = Roots.from_env({ROOTS_ENV["data"]: f"{tmp_path / 'a'}{os.pathsep}{tmp_path / 'b'}", ROOTS_ENV["models"]: ""})
-    assert roots.data == (tmp_path / "a", tmp_path / "b") and roots.models is None and roots.outputs is None
-    with pytest.raises(PruneflowError, match="PRUNEFLOW_DATA_ROOTS='data': every folder must be an absolute path"):
-        Roots.from_env({ROOTS_ENV["data"]: "data"})
+def test_inputs_inside_the_roots_pass_and_what_was_read_is_passed_on(config_dict, allowed, tiny_baseline):
+    from tasks.files import file_digest
 
-
-def test_inputs_inside_the_roots_pass_and_give_the_first_stages_keys(config_dict, allowed):
     checked = check_run_inputs(parse_config(config_dict), allowed)
-    assert len(checked.dataset_key) == 32 and len(checked.baseline_digest) == 64
+    assert checked.listing.counts == {"train": 40, "val": 12, "test": 12}
+    assert checked.listing.classes == ["bottom", "top"] and len(checked.listing.digest) == 64
+    assert checked.baseline.path == tiny_baseline and checked.baseline.digest == file_digest(tiny_baseline)
+    assert checked.schedule.end_step == 10  # resolved: ceil(40 / 8) x 2 epochs
 
 
 @pytest.mark.parametrize("field", ["dataset.train_csv", "model.baseline", "output_root"])
@@ -97,9 +92,9 @@ def test_trusting_custom_code_from_a_deployment_needs_the_workers_consent(config
     config = parse_config(config_dict)
     with pytest.raises(PruneflowError, match=r"^model.trust_custom_code: true is refused: .*PRUNEFLOW_ALLOW_CUSTOM_CODE=1"):
         check_inputs.fn(config, from_deployment=True)
-    assert check_inputs.fn(config, from_deployment=False).dataset_key  # by hand: the user's own choice
+    assert check_inputs.fn(config, from_deployment=False).baseline.trust_code  # by hand: the user's own choice
     monkeypatch.setenv(ALLOW_CODE_ENV, "1")
-    assert check_inputs.fn(config, from_deployment=True).dataset_key
+    assert check_inputs.fn(config, from_deployment=True).baseline.trust_code
 
 
 def test_a_file_that_is_not_a_model_is_refused_before_any_stage(config_dict, tmp_path):
@@ -118,13 +113,3 @@ def test_a_read_only_output_folder_is_refused_before_any_stage(config_dict, tmp_
         with pytest.raises(PruneflowError, match=r"cannot write into output_root: .*outputs is not writable"):
             check_run_inputs(parse_config(config_dict), Roots())
     assert list((tmp_path / "outputs").iterdir()) == []
-
-
-def test_a_root_admits_its_subfolders_only_and_slash_admits_everything(tmp_path):
-    (tmp_path / "data").mkdir()
-    (tmp_path / "data2").mkdir()
-    roots = roots_for(data=tmp_path / "data")
-    assert roots.escapes("data", tmp_path / "data" / "a.jpg") is None
-    assert roots.escapes("data", tmp_path / "data") is None
-    assert roots.escapes("data", tmp_path / "data2" / "a.jpg") == str(tmp_path / "data2" / "a.jpg")
-    assert roots_for(data="/").escapes("data", tmp_path / "data2" / "a.jpg") is None

@@ -4,43 +4,43 @@ import json
 
 import pytest
 
-from tasks.config import DatasetConfig
-from tasks.dataset import write_prepared
+from tasks.config import ImageShape
 from tasks.errors import PruneflowError
 from tasks.evaluate import evaluate_on_test
-from tasks.models import check_compatible, load_model, outputs_probabilities
+from tasks.models import ModelFile, check_compatible, load_model, outputs_probabilities
 from tests.helpers import IMAGE_SIZE, SPLIT_SIZES, build_tiny_cnn
 
-
-@pytest.fixture
-def prepared(tiny_data, tmp_path):
-    config = DatasetConfig(
-        train_csv=tiny_data / "train.csv", val_csv=tiny_data / "val.csv", test_csv=tiny_data / "test.csv",
-        image_height=IMAGE_SIZE, image_width=IMAGE_SIZE, channels=3, batch_size=8,
-    )
-    return write_prepared(config, tmp_path / "prepared"), config
+SHAPE = ImageShape(height=IMAGE_SIZE, width=IMAGE_SIZE, channels=3)
 
 
-def test_trained_baseline_is_evaluated_on_the_whole_test_split(tiny_baseline, prepared, tmp_path):
-    dataset, config = prepared
-    result = evaluate_on_test(tiny_baseline, dataset, config, tmp_path)
-    assert result.examples == SPLIT_SIZES["test"]
-    assert json.loads((tmp_path / "evaluation.json").read_text())["accuracy"] == result.accuracy
-    assert result.accuracy >= 0.9  # the tiny task is easy: the baseline must have learnt it
-    assert result.loss > 0
+def test_every_model_shape_and_format_is_evaluated_on_the_whole_test_split(pruned_variant, tmp_path):
+    for name, model in (("baseline", pruned_variant.baseline), ("pruned", pruned_variant.stripped.file)):
+        (tmp_path / name).mkdir()
+        result = evaluate_on_test(tmp_path / name, model, pruned_variant.dataset, batch_size=5)
+        assert result.examples == SPLIT_SIZES["test"]
+        assert json.loads((tmp_path / name / "evaluation.json").read_text())["accuracy"] == result.accuracy
+        assert result.accuracy >= 0.9, name  # the tiny task is easy: both must have learnt it
+        assert result.loss > 0
 
 
-def test_input_shape_mismatch_is_refused(tiny_baseline, prepared):
-    dataset, config = prepared
-    wrong = config.model_copy(update={"image_height": 32})
+def test_input_shape_mismatch_is_refused(tiny_baseline):
+    wrong = SHAPE.model_copy(update={"height": 32})
     with pytest.raises(PruneflowError, match=r"expects input \(16, 16, 3\), but .* give \(32, 16, 3\)"):
         check_compatible(load_model(tiny_baseline), tiny_baseline, wrong, 2)
 
 
-def test_output_count_mismatch_is_refused(tiny_baseline, prepared):
-    _, config = prepared
+def test_output_count_mismatch_is_refused(tiny_baseline):
     with pytest.raises(PruneflowError, match="has 2 outputs, but the train split has 3 classes"):
-        check_compatible(load_model(tiny_baseline), tiny_baseline, config, 3)
+        check_compatible(load_model(tiny_baseline), tiny_baseline, SHAPE, 3)
+
+
+def test_a_model_file_is_known_by_its_content(tiny_baseline, tmp_path):
+    import shutil
+
+    copy = shutil.copy(tiny_baseline, tmp_path / "copy.h5")
+    assert ModelFile.of(copy).digest == ModelFile.of(tiny_baseline).digest
+    (tmp_path / "copy.h5").write_bytes(b"other bytes")
+    assert ModelFile.of(copy).digest != ModelFile.of(tiny_baseline).digest
 
 
 def test_missing_and_unreadable_model_files(tmp_path):

@@ -7,46 +7,41 @@ import numpy as np
 import pytest
 
 from tasks.config import parse_config
-from tasks.dataset import load_split, write_prepared
+from tasks.dataset import list_dataset, load_split, write_prepared
 from tasks.errors import PruneflowError
-from tasks.models import load_model
-from tasks.prune import pruning_step, strip_wrappers, train_pruned, wrap_for_pruning
+from tasks.models import ModelFile, load_model
+from tasks.prune import pruning_step, train_pruned, wrap_for_pruning
+from tasks.runtime import PruneLowMagnitude
 from tasks.schedule import resolve_schedule
 from tests.helpers import assert_kernels_sparse, assert_same_predictions
 
 
-@pytest.fixture
-def trained(config_dict, tmp_path):
-    config = parse_config(config_dict)
-    dataset = write_prepared(config.dataset, tmp_path / "prepared")
-    schedule = resolve_schedule(config.pruning, config.steps_per_epoch(dataset.counts["train"]), config.training.epochs)
-    return config, dataset, train_pruned(config, dataset, schedule, tmp_path / "work", tmp_path / "prune")
-
-
-def test_prune_training_reaches_the_target_and_records_the_run(trained):
-    config, _, result = trained
-    wrapped = load_model(result.wrapped_model, pruning_wrappers=True)
-    # Every layer is wrapped; only the Conv2D and the two Dense layers have prunable kernels.
-    prunable = [layer.layer for layer in wrapped.layers if layer.layer.get_prunable_weights()]
-    assert [type(layer).__name__ for layer in prunable] == ["Conv2D", "Dense", "Dense"]
+def test_every_model_shape_and_format_is_prune_trained_to_the_target(pruned_variant):
+    trained, config = pruned_variant.trained, pruned_variant.config
+    wrapped = load_model(trained.wrapped_model, pruning_wrappers=True)
+    # Every layer is wrapped (the nested backbone's too); only the Conv2D and the two Dense
+    # layers have prunable kernels.
+    prunable = [wrapper.layer for wrapper in wrapped.submodules
+                if isinstance(wrapper, PruneLowMagnitude) and wrapper.layer.get_prunable_weights()]
+    assert sorted(type(layer).__name__ for layer in prunable) == ["Conv2D", "Dense", "Dense"]
     assert_kernels_sparse(prunable, 0.5)
-    history = json.loads(result.history.read_text())
+    history = json.loads(trained.history.read_text())
     assert len(history["loss"]) == len(history["val_accuracy"]) == config.training.epochs
-    assert result.steps == 5 * 2  # ceil(40 / 8) steps x 2 epochs
-    assert pruning_step(wrapped) == result.steps  # no partial extra step: the schedule's arithmetic holds
-    assert list((result.tensorboard_logs / "metrics").glob("events.out.tfevents.*")), "no pruning summaries"
-    assert result.resumed_from_epoch == 0
+    assert trained.steps == 5 * 2  # ceil(40 / 8) steps x 2 epochs
+    assert pruning_step(wrapped) == trained.steps  # no partial extra step: the schedule's arithmetic holds
+    assert list((trained.tensorboard_logs / "metrics").glob("events.out.tfevents.*")), "no pruning summaries"
+    assert trained.resumed_from_epoch == 0
 
 
-def test_strip_removes_wrappers_and_keeps_predictions(trained, tmp_path):
-    config, dataset, result = trained
-    images, _ = next(iter(load_split(dataset, "test", config.dataset)))
-    assert strip_wrappers(result.wrapped_model, images, tmp_path / "pruned.h5") <= 1e-5
-    model = load_model(tmp_path / "pruned.h5")  # no prune_scope needed: no wrapper is left
-    assert not any(hasattr(layer, "pruning_step") for layer in model.layers)
-    assert_kernels_sparse(model.layers, 0.5)
-    assert_same_predictions(load_model(result.wrapped_model, pruning_wrappers=True), model, images)
-    assert (tmp_path / "pruned.h5").stat().st_size < result.wrapped_model.stat().st_size  # no masks, no optimizer
+def test_strip_removes_wrappers_and_keeps_predictions_for_every_model_shape(pruned_variant):
+    trained, stripped = pruned_variant.trained, pruned_variant.stripped
+    assert stripped.max_abs_diff <= 1e-5
+    model = load_model(stripped.model)  # no prune_scope needed: no wrapper is left
+    assert not any(isinstance(layer, PruneLowMagnitude) for layer in model.submodules)
+    assert_kernels_sparse([layer for layer in model.submodules if hasattr(layer, "kernel")], 0.5)
+    images, _ = next(iter(load_split(pruned_variant.dataset, "test", 12)))
+    assert_same_predictions(load_model(trained.wrapped_model, pruning_wrappers=True), model, images)
+    assert stripped.model.stat().st_size < trained.wrapped_model.stat().st_size  # no masks, no optimizer
 
 
 def test_unprunable_layers_are_named(tmp_path):
@@ -84,9 +79,16 @@ def test_a_subclassed_model_is_refused_with_an_explanation(tmp_path):
 
 def prepared_run(config_dict, tmp_path, **training):
     config = parse_config({**config_dict, "training": {**config_dict["training"], **training}})
-    dataset = write_prepared(config.dataset, tmp_path / "prepared")
+    (tmp_path / "prepared").mkdir()
+    dataset = write_prepared(tmp_path / "prepared", list_dataset(config.dataset), config.dataset.shape)
     schedule = resolve_schedule(config.pruning, config.steps_per_epoch(dataset.counts["train"]), config.training.epochs)
     return config, dataset, schedule
+
+
+def train(config, dataset, schedule, work, out):
+    """prune_train's build function, as the stage calls it."""
+    out.mkdir(parents=True, exist_ok=True)
+    return train_pruned(out, work, dataset, ModelFile.of(config.model.baseline), schedule, config.training_spec)
 
 
 def test_a_failed_attempt_resumes_after_its_last_complete_epoch(config_dict, tmp_path, monkeypatch):
@@ -95,12 +97,12 @@ def test_a_failed_attempt_resumes_after_its_last_complete_epoch(config_dict, tmp
     config, dataset, schedule = prepared_run(config_dict, tmp_path, epochs=3)
     monkeypatch.setenv("PRUNEFLOW_INJECT_FAULT", "resource_exhausted@1")
     with pytest.raises(tf.errors.ResourceExhaustedError):
-        train_pruned(config, dataset, schedule, tmp_path / "work", tmp_path / "out1")
+        train(config, dataset, schedule, tmp_path / "work", tmp_path / "out1")
     checkpoint = load_model(tmp_path / "work" / "checkpoint.h5", pruning_wrappers=True, compile=True)
     assert int(checkpoint.optimizer.iterations.numpy()) > 0  # the optimizer state is restored, not fresh
     assert pruning_step(checkpoint) == 5  # 1 epoch x 5 steps: what resuming counts epochs by
-    assert not (tmp_path / "out1").exists() or not any((tmp_path / "out1").iterdir())
-    result = train_pruned(config, dataset, schedule, tmp_path / "work", tmp_path / "out2")
+    assert not any((tmp_path / "out1").iterdir())
+    result = train(config, dataset, schedule, tmp_path / "work", tmp_path / "out2")
     assert result.resumed_from_epoch == 1
     history = json.loads(result.history.read_text())
     assert len(history["loss"]) == 3  # epoch 1 from the failed attempt, 2 and 3 from this one
@@ -127,10 +129,14 @@ def test_a_process_killed_mid_training_resumes_from_its_checkpoint(config_dict, 
         "from pydantic import TypeAdapter\n"
         "from tasks.config import RunConfig, Schedule\n"
         "from tasks.dataset import PreparedDataset\n"
+        "from tasks.models import ModelFile\n"
         "from tasks.prune import train_pruned\n"
         "job = json.loads(Path(sys.argv[1]).read_text())\n"
-        "train_pruned(RunConfig.model_validate(job['config']), PreparedDataset.model_validate(job['dataset']),\n"
-        "             TypeAdapter(Schedule).validate_python(job['schedule']), Path(job['work']), Path(job['out']))\n"
+        "config = RunConfig.model_validate(job['config'])\n"
+        "Path(job['out']).mkdir()\n"
+        "train_pruned(Path(job['out']), Path(job['work']), PreparedDataset.model_validate(job['dataset']),\n"
+        "             ModelFile.of(config.model.baseline), TypeAdapter(Schedule).validate_python(job['schedule']),\n"
+        "             config.training_spec)\n"
     )
     env = {**os.environ, "PRUNEFLOW_INJECT_FAULT": "hang@2", "PYTHONUNBUFFERED": "1"}
     root = Path(__file__).parents[2]
@@ -151,8 +157,8 @@ def test_a_process_killed_mid_training_resumes_from_its_checkpoint(config_dict, 
             process.kill()
             process.wait()
 
-    assert not (tmp_path / "out1").exists()  # the killed attempt wrote no artifact
-    result = train_pruned(config, dataset, schedule, tmp_path / "work", tmp_path / "out2")
+    assert not any((tmp_path / "out1").iterdir())  # the killed attempt wrote nothing there
+    result = train(config, dataset, schedule, tmp_path / "work", tmp_path / "out2")
     assert result.resumed_from_epoch == 2  # epochs 3 and 4 only were trained here
     assert len(json.loads(result.history.read_text())["loss"]) == 4
     wrapped = load_model(result.wrapped_model, pruning_wrappers=True)
@@ -174,6 +180,6 @@ def test_only_transient_failures_are_retried():
 def test_diverging_training_fails_clearly_and_saves_no_nan_model(config_dict, tmp_path):
     config, dataset, schedule = prepared_run(config_dict, tmp_path, epochs=3, optimizer="sgd", learning_rate=1e12)
     with pytest.raises(PruneflowError, match=r"prune-training diverged: the loss became nan in epoch 1 of 3.*learning_rate"):
-        train_pruned(config, dataset, schedule, tmp_path / "work", tmp_path / "out")
+        train(config, dataset, schedule, tmp_path / "work", tmp_path / "out")
     assert not (tmp_path / "work" / "checkpoint.h5").exists()  # epoch 1 diverged: nothing to resume from
     assert not (tmp_path / "out" / "wrapped.h5").exists()

@@ -1,15 +1,25 @@
 """The sanity check measures the shipped model and names every layer that missed its target."""
 
+import json
+
 import pytest
 
-from tasks.config import parse_config
-from tasks.dataset import load_split, write_prepared
 from tasks.errors import PruneflowError
-from tasks.models import save_model
-from tasks.prune import strip_wrappers, train_pruned
-from tasks.sanity import SanityReport, TensorSparsity, measure_sparsity, require_target_reached
-from tasks.schedule import resolve_schedule
-from tests.helpers import IMAGE_SIZE
+from tasks.models import ModelFile, save_model
+from tasks.prune import strip_model, train_pruned
+from tasks.sanity import SanityReport, TensorSparsity, check_sparsity, measure_sparsity, require_target_reached
+from tests.helpers import IMAGE_SIZE, PRUNABLE_KERNELS
+
+
+def test_every_model_shape_and_format_passes_with_each_kernel_measured(pruned_variant, tmp_path):
+    report = check_sparsity(tmp_path, pruned_variant.trained, pruned_variant.stripped, expected=0.5, tolerance=0.01)
+    assert len(report.tensors) == PRUNABLE_KERNELS and all(t.weight == "kernel" for t in report.tensors)
+    assert all(abs(t.sparsity - 0.5) <= 0.01 for t in report.tensors), report.table()
+    if pruned_variant.kind == "nested":
+        assert any(t.layer.startswith("backbone/") for t in report.tensors)  # measured inside the nested model
+    assert json.loads((tmp_path / "sanity.json").read_text())["tensors"] == report.model_dump(mode="json")["tensors"]
+    with pytest.raises(PruneflowError, match=f"{PRUNABLE_KERNELS} of {PRUNABLE_KERNELS} prunable tensors .* missed"):
+        check_sparsity(tmp_path / "stricter", pruned_variant.trained, pruned_variant.stripped, expected=0.8, tolerance=0.01)
 
 
 def nested_model(training_flag):
@@ -28,19 +38,19 @@ def nested_model(training_flag):
     return keras.Model(inputs, outputs)
 
 
-def prune_and_measure(model, config_dict, tmp_path) -> SanityReport:
-    baseline = save_model(model, tmp_path / "nested.h5")
-    config = parse_config({**config_dict, "model": {"baseline": str(baseline)}})
-    dataset = write_prepared(config.dataset, tmp_path / "prepared")
-    schedule = resolve_schedule(config.pruning, config.steps_per_epoch(dataset.counts["train"]), config.training.epochs)
-    trained = train_pruned(config, dataset, schedule, tmp_path / "work", tmp_path / "prune")
-    images, _ = next(iter(load_split(dataset, "test", config.dataset)))
-    strip_wrappers(trained.wrapped_model, images, tmp_path / "pruned.h5")
-    return measure_sparsity(trained.wrapped_model, tmp_path / "pruned.h5", expected=0.5, tolerance=0.01)
+def prune_and_measure(model, tiny_config, tiny_prepared, tmp_path) -> SanityReport:
+    baseline = ModelFile.of(save_model(model, tmp_path / "nested.h5"))
+    spec = tiny_config.training_spec
+    schedule = tiny_config.pruning.model_copy(update={"end_step": spec.steps_per_epoch(40) * spec.epochs})
+    for folder in ("prune", "strip"):
+        (tmp_path / folder).mkdir()
+    trained = train_pruned(tmp_path / "prune", tmp_path / "work", tiny_prepared, baseline, schedule, spec)
+    stripped = strip_model(tmp_path / "strip", trained, tiny_prepared)
+    return measure_sparsity(trained.wrapped_model, stripped.model, expected=0.5, tolerance=0.01)
 
 
-def test_nested_base_model_is_measured_layer_by_layer(config_dict, tmp_path):
-    report = prune_and_measure(nested_model(None), config_dict, tmp_path)
+def test_nested_base_model_is_measured_layer_by_layer(tiny_config, tiny_prepared, tmp_path):
+    report = prune_and_measure(nested_model(None), tiny_config, tiny_prepared, tmp_path)
     assert [(t.layer, t.weight) for t in report.tensors] == [
         ("base/conv", "kernel"), ("base/dense", "kernel"), ("head", "kernel"),
     ]
@@ -48,8 +58,8 @@ def test_nested_base_model_is_measured_layer_by_layer(config_dict, tmp_path):
     require_target_reached(report, tmp_path / "pruned.h5")
 
 
-def test_base_called_with_training_false_is_caught_and_named(config_dict, tmp_path):
-    report = prune_and_measure(nested_model(False), config_dict, tmp_path)
+def test_base_called_with_training_false_is_caught_and_named(tiny_config, tiny_prepared, tmp_path):
+    report = prune_and_measure(nested_model(False), tiny_config, tiny_prepared, tmp_path)
     by_layer = {t.layer: t for t in report.tensors}
     assert by_layer["base/conv"].sparsity == 0.0 and not by_layer["base/conv"].passed
     assert by_layer["head"].passed

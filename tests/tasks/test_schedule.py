@@ -64,3 +64,13 @@ def test_to_tfmot_needs_a_resolved_schedule():
 def test_to_tfmot_carries_every_parameter():
     built = to_tfmot(ConstantSchedule(target_sparsity=0.6, begin_step=2, end_step=-1, frequency=5)).get_config()
     assert built["config"] == {"target_sparsity": 0.6, "begin_step": 2, "end_step": -1, "frequency": 5}
+
+
+def test_a_sweep_target_changes_only_the_final_sparsity():
+    from tasks.schedule import at_target
+
+    constant = ConstantSchedule(target_sparsity=0.8, begin_step=5, end_step=50, frequency=5)
+    assert at_target(constant, 0.5) == constant.model_copy(update={"target_sparsity": 0.5})
+    decay = PolynomialDecaySchedule(initial_sparsity=0.5, final_sparsity=0.8, end_step=100, frequency=10)
+    assert at_target(decay, 0.95).final_sparsity == 0.95 and at_target(decay, 0.95).initial_sparsity == 0.5
+    assert at_target(decay, 0.3).initial_sparsity == 0.3  # never start above the target

@@ -1,10 +1,12 @@
 """Size measurement: like-with-like files, compression that sees the zeros, the floor."""
 
 import gzip
+import json
 import zipfile
 
 import numpy as np
 
+from tasks.models import ModelFile
 from tasks.size import compare_sizes, gzip_size, zip_size
 from tests.helpers import build_tiny_cnn
 
@@ -36,7 +38,8 @@ def test_sparse_model_compresses_smaller_than_its_dense_twin(tmp_path):
     sparse.set_weights(weights)
     save_model(sparse, tmp_path / "sparse.h5")
 
-    report = compare_sizes(tmp_path / "dense.h5", tmp_path / "sparse.h5", tmp_path / "size")
+    (tmp_path / "size").mkdir()
+    report = compare_sizes(tmp_path / "size", ModelFile.of(tmp_path / "dense.h5"), ModelFile.of(tmp_path / "sparse.h5"))
     assert report.pruned.raw_bytes == report.baseline.raw_bytes  # .h5 stores zeros like any float
     assert report.zip_ratio > 2.0 and report.gzip_ratio > 2.0
     assert report.pruned.weights == report.baseline.weights == dense.count_params()
@@ -47,3 +50,13 @@ def test_sparse_model_compresses_smaller_than_its_dense_twin(tmp_path):
     assert dumped["zip_ratio"] == report.zip_ratio and dumped["pruned"]["floor_bytes"] == report.pruned.floor_bytes
     # Both measured files were written the same way, without optimizer state.
     assert (tmp_path / "size" / "baseline.h5").is_file() and (tmp_path / "size" / "pruned.h5").is_file()
+
+
+def test_every_model_shape_and_format_is_measured_smaller_once_pruned(pruned_variant, tmp_path):
+    report = compare_sizes(tmp_path, pruned_variant.baseline, pruned_variant.stripped.file)
+    assert report.pruned.weights == report.baseline.weights
+    assert report.pruned.nonzero_weights < 0.6 * report.baseline.nonzero_weights  # half of each kernel zeroed
+    assert report.pruned.zip_bytes < report.baseline.zip_bytes and report.zip_ratio > 1.2
+    # A .keras baseline is re-saved as .h5 like the pruned model, so the two files compare like with like.
+    assert sorted(p.name for p in tmp_path.glob("*.h5")) == ["baseline.h5", "pruned.h5"]
+    assert json.loads((tmp_path / "sizes.json").read_text())["zip_ratio"] == report.zip_ratio

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from tasks.config import ConstantSchedule
-from tasks.store import DIGESTS, ArtifactStore, StoredArtifact, code_version, digest_of, stage_key
+from tasks.store import DIGESTS, ArtifactStore, StoredArtifact, digest_of
 
 
 def write(store: ArtifactStore, key: str, text: str = "weights") -> None:
@@ -71,19 +71,9 @@ def test_stored_points_a_result_at_its_final_folder(tmp_path):
     assert final.folder == store.folder("stage", "k1") and final.digest == store.digest("stage", "k1")
 
 
-def test_keys_depend_on_contents_code_and_parameters_only():
-    key = stage_key("s", "code1", {"data": "abc"}, ConstantSchedule(target_sparsity=0.5))
-    assert key == stage_key("s", "code1", {"data": "abc"}, ConstantSchedule(target_sparsity=0.5))
-    assert key != stage_key("s", "code2", {"data": "abc"}, ConstantSchedule(target_sparsity=0.5))
-    assert key != stage_key("s", "code1", {"data": "abd"}, ConstantSchedule(target_sparsity=0.5))
-    assert key != stage_key("s", "code1", {"data": "abc"}, ConstantSchedule(target_sparsity=0.6))
-    assert key != stage_key("t", "code1", {"data": "abc"}, ConstantSchedule(target_sparsity=0.5))
+def test_digest_of_ignores_key_order():
     assert digest_of({"a": 1, "b": 2}) == digest_of({"b": 2, "a": 1})
-
-
-def test_code_version_follows_the_module_source():
-    assert code_version("tasks.store") == code_version("tasks.store")
-    assert code_version("tasks.store") != code_version("tasks.files")
+    assert digest_of({"a": 1}) != digest_of({"a": 2})
 
 
 class Note(StoredArtifact):
@@ -104,7 +94,8 @@ def note(text: str):
 
 def test_produce_stores_the_result_beside_the_files_and_reads_it_back(tmp_path):
     store = ArtifactStore(root=tmp_path)
-    made = store.produce("stage", "k1", Note, note("hello"))
+    made, reused = store.produce("stage", "k1", Note, note("hello"))
+    assert not reused and store.produce("stage", "k1", Note, note("other")) == (made, True)
     assert made.folder == store.folder("stage", "k1") and made.file.read_text() == "hello"
     assert made.digest == store.digest("stage", "k1")
     assert store.load("stage", "k1", Note) == made
@@ -137,7 +128,8 @@ def test_a_run_that_waited_on_the_same_key_reuses_the_other_runs_folder(tmp_path
     release.set()
     first.join(timeout=30)
     second.join(timeout=30)
-    assert results["second"] == results["first"] and results["second"].text == "first"
+    assert results["first"][1] is False and results["second"][1] is True  # built once, then reused
+    assert results["second"][0] == results["first"][0] and results["second"][0].text == "first"
     assert sorted(p.name for p in (tmp_path / "stage").iterdir()) == [".lock-k1", "k1"]
 
 
@@ -156,7 +148,7 @@ def test_a_full_disk_is_a_clear_error_and_keeps_what_was_stored(tmp_path):
 
     with small_disk(tmp_path / "disk", 4 << 20) as disk:
         store = ArtifactStore(root=disk / "artifacts")
-        kept = store.produce("stage", "k1", Note, note("kept"))
+        kept, _ = store.produce("stage", "k1", Note, note("kept"))
         fill_disk(disk, leave=16 << 10)
 
         def big(tmp):
@@ -176,7 +168,7 @@ def test_a_read_only_store_is_a_clear_error_and_keeps_what_was_stored(tmp_path):
     from tests.helpers import read_only
 
     store = ArtifactStore(root=tmp_path / "artifacts")
-    kept = store.produce("stage", "k1", Note, note("kept"))
+    kept, _ = store.produce("stage", "k1", Note, note("kept"))
     with read_only(tmp_path / "artifacts"):
         with pytest.raises(PruneflowError, match=r"cannot write the stage artifact: .*artifacts is not writable"):
             store.produce("stage", "k2", Note, note("new"))
@@ -186,9 +178,10 @@ def test_a_read_only_store_is_a_clear_error_and_keeps_what_was_stored(tmp_path):
 
 def test_an_intact_folder_is_reused_unless_forced(tmp_path):
     store = ArtifactStore(root=tmp_path)
-    first = store.produce("stage", "k1", Note, note("first"), force=False)
-    assert store.produce("stage", "k1", Note, note("second"), force=False) == first  # not built again
-    forced = store.produce("stage", "k1", Note, note("second"), force=True)
+    first, _ = store.produce("stage", "k1", Note, note("first"), force=False)
+    assert store.produce("stage", "k1", Note, note("second"), force=False) == (first, True)  # not built again
+    forced, reused = store.produce("stage", "k1", Note, note("second"), force=True)
+    assert not reused
     assert forced.text == "second" and forced.digest != first.digest
     scratch = tmp_path / "stage" / ".work-k2"
     scratch.mkdir()

@@ -1,0 +1,88 @@
+"""The stage graph, written once; both flows run it.
+
+A run starts with check_inputs (start_run). `prepare` runs the stages that do not depend on
+the sparsity: once per run, a sweep's included. `prune_to` runs the rest for one schedule:
+once in a pruning run, and once per target in a sweep, where `prune_target` makes it one task
+run per target so that the sweep can map it. Each stage call below is a Prefect task that
+keys, stores and reuses its artifact itself (tasks.stage): the wiring is all there is here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import task
+from prefect.cache_policies import NONE
+from prefect.runtime import deployment, flow_run
+from pydantic import BaseModel, ConfigDict
+
+from tasks.config import RunConfig, Schedule
+from tasks.dataset import PreparedDataset, prepare_dataset
+from tasks.evaluate import Evaluation, evaluate_baseline, evaluate_pruned
+from tasks.inputs import RunInputs, check_inputs
+from tasks.layout import OutputLayout
+from tasks.models import ModelFile
+from tasks.outcome import PruningOutcome, TargetResult
+from tasks.prune import prune_train, strip
+from tasks.sanity import sanity_check
+from tasks.size import measure_size
+from tasks.stage import timed
+from tasks.store import ArtifactStore
+
+
+class Run(BaseModel):
+    """A run that passed check_inputs: what it read, where it writes."""
+
+    model_config = ConfigDict(frozen=True)
+
+    inputs: RunInputs
+    layout: OutputLayout
+    run_dir: Path
+
+
+class Prepared(BaseModel):
+    """What every schedule of a run starts from: the stored dataset and the evaluated baseline."""
+
+    model_config = ConfigDict(frozen=True)
+
+    store: ArtifactStore
+    model: ModelFile
+    dataset: PreparedDataset
+    baseline: Evaluation
+
+
+def start_run(config: RunConfig) -> Run:
+    """Check the inputs (nothing is written if they fail), then make the run's folder."""
+    with timed("check_inputs"):
+        inputs = check_inputs(config, from_deployment=deployment.id is not None)
+    layout = OutputLayout(root=config.output_root)
+    return Run(inputs=inputs, layout=layout, run_dir=layout.new_run_dir(flow_run.name))
+
+
+def prepare(config: RunConfig, run: Run) -> Prepared:
+    store = run.layout.store
+    dataset = prepare_dataset(store, listing=run.inputs.listing, shape=config.dataset.shape)
+    baseline = evaluate_baseline(store, model=run.inputs.baseline, dataset=dataset, batch_size=config.dataset.batch_size)
+    return Prepared(store=store, model=run.inputs.baseline, dataset=dataset, baseline=baseline)
+
+
+def prune_to(config: RunConfig, start: Prepared, schedule: Schedule) -> PruningOutcome:
+    store, dataset = start.store, start.dataset
+    training = prune_train.retrying(config.training.retries, config.training.retry_delay_seconds)
+    trained = training(store, dataset=dataset, baseline=start.model, schedule=schedule, training=config.training_spec)
+    stripped = strip(store, trained=trained, dataset=dataset)
+    sanity = sanity_check(
+        store, trained=trained, stripped=stripped, expected=schedule.final_sparsity, tolerance=config.sanity_tolerance
+    )
+    sizes = measure_size(store, baseline=start.model, pruned=stripped.file)
+    pruned = evaluate_pruned(store, model=stripped.file, dataset=dataset, batch_size=config.dataset.batch_size)
+    return PruningOutcome(
+        pruned_model=stripped.model, schedule=schedule, baseline=start.baseline, pruned=pruned,
+        sanity=sanity, sizes=sizes, training=trained,
+    )
+
+
+@task(cache_policy=NONE)
+def prune_target(config: RunConfig, start: Prepared, target: float, schedule: Schedule) -> TargetResult:
+    """One target of a sweep: prune_to as one task run, its stages nested in it."""
+    return TargetResult(target=target, **dict(prune_to(config, start, schedule)))

@@ -1,0 +1,106 @@
+"""The sweeps' history: one Parquet file per run, read back as one table, and its regressions."""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from prefect import task
+from prefect.cache_policies import NONE
+
+from tasks.config import SweepConfig
+from tasks.files import storage_errors
+from tasks.gate import EPSILON, gate_problem
+from tasks.outcome import TargetResult
+
+
+def history_rows(
+    results: list[TargetResult], promoted: TargetResult | None, gate: SweepConfig, *,
+    flow_run_id: str, started: datetime, code_version: str, config_digest: str,
+) -> pd.DataFrame:
+    """One row per target of this run, as appended to the history."""
+    return pd.DataFrame([
+        {
+            "flow_run_id": flow_run_id, "started": started, "code_version": code_version,
+            "config_digest": config_digest, "target": result.target,
+            "measured_sparsity": result.measured_sparsity, "accuracy": result.pruned.accuracy,
+            "baseline_accuracy": result.baseline.accuracy, "accuracy_change": result.accuracy_change,
+            "zip_bytes": result.sizes.pruned.zip_bytes, "zip_ratio": result.sizes.zip_ratio,
+            "training_seconds": result.training.seconds, "passed_gate": gate_problem(result, gate) is None,
+            "promoted": promoted is not None and result.target == promoted.target,
+        }
+        for result in results
+    ])
+
+
+def append_history(folder: Path, rows: pd.DataFrame) -> Path:
+    """Add this run's rows to the Parquet dataset in `folder`, as a file of their own.
+
+    One file per run, written under a temporary name and renamed: concurrent runs never write
+    the same file, and a reader never sees a half-written one.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp = rows["started"].iloc[0].strftime("%Y%m%dT%H%M%S")
+    target = folder / f"{stamp}-{rows['flow_run_id'].iloc[0]}.parquet"
+    tmp = folder / f".{target.name}.tmp"
+    pq.write_table(pa.Table.from_pandas(rows, preserve_index=False), tmp)
+    os.replace(tmp, target)
+    return target
+
+
+def read_history(folder: Path) -> pd.DataFrame:
+    """Every run's rows, oldest first; empty when there is no history yet.
+
+    A flow run retried after a failure appends again: only its latest rows count.
+    """
+    files = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
+    if not files:
+        return pd.DataFrame()
+    rows = pq.ParquetDataset([str(path) for path in files]).read().to_pandas()
+    latest = rows.groupby("flow_run_id")["started"].transform("max")
+    return rows[rows["started"] == latest].sort_values(["started", "target"], ignore_index=True)
+
+
+def runs_summary(history: pd.DataFrame) -> pd.DataFrame:
+    """One row per run, oldest first: its promoted model's figures (NaN where nothing was promoted)."""
+    runs = history.groupby("flow_run_id", sort=False).agg(
+        started=("started", "first"), config_digest=("config_digest", "first")
+    ).reset_index()
+    promoted = history[history["promoted"]][["flow_run_id", "target", "accuracy", "zip_bytes"]]
+    return runs.merge(promoted, on="flow_run_id", how="left").sort_values("started", ignore_index=True)
+
+
+def regressions(runs: pd.DataFrame, tolerance: float) -> dict[str, str]:
+    """flow run id -> what regressed against the last earlier run of the same config (its
+    `sweep` section aside) that promoted a model: the promoted model's accuracy down by more
+    than `tolerance` points, or its size up, or no model promoted any more."""
+    found, last_promoted = {}, {}
+    for current in runs.itertuples():
+        previous = last_promoted.get(current.config_digest)
+        if not pd.isna(current.accuracy):
+            last_promoted[current.config_digest] = current
+        if previous is None:
+            continue
+        if pd.isna(current.accuracy):
+            found[current.flow_run_id] = "no model passed the gate (the run before promoted one)"
+            continue
+        drop = 100.0 * (previous.accuracy - current.accuracy)
+        problems = []
+        if drop > tolerance + EPSILON:  # a drop exactly at the tolerance is within it
+            problems.append(f"accuracy {current.accuracy:.4f}, down {drop:.2f} points from {previous.accuracy:.4f}")
+        if current.zip_bytes > previous.zip_bytes:
+            problems.append(f"size {int(current.zip_bytes):,} B zipped, up from {int(previous.zip_bytes):,} B")
+        if problems:
+            found[current.flow_run_id] = "; ".join(problems)
+    return found
+
+
+@task(cache_policy=NONE)
+def record_history(rows: pd.DataFrame, folder: Path) -> Path:
+    """Append this sweep's rows to the history (a full disk or read-only folder is a clear error)."""
+    with storage_errors(folder, "the sweep's history"):
+        return append_history(folder, rows)

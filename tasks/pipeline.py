@@ -1,0 +1,12 @@
+"""The stages of a pruning run, in the order a run reaches them.
+
+flows/graph.py wires them; check_inputs runs their pre-flight checks in this order.
+"""
+
+from tasks.dataset import prepare_dataset
+from tasks.evaluate import evaluate_baseline, evaluate_pruned
+from tasks.prune import prune_train, strip
+from tasks.sanity import sanity_check
+from tasks.size import measure_size
+
+STAGES = (prepare_dataset, evaluate_baseline, prune_train, strip, sanity_check, measure_size, evaluate_pruned)

@@ -1,0 +1,87 @@
+"""Promotion: the model a sweep chose becomes OUTPUT_ROOT/promoted, whole or not at all.
+
+`promoted` is a symlink to a version folder under `promoted-versions/`. A promotion writes the
+new version completely under a temporary name, renames it into place, then switches the link
+with one atomic rename. A reader, or a crash at any point, sees the previous promoted model or
+the new one, whole; what a crash leaves behind (a temporary folder, a version never linked, a
+spare link) is removed by the next promotion. Promotions take turns on a lock.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+from filelock import FileLock
+from prefect import task
+from prefect.cache_policies import NONE
+
+from tasks.config import RunConfig
+from tasks.files import storage_errors, write_json
+from tasks.layout import OutputLayout
+from tasks.log import run_logger
+from tasks.outcome import TargetResult
+
+LINK_PREFIX = ".promoted-link-"  # a new link, before it replaces `promoted`
+
+
+def write_version(result: TargetResult, config: RunConfig, flow_run_id: str, layout: OutputLayout) -> Path:
+    """A complete new version folder: the model, the config that made it, and its figures."""
+    stamp = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}"
+    version = layout.promoted_versions / f"{stamp}-{flow_run_id}-{uuid.uuid4().hex[:6]}"
+    tmp = layout.promoted_versions / f".tmp-{version.name}"
+    tmp.mkdir(parents=True)
+    shutil.copy2(result.pruned_model, tmp / "model.h5")
+    write_json(tmp / "config.json", config.model_copy(update={"pruning": result.schedule}).model_dump(mode="json"))
+    write_json(tmp / "metrics.json", {
+        "flow_run_id": flow_run_id,
+        "promoted_at": datetime.now().astimezone().isoformat(timespec="seconds"),
+        "source": str(result.pruned_model),
+        **json.loads(result.model_dump_json(include={"target", "measured_sparsity", "accuracy_change"})),
+        "accuracy": result.pruned.accuracy,
+        "baseline_accuracy": result.baseline.accuracy,
+        "zip_bytes": result.sizes.pruned.zip_bytes,
+        "zip_ratio": result.sizes.zip_ratio,
+    })
+    os.replace(tmp, version)
+    return version
+
+
+def switch_link(layout: OutputLayout, version: Path) -> None:
+    """Point `promoted` at `version` with one rename: never missing, never half-switched."""
+    new_link = layout.root / f"{LINK_PREFIX}{uuid.uuid4().hex[:6]}"
+    new_link.symlink_to(version.relative_to(layout.root), target_is_directory=True)
+    os.replace(new_link, layout.promoted)
+
+
+def remove_unlinked(layout: OutputLayout) -> None:
+    """Remove every version `promoted` does not point to, and what a crashed promotion left."""
+    current = layout.promoted.resolve() if layout.promoted.is_symlink() else None
+    for entry in layout.promoted_versions.iterdir():
+        if entry.resolve() != current:
+            shutil.rmtree(entry, ignore_errors=True)
+    for link in layout.root.glob(f"{LINK_PREFIX}*"):
+        link.unlink()
+
+
+def promote(result: TargetResult, config: RunConfig, flow_run_id: str, layout: OutputLayout) -> Path:
+    """Make `result` the promoted model; return the `promoted` link."""
+    layout.promoted_versions.mkdir(parents=True, exist_ok=True)
+    with FileLock(layout.promotion_lock):
+        version = write_version(result, config, flow_run_id, layout)
+        switch_link(layout, version)
+        remove_unlinked(layout)
+    return layout.promoted
+
+
+@task(cache_policy=NONE)
+def promote_model(result: TargetResult, config: RunConfig, flow_run_id: str, layout: OutputLayout) -> Path:
+    """Promote the chosen target's model (a full disk or read-only folder is a clear error)."""
+    with storage_errors(layout.root, "the promoted model"):
+        link = promote(result, config, flow_run_id, layout)
+    run_logger().info("Promoted the %.2f-sparsity model to %s", result.target, link)
+    return link

@@ -1,0 +1,270 @@
+"""A stage is one definition: its name, its build function and its pre-flight check.
+
+Everything else derives from the build function, so nothing is kept in step by hand:
+
+- its inputs are the build function's parameters (after `out`, and `work` for a resumable
+  stage), with their types;
+- its artifact type is the build function's return type (a StoredArtifact);
+- its key is a digest of its name, its code and every input it receives: the content digest
+  of each Content input (an upstream artifact, a model file, the dataset listing; never a
+  path), and the value of every other input (a config section, a schedule, a number). A build
+  function receives nothing else, so it cannot read a value its key ignores;
+- its code is the source of the build function's module and of every module of the same
+  package that it imports, directly or not: editing any code a stage runs changes its key;
+- its Prefect task stores the artifact under the key (see ArtifactStore.produce) and ends
+  `Cached` when the store already held an intact artifact under it. The store is the only
+  cache: a folder that is missing or damaged is built again, whatever Prefect remembers.
+
+A flow calls a stage like a function: `trained = prune_train(store, dataset=..., ...)`.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import dataclasses
+import functools
+import importlib.util
+import inspect
+import time
+import typing
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from pydantic import BaseModel
+
+from tasks.files import file_digest
+from tasks.log import run_logger
+from tasks.store import ArtifactStore, Content, StoredArtifact, digest_of
+
+if TYPE_CHECKING:
+    from prefect import Task
+
+    from tasks.inputs import Preflight
+
+A = TypeVar("A", bound=StoredArtifact)
+FOLDERS = ("out", "work")  # the build function's own folders, never inputs
+
+
+def fingerprint(value: Any) -> Any:
+    """What a stage's key records of one input: a Content's digest, a model's fields, a value."""
+    if isinstance(value, Content):
+        return value.digest
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, Path):
+        raise TypeError(f"{value}: a path is not content; pass a Content (an artifact or a ModelFile) instead")
+    return value
+
+
+def _imported_modules(module: str, package: str) -> set[str]:
+    """Modules of `package` that `module`'s source imports, anywhere in it (function bodies too,
+    where this project imports TensorFlow lazily), except under `if TYPE_CHECKING:`."""
+    spec = importlib.util.find_spec(module)
+    tree = ast.parse(Path(spec.origin).read_text())
+    skipped = {
+        id(node)
+        for guard in ast.walk(tree)
+        if isinstance(guard, ast.If) and ast.unparse(guard.test).endswith("TYPE_CHECKING")
+        for statement in guard.body
+        for node in ast.walk(statement)
+    }
+    found = set()
+    for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            if node.module.split(".")[0] == package and _spec(node.module).submodule_search_locations:
+                found |= {f"{node.module}.{alias.name}" for alias in node.names}  # `from tasks import models`
+    return {name for name in found if name.split(".")[0] == package and _spec(name) is not None}
+
+
+def _spec(name: str):
+    """The module's spec, without running it (so never importing TensorFlow); None if it is no module."""
+    try:
+        return importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return None
+
+
+@functools.cache
+def code_closure(module: str) -> tuple[str, ...]:
+    """`module` and every module of its package that it imports, directly or through others."""
+    package = module.split(".")[0]
+    seen, todo = set(), [module]
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.add(name)
+            todo += _imported_modules(name, package) - seen
+    return tuple(sorted(seen))
+
+
+@functools.cache
+def code_version(module: str) -> str:
+    """Digest of the source of `module` and of the modules it imports (see code_closure).
+
+    Read once per process: a file edited while a run is going must not change the keys of the
+    code that is actually running.
+    """
+    return digest_of({name: file_digest(Path(importlib.util.find_spec(name).origin)) for name in code_closure(module)})[:16]
+
+
+# Wall time of each stage called inside a stage_clock() block, by stage name.
+_CLOCK: ContextVar[dict[str, float] | None] = ContextVar("pruneflow_stage_clock", default=None)
+
+
+@contextlib.contextmanager
+def stage_clock() -> Iterator[dict[str, float]]:
+    """Collect, by name, the wall time of every stage called (and every `timed` block) inside."""
+    seconds: dict[str, float] = {}
+    token = _CLOCK.set(seconds)
+    try:
+        yield seconds
+    finally:
+        _CLOCK.reset(token)
+
+
+@contextlib.contextmanager
+def timed(name: str) -> Iterator[None]:
+    """Record the block's wall time under `name` in the enclosing stage_clock, if any."""
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        seconds = _CLOCK.get()
+        if seconds is not None:
+            seconds[name] = round(time.perf_counter() - started, 3)
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage(Generic[A]):
+    """One stage of the pipeline.
+
+    Attributes:
+        name: the stage's name: its folder in the artifact store and its Prefect task's name.
+        build: `build(out, [work,] **inputs) -> artifact`: plain Python that writes the artifact's
+            files into the empty folder `out` and returns its description. No Prefect in it.
+        check: a cheap pre-flight check, called by check_inputs before any stage runs, with
+            what check_inputs read once for every stage (the CSVs, the baseline model).
+        describe: one line about the artifact, logged whether it was built or reused.
+        resumable: the build also takes `work`, a folder of this key that outlives a failed
+            attempt (checkpoints), removed once the artifact is stored.
+        retry_if: which exceptions are worth a retry (the retries themselves are set per run,
+            see `retrying`).
+        retries, retry_delay_seconds: of the stage's task; the delay doubles at each retry.
+    """
+
+    name: str
+    build: Callable[..., A]
+    check: Callable[[Preflight], None] | None = None
+    describe: Callable[[A], str] | None = None
+    resumable: bool = False
+    retry_if: Callable[[BaseException], bool] | None = None
+    retries: int = 0
+    retry_delay_seconds: float = 0.0
+
+    def __post_init__(self) -> None:
+        params = list(inspect.signature(self.build).parameters)
+        folders = list(FOLDERS if self.resumable else FOLDERS[:1])
+        if params[: len(folders)] != folders:
+            raise TypeError(f"stage {self.name}: {self.build.__qualname__} must take {', '.join(folders)} first")
+        for name, kind in self.inputs.items():
+            if kind is Path:
+                raise TypeError(f"stage {self.name}: input {name} is a Path; keys use content, so pass a Content")
+        if not (isinstance(self.artifact, type) and issubclass(self.artifact, StoredArtifact)):
+            raise TypeError(f"stage {self.name}: {self.build.__qualname__} must return a StoredArtifact subclass")
+
+    @functools.cached_property
+    def _hints(self) -> dict[str, Any]:
+        return typing.get_type_hints(self.build, include_extras=True)
+
+    @functools.cached_property
+    def inputs(self) -> dict[str, Any]:
+        """Input name -> type: the build function's parameters after its folders."""
+        return {name: self._hints[name] for name in inspect.signature(self.build).parameters if name not in FOLDERS}
+
+    @functools.cached_property
+    def artifact(self) -> type[A]:
+        return self._hints["return"]
+
+    @property
+    def code(self) -> str:
+        return code_version(self.build.__module__)
+
+    def key(self, **inputs: Any) -> str:
+        """The content address of what `build` makes of these inputs (see the module docstring)."""
+        if set(inputs) != set(self.inputs):
+            raise TypeError(f"stage {self.name} takes {sorted(self.inputs)}, got {sorted(inputs)}")
+        received = {name: fingerprint(value) for name, value in inputs.items()}
+        return digest_of({"stage": self.name, "code": self.code, "inputs": received})[:32]
+
+    def produce(self, store: ArtifactStore, **inputs: Any) -> tuple[A, bool]:
+        """The artifact for these inputs, built or reused from the store; plain Python, no Prefect.
+
+        Returns:
+            The artifact, and whether it was reused rather than built.
+        """
+        key = self.key(**inputs)
+        work = store.work_folder(self.name, key) if self.resumable else None
+        build = functools.partial(self.build, work=work) if self.resumable else self.build
+        return store.produce(self.name, key, self.artifact, lambda out: build(out, **inputs), scratch=work)
+
+    def retrying(self, retries: int, delay_seconds: float) -> Stage[A]:
+        """This stage with its task retried up to `retries` times (on failures `retry_if` accepts)."""
+        return dataclasses.replace(self, retries=retries, retry_delay_seconds=delay_seconds)
+
+    @functools.cached_property
+    def task(self) -> Task:
+        """The stage as a Prefect task taking `store` and the stage's inputs."""
+        from prefect import task
+        from prefect.cache_policies import NONE
+        from prefect.states import Completed
+        from prefect.tasks import exponential_backoff
+
+        def run(store: ArtifactStore, **inputs: Any):
+            artifact, reused = self.produce(store, **inputs)
+            if self.describe is not None:
+                run_logger().info("%s: %s", self.name, self.describe(artifact))
+            if reused:
+                return Completed(name="Cached", data=artifact, message=f"reused {artifact.folder}")
+            return artifact
+
+        parameters = [inspect.Parameter("store", inspect.Parameter.KEYWORD_ONLY, annotation=ArtifactStore)] + [
+            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=kind) for name, kind in self.inputs.items()
+        ]
+        run.__signature__ = inspect.Signature(parameters, return_annotation=self.artifact)
+        run.__name__ = run.__qualname__ = self.name  # Prefect derives the task's key from it
+        run.__doc__ = self.build.__doc__
+        retry_condition = None
+        if self.retry_if is not None:
+            retry_condition = functools.partial(_retry_condition, self.name, self.retry_if)
+        return task(
+            run, name=self.name, cache_policy=NONE, persist_result=False, retries=self.retries,
+            retry_delay_seconds=exponential_backoff(backoff_factor=self.retry_delay_seconds) if self.retries else 0,
+            retry_condition_fn=retry_condition,
+        )
+
+    def __call__(self, store: ArtifactStore, /, **inputs: Any) -> A:
+        """Run the stage's task (in a flow) and return its artifact."""
+        from prefect.states import State
+
+        with timed(self.name):
+            result = self.task(store=store, **inputs)
+        return result.result() if isinstance(result, State) else result
+
+
+def _retry_condition(name: str, retry_if: Callable[[BaseException], bool], task, task_run, state) -> bool:
+    """Prefect's retry_condition_fn: retry only the failures `retry_if` accepts, and say so."""
+    try:
+        state.result()
+    except Exception as exc:  # the task's own exception, re-raised by result()
+        retry = retry_if(exc)
+        run_logger().warning("%s failed with %s: %s", name, type(exc).__name__, "retrying" if retry else "not retried")
+        return retry
+    return False

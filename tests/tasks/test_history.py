@@ -1,0 +1,79 @@
+"""The sweeps' history: written one file per run, read back once per run, and every regression rule."""
+
+from datetime import datetime, timedelta, timezone
+
+import pandas as pd
+
+from tasks.config import SweepConfig
+from tasks.history import append_history, history_rows, read_history, regressions, runs_summary
+from tests.helpers import target_result
+
+START = datetime(2026, 11, 1, 2, tzinfo=timezone.utc)
+
+
+def history(*runs):
+    """Rows as the sweep appends them: (run id, [(target, accuracy, zip bytes, promoted)][, config digest])."""
+    return pd.DataFrame([
+        {"flow_run_id": run_id, "started": START + timedelta(days=day), "target": target, "config_digest": digest,
+         "accuracy": accuracy, "zip_bytes": size, "promoted": promoted}
+        for day, (run_id, rows, *other) in enumerate(runs) for digest in [other[0] if other else "nightly"]
+        for target, accuracy, size, promoted in rows
+    ])
+
+
+def test_a_promoted_model_less_accurate_or_larger_than_the_last_is_a_regression():
+    runs = runs_summary(history(
+        ("mon", [(0.5, 0.97, 1000, False), (0.8, 0.96, 600, True)]),
+        ("tue", [(0.5, 0.97, 1000, False), (0.8, 0.958, 600, True)]),  # -0.2 points: within tolerance
+        ("wed", [(0.5, 0.95, 1000, True), (0.8, 0.90, 600, False)]),  # larger model promoted
+        ("thu", [(0.5, 0.93, 1000, True)]),  # 2 points less accurate
+        ("fri", [(0.5, 0.80, 1000, False)]),  # nothing promoted
+        ("sat", [(0.5, 0.50, 9000, True)], "someone's manual run of another config"),
+        ("sun", [(0.5, 0.93, 1000, True)]),  # compared with thu: fri promoted nothing
+    ))
+    assert list(runs["target"].fillna(0)) == [0.8, 0.8, 0.5, 0.5, 0, 0.5, 0.5]
+    found = regressions(runs, tolerance=0.5)
+    assert set(found) == {"wed", "thu", "fri"}
+    assert found["wed"] == "accuracy 0.9500, down 0.80 points from 0.9580; size 1,000 B zipped, up from 600 B"
+    assert found["thu"].startswith("accuracy 0.9300, down 2.00 points")
+    assert found["fri"] == "no model passed the gate (the run before promoted one)"
+
+
+def test_a_drop_exactly_at_the_tolerance_is_not_a_regression():
+    runs = runs_summary(history(("mon", [(0.8, 0.96, 600, True)]), ("tue", [(0.8, 0.955, 600, True)])))
+    assert regressions(runs, tolerance=0.5) == {}
+    assert set(regressions(runs, tolerance=0.4)) == {"tue"}
+
+
+def test_a_smaller_or_equal_promoted_model_is_not_a_regression():
+    runs = runs_summary(history(("mon", [(0.8, 0.96, 600, True)]), ("tue", [(0.9, 0.96, 500, True)]),
+                                ("wed", [(0.9, 0.96, 500, True)])))
+    assert regressions(runs, tolerance=0.5) == {}
+
+
+def test_a_first_run_and_runs_of_a_config_that_never_promoted_are_not_regressions():
+    runs = runs_summary(history(("mon", [(0.8, 0.5, 600, False)]), ("tue", [(0.8, 0.4, 600, False)])))
+    assert regressions(runs, tolerance=0.5) == {}
+
+
+def test_history_files_read_back_as_one_table_and_a_retried_run_counts_once(tmp_path):
+    gate = SweepConfig(max_accuracy_drop=1.0, min_sparsity=0.5)
+    results = [target_result(0.5, 0.95, 300), target_result(0.8, 0.90, 200)]
+
+    def append(run_id, started, promoted):
+        rows = history_rows(results, promoted, gate, flow_run_id=run_id, started=started,
+                            code_version="c0de", config_digest="cfg")
+        return append_history(tmp_path / "history", rows)
+
+    append("run-1", START, results[0])
+    append("run-2", START + timedelta(days=1), None)  # failed, then retried by the UI's Retry:
+    append("run-2", START + timedelta(days=1, minutes=5), results[0])  # same flow run id, later rows
+    assert len(list((tmp_path / "history").glob("*.parquet"))) == 3  # nothing overwritten
+    assert not list((tmp_path / "history").glob(".*"))  # no temporary file left
+    table = read_history(tmp_path / "history")
+    assert list(table["flow_run_id"]) == ["run-1", "run-1", "run-2", "run-2"]
+    assert list(table["promoted"]) == [True, False, True, False]  # run-2 counted with its retry's rows
+    assert list(table["passed_gate"]) == [True, False, True, False]  # 0.8 dropped 5 points
+    assert set(table["code_version"]) == {"c0de"} and list(table["target"]) == [0.5, 0.8, 0.5, 0.8]
+    assert list(runs_summary(table)["target"]) == [0.5, 0.5]
+    assert read_history(tmp_path / "none").empty

@@ -1,0 +1,93 @@
+"""Promotion: a whole model or the previous one, under a lock, and after a crash at any step."""
+
+import json
+import threading
+
+import pytest
+
+from tasks.config import parse_config
+from tasks.layout import OutputLayout
+from tasks.promote import LINK_PREFIX, promote, remove_unlinked, switch_link, write_version
+from tests.helpers import target_result
+
+
+@pytest.fixture
+def setting(config_dict, tmp_path):
+    """The layout under a fresh output root, and two candidate models with different bytes."""
+    layout = OutputLayout(root=tmp_path / "outputs")
+    models = []
+    for target in (0.7, 0.9):
+        model = tmp_path / f"strip-{target}" / "pruned.h5"
+        model.parent.mkdir()
+        model.write_bytes(f"model pruned to {target}".encode())
+        models.append(target_result(target, accuracy=0.95, zip_bytes=int(1000 * (1 - target)), model=model))
+    return layout, parse_config(config_dict), models
+
+
+def promoted_bytes(layout: OutputLayout) -> bytes:
+    return (layout.promoted / "model.h5").read_bytes()
+
+
+def test_promotion_copies_the_model_its_config_and_figures(setting):
+    layout, config, (first, _) = setting
+    link = promote(first, config, "run-1", layout)
+    assert link == layout.promoted and link.is_symlink()
+    assert promoted_bytes(layout) == first.pruned_model.read_bytes()
+    assert json.loads((link / "config.json").read_text())["pruning"]["target_sparsity"] == 0.7
+    metrics = json.loads((link / "metrics.json").read_text())
+    assert metrics["flow_run_id"] == "run-1" and metrics["target"] == 0.7 and metrics["zip_bytes"] == 300
+    assert [entry.name for entry in layout.promoted_versions.iterdir()] == [link.resolve().name]
+
+
+def test_a_crash_before_the_switch_keeps_the_previous_model_and_the_next_promotion_cleans_up(setting):
+    layout, config, (first, second) = setting
+    promote(first, config, "run-1", layout)
+    orphan = write_version(second, config, "run-2", layout)  # then the process dies: no switch
+    (layout.promoted_versions / ".tmp-half-written").mkdir()  # a version killed while being written
+    assert promoted_bytes(layout) == first.pruned_model.read_bytes()  # readers still see the whole old model
+
+    promote(second, config, "run-3", layout)
+    assert promoted_bytes(layout) == second.pruned_model.read_bytes()
+    assert [entry.name for entry in layout.promoted_versions.iterdir()] == [layout.promoted.resolve().name]
+    assert not orphan.exists()
+
+
+def test_a_crash_after_the_switch_leaves_the_new_model_whole_and_a_spare_link_is_removed(setting):
+    layout, config, (first, second) = setting
+    promote(first, config, "run-1", layout)
+    old = layout.promoted.resolve()
+    switch_link(layout, write_version(second, config, "run-2", layout))  # then the process dies: no clean-up
+    (layout.root / f"{LINK_PREFIX}dead00").symlink_to(old)  # a link made just before a crash
+    assert promoted_bytes(layout) == second.pruned_model.read_bytes()
+    assert old.exists()  # the previous version is only removed by a later clean-up
+
+    remove_unlinked(layout)
+    assert not old.exists() and not list(layout.root.glob(f"{LINK_PREFIX}*"))
+    assert promoted_bytes(layout) == second.pruned_model.read_bytes()
+
+
+def test_promotions_at_once_take_turns_and_leave_one_whole_version(setting):
+    layout, config, (first, second) = setting
+    start = threading.Barrier(8)
+    errors = []
+
+    def promote_after_barrier(result, run_id):
+        start.wait()
+        try:
+            promote(result, config, run_id, layout)
+        except Exception as error:  # reported below, with the thread's arguments
+            errors.append((run_id, error))
+
+    threads = [threading.Thread(target=promote_after_barrier, args=((first, second)[i % 2], f"run-{i}"))
+               for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert errors == []
+    [version] = layout.promoted_versions.iterdir()
+    assert layout.promoted.resolve() == version
+    metrics = json.loads((version / "metrics.json").read_text())
+    model = {0.7: first, 0.9: second}[metrics["target"]]
+    assert promoted_bytes(layout) == model.pruned_model.read_bytes()  # model and figures from the same promotion
+    assert not list(layout.root.glob(f"{LINK_PREFIX}*"))
