@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench serve clean
+.PHONY: demo test test-fast docs bench serve clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,6 +17,14 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# Everything but the tests that start a Prefect server, Chromium or Dask (see docs/development.md).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not services"
+
+# docs/configuration.md, from the config model's JSON schema.
+docs: $(STAMP)
+	$(BIN)/python docs/gen_configuration.py
 
 serve: $(STAMP)
 	$(BIN)/python -m deployments.serve
