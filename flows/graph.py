@@ -14,6 +14,7 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NONE
 from prefect.runtime import deployment, flow_run
+from prefect.utilities.annotations import quote
 from pydantic import BaseModel, ConfigDict
 
 from tasks.config import RunConfig, Schedule
@@ -61,7 +62,9 @@ def start_run(config: RunConfig) -> Run:
 
 def prepare(config: RunConfig, run: Run) -> Prepared:
     store = run.layout.store
-    dataset = prepare_dataset(store, listing=run.inputs.listing, shape=config.dataset.shape)
+    # quote: Prefect would otherwise walk the listing's three entries per image, twice, to look
+    # for futures in it, which costs more than the whole stage when it is reused.
+    dataset = prepare_dataset(store, listing=quote(run.inputs.listing), shape=config.dataset.shape)
     baseline = evaluate_baseline(store, model=run.inputs.baseline, dataset=dataset, batch_size=config.dataset.batch_size)
     return Prepared(store=store, model=run.inputs.baseline, dataset=dataset, baseline=baseline)
 

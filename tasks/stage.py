@@ -13,7 +13,8 @@ Everything else derives from the build function, so nothing is kept in step by h
   package that it imports, directly or not: editing any code a stage runs changes its key;
 - its Prefect task stores the artifact under the key (see ArtifactStore.produce) and ends
   `Cached` when the store already held an intact artifact under it. The store is the only
-  cache: a folder that is missing or damaged is built again, whatever Prefect remembers.
+  cache (Prefect keeps no cache records for stages): a folder that is missing or damaged is
+  simply built again.
 
 A flow calls a stage like a function: `trained = prune_train(store, dataset=..., ...)`.
 """
