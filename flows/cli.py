@@ -37,7 +37,7 @@ def run_settings(refresh: bool = False) -> Iterator[None]:
     """Prefect settings for flow runs started from this process.
 
     Args:
-        refresh: run every stage, overwriting its cache record and stored artifact.
+        refresh: build every stage again, replacing its stored artifact.
     """
     from prefect.settings import (
         PREFECT_API_URL,

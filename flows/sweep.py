@@ -77,9 +77,10 @@ def sweep_flow(config: RunConfig) -> list[TargetResult]:
     started = datetime.now(timezone.utc)
     gate = config.sweep
     run = start_run(config)
-    start = prepare(config, run)
-    steps = config.training_spec.steps_per_epoch(start.dataset.counts["train"])
+    # Every target's schedule is resolved (and refused if it would not prune) before any work.
+    steps = config.training_spec.steps_per_epoch(run.inputs.listing.counts["train"])
     schedules = {t: resolve_schedule(at_target(run.inputs.schedule, t), steps, config.training.epochs) for t in gate.targets}
+    start = prepare(config, run)
     outcomes = prune_targets(config, start, schedules)
     results = [outcome for outcome in outcomes.values() if not isinstance(outcome, BaseException)]
     failures = {t: f"{type(e).__name__}: {e}" for t, e in outcomes.items() if isinstance(e, BaseException)}

@@ -250,9 +250,6 @@ class RunConfig(_Strict):
         description="Used by `pruneflow sweep` only: the targets, the accuracy gate, parallelism.",
     )
 
-    def steps_per_epoch(self, n_train: int) -> int:
-        return math.ceil(n_train / self.dataset.batch_size)
-
     @property
     def training_spec(self) -> TrainingSpec:
         """TrainingSpec's fields, each read from the section that holds it."""

@@ -172,8 +172,9 @@ class SplitListing(BaseModel):
 class DatasetListing(Content):
     """Every image of the three splits with its label and content digest, and the classes.
 
-    Its digest covers the labels and image contents of each split, in order, and not where the
-    files are: the same images elsewhere make the same dataset.
+    Its digest covers each split's rows in order (the filename as the CSV gives it, the label,
+    the image's content) and not where the dataset's folder is: the same folder moved elsewhere
+    makes the same dataset.
     """
 
     splits: dict[str, SplitListing]
@@ -202,7 +203,9 @@ def list_images(
         )
         for split, frame in frames.items()
     }
-    content = {split: list(zip(rows.labels, rows.digests)) for split, rows in splits.items()}
+    # What the prepared dataset holds, manifest included: rows as the CSVs give them (filenames
+    # relative to their folder), labels and image contents; never where the folder is.
+    content = {split: list(zip(rows.filenames, rows.labels, rows.digests)) for split, rows in splits.items()}
     return DatasetListing(splits=splits, classes=classes, warnings=split_warnings(frames), digest=digest_of(content))
 
 
@@ -248,7 +251,11 @@ def write_records(paths: list[str], label_indices: list[int], shape: ImageShape,
             if not Path(path).is_file():
                 problems.append(f"{path}: file not found")
                 continue
-            kind = sniff_format(Path(path))
+            try:
+                kind = sniff_format(Path(path))
+            except OSError as error:  # e.g. no permission to read it
+                problems.append(f"{path}: cannot be read ({error.strerror})")
+                continue
             if kind != "JPEG":
                 # TF's JPEG decoder also accepts PNG and GIF; a file named .jpg must be a JPEG.
                 problems.append(f"{path}: not a readable JPEG (the file is {kind})")

@@ -56,13 +56,18 @@ _READ_ONLY = {errno.EROFS, errno.EACCES, errno.EPERM}
 MIN_FREE_BYTES = 1 << 20  # below this, a failed write is blamed on a full disk
 
 
-def _errno_of(error: BaseException) -> int | None:
-    """The errno behind an error, also when a library wrapped it (h5py, TensorFlow)."""
+def _os_error_of(error: BaseException) -> OSError | None:
+    """The OSError with an errno behind an error, also when a library wrapped it (h5py, TensorFlow)."""
     while error is not None:
         if isinstance(error, OSError) and error.errno is not None:
-            return error.errno
+            return error
         error = error.__cause__ or error.__context__
     return None
+
+
+def _inside(path, folder: Path) -> bool:
+    real, root = os.path.realpath(path), os.path.realpath(folder)
+    return os.path.commonpath([real, root]) == root
 
 
 def _existing_parent(folder: Path) -> Path:
@@ -78,7 +83,10 @@ def storage_problem(folder: Path, error: BaseException | None = None) -> str | N
     Looks at the error's errno and, since TensorFlow and h5py often lose it, at the folder's
     file system itself: read-only, or (almost) no space left.
     """
-    code = _errno_of(error) if error is not None else None
+    cause = _os_error_of(error) if error is not None else None
+    if cause is not None and cause.filename and not _inside(cause.filename, folder):
+        return None  # a file elsewhere (an input image, say): not this folder's storage
+    code = cause.errno if cause is not None else None
     probe = _existing_parent(folder)
     read_only = bool(os.statvfs(probe).f_flag & os.ST_RDONLY) or not os.access(probe, os.W_OK)
     if code in _READ_ONLY or read_only:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from datetime import datetime
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from prefect import task
 from prefect.cache_policies import NONE
 
 from tasks.config import SweepConfig
-from tasks.files import storage_errors
+from tasks.files import atomic_path, storage_errors
 from tasks.gate import EPSILON, gate_problem
 from tasks.outcome import TargetResult
 
@@ -43,12 +42,10 @@ def append_history(folder: Path, rows: pd.DataFrame) -> Path:
     One file per run, written under a temporary name and renamed: concurrent runs never write
     the same file, and a reader never sees a half-written one.
     """
-    folder.mkdir(parents=True, exist_ok=True)
     stamp = rows["started"].iloc[0].strftime("%Y%m%dT%H%M%S")
     target = folder / f"{stamp}-{rows['flow_run_id'].iloc[0]}.parquet"
-    tmp = folder / f".{target.name}.tmp"
-    pq.write_table(pa.Table.from_pandas(rows, preserve_index=False), tmp)
-    os.replace(tmp, target)
+    with atomic_path(target) as tmp:
+        pq.write_table(pa.Table.from_pandas(rows, preserve_index=False), tmp)
     return target
 
 
@@ -57,7 +54,8 @@ def read_history(folder: Path) -> pd.DataFrame:
 
     A flow run retried after a failure appends again: only its latest rows count.
     """
-    files = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
+    # Not the hidden files: those are being written.
+    files = sorted(path for path in folder.glob("*.parquet") if not path.name.startswith(".")) if folder.is_dir() else []
     if not files:
         return pd.DataFrame()
     rows = pq.ParquetDataset([str(path) for path in files]).read().to_pandas()

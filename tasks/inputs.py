@@ -84,11 +84,12 @@ def check_run_inputs(config: RunConfig, roots: Roots) -> RunInputs:
     """
     confine_config(config, roots)
     preflight = Preflight(config)
+    csv_paths = csv_paths_of(config.dataset)
+    confine_images(preflight.frames, csv_paths, roots)  # before any image or model is read
     for stage in STAGES:
+        stage.code  # noqa: B018 (read as the run starts: an edit during the run must not change its keys)
         if stage.check is not None:
             stage.check(preflight)
-    csv_paths = csv_paths_of(config.dataset)
-    confine_images(preflight.frames, csv_paths, roots)  # before any image is read
     layout = OutputLayout(root=config.output_root)
     check_writable(layout.root)
     with DigestCache(layout.digest_cache) as cache:

@@ -2,9 +2,13 @@
 
 `promoted` is a symlink to a version folder under `promoted-versions/`. A promotion writes the
 new version completely under a temporary name, renames it into place, then switches the link
-with one atomic rename. A reader, or a crash at any point, sees the previous promoted model or
-the new one, whole; what a crash leaves behind (a temporary folder, a version never linked, a
-spare link) is removed by the next promotion. Promotions take turns on a lock.
+with one atomic rename. A reader, or a process killed at any point, sees the previous promoted
+model or the new one, whole. The version the link pointed to before is kept until the next
+promotion, so a reader that resolved the link just before a switch still reads one whole
+version: resolve it once (`realpath promoted`) and read from there. What a killed promotion
+leaves behind (a temporary folder, a version never linked, a spare link) is removed by the next
+one. Promotions take turns on a lock. (Files are not fsynced: a power cut may lose the last
+promotion.)
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from prefect import task
 from prefect.cache_policies import NONE
 
 from tasks.config import RunConfig
-from tasks.files import storage_errors, write_json
+from tasks.files import atomic_path, storage_errors, write_json
 from tasks.layout import OutputLayout
 from tasks.log import run_logger
 from tasks.outcome import TargetResult
@@ -33,21 +37,20 @@ def write_version(result: TargetResult, config: RunConfig, flow_run_id: str, lay
     """A complete new version folder: the model, the config that made it, and its figures."""
     stamp = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}"
     version = layout.promoted_versions / f"{stamp}-{flow_run_id}-{uuid.uuid4().hex[:6]}"
-    tmp = layout.promoted_versions / f".tmp-{version.name}"
-    tmp.mkdir(parents=True)
-    shutil.copy2(result.pruned_model, tmp / "model.h5")
-    write_json(tmp / "config.json", config.model_copy(update={"pruning": result.schedule}).model_dump(mode="json"))
-    write_json(tmp / "metrics.json", {
-        "flow_run_id": flow_run_id,
-        "promoted_at": datetime.now().astimezone().isoformat(timespec="seconds"),
-        "source": str(result.pruned_model),
-        **json.loads(result.model_dump_json(include={"target", "measured_sparsity", "accuracy_change"})),
-        "accuracy": result.pruned.accuracy,
-        "baseline_accuracy": result.baseline.accuracy,
-        "zip_bytes": result.sizes.pruned.zip_bytes,
-        "zip_ratio": result.sizes.zip_ratio,
-    })
-    os.replace(tmp, version)
+    with atomic_path(version) as tmp:
+        tmp.mkdir()
+        shutil.copy2(result.pruned_model, tmp / "model.h5")
+        write_json(tmp / "config.json", config.model_copy(update={"pruning": result.schedule}).model_dump(mode="json"))
+        write_json(tmp / "metrics.json", {
+            "flow_run_id": flow_run_id,
+            "promoted_at": datetime.now().astimezone().isoformat(timespec="seconds"),
+            "source": str(result.pruned_model),
+            **json.loads(result.model_dump_json(include={"target", "measured_sparsity", "accuracy_change"})),
+            "accuracy": result.pruned.accuracy,
+            "baseline_accuracy": result.baseline.accuracy,
+            "zip_bytes": result.sizes.pruned.zip_bytes,
+            "zip_ratio": result.sizes.zip_ratio,
+        })
     return version
 
 
@@ -58,23 +61,26 @@ def switch_link(layout: OutputLayout, version: Path) -> None:
     os.replace(new_link, layout.promoted)
 
 
-def remove_unlinked(layout: OutputLayout) -> None:
-    """Remove every version `promoted` does not point to, and what a crashed promotion left."""
-    current = layout.promoted.resolve() if layout.promoted.is_symlink() else None
+def remove_unlinked(layout: OutputLayout, keep: Path | None = None) -> None:
+    """Remove every version but the one `promoted` points to and `keep`, and what a killed
+    promotion left behind."""
+    kept = {layout.promoted.resolve() if layout.promoted.is_symlink() else None, keep and keep.resolve()}
     for entry in layout.promoted_versions.iterdir():
-        if entry.resolve() != current:
+        if entry.resolve() not in kept:
             shutil.rmtree(entry, ignore_errors=True)
     for link in layout.root.glob(f"{LINK_PREFIX}*"):
         link.unlink()
 
 
 def promote(result: TargetResult, config: RunConfig, flow_run_id: str, layout: OutputLayout) -> Path:
-    """Make `result` the promoted model; return the `promoted` link."""
+    """Make `result` the promoted model, keeping the one it replaces for readers still on it;
+    return the `promoted` link."""
     layout.promoted_versions.mkdir(parents=True, exist_ok=True)
     with FileLock(layout.promotion_lock):
+        previous = layout.promoted.resolve() if layout.promoted.is_symlink() else None
         version = write_version(result, config, flow_run_id, layout)
         switch_link(layout, version)
-        remove_unlinked(layout)
+        remove_unlinked(layout, keep=previous)
     return layout.promoted
 
 

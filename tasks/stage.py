@@ -10,7 +10,8 @@ Everything else derives from the build function, so nothing is kept in step by h
   path), and the value of every other input (a config section, a schedule, a number). A build
   function receives nothing else, so it cannot read a value its key ignores;
 - its code is the source of the build function's module and of every module of the same
-  package that it imports, directly or not: editing any code a stage runs changes its key;
+  package that it imports, directly or not, with the versions of the libraries that do the
+  work (RUNTIME_PACKAGES): editing any code a stage runs, or upgrading TensorFlow, changes its key;
 - its Prefect task stores the artifact under the key (see ArtifactStore.produce) and ends
   `Cached` when the store already held an intact artifact under it. The store is the only
   cache (Prefect keeps no cache records for stages): a folder that is missing or damaged is
@@ -25,8 +26,10 @@ import ast
 import contextlib
 import dataclasses
 import functools
+import importlib.metadata
 import importlib.util
 import inspect
+import sys
 import time
 import typing
 from collections.abc import Callable, Iterator
@@ -49,26 +52,55 @@ A = TypeVar("A", bound=StoredArtifact)
 FOLDERS = ("out", "work")  # the build function's own folders, never inputs
 
 
+# Third-party code whose upgrade may change what a stage builds (decoding, training, saving):
+# its versions are part of every stage's code version, as is Python's.
+RUNTIME_PACKAGES = ("tensorflow", "tf-keras", "tensorflow-model-optimization", "numpy", "h5py", "pandas", "pyarrow")
+
+
 def fingerprint(value: Any) -> Any:
-    """What a stage's key records of one input: a Content's digest, a model's fields, a value."""
+    """What a stage's key records of one input, at any depth: a Content by its digest, a model
+    by its fields, a collection by its items, a plain value as itself.
+
+    Raises:
+        TypeError: a path (keys know files by content, never by where they are), or a value
+            with no stable JSON form.
+    """
     if isinstance(value, Content):
         return value.digest
     if isinstance(value, BaseModel):
-        return value.model_dump(mode="json")
+        return {name: fingerprint(getattr(value, name)) for name in type(value).model_fields}
+    if isinstance(value, (list, tuple)):
+        return [fingerprint(item) for item in value]
+    if isinstance(value, dict):
+        return {str(name): fingerprint(item) for name, item in value.items()}
     if isinstance(value, Path):
         raise TypeError(f"{value}: a path is not content; pass a Content (an artifact or a ModelFile) instead")
-    return value
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise TypeError(f"{value!r} ({type(value).__name__}) has no stable form for a stage key")
+
+
+def _holds_a_path(annotation: Any) -> bool:
+    """Whether values of this type can carry a Path outside a Content (which keys read by digest)."""
+    if annotation is Path:
+        return True
+    if isinstance(annotation, type) and issubclass(annotation, Content):
+        return False
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return any(_holds_a_path(hint) for hint in typing.get_type_hints(annotation).values())
+    return any(_holds_a_path(arg) for arg in typing.get_args(annotation))
 
 
 def _imported_modules(module: str, package: str) -> set[str]:
     """Modules of `package` that `module`'s source imports, anywhere in it (function bodies too,
     where this project imports TensorFlow lazily), except under `if TYPE_CHECKING:`."""
     spec = importlib.util.find_spec(module)
+    here = module if spec.submodule_search_locations else module.rpartition(".")[0]  # for relative imports
     tree = ast.parse(Path(spec.origin).read_text())
     skipped = {
         id(node)
         for guard in ast.walk(tree)
-        if isinstance(guard, ast.If) and ast.unparse(guard.test).endswith("TYPE_CHECKING")
+        if isinstance(guard, ast.If) and ast.unparse(guard.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING")
         for statement in guard.body
         for node in ast.walk(statement)
     }
@@ -78,10 +110,12 @@ def _imported_modules(module: str, package: str) -> set[str]:
             continue
         if isinstance(node, ast.Import):
             found |= {alias.name for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            found.add(node.module)
-            if node.module.split(".")[0] == package and _spec(node.module).submodule_search_locations:
-                found |= {f"{node.module}.{alias.name}" for alias in node.names}  # `from tasks import models`
+        elif isinstance(node, ast.ImportFrom):
+            base = importlib.util.resolve_name("." * node.level + (node.module or ""), here) if node.level else node.module
+            found.add(base)
+            spec_of_base = _spec(base) if base.split(".")[0] == package else None
+            if spec_of_base is not None and spec_of_base.submodule_search_locations:
+                found |= {f"{base}.{alias.name}" for alias in node.names}  # `from tasks import models`
     return {name for name in found if name.split(".")[0] == package and _spec(name) is not None}
 
 
@@ -106,14 +140,24 @@ def code_closure(module: str) -> tuple[str, ...]:
     return tuple(sorted(seen))
 
 
+def _installed(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 @functools.cache
 def code_version(module: str) -> str:
-    """Digest of the source of `module` and of the modules it imports (see code_closure).
+    """Digest of the source of `module` and of the modules it imports (see code_closure), of
+    the RUNTIME_PACKAGES' versions and of Python's.
 
-    Read once per process: a file edited while a run is going must not change the keys of the
-    code that is actually running.
+    Read once per process (check_inputs reads every stage's as a run starts): a file edited
+    while a run is going must not change the keys of the code that is actually running.
     """
-    return digest_of({name: file_digest(Path(importlib.util.find_spec(name).origin)) for name in code_closure(module)})[:16]
+    sources = {name: file_digest(Path(importlib.util.find_spec(name).origin)) for name in code_closure(module)}
+    packages = {name: _installed(name) for name in RUNTIME_PACKAGES}
+    return digest_of({"sources": sources, "packages": packages, "python": list(sys.version_info[:2])})[:16]
 
 
 # Wall time of each stage called inside a stage_clock() block, by stage name.
@@ -176,8 +220,11 @@ class Stage(Generic[A]):
         if params[: len(folders)] != folders:
             raise TypeError(f"stage {self.name}: {self.build.__qualname__} must take {', '.join(folders)} first")
         for name, kind in self.inputs.items():
-            if kind is Path:
-                raise TypeError(f"stage {self.name}: input {name} is a Path; keys use content, so pass a Content")
+            if _holds_a_path(kind):
+                raise TypeError(
+                    f"stage {self.name}: input {name} can hold a Path; keys use content, so pass a Content "
+                    "(an artifact, a ModelFile) or a section without paths"
+                )
         if not (isinstance(self.artifact, type) and issubclass(self.artifact, StoredArtifact)):
             raise TypeError(f"stage {self.name}: {self.build.__qualname__} must return a StoredArtifact subclass")
 
@@ -203,7 +250,7 @@ class Stage(Generic[A]):
         if set(inputs) != set(self.inputs):
             raise TypeError(f"stage {self.name} takes {sorted(self.inputs)}, got {sorted(inputs)}")
         received = {name: fingerprint(value) for name, value in inputs.items()}
-        return digest_of({"stage": self.name, "code": self.code, "inputs": received})[:32]
+        return digest_of({"stage": self.name, "code": self.code, "inputs": received}, strict=True)[:32]
 
     def produce(self, store: ArtifactStore, **inputs: Any) -> tuple[A, bool]:
         """The artifact for these inputs, built or reused from the store; plain Python, no Prefect.
@@ -257,6 +304,7 @@ class Stage(Generic[A]):
 
         with timed(self.name):
             result = self.task(store=store, **inputs)
+        # A task called directly returns what its function returned: the Cached state, when reused.
         return result.result() if isinstance(result, State) else result
 
 

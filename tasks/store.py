@@ -33,11 +33,15 @@ DIGESTS = "digests.json"
 RESULT = "result.json"  # the stage's result, as the flow received it; read back on reuse
 
 
-def digest_of(value: Any) -> str:
-    """SHA-256 of a JSON-able value (pydantic models included), stable across runs."""
+def digest_of(value: Any, strict: bool = False) -> str:
+    """SHA-256 of a JSON-able value (pydantic models included), stable across runs.
+
+    Args:
+        strict: refuse a value JSON cannot represent, instead of using its str() (for keys).
+    """
     if isinstance(value, BaseModel):
         value = value.model_dump(mode="json")
-    text = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), default=None if strict else str)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -59,6 +63,14 @@ class StoredArtifact(Content):
 
 
 A = TypeVar("A", bound=StoredArtifact)
+
+
+def _first_attempt() -> bool:
+    """False in a Prefect retry of the current task run, True otherwise (outside Prefect too)."""
+    from prefect.context import TaskRunContext
+
+    context = TaskRunContext.get()
+    return context is None or context.task_run.run_count <= 1
 
 
 class ArtifactStore(BaseModel):
@@ -110,7 +122,7 @@ class ArtifactStore(BaseModel):
         while this one waited, or since the flow looked) is reused instead of built again,
         unless `force`. Leftovers of a killed writer of this key (`.tmp-<key>-*`) are removed
         first. A write that fails for lack of space or permission raises PruneflowError;
-        stored folders are never touched.
+        stored folders are never touched (a forced build replaces its own key's folder, whole).
 
         Args:
             kind: the result's type, to read it back from result.json.
@@ -119,7 +131,8 @@ class ArtifactStore(BaseModel):
             force: build even over an intact folder; default: Prefect's refresh setting
                 (`pruneflow run --refresh`).
             scratch: a work folder of this key (checkpoints) to remove, under the lock, once
-                the artifact is stored.
+                the artifact is stored; also before a forced build, unless it is a retry (whose
+                checkpoints are this run's own).
 
         Returns:
             The stored result, and whether it was reused rather than built.
@@ -129,6 +142,7 @@ class ArtifactStore(BaseModel):
 
             force = bool(PREFECT_TASKS_REFRESH_CACHE.value())
         with storage_errors(self.root, f"the {stage} artifact"), self._lock(stage, key) as waited:
+            self._sweep(stage, key)
             problem = None if force else self.problem(stage, key)
             if not force and problem is None:
                 why = "what the other run stored" if waited else "the intact folder"
@@ -136,7 +150,8 @@ class ArtifactStore(BaseModel):
                 return self.load(stage, key, kind), True
             if problem and self.folder(stage, key).exists():
                 run_logger().warning("%s: stored artifact unusable (%s); building it again", stage, problem)
-            self._sweep(stage, key)
+            if force and scratch is not None and _first_attempt():
+                shutil.rmtree(scratch, ignore_errors=True)  # forced: resume from no earlier run's checkpoint
             with self.writing(stage, key) as tmp:
                 result = build(tmp)
                 payload = result.model_dump(mode="json", exclude={"folder", "digest"})

@@ -65,6 +65,25 @@ def test_a_new_batch_size_reruns_what_batches_but_not_the_dataset(prefect_server
     assert {s: got[s] for s in STAGES[1:]} == {s: "Completed" for s in STAGES[1:]}
 
 
+def test_a_new_sanity_tolerance_reruns_the_sanity_check_only(prefect_server, config_dict):
+    run(config_dict)
+    got = states(run({**config_dict, "sanity_tolerance": 0.02}))
+    assert {s: got[s] for s in STAGES} == {s: "Completed" if s == "sanity_check" else "Cached" for s in STAGES}
+
+
+def test_another_baseline_content_reruns_everything_after_the_dataset(prefect_server, config_dict, tmp_path):
+    from tasks.models import load_model, save_model
+
+    run(config_dict)
+    model = load_model(config_dict["model"]["baseline"])
+    weights = model.get_weights()
+    weights[-1] = weights[-1] + 0.01  # the last bias, nudged: same architecture, other content
+    model.set_weights(weights)
+    config_dict["model"] = {"baseline": str(save_model(model, tmp_path / "nudged.h5"))}
+    got = states(run(config_dict))
+    assert {s: got[s] for s in STAGES} == {s: "Cached" if s == "prepare_dataset" else "Completed" for s in STAGES}
+
+
 def test_editing_one_image_invalidates_everything_downstream(prefect_server, config_dict, tiny_data, tmp_path):
     data = shutil.copytree(tiny_data, tmp_path / "data")
     for split in ("train", "val", "test"):

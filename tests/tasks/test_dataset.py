@@ -231,6 +231,26 @@ def test_key_follows_image_content_not_paths(tiny_data, tmp_path):
     assert key(dataset_config(moved)) != key(config)
 
 
+@pytest.mark.parametrize("edit", ["label", "order", "split", "rename"])
+def test_the_listing_digest_follows_every_row_of_every_split(tiny_data, tmp_path, edit):
+    data = copy_data(tiny_data, tmp_path)
+    before = list_dataset(dataset_config(data)).digest
+    train, test = pd.read_csv(data / "train.csv"), pd.read_csv(data / "test.csv")
+    if edit == "label":
+        train.loc[0, "label"] = "top" if train.loc[0, "label"] == "bottom" else "bottom"
+    elif edit == "order":
+        train = train.iloc[::-1]
+    elif edit == "split":
+        test = pd.concat([test, train.iloc[[0]]])
+        train = train.iloc[1:]
+    else:
+        (data / train.loc[0, "filename"]).rename(data / "img" / "renamed.jpg")
+        train.loc[0, "filename"] = "img/renamed.jpg"
+    train.to_csv(data / "train.csv", index=False)
+    test.to_csv(data / "test.csv", index=False)
+    assert list_dataset(dataset_config(data)).digest != before
+
+
 def test_an_image_listed_twice_in_a_split_is_refused(tiny_data, tmp_path):
     data = copy_data(tiny_data, tmp_path)
     with open(data / "val.csv", "a") as csv:

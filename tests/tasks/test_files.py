@@ -48,3 +48,18 @@ def test_a_damaged_cache_file_only_costs_time(tmp_path):
     db.write_bytes(b"this is not a database" * 100)
     with DigestCache(db) as cache:
         assert cache.digest(image) == file_digest(image)
+
+
+def test_a_failure_on_a_file_elsewhere_is_not_blamed_on_the_output_folder(tmp_path):
+    import errno
+
+    from tasks.files import storage_problem
+
+    outputs = tmp_path / "outputs"
+    outputs.mkdir()
+    elsewhere = PermissionError(errno.EACCES, "Permission denied", str(tmp_path / "data" / "a.jpg"))
+    assert storage_problem(outputs, elsewhere) is None
+    inside = PermissionError(errno.EACCES, "Permission denied", str(outputs / "artifacts" / "x.h5"))
+    assert storage_problem(outputs, inside) == f"{outputs} is not writable (read-only file system or no permission)"
+    full = OSError(errno.ENOSPC, "No space left on device", str(outputs / "x.h5"))
+    assert storage_problem(outputs, full).startswith(f"no space left on the device holding {outputs}")

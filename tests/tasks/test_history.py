@@ -70,6 +70,7 @@ def test_history_files_read_back_as_one_table_and_a_retried_run_counts_once(tmp_
     append("run-2", START + timedelta(days=1, minutes=5), results[0])  # same flow run id, later rows
     assert len(list((tmp_path / "history").glob("*.parquet"))) == 3  # nothing overwritten
     assert not list((tmp_path / "history").glob(".*"))  # no temporary file left
+    (tmp_path / "history" / ".being-written.tmp.parquet").write_bytes(b"PAR1 half")  # another sweep, mid-write
     table = read_history(tmp_path / "history")
     assert list(table["flow_run_id"]) == ["run-1", "run-1", "run-2", "run-2"]
     assert list(table["promoted"]) == [True, False, True, False]  # run-2 counted with its retry's rows

@@ -46,9 +46,11 @@ def test_a_crash_before_the_switch_keeps_the_previous_model_and_the_next_promoti
     (layout.promoted_versions / ".tmp-half-written").mkdir()  # a version killed while being written
     assert promoted_bytes(layout) == first.pruned_model.read_bytes()  # readers still see the whole old model
 
+    previous = layout.promoted.resolve()
     promote(second, config, "run-3", layout)
     assert promoted_bytes(layout) == second.pruned_model.read_bytes()
-    assert [entry.name for entry in layout.promoted_versions.iterdir()] == [layout.promoted.resolve().name]
+    # The version it replaced stays, for readers that resolved the link before the switch.
+    assert set(layout.promoted_versions.iterdir()) == {layout.promoted.resolve(), previous}
     assert not orphan.exists()
 
 
@@ -66,7 +68,39 @@ def test_a_crash_after_the_switch_leaves_the_new_model_whole_and_a_spare_link_is
     assert promoted_bytes(layout) == second.pruned_model.read_bytes()
 
 
-def test_promotions_at_once_take_turns_and_leave_one_whole_version(setting):
+def test_a_reader_that_resolved_the_link_keeps_a_whole_version_until_the_next_promotion(setting):
+    layout, config, (first, second) = setting
+    promote(first, config, "run-1", layout)
+    reading = layout.promoted.resolve()  # a reader resolves the link once, then reads from there
+    promote(second, config, "run-2", layout)
+    assert (reading / "model.h5").read_bytes() == first.pruned_model.read_bytes()
+    assert json.loads((reading / "metrics.json").read_text())["target"] == 0.7  # model and figures of one version
+    promote(first, config, "run-3", layout)
+    assert not reading.exists()  # two promotions later, it is gone
+    assert len(list(layout.promoted_versions.iterdir())) == 2
+
+
+def test_a_promotion_waits_for_the_one_holding_the_lock(setting):
+    from filelock import FileLock
+
+    layout, config, (first, second) = setting
+    promote(first, config, "run-1", layout)
+    lock = FileLock(layout.promotion_lock)
+    lock.acquire()
+    waiting = threading.Thread(target=promote, args=(second, config, "run-2", layout))
+    try:
+        waiting.start()
+        waiting.join(timeout=1.0)
+        assert waiting.is_alive()  # blocked on the lock
+        assert promoted_bytes(layout) == first.pruned_model.read_bytes()
+        assert len(list(layout.promoted_versions.iterdir())) == 1  # it has not even written its version
+    finally:
+        lock.release()
+    waiting.join(timeout=30)
+    assert not waiting.is_alive() and promoted_bytes(layout) == second.pruned_model.read_bytes()
+
+
+def test_promotions_at_once_leave_one_linked_whole_version(setting):
     layout, config, (first, second) = setting
     start = threading.Barrier(8)
     errors = []
@@ -85,9 +119,9 @@ def test_promotions_at_once_take_turns_and_leave_one_whole_version(setting):
     for thread in threads:
         thread.join(timeout=60)
     assert errors == []
-    [version] = layout.promoted_versions.iterdir()
-    assert layout.promoted.resolve() == version
-    metrics = json.loads((version / "metrics.json").read_text())
+    versions = set(layout.promoted_versions.iterdir())
+    assert len(versions) == 2 and layout.promoted.resolve() in versions  # the current one and the one it replaced
+    metrics = json.loads((layout.promoted / "metrics.json").read_text())
     model = {0.7: first, 0.9: second}[metrics["target"]]
     assert promoted_bytes(layout) == model.pruned_model.read_bytes()  # model and figures from the same promotion
     assert not list(layout.root.glob(f"{LINK_PREFIX}*"))

@@ -81,7 +81,8 @@ def prepared_run(config_dict, tmp_path, **training):
     config = parse_config({**config_dict, "training": {**config_dict["training"], **training}})
     (tmp_path / "prepared").mkdir()
     dataset = write_prepared(tmp_path / "prepared", list_dataset(config.dataset), config.dataset.shape)
-    schedule = resolve_schedule(config.pruning, config.steps_per_epoch(dataset.counts["train"]), config.training.epochs)
+    steps = config.training_spec.steps_per_epoch(dataset.counts["train"])
+    schedule = resolve_schedule(config.pruning, steps, config.training.epochs)
     return config, dataset, schedule
 
 

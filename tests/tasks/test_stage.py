@@ -7,9 +7,9 @@ from typing import Literal, get_args, get_origin
 import pytest
 from pydantic import BaseModel
 
-from tasks.config import ConstantSchedule, PolynomialDecaySchedule, parse_config
+from tasks.config import ConstantSchedule, PolynomialDecaySchedule, Schedule, parse_config
 from tasks.pipeline import STAGES
-from tasks.stage import Stage, code_closure, code_version
+from tasks.stage import Stage, code_closure, code_version, fingerprint
 from tasks.store import ArtifactStore, Content, StoredArtifact
 
 
@@ -31,11 +31,13 @@ def perturbed(value, annotation):
     raise TypeError(f"no perturbation for {value!r}")
 
 
-def config_samples(config_dict) -> dict:
-    """A valid value for each input type the stages take that is not Content."""
+def samples_by_type(config_dict) -> dict:
+    """A valid value of every config section and section part a stage may take, by type, read
+    from a real config: a section added to RunConfig later is found here too."""
     config = parse_config(config_dict)
-    return {"shape": config.dataset.shape, "training": config.training_spec, "batch_size": 8,
-            "expected": 0.5, "tolerance": 0.01}
+    values = [getattr(config, name) for name in type(config).model_fields]
+    values += [config.dataset.shape, config.training_spec]
+    return {type(value): value for value in values} | {int: 8, float: 0.5}
 
 
 SCHEDULES = [
@@ -49,21 +51,22 @@ def sample_inputs(stage: Stage, samples: dict, schedule) -> dict:
     for name, kind in stage.inputs.items():
         if isinstance(kind, type) and issubclass(kind, Content):
             inputs[name] = kind.model_construct(digest=f"digest-of-{name}")  # keys read the digest only
-        elif name == "schedule":
+        elif kind == Schedule:
             inputs[name] = schedule
         else:
-            inputs[name] = samples[name]
+            inputs[name] = samples[kind]
     return inputs
 
 
 @pytest.mark.parametrize("schedule", SCHEDULES, ids=["constant", "polynomial_decay"])
 @pytest.mark.parametrize("stage", STAGES, ids=[stage.name for stage in STAGES])
 def test_every_field_a_stage_receives_changes_its_key(stage, schedule, config_dict):
-    """Changing any one input, or any one field of an input section, gives another key. The
-    fields come from the models themselves, so a field added later is covered here unedited."""
-    inputs = sample_inputs(stage, config_samples(config_dict), schedule)
+    """Changing any one field of a config input, the digest of any Content input, or any plain
+    input gives another key. The fields come from the models themselves, so a field added later
+    is covered here unedited."""
+    inputs = sample_inputs(stage, samples_by_type(config_dict), schedule)
     key = stage.key(**inputs)
-    assert key == stage.key(**inputs)  # and nothing else (time, paths, the process) enters it
+    assert key == stage.key(**inputs)
     checked = 0
     for name, value in inputs.items():
         if isinstance(value, Content):
@@ -80,19 +83,16 @@ def test_every_field_a_stage_receives_changes_its_key(stage, schedule, config_di
     assert checked >= len(inputs)
 
 
-@pytest.mark.parametrize("stage", STAGES, ids=[stage.name for stage in STAGES])
-def test_keys_know_inputs_by_content_never_by_path(stage):
-    """A file or artifact enters a key by its digest; no other input carries a path to depend on."""
-    for name, kind in stage.inputs.items():
-        if isinstance(kind, type) and issubclass(kind, Content):
-            continue
-        models = [kind] if isinstance(kind, type) and issubclass(kind, BaseModel) else [
-            arg for arg in typing.get_args(get_args(kind)[0] if get_origin(kind) is typing.Annotated else kind)
-            if isinstance(arg, type) and issubclass(arg, BaseModel)
-        ]
-        for model in models:
-            hints = typing.get_type_hints(model)
-            assert not [field for field in model.model_fields if hints[field] is Path], f"{stage.name}.{name}"
+def test_a_key_reads_content_at_any_depth_and_refuses_paths():
+    from tasks.models import ModelFile
+
+    model = ModelFile(path=Path("/a/model.h5"), digest="d1")
+    assert fingerprint({"models": [model, (model, 1.5)], "seed": None}) == {"models": ["d1", ["d1", 1.5]], "seed": None}
+    for hidden in (Path("/data"), [Path("/data")], {"csv": Path("/data/train.csv")}):
+        with pytest.raises(TypeError, match="a path is not content"):
+            fingerprint(hidden)
+    with pytest.raises(TypeError, match="has no stable form for a stage key"):
+        fingerprint(object())
 
 
 def test_the_same_artifact_at_another_path_gives_the_same_key(config_dict):
@@ -121,15 +121,24 @@ def test_inputs_and_artifact_type_come_from_the_build_function():
     assert stage.artifact is Note
 
 
+class Section(BaseModel):
+    csv: Path | None = None
+
+
 def test_a_build_function_that_takes_a_path_or_returns_no_artifact_is_refused():
     def takes_a_path(out: Path, model: Path) -> Note: ...
+
+    def takes_paths(out: Path, models: list[Path]) -> Note: ...
+
+    def takes_a_section_with_a_path(out: Path, section: Section) -> Note: ...
 
     def returns_a_dict(out: Path, repeat: int) -> dict: ...
 
     def no_out_folder(repeat: int) -> Note: ...
 
-    with pytest.raises(TypeError, match="input model is a Path; keys use content"):
-        Stage("bad", takes_a_path)
+    for build, name in ((takes_a_path, "model"), (takes_paths, "models"), (takes_a_section_with_a_path, "section")):
+        with pytest.raises(TypeError, match=f"input {name} can hold a Path; keys use content"):
+            Stage("bad", build)
     with pytest.raises(TypeError, match="must return a StoredArtifact subclass"):
         Stage("bad", returns_a_dict)
     with pytest.raises(TypeError, match="must take out first"):
@@ -163,9 +172,12 @@ def test_editing_any_module_a_stage_imports_changes_its_code_version(tmp_path, m
     package = tmp_path / "scratchpkg"
     package.mkdir()
     (package / "__init__.py").write_text("")
-    (package / "stage.py").write_text("def build():\n    from scratchpkg import helper\n    return helper.VALUE\n")
-    (package / "helper.py").write_text("VALUE = 1\n")
-    (package / "unrelated.py").write_text("VALUE = 1\n")
+    (package / "stage.py").write_text(
+        "from typing import TYPE_CHECKING\nfrom .helper import VALUE\nif TYPE_CHECKING:\n    from scratchpkg import hints\n"
+        "def build():\n    from scratchpkg import lazy\n    return VALUE + lazy.VALUE\n"
+    )
+    for name in ("helper", "lazy", "hints", "unrelated"):
+        (package / f"{name}.py").write_text("VALUE = 1\n")
     monkeypatch.syspath_prepend(str(tmp_path))
 
     def version():
@@ -174,7 +186,11 @@ def test_editing_any_module_a_stage_imports_changes_its_code_version(tmp_path, m
         return code_version("scratchpkg.stage")
 
     before = version()
-    (package / "unrelated.py").write_text("VALUE = 2\n")
-    assert version() == before
-    (package / "helper.py").write_text("VALUE = 2\n")
-    assert version() != before
+    assert code_closure("scratchpkg.stage") == ("scratchpkg", "scratchpkg.helper", "scratchpkg.lazy", "scratchpkg.stage")
+    for name in ("unrelated", "hints"):  # not imported, or for type checking only
+        (package / f"{name}.py").write_text("VALUE = 2\n")
+        assert version() == before, name
+    for name in ("helper", "lazy"):  # imported relatively, and inside a function
+        (package / f"{name}.py").write_text(f"VALUE = {name!r}\n")
+        assert version() != before, name
+        before = version()

@@ -187,3 +187,21 @@ def test_an_intact_folder_is_reused_unless_forced(tmp_path):
     scratch.mkdir()
     store.produce("stage", "k2", Note, note("x"), scratch=scratch)
     assert not scratch.exists()  # removed once the artifact was stored
+
+
+def test_a_forced_build_does_not_resume_from_an_earlier_runs_checkpoint(tmp_path):
+    store = ArtifactStore(root=tmp_path)
+    scratch = store.work_folder("stage", "k1")
+    scratch.mkdir(parents=True)
+    (scratch / "checkpoint.h5").write_text("an earlier, failed run's epoch 2")
+    seen = []
+
+    def build(tmp):
+        seen.append(sorted(p.name for p in scratch.glob("*")) if scratch.exists() else None)
+        return note("built")(tmp)
+
+    store.produce("stage", "k1", Note, build, force=True, scratch=scratch)
+    assert seen == [None]  # removed before building
+    (tmp_path / "stage" / ".tmp-k1-deadbeef").mkdir()  # a killed writer's leftover
+    assert store.produce("stage", "k1", Note, note("other"))[1]  # reused...
+    assert not (tmp_path / "stage" / ".tmp-k1-deadbeef").exists()  # ...and the leftover swept all the same
