@@ -215,9 +215,8 @@ def csv_paths_of(config: DatasetConfig) -> dict[str, Path]:
 
 def list_dataset(config: DatasetConfig, digest: Callable[[str], str] = file_digest) -> DatasetListing:
     """Read and check the config's CSVs and list their images (what check_inputs does, unconfined)."""
-    frames = read_splits(config)
-    classes = encode_labels(frames, csv_paths_of(config))
-    return list_images(frames, classes, csv_paths_of(config), digest)
+    frames, csv_paths = read_splits(config), csv_paths_of(config)
+    return list_images(frames, encode_labels(frames, csv_paths), csv_paths, digest)
 
 
 def decode_image(path, shape: ImageShape):

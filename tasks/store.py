@@ -118,9 +118,9 @@ class ArtifactStore(BaseModel):
     ) -> tuple[A, bool]:
         """Run `build` into a temporary folder and store what it wrote under the key.
 
-        Under the key's lock: an intact folder already under the key (another run stored it
-        while this one waited, or since the flow looked) is reused instead of built again,
-        unless `force`. Leftovers of a killed writer of this key (`.tmp-<key>-*`) are removed
+        Under the key's lock: an intact folder already under the key (an earlier run's, or one
+        another run stored while this one waited) is reused instead of built again, unless
+        `force`. Leftovers of a killed writer of this key (`.tmp-<key>-*`) are removed
         first. A write that fails for lack of space or permission raises PruneflowError;
         stored folders are never touched (a forced build replaces its own key's folder, whole).
 
