@@ -32,6 +32,7 @@ serve: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/bench_demo.py
 	$(BIN)/python bench/bench_cache.py
+	$(BIN)/python bench/bench_export.py
 
 clean:
 	rm -rf $(VENV) demo

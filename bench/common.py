@@ -10,10 +10,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def parse_args(doc: str) -> argparse.Namespace:
+def parse_args(doc: str, extra=None) -> argparse.Namespace:
+    """--repeats and --workdir, and what `extra(parser)` adds."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workdir", type=Path, default=Path("bench-demo"))
+    if extra is not None:
+        extra(parser)
     return parser.parse_args()
 
 

@@ -69,12 +69,15 @@ def run_settings(refresh: bool = False) -> Iterator[None]:
 def _run_flow(config_path: Path, refresh: bool = False) -> None:
     from flows.prune import prune_flow
     from tasks.config import load_config
-    from tasks.report import render_table
+    from tasks.report import render_files, render_table
 
     config = load_config(config_path)
     with run_settings(refresh):
         summary = prune_flow(config)
-    typer.echo(f"\n{render_table(summary)}\n\nPruned model: {summary.pruned_model}\nSummary: {summary.run_dir / 'summary.json'}")
+    typer.echo(
+        f"\n{render_table(summary)}\n\n{render_files(summary)}\n\nPruned model: {summary.pruned_model}\n"
+        f"TFLite files: {summary.exports.folder}\nSummary: {summary.run_dir / 'summary.json'}"
+    )
 
 
 @app.command()
@@ -117,8 +120,11 @@ def history(
     config: Annotated[Path, typer.Argument(help="The run config whose output_root holds the history.")],
     last: Annotated[int, typer.Option(help="How many recent runs to show.")] = 10,
     tolerance: Annotated[float, typer.Option(help="Accuracy drop, in points, that counts as a regression.")] = 0.5,
+    latency_tolerance: Annotated[
+        float, typer.Option(help="Slow-down of the promoted file that counts as a regression (0.25: 25 % slower).")
+    ] = 0.25,
 ) -> None:
-    """Show recent sweeps' promoted models; exit 1 if the latest run regressed."""
+    """Show recent sweeps' promoted files; exit 1 if the latest run regressed."""
     import pandas as pd
 
     from tasks.config import load_config
@@ -130,16 +136,20 @@ def history(
     if rows.empty:
         raise PruneflowError(f"{folder}: no sweep history yet; run `pruneflow sweep {config}` first")
     runs = runs_summary(rows)
-    flagged = regressions(runs, tolerance)
-    typer.echo(f"{'started (UTC)':<20} {'flow run':<36} {'promoted':>8} {'accuracy':>8} {'zip bytes':>11}  regression")
+    flagged = regressions(runs, tolerance, latency_tolerance)
+    typer.echo(
+        f"{'started (UTC)':<20} {'flow run':<36} {'promoted':>8} {'format':<15} {'accuracy':>8} {'zip bytes':>11} "
+        f"{'latency ms':>10}  regression"
+    )
     for run in runs.tail(last).itertuples():
         nothing = pd.isna(run.target)  # no model passed the gate
-        promoted, accuracy, size = ("none", "-", "-") if nothing else (
-            f"{run.target:.2f}", f"{run.accuracy:.4f}", f"{int(run.zip_bytes):,}"
+        promoted, fmt, accuracy, size, latency = ("none", "-", "-", "-", "-") if nothing else (
+            f"{run.target:.2f}", run.format, f"{run.accuracy:.4f}", f"{int(run.zip_bytes):,}",
+            "-" if pd.isna(run.latency_ms) else f"{run.latency_ms:.3f}",
         )
         typer.echo(
-            f"{run.started:%Y-%m-%d %H:%M:%S}  {run.flow_run_id:<36} {promoted:>8} {accuracy:>8} {size:>11}  "
-            f"{flagged.get(run.flow_run_id, '')}"
+            f"{run.started:%Y-%m-%d %H:%M:%S}  {run.flow_run_id:<36} {promoted:>8} {fmt:<15} {accuracy:>8} {size:>11} "
+            f"{latency:>10}  {flagged.get(run.flow_run_id, '')}"
         )
     if runs.iloc[-1]["flow_run_id"] in flagged:
         raise typer.Exit(1)

@@ -20,7 +20,10 @@ from pydantic import BaseModel, ConfigDict
 from tasks.config import RunConfig, Schedule
 from tasks.dataset import PreparedDataset, prepare_dataset
 from tasks.evaluate import Evaluation, evaluate_baseline, evaluate_pruned
+from tasks.export import ExportedModels, export_baseline, export_pruned
 from tasks.inputs import RunInputs, check_inputs
+from tasks.interpreter import ExportEvaluation, evaluate_baseline_exports, evaluate_pruned_exports
+from tasks.latency import machine_description, measure_latency
 from tasks.layout import OutputLayout
 from tasks.models import ModelFile
 from tasks.outcome import PruningOutcome, TargetResult
@@ -50,6 +53,8 @@ class Prepared(BaseModel):
     model: ModelFile
     dataset: PreparedDataset
     baseline: Evaluation
+    baseline_exports: ExportedModels
+    baseline_export_evaluation: ExportEvaluation
 
 
 def start_run(config: RunConfig) -> Run:
@@ -65,8 +70,14 @@ def prepare(config: RunConfig, run: Run) -> Prepared:
     # quote: Prefect would otherwise walk the listing's three entries per image, twice, to look
     # for futures in it, which costs more than the whole stage when it is reused.
     dataset = prepare_dataset(store, listing=quote(run.inputs.listing), shape=config.dataset.shape)
-    baseline = evaluate_baseline(store, model=run.inputs.baseline, dataset=dataset, batch_size=config.dataset.batch_size)
-    return Prepared(store=store, model=run.inputs.baseline, dataset=dataset, baseline=baseline)
+    model, batch_size = run.inputs.baseline, config.dataset.batch_size
+    baseline = evaluate_baseline(store, model=model, dataset=dataset, batch_size=batch_size)
+    exports = export_baseline(store, model=model, dataset=dataset, export=config.export_spec.dense(), sanity=None)
+    assessed = evaluate_baseline_exports(store, exported=exports, reference=model, dataset=dataset, batch_size=batch_size)
+    return Prepared(
+        store=store, model=model, dataset=dataset, baseline=baseline, baseline_exports=exports,
+        baseline_export_evaluation=assessed,
+    )
 
 
 def prune_to(config: RunConfig, start: Prepared, schedule: Schedule) -> PruningOutcome:
@@ -79,9 +90,19 @@ def prune_to(config: RunConfig, start: Prepared, schedule: Schedule) -> PruningO
     )
     sizes = measure_size(store, baseline=start.model, pruned=stripped.file)
     pruned = evaluate_pruned(store, model=stripped.file, dataset=dataset, batch_size=config.dataset.batch_size)
+    exports = export_pruned(store, model=stripped.file, dataset=dataset, export=config.export_spec, sanity=sanity)
+    assessed = evaluate_pruned_exports(
+        store, exported=exports, reference=stripped.file, dataset=dataset, batch_size=config.dataset.batch_size
+    )
+    latency = measure_latency(
+        store, baseline=start.model, baseline_exports=start.baseline_exports, pruned=stripped.file,
+        pruned_exports=exports, shape=config.dataset.shape, latency=config.latency_spec, machine=machine_description(),
+    )
     return PruningOutcome(
         pruned_model=stripped.model, schedule=schedule, baseline=start.baseline, pruned=pruned,
-        sanity=sanity, sizes=sizes, training=trained,
+        sanity=sanity, sizes=sizes, training=trained, baseline_exports=start.baseline_exports,
+        baseline_export_evaluation=start.baseline_export_evaluation,
+        exports=exports, export_evaluation=assessed, latency=latency,
     )
 
 

@@ -1,10 +1,11 @@
-"""The sweep flow: one baseline pruned to several target sparsities, the smallest good model promoted.
+"""The sweep flow: one baseline pruned to several target sparsities, the smallest good file promoted.
 
 The inputs are checked, the dataset prepared and the baseline evaluated once, as in a run;
 then the run's graph from prune-training on (flows.graph.prune_to) runs once per target, as
-mapped task runs, at most `sweep.max_parallel` at a time. The gate picks the smallest model
-within it, which is promoted to `OUTPUT_ROOT/promoted`; every sweep adds its rows to the
-history and publishes its table.
+mapped task runs, at most `sweep.max_parallel` at a time. Each target gives several deployable
+files (its Keras .h5 and its TFLite exports); the gate picks the smallest file whose own
+accuracy is within it, which is promoted with its Keras model to `OUTPUT_ROOT/promoted`; every
+sweep adds its rows to the history and publishes its table.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from flows.graph import Prepared, prepare, prune_target, start_run
 from tasks.config import RunConfig, Schedule
 from tasks.errors import PruneflowError
-from tasks.gate import best_candidate, choose
+from tasks.gate import accuracy_drop, best_candidate, choose
 from tasks.history import history_rows, record_history
-from tasks.outcome import TargetResult
+from tasks.outcome import FORMAT_NAMES, TargetResult
 from tasks.promote import promote_model
 from tasks.prune import prune_train
 from tasks.report import publish_sweep
@@ -103,11 +104,11 @@ def sweep_flow(config: RunConfig) -> list[TargetResult]:
         listed = "; ".join(f"{t}: {why}" for t, why in sorted(failures.items()))
         raise PruneflowError(f"sweep: {len(failures)} of {len(gate.targets)} target(s) failed: {listed}")
     if chosen is None:
-        best = best_candidate(results)
+        result, file = best_candidate(results)
         raise PruneflowError(
-            f"sweep: no target passed the gate (max_accuracy_drop {gate.max_accuracy_drop} points, min_sparsity "
-            f"{gate.min_sparsity}); the best candidate, sparsity {best.target}, has test accuracy "
-            f"{best.pruned.accuracy:.4f} ({best.accuracy_change:+.2f} points) at {best.sizes.pruned.zip_bytes:,} bytes "
+            f"sweep: no file passed the gate (max_accuracy_drop {gate.max_accuracy_drop} points, min_sparsity "
+            f"{gate.min_sparsity}); the best candidate, sparsity {result.target} as {FORMAT_NAMES[file.format]}, has "
+            f"test accuracy {file.accuracy:.4f} ({-accuracy_drop(result, file):+.2f} points) at {file.zip_bytes:,} bytes "
             f"zipped. The previously promoted model, if any, is kept in {run.layout.promoted}."
         )
     return results

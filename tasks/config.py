@@ -171,6 +171,13 @@ class TrainingConfig(_Strict):
     retry_delay_seconds: float = Field(
         10.0, ge=0, description="Seconds before the first retry; doubled for each later one."
     )
+    pruning_policy: Literal["all_layers", "xnnpack_latency"] = Field(
+        "all_layers", description="all_layers: prune every Conv and Dense kernel. xnnpack_latency: TFMOT's "
+        "PruneForLatencyOnXNNPack, which prunes only the 1x1 convolutions, the ones XNNPACK's sparse kernels "
+        "can speed up; it needs a MobileNet-like model (a ZeroPadding2D then a 3x3 stride-2 convolution of 3 "
+        "channels first, a GlobalAveragePooling2D with keepdims last) and is refused, with TFMOT's reason, "
+        "for any other.",
+    )
 
 
 class TrainingSpec(_Strict):
@@ -185,9 +192,72 @@ class TrainingSpec(_Strict):
     shuffle_seed: int
     augment: bool
     seed: int
+    pruning_policy: Literal["all_layers", "xnnpack_latency"]
 
     def steps_per_epoch(self, n_train: int) -> int:
         return math.ceil(n_train / self.batch_size)
+
+
+ExportFormat = Literal["float32", "float32_sparse", "int8", "int8_sparse"]
+IOType = Literal["float32", "int8", "uint8"]
+
+
+class ExportConfig(_Strict):
+    """The TFLite files made of the pruned model (and of the baseline, for comparison), and how
+    their latency is measured."""
+
+    formats: list[ExportFormat] = Field(
+        ["float32", "float32_sparse", "int8", "int8_sparse"],
+        description="TFLite files to make: float32; float32_sparse (pruned kernels stored sparse, "
+        "EXPERIMENTAL_SPARSITY); int8 (full-integer post-training quantization); int8_sparse (both). "
+        "The baseline is exported in the dense counterpart of each, for comparison. An empty list exports nothing: "
+        "the Keras .h5 is then the only deployable file.",
+    )
+    representative_images: int = Field(
+        100, gt=0, description="Training images (a fixed sample of the train split) that calibrate int8 "
+        "quantization: the range of every activation is measured on them.",
+    )
+    int8_input_type: IOType = Field(
+        "int8", description="Input type of the int8 files: int8 or uint8 (the caller quantizes images with the "
+        "file's own scale and zero point), or float32 (the file quantizes them itself).",
+    )
+    int8_output_type: IOType = Field("int8", description="Output type of the int8 files, as int8_input_type.")
+    latency_runs: int = Field(
+        200, ge=5, description="Timed batch-1 invocations of each model file, after the warm-up; the files take "
+        "turns, 10 invocations at a time. The median and the 90th percentile are reported.",
+    )
+    latency_warmup: int = Field(20, ge=0, description="Untimed invocations of each model file before the timed ones.")
+    threads: int = Field(
+        1, ge=1, description="CPU threads of the TFLite interpreter (XNNPACK) when latency is measured. The Keras "
+        "models, timed for reference, use TensorFlow's own thread settings.",
+    )
+
+    @model_validator(mode="after")
+    def _distinct_formats(self) -> ExportConfig:
+        if len(set(self.formats)) != len(self.formats):
+            raise ValueError(f"formats {self.formats} repeat a format; list each once")
+        return self
+
+
+class ExportSpec(_Strict):
+    """What the export stage reads (RunConfig.export_spec): the latency settings are not in it."""
+
+    formats: tuple[ExportFormat, ...]
+    representative_images: int = Field(gt=0)
+    int8_input_type: IOType
+    int8_output_type: IOType
+
+    def dense(self) -> ExportSpec:
+        """What a dense model (the baseline) is exported as: each format's dense counterpart, once."""
+        return self.model_copy(update={"formats": tuple(dict.fromkeys(f.removesuffix("_sparse") for f in self.formats))})
+
+
+class LatencySpec(_Strict):
+    """How latency is measured (RunConfig.latency_spec)."""
+
+    runs: int = Field(ge=5)
+    warmup: int = Field(ge=0)
+    threads: int = Field(ge=1)
 
 
 class SweepConfig(_Strict):
@@ -200,8 +270,9 @@ class SweepConfig(_Strict):
     )
     max_accuracy_drop: float = Field(
         1.0, ge=0.0, le=100.0,
-        description="Largest drop in test accuracy from the baseline's that a promoted model may have, in points "
-        "(percent); a drop exactly this large passes.",
+        description="Largest drop in test accuracy from the baseline Keras model's that a promoted file may have, in "
+        "points (percent), its own accuracy measured on the file itself (in the interpreter for a TFLite file); a "
+        "drop exactly this large passes.",
     )
     min_sparsity: Sparsity = Field(0.5, description="Smallest target sparsity worth promoting (included).")
     max_parallel: int = Field(
@@ -245,6 +316,10 @@ class RunConfig(_Strict):
         "and the history."
     )
     seed: int = Field(42, description="Seed of fine-tuning: the same seed on the same machine gives the same model.")
+    export: ExportConfig = Field(
+        default_factory=ExportConfig,
+        description="The deployable TFLite files, their accuracy in the interpreter, and latency measurement.",
+    )
     sweep: SweepConfig = Field(
         default_factory=SweepConfig,
         description="Used by `pruneflow sweep` only: the targets, the accuracy gate, parallelism.",
@@ -255,6 +330,14 @@ class RunConfig(_Strict):
         """TrainingSpec's fields, each read from the section that holds it."""
         sections = {**self.training.model_dump(), **self.dataset.model_dump(), "seed": self.seed}
         return TrainingSpec(**{name: sections[name] for name in TrainingSpec.model_fields})
+
+    @property
+    def export_spec(self) -> ExportSpec:
+        return ExportSpec(**{name: getattr(self.export, name) for name in ExportSpec.model_fields})
+
+    @property
+    def latency_spec(self) -> LatencySpec:
+        return LatencySpec(runs=self.export.latency_runs, warmup=self.export.latency_warmup, threads=self.export.threads)
 
 
 def format_validation_error(error: ValidationError, source: str) -> str:

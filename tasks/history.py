@@ -13,26 +13,27 @@ from prefect.cache_policies import NONE
 
 from tasks.config import SweepConfig
 from tasks.files import atomic_path, storage_errors
-from tasks.gate import EPSILON, gate_problem
-from tasks.outcome import TargetResult
+from tasks.gate import EPSILON, Candidate, accuracy_drop, candidates, gate_problem
+from tasks.outcome import KERAS, TargetResult
 
 
 def history_rows(
-    results: list[TargetResult], promoted: TargetResult | None, gate: SweepConfig, *,
+    results: list[TargetResult], promoted: Candidate | None, gate: SweepConfig, *,
     flow_run_id: str, started: datetime, code_version: str, config_digest: str,
 ) -> pd.DataFrame:
-    """One row per target of this run, as appended to the history."""
+    """One row per deployable file of each target of this run, as appended to the history."""
     return pd.DataFrame([
         {
             "flow_run_id": flow_run_id, "started": started, "code_version": code_version,
-            "config_digest": config_digest, "target": result.target,
-            "measured_sparsity": result.measured_sparsity, "accuracy": result.pruned.accuracy,
-            "baseline_accuracy": result.baseline.accuracy, "accuracy_change": result.accuracy_change,
-            "zip_bytes": result.sizes.pruned.zip_bytes, "zip_ratio": result.sizes.zip_ratio,
-            "training_seconds": result.training.seconds, "passed_gate": gate_problem(result, gate) is None,
-            "promoted": promoted is not None and result.target == promoted.target,
+            "config_digest": config_digest, "target": result.target, "format": file.format,
+            "measured_sparsity": result.measured_sparsity, "accuracy": file.accuracy,
+            "baseline_accuracy": result.baseline.accuracy, "accuracy_change": -accuracy_drop(result, file),
+            "agreement": file.agreement, "raw_bytes": file.raw_bytes, "zip_bytes": file.zip_bytes,
+            "zip_ratio": file.zip_ratio, "latency_ms": file.latency_median_ms, "latency_p90_ms": file.latency_p90_ms,
+            "training_seconds": result.training.seconds, "passed_gate": gate_problem(result, file, gate) is None,
+            "promoted": promoted is not None and (result.target, file.format) == (promoted[0].target, promoted[1].format),
         }
-        for result in results
+        for result, file in candidates(results)
     ])
 
 
@@ -52,30 +53,34 @@ def append_history(folder: Path, rows: pd.DataFrame) -> Path:
 def read_history(folder: Path) -> pd.DataFrame:
     """Every run's rows, oldest first; empty when there is no history yet.
 
-    A flow run retried after a failure appends again: only its latest rows count.
+    A flow run retried after a failure appends again: only its latest rows count. Rows written
+    before files were exported (no `format` column) are the Keras .h5's.
     """
     # Not the hidden files: those are being written.
     files = sorted(path for path in folder.glob("*.parquet") if not path.name.startswith(".")) if folder.is_dir() else []
     if not files:
         return pd.DataFrame()
-    rows = pq.ParquetDataset([str(path) for path in files]).read().to_pandas()
+    rows = pd.concat([pq.read_table(path).to_pandas() for path in files], ignore_index=True)
+    for column, default in {"format": KERAS, "latency_ms": float("nan"), "raw_bytes": float("nan")}.items():
+        rows[column] = rows[column].fillna(default) if column in rows else default
     latest = rows.groupby("flow_run_id")["started"].transform("max")
-    return rows[rows["started"] == latest].sort_values(["started", "target"], ignore_index=True)
+    return rows[rows["started"] == latest].sort_values(["started", "target"], ignore_index=True, kind="stable")
 
 
 def runs_summary(history: pd.DataFrame) -> pd.DataFrame:
-    """One row per run, oldest first: its promoted model's figures (NaN where nothing was promoted)."""
+    """One row per run, oldest first: its promoted file's figures (NaN where nothing was promoted)."""
     runs = history.groupby("flow_run_id", sort=False).agg(
         started=("started", "first"), config_digest=("config_digest", "first")
     ).reset_index()
-    promoted = history[history["promoted"]][["flow_run_id", "target", "accuracy", "zip_bytes"]]
+    promoted = history[history["promoted"]][["flow_run_id", "target", "format", "accuracy", "zip_bytes", "latency_ms"]]
     return runs.merge(promoted, on="flow_run_id", how="left").sort_values("started", ignore_index=True)
 
 
-def regressions(runs: pd.DataFrame, tolerance: float) -> dict[str, str]:
+def regressions(runs: pd.DataFrame, tolerance: float, latency_tolerance: float = 0.25) -> dict[str, str]:
     """flow run id -> what regressed against the last earlier run of the same config (its
-    `sweep` section aside) that promoted a model: the promoted model's accuracy down by more
-    than `tolerance` points, or its size up, or no model promoted any more."""
+    `sweep` section aside) that promoted a file: the promoted file's accuracy down by more
+    than `tolerance` points, its size up, its latency up by more than `latency_tolerance`
+    (a fraction: 0.25 is 25 % slower), or no file promoted any more."""
     found, last_promoted = {}, {}
     for current in runs.itertuples():
         previous = last_promoted.get(current.config_digest)
@@ -92,6 +97,12 @@ def regressions(runs: pd.DataFrame, tolerance: float) -> dict[str, str]:
             problems.append(f"accuracy {current.accuracy:.4f}, down {drop:.2f} points from {previous.accuracy:.4f}")
         if current.zip_bytes > previous.zip_bytes:
             problems.append(f"size {int(current.zip_bytes):,} B zipped, up from {int(previous.zip_bytes):,} B")
+        # Latency is noisy: only a slow-down beyond the tolerance counts (and only where both were measured).
+        if current.latency_ms > previous.latency_ms * (1 + latency_tolerance) + EPSILON:
+            problems.append(
+                f"latency {current.latency_ms:.3f} ms, up {current.latency_ms / previous.latency_ms - 1:.0%} "
+                f"from {previous.latency_ms:.3f} ms"
+            )
         if problems:
             found[current.flow_run_id] = "; ".join(problems)
     return found

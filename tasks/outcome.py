@@ -3,14 +3,51 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, computed_field
 
 from tasks.config import Schedule
 from tasks.evaluate import Evaluation
+from tasks.export import ExportedFile, ExportedModels
+from tasks.interpreter import ExportEvaluation
+from tasks.latency import LatencyReport
 from tasks.prune import TrainedModel
 from tasks.sanity import SanityReport
-from tasks.size import SizeReport
+from tasks.size import ModelSize, SizeReport
+
+KERAS = "keras_h5"  # the format of the Keras model itself, among the deployable files
+FORMAT_NAMES = {
+    KERAS: "Keras .h5", "float32": "TFLite float32", "float32_sparse": "TFLite float32, sparse",
+    "int8": "TFLite int8", "int8_sparse": "TFLite int8, sparse",
+}
+
+
+class Deployable(BaseModel):
+    """One file a user can deploy (the Keras .h5 or a TFLite file), with what was measured of it.
+
+    Ratios compare like with like: the baseline .h5's raw bytes over this file's raw bytes, its
+    zip-deflated bytes over this file's zip-deflated bytes, and so on (higher is smaller).
+    `speedup` is the baseline's median latency in the same format (its dense counterpart for a
+    sparse format) over this file's: above 1 is faster.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    model: Literal["baseline", "pruned"]
+    format: str
+    path: Path
+    raw_bytes: int
+    zip_bytes: int
+    xz_bytes: int
+    raw_ratio: float
+    zip_ratio: float
+    xz_ratio: float
+    accuracy: float
+    agreement: float  # with the Keras model it was made from
+    latency_median_ms: float
+    latency_p90_ms: float
+    speedup: float
 
 
 class PruningOutcome(BaseModel):
@@ -25,6 +62,11 @@ class PruningOutcome(BaseModel):
     sanity: SanityReport
     sizes: SizeReport
     training: TrainedModel
+    baseline_exports: ExportedModels
+    baseline_export_evaluation: ExportEvaluation
+    exports: ExportedModels
+    export_evaluation: ExportEvaluation
+    latency: LatencyReport
 
     @computed_field
     @property
@@ -38,6 +80,40 @@ class PruningOutcome(BaseModel):
         """Zeros over all prunable weights of the pruned model."""
         size = sum(t.size for t in self.sanity.tensors)
         return sum(t.zeros for t in self.sanity.tensors) / size if size else 0.0
+
+    @computed_field
+    @property
+    def deployables(self) -> list[Deployable]:
+        """Every file of the baseline, then of the pruned model: the Keras .h5 first, then each export."""
+        reference = self.sizes.baseline
+
+        def row(model, fmt, path, size: ModelSize | ExportedFile, accuracy, agreement) -> Deployable:
+            timing = self.latency.of(model, "keras" if fmt == KERAS else fmt)
+            dense = self.latency.of("baseline", "keras" if fmt == KERAS else fmt.removesuffix("_sparse"))
+            return Deployable(
+                model=model, format=fmt, path=path, raw_bytes=size.raw_bytes, zip_bytes=size.zip_bytes,
+                xz_bytes=size.xz_bytes, raw_ratio=reference.raw_bytes / size.raw_bytes,
+                zip_ratio=reference.zip_bytes / size.zip_bytes, xz_ratio=reference.xz_bytes / size.xz_bytes,
+                accuracy=accuracy, agreement=agreement, latency_median_ms=timing.median_ms,
+                latency_p90_ms=timing.p90_ms, speedup=dense.median_ms / timing.median_ms,
+            )
+
+        rows = []
+        for model, exports, evaluation, keras_path, keras_size, keras_accuracy in (
+            ("baseline", self.baseline_exports, self.baseline_export_evaluation, self.sizes.folder / reference.file,
+             reference, self.baseline.accuracy),
+            ("pruned", self.exports, self.export_evaluation, self.pruned_model, self.sizes.pruned, self.pruned.accuracy),
+        ):
+            rows.append(row(model, KERAS, keras_path, keras_size, keras_accuracy, 1.0))
+            for exported in exports.files:
+                measured = evaluation.of(exported.format)
+                rows.append(row(model, exported.format, exports.path(exported), exported, measured.accuracy,
+                                measured.agreement))
+        return rows
+
+    def deployable(self, fmt: str) -> Deployable:
+        """The pruned model's file in format `fmt`."""
+        return next(d for d in self.deployables if d.model == "pruned" and d.format == fmt)
 
 
 class TargetResult(PruningOutcome):

@@ -1,4 +1,4 @@
-"""The sweep's plot: accuracy against compressed size, one point per target."""
+"""The sweep's plot: accuracy against compressed size, one point per file of each target, one series per format."""
 
 from __future__ import annotations
 
@@ -6,38 +6,50 @@ from pathlib import Path
 
 from tasks.config import SweepConfig
 from tasks.files import atomic_path
-from tasks.gate import gate_problem
-from tasks.outcome import TargetResult
+from tasks.gate import candidates, gate_problem
+from tasks.outcome import FORMAT_NAMES, TargetResult
+
+MARKERS = "osD^vP*X"
 
 
 def plot_sweep(results: list[TargetResult], gate: SweepConfig, path: Path) -> Path:
-    """Accuracy against zip-deflated size, one point per target, the baseline and the gate drawn."""
+    """Accuracy against zip-deflated size, one series per format (filled: passes the gate;
+    hollow: fails it), each point labelled with its target; the baseline .h5 and the gate drawn."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display on a worker
     from matplotlib import pyplot as plt
+    from matplotlib.ticker import FuncFormatter
 
     baseline, sizes = results[0].baseline, results[0].sizes
-    figure, axes = plt.subplots(figsize=(7, 4.5), dpi=120)
+    figure, axes = plt.subplots(figsize=(8, 5), dpi=120)
     try:
-        kb = [r.sizes.pruned.zip_bytes / 1024 for r in results]
-        accuracy = [100 * r.pruned.accuracy for r in results]
-        passed = [gate_problem(r, gate) is None for r in results]
-        axes.scatter([k for k, p in zip(kb, passed) if p], [a for a, p in zip(accuracy, passed) if p],
-                     color="tab:green", label="passes the gate", zorder=3)
-        axes.scatter([k for k, p in zip(kb, passed) if not p], [a for a, p in zip(accuracy, passed) if not p],
-                     color="tab:red", marker="x", label="fails the gate", zorder=3)
-        for k, a, r in zip(kb, accuracy, results):
-            axes.annotate(f"{r.target:.2f}", (k, a), textcoords="offset points", xytext=(5, 5), fontsize=8)
+        formats = list(dict.fromkeys(file.format for _, file in candidates(results)))
+        for n, fmt in enumerate(formats):
+            points = [(r, f) for r, f in candidates(results) if f.format == fmt]
+            color = plt.get_cmap("tab10")(n)
+            kb = [f.zip_bytes / 1024 for _, f in points]
+            accuracy = [100 * f.accuracy for _, f in points]
+            passed = [gate_problem(r, f, gate) is None for r, f in points]
+            axes.plot(kb, accuracy, color=color, alpha=0.4, linewidth=1)
+            axes.scatter(kb, accuracy, marker=MARKERS[n % len(MARKERS)], s=40, zorder=3, label=FORMAT_NAMES.get(fmt, fmt),
+                         facecolors=[color if p else "none" for p in passed], edgecolors=[color] * len(points))
+            for k, a, (r, _) in zip(kb, accuracy, points):
+                axes.annotate(f"{r.target:.2f}", (k, a), textcoords="offset points", xytext=(4, 4), fontsize=7)
         axes.scatter([sizes.baseline.zip_bytes / 1024], [100 * baseline.accuracy], color="black", marker="*", s=120,
-                     label="baseline", zorder=3)
+                     label="baseline .h5", zorder=3)
         axes.axhline(100 * baseline.accuracy - gate.max_accuracy_drop, color="tab:gray", linestyle="--",
                      label=f"gate: at most {gate.max_accuracy_drop:g} points below the baseline")
-        axes.set_xlabel("model size, zip-deflated (KiB)")
-        axes.set_ylabel("test accuracy (%)")
-        axes.set_title("Sparsity sweep: accuracy against compressed size")
-        axes.grid(alpha=0.3)
-        axes.legend(fontsize=8)
+        axes.set_xscale("log")
+        plain = FuncFormatter(lambda value, _: f"{value:g}")
+        axes.xaxis.set_major_formatter(plain)
+        axes.xaxis.set_minor_formatter(plain)
+        axes.tick_params(axis="x", which="minor", labelsize=7)
+        axes.set_xlabel("file size, zip-deflated (KiB, log scale)")
+        axes.set_ylabel("test accuracy of the file (%)")
+        axes.set_title("Sparsity sweep: accuracy against compressed size (hollow: fails the gate)")
+        axes.grid(alpha=0.3, which="both")
+        axes.legend(fontsize=7)
         figure.tight_layout()
         with atomic_path(path) as tmp:
             figure.savefig(tmp, format="png")

@@ -1,4 +1,4 @@
-"""Promotion: the model a sweep chose becomes OUTPUT_ROOT/promoted, whole or not at all.
+"""Promotion: the file a sweep chose, with its Keras model, becomes OUTPUT_ROOT/promoted, whole or not at all.
 
 `promoted` is a symlink to a version folder under `promoted-versions/`. A promotion writes the
 new version completely under a temporary name, renames it into place, then switches the link
@@ -28,18 +28,24 @@ from tasks.config import RunConfig
 from tasks.files import atomic_path, storage_errors, write_json
 from tasks.layout import OutputLayout
 from tasks.log import run_logger
-from tasks.outcome import TargetResult
+from tasks.gate import Candidate
+from tasks.outcome import FORMAT_NAMES, KERAS
 
 LINK_PREFIX = ".promoted-link-"  # a new link, before it replaces `promoted`
+DEPLOYABLE = "model.tflite"  # the promoted TFLite file, whatever its format (metrics.json says which)
 
 
-def write_version(result: TargetResult, config: RunConfig, flow_run_id: str, layout: OutputLayout) -> Path:
-    """A complete new version folder: the model, the config that made it, and its figures."""
+def write_version(chosen: Candidate, config: RunConfig, flow_run_id: str, layout: OutputLayout) -> Path:
+    """A complete new version folder: the Keras model, the deployable file when it is a TFLite
+    file (model.tflite), the config that made them, and their figures."""
+    result, file = chosen
     stamp = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}"
     version = layout.promoted_versions / f"{stamp}-{flow_run_id}-{uuid.uuid4().hex[:6]}"
     with atomic_path(version) as tmp:
         tmp.mkdir()
         shutil.copy2(result.pruned_model, tmp / "model.h5")
+        if file.format != KERAS:
+            shutil.copy2(file.path, tmp / DEPLOYABLE)
         write_json(tmp / "config.json", config.model_copy(update={"pruning": result.schedule}).model_dump(mode="json"))
         write_json(tmp / "metrics.json", {
             "flow_run_id": flow_run_id,
@@ -50,6 +56,11 @@ def write_version(result: TargetResult, config: RunConfig, flow_run_id: str, lay
             "baseline_accuracy": result.baseline.accuracy,
             "zip_bytes": result.sizes.pruned.zip_bytes,
             "zip_ratio": result.sizes.zip_ratio,
+            "deployable": {
+                "file": "model.h5" if file.format == KERAS else DEPLOYABLE,
+                **file.model_dump(mode="json", exclude={"model", "path"}),
+                "source": str(file.path),
+            },
         })
     return version
 
@@ -72,22 +83,23 @@ def remove_unlinked(layout: OutputLayout, keep: Path | None = None) -> None:
         link.unlink()
 
 
-def promote(result: TargetResult, config: RunConfig, flow_run_id: str, layout: OutputLayout) -> Path:
-    """Make `result` the promoted model, keeping the one it replaces for readers still on it;
-    return the `promoted` link."""
+def promote(chosen: Candidate, config: RunConfig, flow_run_id: str, layout: OutputLayout) -> Path:
+    """Make the chosen file (and its Keras model) the promoted version, keeping the one it
+    replaces for readers still on it; return the `promoted` link."""
     layout.promoted_versions.mkdir(parents=True, exist_ok=True)
     with FileLock(layout.promotion_lock):
         previous = layout.promoted.resolve() if layout.promoted.is_symlink() else None
-        version = write_version(result, config, flow_run_id, layout)
+        version = write_version(chosen, config, flow_run_id, layout)
         switch_link(layout, version)
         remove_unlinked(layout, keep=previous)
     return layout.promoted
 
 
 @task(cache_policy=NONE)
-def promote_model(result: TargetResult, config: RunConfig, flow_run_id: str, layout: OutputLayout) -> Path:
-    """Promote the chosen target's model (a full disk or read-only folder is a clear error)."""
+def promote_model(chosen: Candidate, config: RunConfig, flow_run_id: str, layout: OutputLayout) -> Path:
+    """Promote the chosen file (a full disk or read-only folder is a clear error)."""
     with storage_errors(layout.root, "the promoted model"):
-        link = promote(result, config, flow_run_id, layout)
-    run_logger().info("Promoted the %.2f-sparsity model to %s", result.target, link)
+        link = promote(chosen, config, flow_run_id, layout)
+    result, file = chosen
+    run_logger().info("Promoted the %.2f-sparsity model, as %s, to %s", result.target, FORMAT_NAMES[file.format], link)
     return link

@@ -113,13 +113,40 @@ def require_prunable(model, model_path: Path) -> None:
         )
 
 
-def wrap_for_pruning(model, schedule: Schedule, model_path: Path):
-    """prune_low_magnitude over the whole model, with TFMOT's refusals explained as user errors."""
+def pruning_policy(name: str):
+    """TFMOT's PruningPolicy for TrainingConfig.pruning_policy (None: prune every supported layer)."""
+    from tasks.runtime import tfmot
+
+    return tfmot.sparsity.keras.PruneForLatencyOnXNNPack() if name == "xnnpack_latency" else None
+
+
+def require_policy_fits(model, policy: str, model_path: Path) -> None:
+    """Refuse, with TFMOT's reason, a model the pruning policy does not apply to."""
+    chosen = pruning_policy(policy)
+    if chosen is None:
+        return
+    try:
+        chosen.ensure_model_supports_pruning(model)
+    except ValueError as reason:
+        raise PruneflowError(
+            f"{model_path}: training.pruning_policy {policy} does not fit this model: TFMOT says: {reason}. "
+            "It needs a MobileNet-like model: a ZeroPadding2D((1, 1)) then a 3x3 stride-2 'valid' Conv2D on 3 "
+            "channels first, 1x1 convolutions and 3x3 depthwise convolutions in between, a "
+            "GlobalAveragePooling2D(keepdims=True) last. Use pruning_policy all_layers for other models."
+        ) from None
+
+
+def wrap_for_pruning(model, schedule: Schedule, model_path: Path, policy: str = "all_layers"):
+    """prune_low_magnitude over the whole model (or the layers `policy` selects), with TFMOT's
+    refusals explained as user errors."""
     from tasks.runtime import tfmot
 
     require_prunable(model, model_path)
+    require_policy_fits(model, policy, model_path)
     try:
-        return tfmot.sparsity.keras.prune_low_magnitude(model, pruning_schedule=to_tfmot(schedule))
+        return tfmot.sparsity.keras.prune_low_magnitude(
+            model, pruning_schedule=to_tfmot(schedule), pruning_policy=pruning_policy(policy)
+        )
     except (ValueError, NotImplementedError) as error:
         raise PruneflowError(f"{model_path}: TFMOT cannot prune this model: {error}") from None
 
@@ -161,7 +188,7 @@ def start_or_resume(
     if checkpoint.is_file():
         wrapped = load_model(checkpoint, pruning_wrappers=True, compile=True)
         return wrapped, pruning_step(wrapped) // steps_per_epoch
-    wrapped = wrap_for_pruning(baseline.load(), schedule, baseline.path)
+    wrapped = wrap_for_pruning(baseline.load(), schedule, baseline.path, training.pruning_policy)
     compile_model(wrapped, make_optimizer(training))
     return wrapped, 0
 
@@ -269,8 +296,9 @@ def is_transient(exc: BaseException) -> bool:
 
 
 def check_prunable(preflight: Preflight) -> None:
-    """TFMOT can wrap the whole baseline, and the schedule prunes inside the run."""
+    """TFMOT can wrap the whole baseline (under the pruning policy), and the schedule prunes inside the run."""
     require_prunable(preflight.baseline_model, preflight.config.model.baseline)
+    require_policy_fits(preflight.baseline_model, preflight.config.training.pruning_policy, preflight.config.model.baseline)
     preflight.schedule  # noqa: B018 (resolving it is the check)
 
 

@@ -10,10 +10,10 @@ from prefect.cache_policies import NONE
 
 from tasks.config import RunConfig, SweepConfig
 from tasks.files import storage_errors, write_json
-from tasks.gate import gate_problem
+from tasks.gate import Candidate, accuracy_drop, candidates, gate_problem
 from tasks.layout import OutputLayout
 from tasks.log import run_logger
-from tasks.outcome import PruningOutcome, TargetResult
+from tasks.outcome import FORMAT_NAMES, Deployable, PruningOutcome, TargetResult
 from tasks.plot import plot_sweep
 
 ARTIFACT_KEY = "pruneflow-summary"
@@ -44,11 +44,42 @@ def comparison_rows(summary: RunSummary) -> list[dict[str, str]]:
          "pruned": f"{sizes.pruned.raw_bytes:,}", "change": f"{sizes.raw_ratio:.2f}x smaller"},
         {"metric": "zip-deflated (bytes)", "baseline": f"{sizes.baseline.zip_bytes:,}",
          "pruned": f"{sizes.pruned.zip_bytes:,}", "change": f"{sizes.zip_ratio:.2f}x smaller"},
-        {"metric": "gzipped (bytes)", "baseline": f"{sizes.baseline.gzip_bytes:,}",
-         "pruned": f"{sizes.pruned.gzip_bytes:,}", "change": f"{sizes.gzip_ratio:.2f}x smaller"},
+        {"metric": "xz-compressed (bytes)", "baseline": f"{sizes.baseline.xz_bytes:,}",
+         "pruned": f"{sizes.pruned.xz_bytes:,}", "change": f"{sizes.xz_ratio:.2f}x smaller"},
         {"metric": "floor: non-zero weights x 4 (bytes)", "baseline": f"{sizes.baseline.floor_bytes:,}",
          "pruned": f"{sizes.pruned.floor_bytes:,}", "change": ""},
     ]
+
+
+def file_rows(outcome: PruningOutcome) -> list[dict[str, str]]:
+    """One row per deployable file of the baseline and of the pruned model, formatted for people.
+
+    Sizes are followed by how many times smaller the file is than the baseline .h5, compressed
+    alike; speed-up is against the baseline in the same format (a sparse format's dense one).
+    """
+    return [
+        {
+            "model": file.model,
+            "format": FORMAT_NAMES.get(file.format, file.format),
+            "bytes": f"{file.raw_bytes:,} ({file.raw_ratio:.2f}x)",
+            "zip-deflated": f"{file.zip_bytes:,} ({file.zip_ratio:.2f}x)",
+            "xz": f"{file.xz_bytes:,} ({file.xz_ratio:.2f}x)",
+            "accuracy": f"{file.accuracy:.4f}",
+            "agreement": f"{file.agreement:.2%}",
+            "latency median / p90 (ms)": f"{file.latency_median_ms:.3f} / {file.latency_p90_ms:.3f}",
+            "speed-up": f"{file.speedup:.2f}x",
+        }
+        for file in outcome.deployables
+    ]
+
+
+def latency_note(outcome: PruningOutcome) -> str:
+    latency = outcome.latency
+    return (
+        f"Latency: batch 1, median and 90th percentile of {latency.timings[0].runs} runs after warm-up, TFLite files in "
+        f"tf.lite.Interpreter (XNNPACK) on {latency.threads} thread(s), Keras as a tf.function; on {latency.machine}. "
+        f"{latency.sparse_kernels}"
+    )
 
 
 def markdown_table(rows: list[dict[str, str]]) -> str:
@@ -66,10 +97,15 @@ def render_table(summary: RunSummary) -> str:
     return markdown_table(comparison_rows(summary))
 
 
+def render_files(outcome: PruningOutcome) -> str:
+    """The deployable files as a Markdown table, and how latency was measured."""
+    return f"{markdown_table(file_rows(outcome))}\n\n{latency_note(outcome)}"
+
+
 def render_markdown(summary: RunSummary) -> str:
     stages = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in summary.stage_seconds.items())
     return (
-        f"# Pruning run\n\n{render_table(summary)}\n\n"
+        f"# Pruning run\n\n{render_table(summary)}\n\n## Deployable files\n\n{render_files(summary)}\n\n"
         f"- Schedule: `{summary.schedule.model_dump_json()}`\n"
         f"- Test images: {summary.pruned.examples}; classes: {', '.join(summary.classes)}\n"
         f"- Pruned model: `{summary.pruned_model}`\n"
@@ -85,38 +121,47 @@ def publish_report(summary: RunSummary) -> Path:
         path = write_json(summary.run_dir / "summary.json", summary.model_dump(mode="json"))
     create_markdown_artifact(key=ARTIFACT_KEY, markdown=render_markdown(summary), description="Baseline vs pruned")
     create_table_artifact(key=f"{ARTIFACT_KEY}-table", table=comparison_rows(summary), description="Baseline vs pruned")
+    create_table_artifact(key=f"{ARTIFACT_KEY}-files", table=file_rows(summary), description="Deployable files")
     run_logger().info("Summary written to %s", path)
     return path
 
 
-def sweep_row(result: TargetResult, gate: SweepConfig) -> dict[str, str]:
-    """One line of the sweep's table, formatted for people."""
-    problem = gate_problem(result, gate)
+def sweep_row(result: TargetResult, file: Deployable, gate: SweepConfig) -> dict[str, str]:
+    """One line of the sweep's table, one deployable file of one target, formatted for people."""
+    problem = gate_problem(result, file, gate)
     return {
         "target": f"{result.target:.2f}",
+        "format": FORMAT_NAMES.get(file.format, file.format),
         "measured sparsity": f"{result.measured_sparsity:.4f}",
-        "test accuracy": f"{result.pruned.accuracy:.4f}",
-        "change": f"{result.accuracy_change:+.2f} points",
-        "zip-deflated (bytes)": f"{result.sizes.pruned.zip_bytes:,}",
-        "vs baseline": f"{result.sizes.zip_ratio:.2f}x smaller",
-        "training (s)": f"{result.training.seconds:.1f}",
+        "test accuracy": f"{file.accuracy:.4f}",
+        "change": f"{-accuracy_drop(result, file):+.2f} points",
+        "bytes": f"{file.raw_bytes:,}",
+        "zip-deflated": f"{file.zip_bytes:,} ({file.zip_ratio:.2f}x)",
+        "latency (ms)": f"{file.latency_median_ms:.3f}",
         "gate": "pass" if problem is None else f"fail: {problem}",
     }
 
 
-def render_sweep(results: list[TargetResult], chosen: TargetResult | None, config: RunConfig) -> str:
+def describe_candidate(candidate: Candidate | None) -> str:
+    if candidate is None:
+        return "none"
+    result, file = candidate
+    return f"sparsity {result.target}, {FORMAT_NAMES.get(file.format, file.format)} ({file.zip_bytes:,} B zip-deflated)"
+
+
+def render_sweep(results: list[TargetResult], chosen: Candidate | None, config: RunConfig) -> str:
     """The sweep's table as Markdown, and what was promoted."""
     if not results:
         return "No target completed."
-    table = markdown_table([sweep_row(result, config.sweep) for result in results])
+    table = markdown_table([sweep_row(result, file, config.sweep) for result, file in candidates(results)])
     promoted = OutputLayout(root=config.output_root).promoted
-    line = f"Promoted: sparsity {chosen.target}, to `{promoted}`" if chosen else "Promoted: none"
-    return f"Baseline test accuracy {results[0].baseline.accuracy:.4f}.\n\n{table}\n\n{line}"
+    line = f"Promoted: {describe_candidate(chosen)}, to `{promoted}`" if chosen else "Promoted: none"
+    return f"Baseline test accuracy {results[0].baseline.accuracy:.4f} (Keras).\n\n{table}\n\n{line}"
 
 
 @task(cache_policy=NONE)
 def publish_sweep(
-    results: list[TargetResult], chosen: TargetResult | None, failures: dict[float, str], config: RunConfig, run_dir: Path
+    results: list[TargetResult], chosen: Candidate | None, failures: dict[float, str], config: RunConfig, run_dir: Path
 ) -> None:
     """sweep.json and sweep.png in the run's folder, and the table as Prefect artifacts.
 
@@ -126,7 +171,7 @@ def publish_sweep(
     with storage_errors(run_dir, "the sweep's report"):
         write_json(run_dir / "sweep.json", {
             "results": [result.model_dump(mode="json") for result in results],
-            "promoted": chosen.target if chosen else None,
+            "promoted": {"target": chosen[0].target, "format": chosen[1].format} if chosen else None,
             "failed": {str(target): why for target, why in failures.items()},
             "gate": config.sweep.model_dump(mode="json"),
         })
@@ -134,10 +179,10 @@ def publish_sweep(
     markdown = render_sweep(results, chosen, config)
     where = f"- Run folder: `{run_dir}` (sweep.json)\n"
     if results:
-        models = ", ".join(f"{r.target:.2f}: `{r.pruned_model}`" for r in results)
+        models = ", ".join(f"{r.target:.2f}: `{r.pruned_model}` and TFLite files in `{r.exports.folder}`" for r in results)
         where += f"- Plot: `{plot}`\n- Models: {models}\n"
     create_markdown_artifact(key=SWEEP_KEY, markdown=f"# Sparsity sweep\n\n{markdown}\n\n{where}", description="Sweep")
     if results:
-        rows = [sweep_row(result, config.sweep) for result in results]
+        rows = [sweep_row(result, file, config.sweep) for result, file in candidates(results)]
         create_table_artifact(key=f"{SWEEP_KEY}-table", table=rows, description="Sweep")
     run_logger().info("Sweep:\n%s", markdown)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import gzip
 import io
+import lzma
 import zipfile
 from pathlib import Path
 
@@ -24,7 +24,7 @@ class ModelSize(BaseModel):
     file: str  # its name in the size artifact's folder
     raw_bytes: int
     zip_bytes: int
-    gzip_bytes: int
+    xz_bytes: int
     weights: int
     nonzero_weights: int
 
@@ -48,8 +48,8 @@ class SizeReport(StoredArtifact):
 
     @computed_field
     @property
-    def gzip_ratio(self) -> float:
-        return self.baseline.gzip_bytes / self.pruned.gzip_bytes
+    def xz_ratio(self) -> float:
+        return self.baseline.xz_bytes / self.pruned.xz_bytes
 
     @computed_field
     @property
@@ -65,9 +65,10 @@ def zip_size(path: Path) -> int:
     return buffer.getbuffer().nbytes
 
 
-def gzip_size(path: Path) -> int:
-    """Bytes of the file gzipped at the highest level."""
-    return len(gzip.compress(path.read_bytes(), compresslevel=9))
+def xz_size(path: Path) -> int:
+    """Bytes of the file compressed with xz (LZMA2) at preset 9: the strongest compressor of
+    Python's standard library, and a common format for shipping files."""
+    return len(lzma.compress(path.read_bytes(), preset=9))
 
 
 def save_and_measure(model_file: ModelFile, out_path: Path) -> ModelSize:
@@ -79,14 +80,14 @@ def save_and_measure(model_file: ModelFile, out_path: Path) -> ModelSize:
         file=out_path.name,
         raw_bytes=out_path.stat().st_size,
         zip_bytes=zip_size(out_path),
-        gzip_bytes=gzip_size(out_path),
+        xz_bytes=xz_size(out_path),
         weights=int(sum(v.size for v in values)),
         nonzero_weights=int(sum(np.count_nonzero(v) for v in values)),
     )
 
 
 def compare_sizes(out: Path, baseline: ModelFile, pruned: ModelFile) -> SizeReport:
-    """Bytes on disk, zip-deflated and gzipped, of both models saved the same way (.h5, no
+    """Bytes on disk, zip-deflated and xz-compressed, of both models saved the same way (.h5, no
     optimizer), so the sizes compare like with like; sizes.json holds the figures."""
     from tasks.runtime import keras
 

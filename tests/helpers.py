@@ -218,10 +218,20 @@ def read_only(folder: Path) -> Iterator[Path]:
 
 
 def target_result(target: float, accuracy: float, zip_bytes: int, *, baseline_accuracy: float = 0.95,
-                  model: Path = Path("/nowhere/pruned.h5"), seconds: float = 1.0):
-    """A sweep target's result with the given figures, for tests of what is decided from them."""
+                  model: Path = Path("/nowhere/pruned.h5"), seconds: float = 1.0, latency_ms: float = 1.0,
+                  files: dict[str, tuple[float, int, float]] | None = None):
+    """A sweep target's result with the given figures, for tests of what is decided from them.
+
+    Args:
+        accuracy, zip_bytes, latency_ms: the pruned Keras model's.
+        files: export format -> (accuracy, zip bytes, latency in ms) of the pruned model's file in
+            that format; the baseline's files are 40,000 B zipped, with the baseline's accuracy.
+    """
     from tasks.config import ConstantSchedule
     from tasks.evaluate import Evaluation
+    from tasks.export import ExportedFile, ExportedModels
+    from tasks.interpreter import ExportEvaluation, FileEvaluation
+    from tasks.latency import LatencyReport, Timing
     from tasks.outcome import TargetResult
     from tasks.prune import TrainedModel
     from tasks.sanity import SanityReport, TensorSparsity
@@ -230,6 +240,16 @@ def target_result(target: float, accuracy: float, zip_bytes: int, *, baseline_ac
     folder = model.parent
     size = 10_000
     zeros = round(size * target)
+    files = files or {}
+    dense = list(dict.fromkeys(fmt.removesuffix("_sparse") for fmt in files))
+
+    def exported(fmt: str, zipped: int) -> ExportedFile:
+        return ExportedFile(format=fmt, file=f"model_{fmt}.tflite", raw_bytes=2 * zipped, zip_bytes=zipped,
+                            xz_bytes=zipped, weights=[])
+
+    def timing(owner: str, fmt: str, ms: float) -> Timing:
+        return Timing(model=owner, format=fmt, median_ms=ms, p90_ms=1.2 * ms, runs=10)
+
     return TargetResult(
         target=target, pruned_model=model, schedule=ConstantSchedule(target_sparsity=target, end_step=10),
         baseline=Evaluation(folder=folder, accuracy=baseline_accuracy, loss=0.1, examples=100),
@@ -239,11 +259,25 @@ def target_result(target: float, accuracy: float, zip_bytes: int, *, baseline_ac
         ]),
         sizes=SizeReport(
             folder=folder,
-            baseline=ModelSize(file="baseline.h5", raw_bytes=50_000, zip_bytes=40_000, gzip_bytes=39_000,
+            baseline=ModelSize(file="baseline.h5", raw_bytes=50_000, zip_bytes=40_000, xz_bytes=39_000,
                                weights=size, nonzero_weights=size),
-            pruned=ModelSize(file="pruned.h5", raw_bytes=50_000, zip_bytes=zip_bytes, gzip_bytes=zip_bytes - 100,
+            pruned=ModelSize(file="pruned.h5", raw_bytes=50_000, zip_bytes=zip_bytes, xz_bytes=zip_bytes,
                              weights=size, nonzero_weights=size - zeros),
         ),
         training=TrainedModel(folder=folder, epochs=2, resumed_from_epoch=0, steps=10, seconds=seconds,
                               final_val_accuracy=accuracy),
+        baseline_exports=ExportedModels(folder=folder, files=[exported(fmt, 40_000) for fmt in dense]),
+        baseline_export_evaluation=ExportEvaluation(folder=folder, files=[
+            FileEvaluation(format=fmt, accuracy=baseline_accuracy, agreement=1.0, examples=100) for fmt in dense
+        ]),
+        exports=ExportedModels(folder=folder, files=[exported(fmt, z) for fmt, (_, z, _) in files.items()]),
+        export_evaluation=ExportEvaluation(folder=folder, files=[
+            FileEvaluation(format=fmt, accuracy=a, agreement=1.0, examples=100) for fmt, (a, _, _) in files.items()
+        ]),
+        latency=LatencyReport(
+            folder=folder, machine="test machine", threads=1, sparse_kernels="",
+            timings=[timing("baseline", "keras", 1.0), timing("pruned", "keras", latency_ms)]
+            + [timing("baseline", fmt, 0.1) for fmt in dense]
+            + [timing("pruned", fmt, ms) for fmt, (_, _, ms) in files.items()],
+        ),
     )

@@ -10,8 +10,9 @@ from tasks.errors import PruneflowError
 from tasks.store import ArtifactStore
 from tests.helpers import STAGES, stage_states, task_runs
 
-UPSTREAM = ["prepare_dataset", "evaluate_baseline"]
-TRAINING_AND_AFTER = STAGES[2:]
+UPSTREAM = STAGES[: STAGES.index("prune_train")]  # the dataset, and the baseline's evaluation and export
+TRAINING_AND_AFTER = STAGES[STAGES.index("prune_train") :]
+EXPORTS = ["export_baseline", "evaluate_baseline_exports", "export_pruned", "evaluate_pruned_exports", "measure_latency"]
 
 
 def states(state) -> dict[str, str]:
@@ -61,14 +62,28 @@ def test_a_new_batch_size_reruns_what_batches_but_not_the_dataset(prefect_server
     run(config_dict)
     config_dict["dataset"] = {**config_dict["dataset"], "batch_size": 4}
     got = states(run(config_dict))
-    assert got["prepare_dataset"] == "Cached"
-    assert {s: got[s] for s in STAGES[1:]} == {s: "Completed" for s in STAGES[1:]}
+    unbatched = {"prepare_dataset", "export_baseline"}  # converting a model reads no batches
+    assert {s: got[s] for s in STAGES} == {s: "Cached" if s in unbatched else "Completed" for s in STAGES}
 
 
-def test_a_new_sanity_tolerance_reruns_the_sanity_check_only(prefect_server, config_dict):
+def test_a_new_sanity_tolerance_reruns_the_sanity_checks_only(prefect_server, config_dict):
     run(config_dict)
     got = states(run({**config_dict, "sanity_tolerance": 0.02}))
-    assert {s: got[s] for s in STAGES} == {s: "Completed" if s == "sanity_check" else "Cached" for s in STAGES}
+    # export_pruned checks its files against the sanity report; the files it makes are the same.
+    checks = {"sanity_check", "export_pruned"}
+    assert {s: got[s] for s in STAGES} == {s: "Completed" if s in checks else "Cached" for s in STAGES}
+
+
+def test_export_settings_rerun_the_exports_and_latency_settings_the_latency_only(prefect_server, config_dict):
+    run(config_dict)
+    got = states(run({**config_dict, "export": {"latency_runs": 7}}))
+    assert {s: got[s] for s in STAGES} == {s: "Completed" if s == "measure_latency" else "Cached" for s in STAGES}
+    state = run({**config_dict, "export": {"latency_runs": 7, "formats": ["int8"]}})
+    got = states(state)
+    assert {s: got[s] for s in STAGES} == {s: "Completed" if s in EXPORTS else "Cached" for s in STAGES}
+    assert [(f.model, f.format) for f in state.result().deployables] == [
+        ("baseline", "keras_h5"), ("baseline", "int8"), ("pruned", "keras_h5"), ("pruned", "int8"),
+    ]
 
 
 def test_another_baseline_content_reruns_everything_after_the_dataset(prefect_server, config_dict, tmp_path):
@@ -108,7 +123,8 @@ def test_a_damaged_artifact_reruns_its_stage_and_not_what_came_before(prefect_se
     else:
         (folder / "pruned.h5").write_bytes(b"garbage")
     got = states(run(config_dict))
-    assert {s: got[s] for s in STAGES[:3]} == {s: "Cached" for s in STAGES[:3]}
+    before = STAGES[: STAGES.index("strip")]
+    assert {s: got[s] for s in before} == {s: "Cached" for s in before}
     assert got["strip"] == "Completed"
     assert store.problem("strip", folder.name) is None
     if damage == "corrupt":
@@ -148,7 +164,7 @@ def test_flow_retry_reuses_finished_stages_and_resumes_training(prefect_server, 
     by_stage = {}
     for name, state_name, _ in runs:
         by_stage.setdefault(name, []).append(state_name)
-    assert by_stage["prepare_dataset"] == ["Completed", "Cached"]
-    assert by_stage["evaluate_baseline"] == ["Completed", "Cached"]
+    assert {s: by_stage[s] for s in UPSTREAM} == {s: ["Completed", "Cached"] for s in UPSTREAM}
     assert by_stage["prune_train"] == ["Failed", "Completed"]
-    assert all(by_stage[s] == ["Completed"] for s in STAGES[3:])
+    after = STAGES[STAGES.index("prune_train") + 1 :]
+    assert {s: by_stage[s] for s in after} == {s: ["Completed"] for s in after}

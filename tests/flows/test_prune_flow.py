@@ -7,6 +7,7 @@ import pytest
 from flows.prune import prune_flow
 from tasks.config import parse_config
 from tasks.errors import PruneflowError
+from tasks.outcome import FORMAT_NAMES, KERAS
 from tasks.report import ARTIFACT_KEY, RunSummary
 from tasks.store import ArtifactStore
 from tests.helpers import STAGES, artifacts_of, stage_states
@@ -48,6 +49,27 @@ def test_flow_prunes_strips_checks_measures_and_reports(prefect_server, config_d
     assert f"{summary.sizes.zip_ratio:.2f}x smaller" in artifacts[ARTIFACT_KEY].data
     table = json.loads(artifacts[f"{ARTIFACT_KEY}-table"].data)  # table artifacts are stored as JSON
     assert [row["metric"] for row in table][:2] == ["test accuracy", "test loss"]
+
+    # The deployable files: the Keras .h5 and every TFLite format of the pruned model, the
+    # dense ones of the baseline; each measured on the file itself and timed.
+    files = [(f.model, f.format) for f in summary.deployables]
+    assert files == [("baseline", fmt) for fmt in (KERAS, "float32", "int8")] + [
+        ("pruned", fmt) for fmt in (KERAS, "float32", "float32_sparse", "int8", "int8_sparse")
+    ]
+    for file in summary.deployables:
+        assert file.path.stat().st_size == file.raw_bytes, file.format
+        assert 0 < file.latency_median_ms <= file.latency_p90_ms and 0 <= file.accuracy <= 1
+    pruned = {f.format: f for f in summary.deployables if f.model == "pruned"}
+    assert pruned["float32"].agreement == pruned["float32_sparse"].agreement == 1.0
+    assert pruned["float32"].accuracy == pytest.approx(summary.pruned.accuracy)
+    assert pruned["float32_sparse"].raw_bytes < pruned["float32"].raw_bytes
+    assert pruned["int8"].zip_bytes < pruned["float32"].zip_bytes and pruned["int8"].zip_ratio > summary.sizes.zip_ratio
+    assert all(t.sparsity >= 0.49 for f in summary.exports.files for t in f.sparsity)
+    assert len(summary.latency.timings) == 8 and summary.latency.machine
+    assert "XNNPACK's sparse kernels cannot apply" in summary.latency.sparse_kernels
+    rows = json.loads(artifacts[f"{ARTIFACT_KEY}-files"].data)
+    assert [row["format"] for row in rows] == [FORMAT_NAMES[fmt] for _, fmt in files]
+    assert f"{pruned['int8'].zip_bytes:,} ({pruned['int8'].zip_ratio:.2f}x)" in artifacts[ARTIFACT_KEY].data
 
 
 def test_bad_data_fails_the_input_check_before_any_stage(prefect_server, config_dict, tiny_data, tmp_path):

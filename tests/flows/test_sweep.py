@@ -23,28 +23,41 @@ def test_sweep_prunes_each_target_and_promotes_the_smallest_within_the_gate(pref
     runs = task_runs(state.state_details.flow_run_id)
     counts = {name: sum(1 for run in runs if run[0] == name) for name, _, _ in runs}
     assert counts["prepare_dataset"] == counts["evaluate_baseline"] == 1
-    assert all(counts[stage] == 2 for stage in ("prune_train", "strip", "sanity_check", "measure_size", "evaluate_pruned"))
+    assert counts["export_baseline"] == counts["evaluate_baseline_exports"] == 1
+    per_target = ("prune_train", "strip", "sanity_check", "measure_size", "evaluate_pruned", "export_pruned",
+                  "evaluate_pruned_exports", "measure_latency")
+    assert all(counts[stage] == 2 for stage in per_target)
     assert [r.target for r in results] == [0.3, 0.6]
     assert [r.measured_sparsity for r in results] == pytest.approx([0.3, 0.6], abs=0.01)
     assert results[1].sizes.pruned.zip_bytes < results[0].sizes.pruned.zip_bytes
 
+    # Every file passes this gate: the smallest one, zip-deflated, is promoted with its Keras model.
+    files = [(r, f) for r in results for f in r.deployables if f.model == "pruned"]
+    assert len(files) == 10  # the Keras .h5 and four TFLite files per target
+    smallest_result, smallest = min(files, key=lambda item: item[1].zip_bytes)
+    assert smallest_result.target == 0.6 and smallest.format.startswith("int8")
     promoted = config.output_root / "promoted"
     metrics = json.loads((promoted / "metrics.json").read_text())
     assert metrics["target"] == 0.6 and metrics["flow_run_id"] == str(state.state_details.flow_run_id)
     assert (promoted / "model.h5").read_bytes() == results[1].pruned_model.read_bytes()
+    assert (promoted / "model.tflite").read_bytes() == smallest.path.read_bytes()
+    assert metrics["deployable"]["format"] == smallest.format and metrics["deployable"]["zip_bytes"] == smallest.zip_bytes
     assert json.loads((promoted / "config.json").read_text())["pruning"]["target_sparsity"] == 0.6
     history = read_history(config.output_root / "history")
-    assert list(history["target"]) == [0.3, 0.6] and list(history["promoted"]) == [False, True]
+    assert list(history["target"]) == [0.3] * 5 + [0.6] * 5
+    assert list(history["promoted"]) == [f is smallest for _, f in files]
+    assert list(history["format"]) == [f.format for _, f in files] and history["latency_ms"].gt(0).all()
     [run_dir] = (config.output_root / "runs").iterdir()
     assert (run_dir / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     recorded = json.loads((run_dir / "sweep.json").read_text())
-    assert recorded["promoted"] == 0.6 and [r["target"] for r in recorded["results"]] == [0.3, 0.6]
+    assert recorded["promoted"] == {"target": 0.6, "format": smallest.format}
+    assert [r["target"] for r in recorded["results"]] == [0.3, 0.6]
     artifacts = artifacts_of(state.state_details.flow_run_id)
     markdown = artifacts["pruneflow-sweep"].data
     assert "Promoted: sparsity 0.6" in markdown and str(run_dir / "sweep.png") in markdown
     assert str(results[0].pruned_model) in markdown
     table = json.loads(artifacts["pruneflow-sweep-table"].data)
-    assert [row["target"] for row in table] == ["0.30", "0.60"] and {row["gate"] for row in table} == {"pass"}
+    assert [row["target"] for row in table] == ["0.30"] * 5 + ["0.60"] * 5 and {row["gate"] for row in table} == {"pass"}
 
 
 def test_targets_that_fail_are_reported_and_fail_the_sweep(prefect_server, config_dict, monkeypatch):
@@ -68,13 +81,13 @@ def test_no_target_within_the_gate_fails_the_run_and_keeps_the_promoted_model(pr
 
     second = sweep_flow(config, return_state=True)
     assert second.is_failed()
-    with pytest.raises(PruneflowError, match=r"no target passed the gate .*min_sparsity 0.9.*the best candidate, sparsity 0\.[36]"):
+    with pytest.raises(PruneflowError, match=r"no file passed the gate .*min_sparsity 0.9.*the best candidate, sparsity 0\.[36] as "):
         second.result()
     assert {path.name: path.read_bytes() for path in promoted.iterdir()} == before
     history = read_history(config.output_root / "history")
-    assert len(history) == 4 and history["flow_run_id"].nunique() == 2
-    assert list(history["promoted"]) == [False, True, False, False]
-    assert not history["passed_gate"].iloc[2:].any()
+    assert len(history) == 20 and history["flow_run_id"].nunique() == 2  # 2 targets x 5 files, twice
+    assert history["promoted"].sum() == 1 and history["promoted"].iloc[:10].any()
+    assert not history["passed_gate"].iloc[10:].any()
 
 
 def test_history_lists_runs_and_exits_1_when_the_latest_regressed(prefect_server, config_dict, tmp_path, capsys):
@@ -90,10 +103,10 @@ def test_history_lists_runs_and_exits_1_when_the_latest_regressed(prefect_server
     assert "no sweep history yet" in capsys.readouterr().err
     assert main(["sweep", str(loose)]) == 0
     out = capsys.readouterr().out
-    assert "| 0.60   | 0.6" in out and "Promoted: sparsity 0.6" in out
+    assert "| 0.60   | TFLite int8 " in out and "Promoted: sparsity 0.6, TFLite int8" in out
     assert main(["history", str(loose)]) == 0
     assert main(["sweep", str(strict)]) == 2
-    assert "no target passed the gate" in capsys.readouterr().err
+    assert "no file passed the gate" in capsys.readouterr().err
     assert main(["history", str(loose)]) == 1
     header, first, second = capsys.readouterr().out.splitlines()  # the two sweeps, oldest first
     assert header.startswith("started (UTC)")

@@ -158,3 +158,16 @@ def test_every_field_has_a_description_for_the_ui_form():
     choices = schema["properties"]["pruning"]["anyOf"]
     titles = [schema["$defs"][choice["$ref"].rsplit("/", 1)[-1]]["title"] for choice in choices]
     assert titles == ["Constant sparsity", "Polynomial decay"]
+
+
+def test_export_formats_are_checked_and_named(config_dict):
+    from tasks.config import parse_config
+
+    with pytest.raises(PruneflowError, match=r"export.formats.0: Input should be 'float32'.*\(got 'float16'\)"):
+        parse_config({**config_dict, "export": {"formats": ["float16"]}})
+    with pytest.raises(PruneflowError, match=r"export: .*repeat a format"):
+        parse_config({**config_dict, "export": {"formats": ["int8", "int8"]}})
+    config = parse_config({**config_dict, "export": {"formats": ["int8_sparse", "float32_sparse", "int8"]}})
+    assert config.export_spec.formats == ("int8_sparse", "float32_sparse", "int8")
+    assert config.export_spec.dense().formats == ("int8", "float32")  # the baseline's, each once
+    assert config.latency_spec.runs == config.export.latency_runs

@@ -6,18 +6,21 @@ import pandas as pd
 
 from tasks.config import SweepConfig
 from tasks.history import append_history, history_rows, read_history, regressions, runs_summary
+from tasks.outcome import KERAS
 from tests.helpers import target_result
 
 START = datetime(2026, 11, 1, 2, tzinfo=timezone.utc)
 
 
 def history(*runs):
-    """Rows as the sweep appends them: (run id, [(target, accuracy, zip bytes, promoted)][, config digest])."""
+    """Rows as the sweep appends them: (run id, [(target, accuracy, zip bytes, promoted[, latency ms])][, config
+    digest]), each the target's int8 file."""
     return pd.DataFrame([
-        {"flow_run_id": run_id, "started": START + timedelta(days=day), "target": target, "config_digest": digest,
-         "accuracy": accuracy, "zip_bytes": size, "promoted": promoted}
+        {"flow_run_id": run_id, "started": START + timedelta(days=day), "target": target, "format": "int8",
+         "config_digest": digest, "accuracy": accuracy, "zip_bytes": size, "promoted": promoted,
+         "latency_ms": latency[0] if latency else 1.0}
         for day, (run_id, rows, *other) in enumerate(runs) for digest in [other[0] if other else "nightly"]
-        for target, accuracy, size, promoted in rows
+        for target, accuracy, size, promoted, *latency in rows
     ])
 
 
@@ -59,15 +62,16 @@ def test_a_first_run_and_runs_of_a_config_that_never_promoted_are_not_regression
 def test_history_files_read_back_as_one_table_and_a_retried_run_counts_once(tmp_path):
     gate = SweepConfig(max_accuracy_drop=1.0, min_sparsity=0.5)
     results = [target_result(0.5, 0.95, 300), target_result(0.8, 0.90, 200)]
+    promoted = (results[0], results[0].deployable(KERAS))
 
     def append(run_id, started, promoted):
         rows = history_rows(results, promoted, gate, flow_run_id=run_id, started=started,
                             code_version="c0de", config_digest="cfg")
         return append_history(tmp_path / "history", rows)
 
-    append("run-1", START, results[0])
+    append("run-1", START, promoted)
     append("run-2", START + timedelta(days=1), None)  # failed, then retried by the UI's Retry:
-    append("run-2", START + timedelta(days=1, minutes=5), results[0])  # same flow run id, later rows
+    append("run-2", START + timedelta(days=1, minutes=5), promoted)  # same flow run id, later rows
     assert len(list((tmp_path / "history").glob("*.parquet"))) == 3  # nothing overwritten
     assert not list((tmp_path / "history").glob(".*"))  # no temporary file left
     (tmp_path / "history" / ".being-written.tmp.parquet").write_bytes(b"PAR1 half")  # another sweep, mid-write
@@ -78,3 +82,41 @@ def test_history_files_read_back_as_one_table_and_a_retried_run_counts_once(tmp_
     assert set(table["code_version"]) == {"c0de"} and list(table["target"]) == [0.5, 0.8, 0.5, 0.8]
     assert list(runs_summary(table)["target"]) == [0.5, 0.5]
     assert read_history(tmp_path / "none").empty
+
+
+def test_a_promoted_file_slower_beyond_the_tolerance_is_a_regression():
+    runs = runs_summary(history(
+        ("mon", [(0.8, 0.96, 600, True, 1.0)]),
+        ("tue", [(0.8, 0.96, 600, True, 1.25)]),  # 25 % slower: at the tolerance
+        ("wed", [(0.8, 0.96, 600, True, 1.6)]),  # 28 % slower than tue
+    ))
+    found = regressions(runs, tolerance=0.5, latency_tolerance=0.25)
+    assert found == {"wed": "latency 1.600 ms, up 28% from 1.250 ms"}
+    assert set(regressions(runs, tolerance=0.5, latency_tolerance=0.1)) == {"tue", "wed"}
+
+
+def test_every_file_of_every_target_is_a_row_with_its_format_size_accuracy_and_latency(tmp_path):
+    gate = SweepConfig(max_accuracy_drop=1.0, min_sparsity=0.5)
+    result = target_result(0.8, 0.95, 300, latency_ms=2.0, files={"int8": (0.93, 90, 0.05), "float32": (0.95, 280, 0.1)})
+    rows = history_rows([result], (result, result.deployable("float32")), gate, flow_run_id="run-1", started=START,
+                        code_version="c0de", config_digest="cfg")
+    append_history(tmp_path, rows)
+    table = read_history(tmp_path)
+    assert list(table["format"]) == [KERAS, "int8", "float32"]
+    assert list(table["zip_bytes"]) == [300, 90, 280] and list(table["latency_ms"]) == [2.0, 0.05, 0.1]
+    assert list(table["accuracy"]) == [0.95, 0.93, 0.95] and list(table["passed_gate"]) == [True, False, True]
+    assert list(table["promoted"]) == [False, False, True]
+    assert runs_summary(table)[["format", "zip_bytes"]].values.tolist() == [["float32", 280]]
+
+
+def test_history_written_before_files_were_exported_reads_as_the_keras_files(tmp_path):
+    old = pd.DataFrame([{"flow_run_id": "old", "started": START, "config_digest": "cfg", "target": 0.8,
+                         "accuracy": 0.95, "zip_bytes": 300, "promoted": True}])  # no format, no latency
+    append_history(tmp_path, old)
+    new = history_rows([target_result(0.8, 0.95, 300, latency_ms=2.0)], None, SweepConfig(), flow_run_id="new",
+                       started=START + timedelta(days=1), code_version="c0de", config_digest="cfg")
+    append_history(tmp_path, new)
+    table = read_history(tmp_path)
+    assert list(table["format"]) == [KERAS, KERAS]
+    assert pd.isna(table["latency_ms"].iloc[0]) and table["latency_ms"].iloc[1] == 2.0
+    assert regressions(runs_summary(table), tolerance=0.5) == {"new": "no model passed the gate (the run before promoted one)"}

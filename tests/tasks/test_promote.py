@@ -8,6 +8,7 @@ import pytest
 from tasks.config import parse_config
 from tasks.layout import OutputLayout
 from tasks.promote import LINK_PREFIX, promote, remove_unlinked, switch_link, write_version
+from tasks.outcome import KERAS
 from tests.helpers import target_result
 
 
@@ -20,7 +21,8 @@ def setting(config_dict, tmp_path):
         model = tmp_path / f"strip-{target}" / "pruned.h5"
         model.parent.mkdir()
         model.write_bytes(f"model pruned to {target}".encode())
-        models.append(target_result(target, accuracy=0.95, zip_bytes=int(1000 * (1 - target)), model=model))
+        result = target_result(target, accuracy=0.95, zip_bytes=int(1000 * (1 - target)), model=model)
+        models.append((result, result.deployable(KERAS)))
     return layout, parse_config(config_dict), models
 
 
@@ -32,7 +34,7 @@ def test_promotion_copies_the_model_its_config_and_figures(setting):
     layout, config, (first, _) = setting
     link = promote(first, config, "run-1", layout)
     assert link == layout.promoted and link.is_symlink()
-    assert promoted_bytes(layout) == first.pruned_model.read_bytes()
+    assert promoted_bytes(layout) == first[0].pruned_model.read_bytes()
     assert json.loads((link / "config.json").read_text())["pruning"]["target_sparsity"] == 0.7
     metrics = json.loads((link / "metrics.json").read_text())
     assert metrics["flow_run_id"] == "run-1" and metrics["target"] == 0.7 and metrics["zip_bytes"] == 300
@@ -44,11 +46,11 @@ def test_a_crash_before_the_switch_keeps_the_previous_model_and_the_next_promoti
     promote(first, config, "run-1", layout)
     orphan = write_version(second, config, "run-2", layout)  # then the process dies: no switch
     (layout.promoted_versions / ".tmp-half-written").mkdir()  # a version killed while being written
-    assert promoted_bytes(layout) == first.pruned_model.read_bytes()  # readers still see the whole old model
+    assert promoted_bytes(layout) == first[0].pruned_model.read_bytes()  # readers still see the whole old model
 
     previous = layout.promoted.resolve()
     promote(second, config, "run-3", layout)
-    assert promoted_bytes(layout) == second.pruned_model.read_bytes()
+    assert promoted_bytes(layout) == second[0].pruned_model.read_bytes()
     # The version it replaced stays, for readers that resolved the link before the switch.
     assert set(layout.promoted_versions.iterdir()) == {layout.promoted.resolve(), previous}
     assert not orphan.exists()
@@ -60,12 +62,12 @@ def test_a_crash_after_the_switch_leaves_the_new_model_whole_and_a_spare_link_is
     old = layout.promoted.resolve()
     switch_link(layout, write_version(second, config, "run-2", layout))  # then the process dies: no clean-up
     (layout.root / f"{LINK_PREFIX}dead00").symlink_to(old)  # a link made just before a crash
-    assert promoted_bytes(layout) == second.pruned_model.read_bytes()
+    assert promoted_bytes(layout) == second[0].pruned_model.read_bytes()
     assert old.exists()  # the previous version is only removed by a later clean-up
 
     remove_unlinked(layout)
     assert not old.exists() and not list(layout.root.glob(f"{LINK_PREFIX}*"))
-    assert promoted_bytes(layout) == second.pruned_model.read_bytes()
+    assert promoted_bytes(layout) == second[0].pruned_model.read_bytes()
 
 
 def test_a_reader_that_resolved_the_link_keeps_a_whole_version_until_the_next_promotion(setting):
@@ -73,7 +75,7 @@ def test_a_reader_that_resolved_the_link_keeps_a_whole_version_until_the_next_pr
     promote(first, config, "run-1", layout)
     reading = layout.promoted.resolve()  # a reader resolves the link once, then reads from there
     promote(second, config, "run-2", layout)
-    assert (reading / "model.h5").read_bytes() == first.pruned_model.read_bytes()
+    assert (reading / "model.h5").read_bytes() == first[0].pruned_model.read_bytes()
     assert json.loads((reading / "metrics.json").read_text())["target"] == 0.7  # model and figures of one version
     promote(first, config, "run-3", layout)
     assert not reading.exists()  # two promotions later, it is gone
@@ -92,12 +94,12 @@ def test_a_promotion_waits_for_the_one_holding_the_lock(setting):
         waiting.start()
         waiting.join(timeout=1.0)
         assert waiting.is_alive()  # blocked on the lock
-        assert promoted_bytes(layout) == first.pruned_model.read_bytes()
+        assert promoted_bytes(layout) == first[0].pruned_model.read_bytes()
         assert len(list(layout.promoted_versions.iterdir())) == 1  # it has not even written its version
     finally:
         lock.release()
     waiting.join(timeout=30)
-    assert not waiting.is_alive() and promoted_bytes(layout) == second.pruned_model.read_bytes()
+    assert not waiting.is_alive() and promoted_bytes(layout) == second[0].pruned_model.read_bytes()
 
 
 def test_promotions_at_once_leave_one_linked_whole_version(setting):
@@ -123,5 +125,28 @@ def test_promotions_at_once_leave_one_linked_whole_version(setting):
     assert len(versions) == 2 and layout.promoted.resolve() in versions  # the current one and the one it replaced
     metrics = json.loads((layout.promoted / "metrics.json").read_text())
     model = {0.7: first, 0.9: second}[metrics["target"]]
-    assert promoted_bytes(layout) == model.pruned_model.read_bytes()  # model and figures from the same promotion
+    assert promoted_bytes(layout) == model[0].pruned_model.read_bytes()  # model and figures from the same promotion
     assert not list(layout.root.glob(f"{LINK_PREFIX}*"))
+
+
+def test_a_promoted_tflite_file_lands_beside_its_keras_model_with_its_figures(config_dict, tmp_path):
+    layout = OutputLayout(root=tmp_path / "outputs")
+    model = tmp_path / "strip" / "pruned.h5"
+    model.parent.mkdir()
+    model.write_bytes(b"keras model")
+    result = target_result(0.8, accuracy=0.95, zip_bytes=500, model=model, files={"int8": (0.948, 120, 0.05)})
+    file = result.deployable("int8")
+    file.path.write_bytes(b"tflite flatbuffer")
+    promote((result, file), parse_config(config_dict), "run-1", layout)
+    assert (layout.promoted / "model.tflite").read_bytes() == b"tflite flatbuffer"
+    assert promoted_bytes(layout) == b"keras model"
+    deployable = json.loads((layout.promoted / "metrics.json").read_text())["deployable"]
+    assert deployable["file"] == "model.tflite" and deployable["format"] == "int8"
+    assert deployable["accuracy"] == 0.948 and deployable["zip_bytes"] == 120 and deployable["latency_median_ms"] == 0.05
+
+
+def test_a_promoted_keras_model_comes_without_a_tflite_file(setting):
+    layout, config, (first, _) = setting
+    promote(first, config, "run-1", layout)
+    assert not (layout.promoted / "model.tflite").exists()
+    assert json.loads((layout.promoted / "metrics.json").read_text())["deployable"]["file"] == "model.h5"

@@ -77,6 +77,29 @@ def test_a_subclassed_model_is_refused_with_an_explanation(tmp_path):
         wrap_for_pruning(model, schedule, tmp_path / "m.keras")
 
 
+def test_the_xnnpack_policy_refuses_a_plain_cnn_with_tfmots_reason(tmp_path):
+    from tasks.config import ConstantSchedule
+    from tests.helpers import build_tiny_cnn
+
+    schedule = ConstantSchedule(target_sparsity=0.5, end_step=-1)
+    with pytest.raises(PruneflowError, match=r"m.h5: training.pruning_policy xnnpack_latency does not fit this model: "
+                                             r"TFMOT says: Could not find `Conv2D 3x3`.*MobileNet-like"):
+        wrap_for_pruning(build_tiny_cnn(), schedule, tmp_path / "m.h5", "xnnpack_latency")
+
+
+def test_the_xnnpack_policy_wraps_only_the_1x1_convolutions_of_a_mobilenet_like_model(tmp_path):
+    from tasks.config import ConstantSchedule
+    from tests.tasks.test_latency import mobilenet_like
+
+    schedule = ConstantSchedule(target_sparsity=0.5, end_step=-1)
+    wrapped = wrap_for_pruning(mobilenet_like(0.0), schedule, tmp_path / "m.h5", "xnnpack_latency")
+    pruned = [layer.layer for layer in wrapped.layers if isinstance(layer, PruneLowMagnitude)]
+    assert [(type(layer).__name__, layer.kernel_size) for layer in pruned] == [("Conv2D", (1, 1))]
+    everything = wrap_for_pruning(mobilenet_like(0.0), schedule, tmp_path / "m.h5")
+    kernels = [layer.layer for layer in everything.layers if isinstance(layer, PruneLowMagnitude) and layer.layer.weights]
+    assert [type(layer).__name__ for layer in kernels] == ["Conv2D", "Conv2D", "Dense"]  # 3x3, 1x1 and the head
+
+
 def prepared_run(config_dict, tmp_path, **training):
     config = parse_config({**config_dict, "training": {**config_dict["training"], **training}})
     (tmp_path / "prepared").mkdir()

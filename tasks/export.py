@@ -1,0 +1,246 @@
+"""The export stages: a Keras model as the TFLite files a user deploys, and proof that the
+pruned kernels are still sparse in them.
+
+Formats (ExportConfig.formats): float32; float32 with the pruned kernels stored sparse
+(`tf.lite.Optimize.EXPERIMENTAL_SPARSITY`); int8 full-integer post-training quantization,
+calibrated on a fixed sample of the train split; and int8 stored sparse. Each file's weight
+tensors are read back from its flatbuffer: how many of their values are zeros (a sparse tensor
+stores only its non-zeros). For the pruned model, every tensor the sanity check measured must
+still hold at least its target share of zeros in every file (quantization may round a few more
+weights to zero, never fewer), or the stage fails, naming the tensors.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from tasks.config import ExportFormat, ExportSpec, IOType
+from tasks.dataset import PreparedDataset, load_split
+from tasks.errors import PruneflowError
+from tasks.files import atomic_path, write_json
+from tasks.log import run_logger
+from tasks.models import ModelFile
+from tasks.sanity import SanityReport, TensorSparsity
+from tasks.size import xz_size, zip_size
+from tasks.stage import Stage
+from tasks.store import StoredArtifact
+
+REPRESENTATIVE_SEED = 0  # which training images calibrate int8: the same ones in every run
+# TFLite's TensorType values for weights, as numpy types (tensorflow/lite/schema/schema.fbs).
+WEIGHT_TYPES = {0: np.float32, 1: np.float16, 3: np.uint8, 7: np.int16, 9: np.int8}
+
+
+class WeightTensor(BaseModel):
+    """A constant tensor of two or more dimensions in a TFLite file, and its zeros."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    shape: list[int]
+    size: int
+    zeros: int
+    stored_sparse: bool
+
+
+class ExportedFile(BaseModel):
+    """One TFLite file of an export, its sizes and its weights."""
+
+    model_config = ConfigDict(frozen=True)
+
+    format: ExportFormat
+    file: str  # its name in the export's folder
+    raw_bytes: int
+    zip_bytes: int
+    xz_bytes: int
+    weights: list[WeightTensor]
+    # The pruned model's kernels as found in this file (empty for a dense model's export).
+    sparsity: list[TensorSparsity] = []
+
+    @property
+    def failed(self) -> list[TensorSparsity]:
+        return [tensor for tensor in self.sparsity if not tensor.passed]
+
+
+class ExportedModels(StoredArtifact):
+    """The TFLite files of one model, one per format (also listed in export.json)."""
+
+    files: list[ExportedFile]
+
+    def path(self, exported: ExportedFile) -> Path:
+        return self.folder / exported.file
+
+
+def representative_images(dataset: PreparedDataset, count: int) -> np.ndarray:
+    """`count` training images (all of them if there are fewer), the same ones in every run;
+    only those are kept in memory."""
+    total = dataset.counts["train"]
+    chosen = set(np.random.default_rng(REPRESENTATIVE_SEED).permutation(total)[:count].tolist())
+    kept, seen = [], 0
+    for batch, _ in load_split(dataset, "train", 256).as_numpy_iterator():
+        kept += [image for offset, image in enumerate(batch) if seen + offset in chosen]
+        seen += len(batch)
+        if len(kept) == len(chosen):
+            break
+    return np.stack(kept)
+
+
+def convert(model, fmt: ExportFormat, spec: ExportSpec, calibration: np.ndarray) -> bytes:
+    """The model as a TFLite flatbuffer in format `fmt`."""
+    from tasks.runtime import tf
+
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    optimizations = [tf.lite.Optimize.EXPERIMENTAL_SPARSITY] if fmt.endswith("_sparse") else []
+    if fmt.startswith("int8"):
+        optimizations.append(tf.lite.Optimize.DEFAULT)
+        converter.representative_dataset = lambda: ([image[None]] for image in calibration)
+        # Full-integer: every op in int8, or the conversion fails instead of keeping float ops.
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = io_dtype(spec.int8_input_type)
+        converter.inference_output_type = io_dtype(spec.int8_output_type)
+    converter.optimizations = optimizations
+    with warnings.catch_warnings():
+        # Raised for every int8 input although the representative dataset gives the statistics.
+        warnings.filterwarnings("ignore", message="Statistics for quantized inputs were expected", category=UserWarning)
+        return converter.convert()
+
+
+def io_dtype(name: IOType):
+    from tasks.runtime import tf
+
+    return {"float32": tf.float32, "int8": tf.int8, "uint8": tf.uint8}[name]
+
+
+def weight_tensors(path: Path) -> list[WeightTensor]:
+    """Every constant tensor of two or more dimensions in a TFLite file: the kernels."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model(str(path))
+    found = []
+    for graph in model.subgraphs:
+        for tensor in graph.tensors:
+            data = model.buffers[tensor.buffer].data if tensor.buffer < len(model.buffers) else None
+            shape = [int(d) for d in (tensor.shape if tensor.shape is not None else [])]
+            if data is None or len(shape) < 2 or tensor.type not in WEIGHT_TYPES:
+                continue
+            values = np.frombuffer(bytes(data), dtype=WEIGHT_TYPES[tensor.type])
+            zero = 0
+            quantization = tensor.quantization
+            if quantization is not None and quantization.zeroPoint is not None and len(set(quantization.zeroPoint)) == 1:
+                zero = int(quantization.zeroPoint[0])  # int8 weights are symmetric: 0, in practice
+            size = int(np.prod(shape))
+            stored_nonzero = int(np.count_nonzero(values != zero))
+            name = tensor.name.decode() if isinstance(tensor.name, bytes) else str(tensor.name)
+            # A sparse tensor stores its non-zeros only: the rest of its values are zeros.
+            found.append(WeightTensor(
+                name=name, shape=shape, size=size, zeros=size - stored_nonzero, stored_sparse=tensor.sparsity is not None,
+            ))
+    return found
+
+
+def _names_layer(tensor_name: str, layer_path: str) -> bool:
+    """Whether a TFLite tensor's name (';'-joined op paths) runs through the Keras layer
+    `layer_path` ('dense' or 'backbone/conv2d'): its names as consecutive path components."""
+    wanted = layer_path.split("/")
+    for op_path in tensor_name.split(";"):
+        parts = op_path.split("/")
+        if any(parts[i : i + len(wanted)] == wanted for i in range(len(parts) - len(wanted) + 1)):
+            return True
+    return False
+
+
+def match_kernels(sanity: SanityReport, weights: list[WeightTensor]) -> list[TensorSparsity | None]:
+    """For each tensor of the sanity report, the file's tensor of the same size named after its
+    layer (or, failing a name, the one tensor left of that size), as TensorSparsity; None if
+    none is found."""
+    taken: set[int] = set()
+    matched: list[TensorSparsity | None] = []
+    for kernel in sanity.tensors:
+        same_size = [i for i, w in enumerate(weights) if w.size == kernel.size and i not in taken]
+        named = [i for i in same_size if _names_layer(weights[i].name, kernel.layer)]
+        pick = named[0] if named else (same_size[0] if len(same_size) == 1 else None)
+        if pick is None:
+            matched.append(None)
+            continue
+        taken.add(pick)
+        zeros = weights[pick].zeros
+        sparsity = zeros / kernel.size
+        matched.append(TensorSparsity(
+            layer=kernel.layer, weight=kernel.weight, size=kernel.size, zeros=zeros, sparsity=sparsity,
+            passed=sparsity >= sanity.expected - sanity.tolerance,
+        ))
+    return matched
+
+
+def check_kernels(fmt: ExportFormat, sanity: SanityReport, weights: list[WeightTensor], model_path: Path) -> list[TensorSparsity]:
+    """The pruned kernels as found in the file; raise unless each is there and still sparse."""
+    matched = match_kernels(sanity, weights)
+    missing = [f"{k.layer} {k.weight}" for k, m in zip(sanity.tensors, matched) if m is None]
+    if missing:
+        raise PruneflowError(
+            f"export {fmt} of {model_path}: no tensor of the TFLite file matches {', '.join(missing)} (by layer name "
+            "and size), so its sparsity cannot be checked. Leave this format out of export.formats."
+        )
+    lost = [m for m in matched if not m.passed]
+    if lost:
+        listed = ", ".join(f"{t.layer} {t.weight} at {t.sparsity:.4f}" for t in lost)
+        raise PruneflowError(
+            f"export {fmt} of {model_path}: {len(lost)} of {len(matched)} pruned tensors lost their sparsity in the "
+            f"TFLite file (target {sanity.expected}, tolerance {sanity.tolerance}): {listed}"
+        )
+    return matched
+
+
+def export_tflite(
+    out: Path, model: ModelFile, dataset: PreparedDataset, export: ExportSpec, sanity: SanityReport | None
+) -> ExportedModels:
+    """Convert the model to each format, measure each file, and, for a pruned model (`sanity`
+    given), check that its pruned kernels are still sparse in every file."""
+    from tasks.runtime import keras
+
+    keras.backend.clear_session()
+    keras_model = model.load() if export.formats else None
+    calibration = None
+    if any(fmt.startswith("int8") for fmt in export.formats):
+        calibration = representative_images(dataset, export.representative_images)
+    files = []
+    for fmt in export.formats:
+        path = out / f"model_{fmt}.tflite"
+        try:
+            flatbuffer = convert(keras_model, fmt, export, calibration)
+        except Exception as error:  # the converter raises its own ConverterError, and others
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise PruneflowError(
+                f"{model.path}: TFLite cannot convert the model to {fmt}: {first}. Leave {fmt} out of export.formats."
+            ) from error
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(flatbuffer)
+        weights = weight_tensors(path)
+        sparsity = check_kernels(fmt, sanity, weights, model.path) if sanity is not None else []
+        files.append(ExportedFile(
+            format=fmt, file=path.name, raw_bytes=path.stat().st_size, zip_bytes=zip_size(path), xz_bytes=xz_size(path),
+            weights=weights, sparsity=sparsity,
+        ))
+        if sanity is not None:
+            run_logger().info("Sparsity of the pruned kernels in %s:\n%s", path.name, sparsity_table(sparsity))
+    result = ExportedModels(folder=out, files=files)
+    write_json(out / "export.json", result.model_dump(mode="json", exclude={"folder", "digest"}))
+    return result
+
+
+def sparsity_table(tensors: list[TensorSparsity]) -> str:
+    """The per-tensor table, as the sanity check prints it."""
+    return SanityReport(folder=Path("."), expected=0.0, tolerance=0.0, tensors=tensors).table()
+
+
+def describe(exported: ExportedModels) -> str:
+    if not exported.files:
+        return "no format to export (export.formats is empty)"
+    return ", ".join(f"{f.format} {f.raw_bytes:,} B ({f.zip_bytes:,} B zipped)" for f in exported.files)
+
+
+export_baseline = Stage("export_baseline", export_tflite, describe=describe)
+export_pruned = Stage("export_pruned", export_tflite, describe=describe)

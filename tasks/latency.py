@@ -1,0 +1,179 @@
+"""The measure_latency stage: batch-1 latency of the baseline and the pruned model, as Keras
+models and as each exported file, measured side by side.
+
+Each file runs in tf.lite.Interpreter with TFLite's default delegate (XNNPACK) on a fixed
+number of threads; each Keras model, for reference, as a tf.function on TensorFlow's own
+threads. After `warmup` untimed invocations of each, the models take turns, ROUND invocations
+at a time, until each has `runs` timed ones: a machine that slows down for a while slows all
+of them alike. Nothing is assumed about speed: the report shows the ratios of what was
+measured, and says whether XNNPACK's sparse kernels could have applied at all.
+
+Latency depends on the machine: the machine's description is an input, so a stored latency
+is reused on the same kind of machine only.
+"""
+
+import os
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from tasks.config import ImageShape, LatencySpec
+from tasks.export import ExportedModels
+from tasks.files import write_json
+from tasks.interpreter import open_interpreter, to_input
+from tasks.models import ModelFile
+from tasks.stage import Stage
+from tasks.store import StoredArtifact
+
+SPARSE_SHARE = 2 / 3  # XNNPACK runs 1x1 convolutions sparse only when at least this share of their weights is zero
+INPUT_SEED = 0
+
+
+ROUND = 10  # invocations of one model before the next one's turn
+
+
+class Timing(BaseModel):
+    """One model file's batch-1 latency, in milliseconds."""
+
+    model_config = ConfigDict(frozen=True)
+
+    model: Literal["baseline", "pruned"]
+    format: str  # "keras" or an export format
+    median_ms: float
+    p90_ms: float
+    runs: int
+
+
+class LatencyReport(StoredArtifact):
+    """Every model file's latency, measured side by side (also in latency.json)."""
+
+    machine: str
+    threads: int
+    timings: list[Timing]
+    sparse_kernels: str  # whether XNNPACK's sparse kernels can apply to the pruned model, and why not
+
+    def of(self, model: str, fmt: str) -> Timing:
+        return next(t for t in self.timings if t.model == model and t.format == fmt)
+
+
+def machine_description() -> str:
+    """What latency depends on, besides the model: the processor, its core count, the OS."""
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            model = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), model)
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} cores, {platform.system()} {platform.machine()}"
+
+
+def keras_call(model, image: np.ndarray) -> Callable[[], object]:
+    from tasks.runtime import tf
+
+    predict = tf.function(lambda batch: model(batch, training=False))
+    batch = tf.constant(image)
+    return lambda: predict(batch).numpy()
+
+
+def tflite_call(path: Path, image: np.ndarray, threads: int) -> Callable[[], None]:
+    interpreter = open_interpreter(path, threads)
+    interpreter.allocate_tensors()
+    detail = interpreter.get_input_details()[0]
+    interpreter.set_tensor(detail["index"], to_input(image, detail))
+    return interpreter.invoke
+
+
+def time_side_by_side(calls: dict[tuple[str, str], Callable], spec: LatencySpec) -> list[Timing]:
+    """Warm each call up, then time them in turns of ROUND invocations until each has spec.runs."""
+    for call in calls.values():
+        for _ in range(spec.warmup):
+            call()
+    seconds = {name: [] for name in calls}
+    while any(len(times) < spec.runs for times in seconds.values()):
+        for name, call in calls.items():
+            for _ in range(min(ROUND, spec.runs - len(seconds[name]))):
+                started = time.perf_counter()
+                call()
+                seconds[name].append(time.perf_counter() - started)
+    return [
+        Timing(model=model, format=fmt, median_ms=float(np.median(times) * 1e3),
+               p90_ms=float(np.percentile(times, 90) * 1e3), runs=len(times))
+        for (model, fmt), times in seconds.items()
+    ]
+
+
+def one_by_one_kernels(model) -> list[np.ndarray]:
+    """The kernels of the model's 1x1 Conv2D layers (nested models' too)."""
+    from tasks.runtime import keras
+
+    found = []
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            found += one_by_one_kernels(layer)
+        elif type(layer) is keras.layers.Conv2D and tuple(layer.kernel_size) == (1, 1):
+            found.append(layer.kernel.numpy())
+    return found
+
+
+def sparse_kernels_note(model, exported: ExportedModels) -> str:
+    """Whether XNNPACK's sparse kernels can apply to this model, and if not, why."""
+    from tasks.runtime import tfmot
+
+    kernels = one_by_one_kernels(model)
+    if not kernels:
+        return "XNNPACK's sparse kernels cannot apply: they run 1x1 convolutions only, and this model has none."
+    share = sum(k.size - np.count_nonzero(k) for k in kernels) / sum(k.size for k in kernels)
+    if share < SPARSE_SHARE:
+        return (
+            f"XNNPACK's sparse kernels cannot apply: the model's 1x1 convolutions hold {share:.0%} zeros, "
+            f"under the {SPARSE_SHARE:.0%} they need."
+        )
+    try:
+        tfmot.sparsity.keras.PruneForLatencyOnXNNPack().ensure_model_supports_pruning(model)
+    except (ValueError, TypeError, AttributeError) as reason:  # TFMOT's refusal, or a shape it cannot walk
+        return (
+            f"XNNPACK's sparse kernels cannot apply: {reason}. Their subgraph starts with a 3x3 stride-2 convolution "
+            "of 3 channels after a ZeroPadding2D and ends with a global average pooling, as in MobileNet."
+        )
+    if "float32_sparse" not in {f.format for f in exported.files}:
+        return "XNNPACK's sparse kernels could apply to this model in the float32_sparse format, which was not exported."
+    return (
+        f"XNNPACK's sparse kernels can apply to the float32_sparse file (its 1x1 convolutions hold {share:.0%} zeros, "
+        "in a MobileNet-like graph); whether a delegate uses them depends on how TFLite was built: compare its "
+        "latency with float32's."
+    )
+
+
+def time_models(
+    out: Path, baseline: ModelFile, baseline_exports: ExportedModels, pruned: ModelFile, pruned_exports: ExportedModels,
+    shape: ImageShape, latency: LatencySpec, machine: str,
+) -> LatencyReport:
+    """Batch-1 latency of both Keras models and of each of their exported files, on one fixed image."""
+    from tasks.runtime import keras
+
+    keras.backend.clear_session()
+    image = np.random.default_rng(INPUT_SEED).random((1, shape.height, shape.width, shape.channels), dtype=np.float32)
+    models = {"baseline": (baseline.load(), baseline_exports), "pruned": (pruned.load(), pruned_exports)}
+    calls = {}
+    for name, (keras_model, exports) in models.items():
+        calls[name, "keras"] = keras_call(keras_model, image)
+        for exported in exports.files:
+            calls[name, exported.format] = tflite_call(exports.path(exported), image, latency.threads)
+    report = LatencyReport(
+        folder=out, machine=machine, threads=latency.threads, timings=time_side_by_side(calls, latency),
+        sparse_kernels=sparse_kernels_note(models["pruned"][0], pruned_exports),
+    )
+    write_json(out / "latency.json", report.model_dump(mode="json", exclude={"folder", "digest"}))
+    return report
+
+
+def describe(report: LatencyReport) -> str:
+    return ", ".join(f"{t.model} {t.format} {t.median_ms:.3f} ms" for t in report.timings) + " (medians, batch 1)"
+
+
+measure_latency = Stage("measure_latency", time_models, describe=describe)

@@ -1,0 +1,122 @@
+"""Export to TFLite, the files read back, and each file run in the interpreter on the test split."""
+
+import numpy as np
+import pytest
+
+from tasks.config import ExportSpec
+from tasks.errors import PruneflowError
+from tasks.export import WeightTensor, check_kernels, export_tflite, match_kernels, weight_tensors
+from tasks.interpreter import Predictor, evaluate_exports
+from tasks.models import ModelFile
+from tasks.sanity import SanityReport, TensorSparsity, measure_sparsity
+from tests.helpers import PRUNABLE_KERNELS
+
+ALL_FORMATS = ExportSpec(
+    formats=("float32", "float32_sparse", "int8", "int8_sparse"), representative_images=16,
+    int8_input_type="int8", int8_output_type="int8",
+)
+
+
+def test_every_model_shape_exports_to_every_format_with_its_pruned_kernels_still_sparse(pruned_variant, tmp_path):
+    """The pruned model (sparsity 0.5) of each shape and save format: four files, each measured,
+    each holding the three pruned kernels at 0.5 or more, each run in the interpreter."""
+    v = pruned_variant
+    sanity = measure_sparsity(v.trained.wrapped_model, v.stripped.model, 0.5, 0.02)
+    (tmp_path / "export").mkdir()
+    exported = export_tflite(tmp_path / "export", v.stripped.file, v.dataset, ALL_FORMATS, sanity)
+
+    assert [f.format for f in exported.files] == list(ALL_FORMATS.formats)
+    files = {f.format: f for f in exported.files}
+    for f in exported.files:
+        path = exported.path(f)
+        assert f.raw_bytes == path.stat().st_size and 0 < f.xz_bytes < f.raw_bytes
+        assert f.weights == weight_tensors(path)
+        assert [(t.layer, t.size) for t in f.sparsity] == [(t.layer, t.size) for t in sanity.tensors]
+        assert len(f.sparsity) == PRUNABLE_KERNELS and all(t.sparsity >= 0.48 for t in f.sparsity)
+    # Sparse storage keeps the non-zeros only; int8 stores one byte a weight.
+    assert files["float32_sparse"].raw_bytes < files["float32"].raw_bytes
+    assert all(w.stored_sparse for w in files["float32_sparse"].weights if w.size > 64)
+    assert files["int8"].raw_bytes < 0.4 * files["float32"].raw_bytes
+    assert (tmp_path / "export" / "export.json").is_file()
+
+    # The float32 file computes what the Keras model does; the int8 file takes int8 input.
+    model = v.stripped.file.load()
+    images = np.random.default_rng(0).random((5, *model.input_shape[1:]), dtype=np.float32)
+    tflite = Predictor(exported.path(files["float32"]), threads=1, batch=4)
+    np.testing.assert_allclose(tflite(images), model(images, training=False).numpy(), atol=1e-5)
+    int8 = Predictor(exported.path(files["int8"]), threads=1, batch=4)
+    assert int8.input["dtype"] == np.int8 and int8.input["quantization"][0] > 0
+
+    (tmp_path / "evaluation").mkdir()
+    evaluation = evaluate_exports(tmp_path / "evaluation", exported, v.stripped.file, v.dataset, batch_size=5)
+    assert [e.format for e in evaluation.files] == list(ALL_FORMATS.formats)
+    assert evaluation.of("float32").agreement == 1.0 and evaluation.of("float32_sparse").agreement == 1.0
+    assert all(e.examples == v.dataset.counts["test"] for e in evaluation.files)
+    from tasks.models import evaluate
+    from tasks.dataset import load_split
+
+    keras_accuracy, _ = evaluate(model, load_split(v.dataset, "test", 8))
+    assert evaluation.of("float32").accuracy == pytest.approx(keras_accuracy)
+
+
+@pytest.mark.parametrize("io_type", ["uint8", "float32"])
+def test_an_int8_file_is_fed_as_its_own_input_details_say(io_type, tiny_baseline, tiny_prepared, tmp_path):
+    """Whatever the int8 file's input type, the evaluation quantizes images (or not) from the
+    file's own scale and zero point, and the file predicts what its Keras model does."""
+    spec = ALL_FORMATS.model_copy(update={"formats": ("int8",), "int8_input_type": io_type, "int8_output_type": io_type})
+    baseline = ModelFile.of(tiny_baseline)
+    exported = export_tflite(tmp_path, baseline, tiny_prepared, spec, None)
+    predictor = Predictor(exported.path(exported.files[0]), threads=1, batch=8)
+    assert predictor.input["dtype"] == np.dtype(io_type) and predictor.output["dtype"] == np.dtype(io_type)
+    assert exported.files[0].sparsity == []  # a dense model's export is measured, not checked
+    (tmp_path / "evaluation").mkdir()
+    evaluation = evaluate_exports(tmp_path / "evaluation", exported, baseline, tiny_prepared, batch_size=8)
+    assert evaluation.files[0].agreement >= 0.9
+
+
+def test_an_empty_format_list_exports_nothing(tiny_baseline, tiny_prepared, tmp_path):
+    spec = ALL_FORMATS.model_copy(update={"formats": ()})
+    assert export_tflite(tmp_path, ModelFile.of(tiny_baseline), tiny_prepared, spec, None).files == []
+
+
+def kernel(layer: str, size: int, sparsity: float = 0.8) -> TensorSparsity:
+    zeros = round(size * sparsity)
+    return TensorSparsity(layer=layer, weight="kernel", size=size, zeros=zeros, sparsity=zeros / size, passed=True)
+
+
+def weight(name: str, size: int, zeros: int) -> WeightTensor:
+    return WeightTensor(name=name, shape=[size], size=size, zeros=zeros, stored_sparse=False)
+
+
+SANITY = SanityReport(folder=".", expected=0.8, tolerance=0.01, tensors=[
+    kernel("conv", 100), kernel("conv_1", 100), kernel("backbone/dense", 400),
+])
+
+
+def test_kernels_are_found_by_their_layer_path_not_by_a_name_that_contains_it():
+    weights = [
+        weight("model/conv_1/Relu;model/conv_1/Conv2D", 100, 80),
+        weight("model/conv/Conv2D", 100, 81),
+        weight("model/head/dense/MatMul", 400, 400),  # another layer named dense, outside the backbone
+        weight("model/backbone/dense/MatMul;model/backbone/dense/BiasAdd", 400, 320),
+    ]
+    matched = match_kernels(SANITY, weights)
+    assert [(m.layer, m.zeros) for m in matched] == [("conv", 81), ("conv_1", 80), ("backbone/dense", 320)]
+
+
+def test_a_kernel_renamed_by_the_converter_is_found_as_the_one_tensor_of_its_size():
+    weights = [weight("tfl.pseudo_qconst", 400, 330), weight("model/conv/Conv2D", 100, 80),
+               weight("model/conv_1/Conv2D", 100, 80)]
+    assert [m.zeros for m in match_kernels(SANITY, weights)] == [80, 80, 330]
+
+
+def test_sparsity_lost_in_a_file_fails_naming_the_tensor():
+    weights = [weight("m/conv/Conv2D", 100, 80), weight("m/conv_1/Conv2D", 100, 20), weight("m/backbone/dense/MatMul", 400, 330)]
+    with pytest.raises(PruneflowError, match=r"int8 of x\.h5: 1 of 3 pruned tensors lost their sparsity .*conv_1 kernel at 0\.2000"):
+        check_kernels("int8", SANITY, weights, model_path="x.h5")
+
+
+def test_a_kernel_missing_from_the_file_is_named():
+    weights = [weight("m/conv/Conv2D", 100, 80), weight("m/backbone/dense/MatMul", 400, 330)]
+    with pytest.raises(PruneflowError, match="no tensor of the TFLite file matches conv_1 kernel"):
+        check_kernels("float32", SANITY, weights, model_path="x.h5")
