@@ -102,6 +102,8 @@ def make_config_dict(data: Path, baseline: Path, output_root: Path, **sections) 
         "training": {"epochs": 2, "optimizer": "adam", "learning_rate": 1e-3},
         "output_root": str(output_root),
         "seed": 0,
+        # One TFLite format, briefly timed: the tests that are about the files set every format.
+        "export": {"formats": ["int8"], "representative_images": 16, "latency_runs": 10, "latency_warmup": 1},
     }
     config.update(sections)
     return config
