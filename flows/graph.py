@@ -28,6 +28,7 @@ from tasks.layout import OutputLayout
 from tasks.models import ModelFile
 from tasks.outcome import PruningOutcome, TargetResult
 from tasks.prune import prune_train, strip
+from tasks.qat import quantize_train
 from tasks.sanity import sanity_check
 from tasks.size import measure_size
 from tasks.stage import timed
@@ -72,7 +73,9 @@ def prepare(config: RunConfig, run: Run) -> Prepared:
     dataset = prepare_dataset(store, listing=quote(run.inputs.listing), shape=config.dataset.shape)
     model, batch_size = run.inputs.baseline, config.dataset.batch_size
     baseline = evaluate_baseline(store, model=model, dataset=dataset, batch_size=batch_size)
-    exports = export_baseline(store, model=model, dataset=dataset, export=config.export_spec.dense(), sanity=None)
+    exports = export_baseline(
+        store, model=model, dataset=dataset, export=config.export_spec.dense(), sanity=None, quantized=None
+    )
     assessed = evaluate_baseline_exports(store, exported=exports, reference=model, dataset=dataset, batch_size=batch_size)
     return Prepared(
         store=store, model=model, dataset=dataset, baseline=baseline, baseline_exports=exports,
@@ -90,7 +93,10 @@ def prune_to(config: RunConfig, start: Prepared, schedule: Schedule) -> PruningO
     )
     sizes = measure_size(store, baseline=start.model, pruned=stripped.file)
     pruned = evaluate_pruned(store, model=stripped.file, dataset=dataset, batch_size=config.dataset.batch_size)
-    exports = export_pruned(store, model=stripped.file, dataset=dataset, export=config.export_spec, sanity=sanity)
+    quantized = quantize_train(store, dataset=dataset, pruned=stripped.file, qat=config.qat_spec)
+    exports = export_pruned(
+        store, model=stripped.file, dataset=dataset, export=config.export_spec, sanity=sanity, quantized=quantized
+    )
     assessed = evaluate_pruned_exports(
         store, exported=exports, reference=stripped.file, dataset=dataset, batch_size=config.dataset.batch_size
     )

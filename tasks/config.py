@@ -198,8 +198,13 @@ class TrainingSpec(_Strict):
         return math.ceil(n_train / self.batch_size)
 
 
-ExportFormat = Literal["float32", "float32_sparse", "int8", "int8_sparse"]
+ExportFormat = Literal["float32", "float32_sparse", "int8", "int8_sparse", "int8_qat", "int8_qat_sparse"]
 IOType = Literal["float32", "int8", "uint8"]
+
+
+def dense_counterpart(fmt: str) -> str:
+    """The format a dense, untrained-for-quantization model (the baseline) is compared in."""
+    return fmt.removesuffix("_sparse").removesuffix("_qat")
 
 
 class ExportConfig(_Strict):
@@ -209,7 +214,9 @@ class ExportConfig(_Strict):
     formats: list[ExportFormat] = Field(
         ["float32", "float32_sparse", "int8", "int8_sparse"],
         description="TFLite files to make: float32; float32_sparse (pruned kernels stored sparse, "
-        "EXPERIMENTAL_SPARSITY); int8 (full-integer post-training quantization); int8_sparse (both). "
+        "EXPERIMENTAL_SPARSITY); int8 (full-integer post-training quantization); int8_sparse (both); "
+        "int8_qat and int8_qat_sparse (int8 after qat_epochs of pruning-preserving quantization-aware training, "
+        "for a model that loses too much accuracy in int8; Sequential or functional models without nested models). "
         "The baseline is exported in the dense counterpart of each, for comparison. An empty list exports nothing: "
         "the Keras .h5 is then the only deployable file.",
     )
@@ -222,6 +229,14 @@ class ExportConfig(_Strict):
         "file's own scale and zero point), or float32 (the file quantizes them itself).",
     )
     int8_output_type: IOType = Field("int8", description="Output type of the int8 files, as int8_input_type.")
+    qat_epochs: int = Field(
+        1, ge=1, description="Epochs of pruning-preserving quantization-aware training (TFMOT's "
+        "Default8BitPrunePreserveQuantizeScheme) of the pruned model, for the int8_qat formats only.",
+    )
+    qat_learning_rate: float = Field(
+        1e-5, gt=0, description="Learning rate of quantization-aware training (with training.optimizer): low, "
+        "since it starts from the fine-tuned model.",
+    )
     latency_runs: int = Field(
         200, ge=5, description="Timed batch-1 invocations of each model file, after the warm-up; the files take "
         "turns, 10 invocations at a time. The median and the 90th percentile are reported.",
@@ -249,7 +264,24 @@ class ExportSpec(_Strict):
 
     def dense(self) -> ExportSpec:
         """What a dense model (the baseline) is exported as: each format's dense counterpart, once."""
-        return self.model_copy(update={"formats": tuple(dict.fromkeys(f.removesuffix("_sparse") for f in self.formats))})
+        return self.model_copy(update={"formats": tuple(dict.fromkeys(dense_counterpart(f) for f in self.formats))})
+
+    @property
+    def wants_qat(self) -> bool:
+        return any("_qat" in fmt for fmt in self.formats)
+
+
+class QATSpec(_Strict):
+    """What quantization-aware training reads (RunConfig.qat_spec): the data feed and seed of the
+    fine-tuning, its optimizer, and the export's QAT settings."""
+
+    epochs: int = Field(gt=0)
+    learning_rate: float = Field(gt=0)
+    optimizer: Literal["adam", "sgd", "rmsprop"]
+    batch_size: int = Field(gt=0)
+    shuffle_seed: int
+    augment: bool
+    seed: int
 
 
 class LatencySpec(_Strict):
@@ -334,6 +366,18 @@ class RunConfig(_Strict):
     @property
     def export_spec(self) -> ExportSpec:
         return ExportSpec(**{name: getattr(self.export, name) for name in ExportSpec.model_fields})
+
+    @property
+    def qat_spec(self) -> QATSpec | None:
+        """None when no format asks for quantization-aware training."""
+        if not self.export_spec.wants_qat:
+            return None
+        training = self.training_spec
+        return QATSpec(
+            epochs=self.export.qat_epochs, learning_rate=self.export.qat_learning_rate, optimizer=training.optimizer,
+            batch_size=training.batch_size, shuffle_seed=training.shuffle_seed, augment=training.augment,
+            seed=training.seed,
+        )
 
     @property
     def latency_spec(self) -> LatencySpec:

@@ -3,7 +3,8 @@ pruned kernels are still sparse in them.
 
 Formats (ExportConfig.formats): float32; float32 with the pruned kernels stored sparse
 (`tf.lite.Optimize.EXPERIMENTAL_SPARSITY`); int8 full-integer post-training quantization,
-calibrated on a fixed sample of the train split; and int8 stored sparse. Each file's weight
+calibrated on a fixed sample of the train split; int8 stored sparse; and the two int8_qat
+formats, converted from the quantization-aware model (tasks.qat) rather than the stripped one. Each file's weight
 tensors are read back from its flatbuffer: how many of their values are zeros (a sparse tensor
 stores only its non-zeros). For the pruned model, every tensor the sanity check measured must
 still hold at least its target share of zeros in every file (quantization may round a few more
@@ -24,6 +25,7 @@ from tasks.errors import PruneflowError
 from tasks.files import atomic_path, write_json
 from tasks.log import run_logger
 from tasks.models import ModelFile
+from tasks.qat import QuantizedModel
 from tasks.sanity import SanityReport, TensorSparsity
 from tasks.size import xz_size, zip_size
 from tasks.stage import Stage
@@ -143,11 +145,16 @@ def weight_tensors(path: Path) -> list[WeightTensor]:
 
 def _names_layer(tensor_name: str, layer_path: str) -> bool:
     """Whether a TFLite tensor's name (';'-joined op paths) runs through the Keras layer
-    `layer_path` ('dense' or 'backbone/conv2d'): its names as consecutive path components."""
+    `layer_path` ('dense' or 'backbone/conv2d'): its names as consecutive path components (a
+    quantization-aware model's layer named 'quant_dense' for 'dense')."""
     wanted = layer_path.split("/")
+
+    def same(parts: list[str]) -> bool:
+        return all(part in (name, f"quant_{name}") for part, name in zip(parts, wanted))
+
     for op_path in tensor_name.split(";"):
         parts = op_path.split("/")
-        if any(parts[i : i + len(wanted)] == wanted for i in range(len(parts) - len(wanted) + 1)):
+        if any(same(parts[i : i + len(wanted)]) for i in range(len(parts) - len(wanted) + 1)):
             return True
     return False
 
@@ -195,14 +202,19 @@ def check_kernels(fmt: ExportFormat, sanity: SanityReport, weights: list[WeightT
 
 
 def export_tflite(
-    out: Path, model: ModelFile, dataset: PreparedDataset, export: ExportSpec, sanity: SanityReport | None
+    out: Path, model: ModelFile, dataset: PreparedDataset, export: ExportSpec, sanity: SanityReport | None,
+    quantized: QuantizedModel | None,
 ) -> ExportedModels:
-    """Convert the model to each format, measure each file, and, for a pruned model (`sanity`
-    given), check that its pruned kernels are still sparse in every file."""
+    """Convert the model (its quantization-aware version for the int8_qat formats) to each
+    format, measure each file, and, for a pruned model (`sanity` given), check that its pruned
+    kernels are still sparse in every file."""
     from tasks.runtime import keras
 
     keras.backend.clear_session()
-    keras_model = model.load() if export.formats else None
+    keras_model = model.load() if any("_qat" not in fmt for fmt in export.formats) else None
+    if export.wants_qat and (quantized is None or not quantized.trained):
+        raise ValueError("the int8_qat formats need the quantize_train stage's model")
+    qat_model = quantized.load() if export.wants_qat else None
     calibration = None
     if any(fmt.startswith("int8") for fmt in export.formats):
         calibration = representative_images(dataset, export.representative_images)
@@ -210,7 +222,7 @@ def export_tflite(
     for fmt in export.formats:
         path = out / f"model_{fmt}.tflite"
         try:
-            flatbuffer = convert(keras_model, fmt, export, calibration)
+            flatbuffer = convert(qat_model if "_qat" in fmt else keras_model, fmt, export, calibration)
         except Exception as error:  # the converter raises its own ConverterError, and others
             first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise PruneflowError(

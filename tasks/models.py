@@ -32,13 +32,17 @@ class ModelFile(Content):
         return load_model(self.path, trusted=self.trust_code, **options)
 
 
-def load_model(path: Path, *, pruning_wrappers: bool = False, compile: bool = False, trusted: bool = True):
+def load_model(
+    path: Path, *, pruning_wrappers: bool = False, quantization_wrappers: bool = False, compile: bool = False,
+    trusted: bool = True,
+):
     """Load a .h5 or .keras model, by default without compiling it.
 
     Args:
         trusted: False for a file from outside (the baseline): refuse it if loading it would
             run code (see require_no_code). Files pruneflow wrote itself are trusted.
         pruning_wrappers: load inside TFMOT's prune_scope, for models saved while wrapped.
+        quantization_wrappers: load inside TFMOT's quantize_scope, for quantization-aware models.
         compile: restore the saved loss, metrics and optimizer state (to resume training).
 
     Raises:
@@ -51,7 +55,11 @@ def load_model(path: Path, *, pruning_wrappers: bool = False, compile: bool = Fa
         raise PruneflowError(f"{path}: model file not found; check model.baseline in the config")
     if not trusted:
         require_no_code(path)
-    scope = tfmot.sparsity.keras.prune_scope() if pruning_wrappers else contextlib.nullcontext()
+    scope = contextlib.ExitStack()
+    if pruning_wrappers:
+        scope.enter_context(tfmot.sparsity.keras.prune_scope())
+    if quantization_wrappers:
+        scope.enter_context(tfmot.quantization.keras.quantize_scope())
     try:
         with scope:
             return keras.models.load_model(path, compile=compile)
@@ -178,11 +186,17 @@ def outputs_probabilities(model) -> bool:
     return getattr(activation, "__name__", "") == "softmax"
 
 
-def compile_model(model, optimizer="adam") -> None:
-    """Compile for integer labels, with the loss matched to the model's output (logits or not)."""
+def compile_model(model, optimizer="adam", *, probabilities: bool | None = None) -> None:
+    """Compile for integer labels, with the loss matched to the model's output (logits or not).
+
+    Args:
+        probabilities: whether the model outputs probabilities; read from its last layer if None.
+    """
     from tasks.runtime import keras
 
-    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=not outputs_probabilities(model))
+    if probabilities is None:
+        probabilities = outputs_probabilities(model)
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=not probabilities)
     model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
 
 

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, computed_field
 
-from tasks.config import Schedule
+from tasks.config import Schedule, dense_counterpart
 from tasks.evaluate import Evaluation
 from tasks.export import ExportedFile, ExportedModels
 from tasks.interpreter import ExportEvaluation
@@ -20,6 +20,7 @@ KERAS = "keras_h5"  # the format of the Keras model itself, among the deployable
 FORMAT_NAMES = {
     KERAS: "Keras .h5", "float32": "TFLite float32", "float32_sparse": "TFLite float32, sparse",
     "int8": "TFLite int8", "int8_sparse": "TFLite int8, sparse",
+    "int8_qat": "TFLite int8, QAT", "int8_qat_sparse": "TFLite int8, QAT, sparse",
 }
 
 
@@ -29,7 +30,7 @@ class Deployable(BaseModel):
     Ratios compare like with like: the baseline .h5's raw bytes over this file's raw bytes, its
     zip-deflated bytes over this file's zip-deflated bytes, and so on (higher is smaller).
     `speedup` is the baseline's median latency in the same format (its dense counterpart for a
-    sparse format) over this file's: above 1 is faster.
+    sparse or QAT format: int8 for int8_qat_sparse) over this file's: above 1 is faster.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -89,7 +90,7 @@ class PruningOutcome(BaseModel):
 
         def row(model, fmt, path, size: ModelSize | ExportedFile, accuracy, agreement) -> Deployable:
             timing = self.latency.of(model, "keras" if fmt == KERAS else fmt)
-            dense = self.latency.of("baseline", "keras" if fmt == KERAS else fmt.removesuffix("_sparse"))
+            dense = self.latency.of("baseline", "keras" if fmt == KERAS else dense_counterpart(fmt))
             return Deployable(
                 model=model, format=fmt, path=path, raw_bytes=size.raw_bytes, zip_bytes=size.zip_bytes,
                 xz_bytes=size.xz_bytes, raw_ratio=reference.raw_bytes / size.raw_bytes,

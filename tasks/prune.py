@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from tasks.config import Schedule, TrainingSpec
+from tasks.config import QATSpec, Schedule, TrainingSpec
 from tasks.dataset import PreparedDataset, load_split
 from tasks.errors import PruneflowError
 from tasks.faults import fault_callbacks
@@ -73,7 +73,8 @@ class StrippedModel(StoredArtifact):
         return ModelFile(path=self.model, digest=self.digest, trust_code=True)
 
 
-def make_optimizer(training: TrainingSpec):
+def make_optimizer(training: TrainingSpec | QATSpec):
+    """The configured optimizer at the configured learning rate."""
     from tasks.runtime import keras
 
     optimizers = {"adam": keras.optimizers.Adam, "sgd": keras.optimizers.SGD, "rmsprop": keras.optimizers.RMSprop}

@@ -23,7 +23,7 @@ def test_every_model_shape_exports_to_every_format_with_its_pruned_kernels_still
     v = pruned_variant
     sanity = measure_sparsity(v.trained.wrapped_model, v.stripped.model, 0.5, 0.02)
     (tmp_path / "export").mkdir()
-    exported = export_tflite(tmp_path / "export", v.stripped.file, v.dataset, ALL_FORMATS, sanity)
+    exported = export_tflite(tmp_path / "export", v.stripped.file, v.dataset, ALL_FORMATS, sanity, None)
 
     assert [f.format for f in exported.files] == list(ALL_FORMATS.formats)
     files = {f.format: f for f in exported.files}
@@ -65,7 +65,7 @@ def test_an_int8_file_is_fed_as_its_own_input_details_say(io_type, tiny_baseline
     file's own scale and zero point, and the file predicts what its Keras model does."""
     spec = ALL_FORMATS.model_copy(update={"formats": ("int8",), "int8_input_type": io_type, "int8_output_type": io_type})
     baseline = ModelFile.of(tiny_baseline)
-    exported = export_tflite(tmp_path, baseline, tiny_prepared, spec, None)
+    exported = export_tflite(tmp_path, baseline, tiny_prepared, spec, None, None)
     predictor = Predictor(exported.path(exported.files[0]), threads=1, batch=8)
     assert predictor.input["dtype"] == np.dtype(io_type) and predictor.output["dtype"] == np.dtype(io_type)
     assert exported.files[0].sparsity == []  # a dense model's export is measured, not checked
@@ -76,7 +76,7 @@ def test_an_int8_file_is_fed_as_its_own_input_details_say(io_type, tiny_baseline
 
 def test_an_empty_format_list_exports_nothing(tiny_baseline, tiny_prepared, tmp_path):
     spec = ALL_FORMATS.model_copy(update={"formats": ()})
-    assert export_tflite(tmp_path, ModelFile.of(tiny_baseline), tiny_prepared, spec, None).files == []
+    assert export_tflite(tmp_path, ModelFile.of(tiny_baseline), tiny_prepared, spec, None, None).files == []
 
 
 def kernel(layer: str, size: int, sparsity: float = 0.8) -> TensorSparsity:

@@ -16,8 +16,8 @@ def test_every_keras_model_and_file_is_timed_with_the_configured_runs(tiny_basel
     folders = {name: tmp_path / name for name in ("baseline", "pruned", "latency")}
     for folder in folders.values():
         folder.mkdir()
-    baseline = export_tflite(folders["baseline"], model, tiny_prepared, spec, None)
-    pruned = export_tflite(folders["pruned"], model, tiny_prepared, spec, None)
+    baseline = export_tflite(folders["baseline"], model, tiny_prepared, spec, None, None)
+    pruned = export_tflite(folders["pruned"], model, tiny_prepared, spec, None, None)
     report = time_models(
         folders["latency"], model, baseline, model, pruned,
         ImageShape(height=IMAGE_SIZE, width=IMAGE_SIZE, channels=3), LatencySpec(runs=23, warmup=2, threads=1),
@@ -84,7 +84,7 @@ def test_the_timed_image_has_the_configured_shape(tiny_baseline, tiny_prepared, 
     save_model(model, tmp_path / "open.h5")
     file = ModelFile.of(tmp_path / "open.h5")
     empty = export_tflite(tmp_path, file, tiny_prepared, ExportSpec(
-        formats=(), representative_images=1, int8_input_type="int8", int8_output_type="int8"), None)
+        formats=(), representative_images=1, int8_input_type="int8", int8_output_type="int8"), None, None)
     (tmp_path / "latency").mkdir()
     report = time_models(tmp_path / "latency", file, empty, file, empty, ImageShape(height=12, width=20, channels=3),
                          LatencySpec(runs=5, warmup=0, threads=1), machine="m")

@@ -38,7 +38,8 @@ def samples_by_type(config_dict) -> dict:
     from a real config: a section added to RunConfig later is found here too."""
     config = parse_config(config_dict)
     values = [getattr(config, name) for name in type(config).model_fields]
-    values += [config.dataset.shape, config.training_spec, config.export_spec, config.latency_spec]
+    with_qat = parse_config({**config_dict, "export": {"formats": ["int8_qat"]}})
+    values += [config.dataset.shape, config.training_spec, config.export_spec, config.latency_spec, with_qat.qat_spec]
     return {type(value): value for value in values} | {int: 8, float: 0.5, str: "a machine"}
 
 
@@ -56,8 +57,8 @@ def sample_inputs(stage: Stage, samples: dict, schedule) -> dict:
             inputs[name] = content.model_construct(digest=f"digest-of-{name}")  # keys read the digest only
         elif kind == Schedule:
             inputs[name] = schedule
-        else:
-            inputs[name] = samples[kind]
+        else:  # a value, or an optional one (quantize_train's QATSpec)
+            inputs[name] = samples[next((k for k in get_args(kind) if k is not type(None)), kind)]
     return inputs
 
 
