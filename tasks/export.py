@@ -62,10 +62,6 @@ class ExportedFile(BaseModel):
     # The pruned model's kernels as found in this file (empty for a dense model's export).
     sparsity: list[TensorSparsity] = []
 
-    @property
-    def failed(self) -> list[TensorSparsity]:
-        return [tensor for tensor in self.sparsity if not tensor.passed]
-
 
 class ExportedModels(StoredArtifact):
     """The TFLite files of one model, one per format (also listed in export.json)."""
@@ -118,6 +114,7 @@ def io_dtype(name: IOType):
 
 def weight_tensors(path: Path) -> list[WeightTensor]:
     """Every constant tensor of two or more dimensions in a TFLite file: the kernels."""
+    from tasks.runtime import tf  # noqa: F401 (tf_keras set up before TensorFlow loads)
     from tensorflow.lite.tools import flatbuffer_utils
 
     model = flatbuffer_utils.read_model(str(path))
