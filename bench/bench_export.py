@@ -29,7 +29,7 @@ def main() -> int:
     ))
     from flows.cli import run_settings
     from flows.prune import prune_flow
-    from tasks.config import LatencySpec, load_config
+    from tasks.config import LatencySpec, dense_counterpart, load_config
     from tasks.latency import machine_description, time_models
     from tasks.outcome import FORMAT_NAMES, KERAS
 
@@ -59,7 +59,7 @@ def main() -> int:
     print("-" * len(header))
     for file in summary.deployables:
         times = medians[file.model, "keras" if file.format == KERAS else file.format]
-        dense = latency("baseline", file.format if file.format == KERAS else file.format.removesuffix("_sparse"))
+        dense = latency("baseline", dense_counterpart(file.format))
         spread = f"{statistics.median(times):.4f} ({min(times):.4f}-{max(times):.4f})"
         print(f"{file.model:<9} {FORMAT_NAMES[file.format]:<23} {file.raw_bytes:>9,} {file.raw_ratio:>5.2f}x "
               f"{file.zip_bytes:>9,} {file.zip_ratio:>5.2f}x {file.xz_bytes:>9,} {file.xz_ratio:>5.2f}x "
