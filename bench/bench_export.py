@@ -53,7 +53,7 @@ def main() -> int:
 
     print(f"\n{machine_description()}; {args.threads} interpreter thread(s); batch 1; {args.runs} runs a repeat, "
           f"{args.repeats} repeats; ratios are the baseline .h5's size over the file's, compressed alike.\n")
-    header = (f"{'model':<9} {'format':<23} {'bytes':>9} {'ratio':>6} {'zip':>9} {'ratio':>6} {'xz':>9} {'ratio':>6} "
+    header = (f"{'model':<9} {'format':<25} {'bytes':>9} {'ratio':>6} {'zip':>9} {'ratio':>6} {'xz':>9} {'ratio':>6} "
               f"{'accuracy':>8} {'agrees':>7} {'latency ms (min-max)':>26} {'speed-up':>8}")
     print(header)
     print("-" * len(header))
@@ -61,7 +61,7 @@ def main() -> int:
         times = medians[file.model, "keras" if file.format == KERAS else file.format]
         dense = latency("baseline", dense_counterpart(file.format))
         spread = f"{statistics.median(times):.4f} ({min(times):.4f}-{max(times):.4f})"
-        print(f"{file.model:<9} {FORMAT_NAMES[file.format]:<23} {file.raw_bytes:>9,} {file.raw_ratio:>5.2f}x "
+        print(f"{file.model:<9} {FORMAT_NAMES[file.format]:<25} {file.raw_bytes:>9,} {file.raw_ratio:>5.2f}x "
               f"{file.zip_bytes:>9,} {file.zip_ratio:>5.2f}x {file.xz_bytes:>9,} {file.xz_ratio:>5.2f}x "
               f"{file.accuracy:>8.4f} {file.agreement:>7.2%} {spread:>26} {dense / statistics.median(times):>7.2f}x")
     print(f"\nBaseline test accuracy (Keras) {summary.baseline.accuracy:.4f}; pruned to "
