@@ -52,7 +52,7 @@ def main() -> int:
     print("\nPer stage, seconds (median): first run | identical re-run | after changing only the sparsity")
     for stage in stages["first"][0]:
         cells = [statistics.median(run[stage] for run in stages[name]) for name in ("first", "identical", "sparsity")]
-        print(f"  {stage:<18} {cells[0]:7.2f} | {cells[1]:7.2f} | {cells[2]:7.2f}")
+        print(f"  {stage:<26} {cells[0]:7.2f} | {cells[1]:7.2f} | {cells[2]:7.2f}")
     return 0
 
 

@@ -36,9 +36,9 @@ def main() -> int:
     print(f"\nStage wall times over {args.repeats} runs (median, min-max), seconds:")
     for stage in runs[0][1].stage_seconds:
         values = [summary.stage_seconds[stage] for _, summary in runs]
-        print(f"  {stage:<18} {median_range(values)}")
+        print(f"  {stage:<26} {median_range(values)}")
     flows = [seconds for seconds, _ in runs]
-    print(f"  {'whole flow':<18} {median_range(flows)}")
+    print(f"  {'whole flow':<26} {median_range(flows)}")
     last = runs[-1][1]
     print(f"\nLast run ({last.run_dir}):\n{render_table(last)}")
     accuracies = sorted(summary.pruned.accuracy for _, summary in runs)
