@@ -31,7 +31,7 @@ def main() -> int:
     from flows.prune import prune_flow
     from tasks.config import LatencySpec, dense_counterpart, load_config
     from tasks.latency import machine_description, time_models
-    from tasks.outcome import FORMAT_NAMES, KERAS
+    from tasks.outcome import FORMAT_NAMES
 
     config = load_config(args.config) if args.config else demo_config(args.workdir)
     with run_settings():
@@ -49,7 +49,7 @@ def main() -> int:
         print(f"repeat {i + 1}/{args.repeats} done", flush=True)
 
     def latency(model: str, fmt: str) -> float:
-        return statistics.median(medians[model, "keras" if fmt == KERAS else fmt])
+        return statistics.median(medians[model, fmt])
 
     print(f"\n{machine_description()}; {args.threads} interpreter thread(s); batch 1; {args.runs} runs a repeat, "
           f"{args.repeats} repeats; ratios are the baseline .h5's size over the file's, compressed alike.\n")
@@ -58,7 +58,7 @@ def main() -> int:
     print(header)
     print("-" * len(header))
     for file in summary.deployables:
-        times = medians[file.model, "keras" if file.format == KERAS else file.format]
+        times = medians[file.model, file.format]
         dense = latency("baseline", dense_counterpart(file.format))
         spread = f"{statistics.median(times):.4f} ({min(times):.4f}-{max(times):.4f})"
         print(f"{file.model:<9} {FORMAT_NAMES[file.format]:<25} {file.raw_bytes:>9,} {file.raw_ratio:>5.2f}x "

@@ -76,7 +76,9 @@ def prepare(config: RunConfig, run: Run) -> Prepared:
     exports = export_baseline(
         store, model=model, dataset=dataset, export=config.export_spec.dense(), sanity=None, quantized=None
     )
-    assessed = evaluate_baseline_exports(store, exported=exports, reference=model, dataset=dataset, batch_size=batch_size)
+    assessed = evaluate_baseline_exports(
+        store, exported=exports, reference=model, quantized=None, dataset=dataset, batch_size=batch_size
+    )
     return Prepared(
         store=store, model=model, dataset=dataset, baseline=baseline, baseline_exports=exports,
         baseline_export_evaluation=assessed,
@@ -98,7 +100,8 @@ def prune_to(config: RunConfig, start: Prepared, schedule: Schedule) -> PruningO
         store, model=stripped.file, dataset=dataset, export=config.export_spec, sanity=sanity, quantized=quantized
     )
     assessed = evaluate_pruned_exports(
-        store, exported=exports, reference=stripped.file, dataset=dataset, batch_size=config.dataset.batch_size
+        store, exported=exports, reference=stripped.file, quantized=quantized, dataset=dataset,
+        batch_size=config.dataset.batch_size,
     )
     latency = measure_latency(
         store, baseline=start.model, baseline_exports=start.baseline_exports, pruned=stripped.file,

@@ -202,6 +202,9 @@ ExportFormat = Literal["float32", "float32_sparse", "int8", "int8_sparse", "int8
 IOType = Literal["float32", "int8", "uint8"]
 
 
+KERAS = "keras_h5"  # the Keras model itself, among the deployable files and the timed models
+
+
 def dense_counterpart(fmt: str) -> str:
     """The format a dense, untrained-for-quantization model (the baseline) is compared in."""
     return fmt.removesuffix("_sparse").removesuffix("_qat")
@@ -239,7 +242,7 @@ class ExportConfig(_Strict):
     )
     latency_runs: int = Field(
         200, ge=5, description="Timed batch-1 invocations of each model file, after the warm-up; the files take "
-        "turns, 10 invocations at a time. The median and the 90th percentile are reported.",
+        "turns, a few invocations at a time. The median and the 90th percentile are reported.",
     )
     latency_warmup: int = Field(20, ge=0, description="Untimed invocations of each model file before the timed ones.")
     threads: int = Field(

@@ -4,29 +4,33 @@ pruned kernels are still sparse in them.
 Formats (ExportConfig.formats): float32; float32 with the pruned kernels stored sparse
 (`tf.lite.Optimize.EXPERIMENTAL_SPARSITY`); int8 full-integer post-training quantization,
 calibrated on a fixed sample of the train split; int8 stored sparse; and the two int8_qat
-formats, converted from the quantization-aware model (tasks.qat) rather than the stripped one. Each file's weight
-tensors are read back from its flatbuffer: how many of their values are zeros (a sparse tensor
-stores only its non-zeros). For the pruned model, every tensor the sanity check measured must
-still hold at least its target share of zeros in every file (quantization may round a few more
-weights to zero, never fewer), or the stage fails, naming the tensors.
+formats, converted from the quantization-aware model (tasks.qat) rather than the stripped one.
+
+Each file's kernels are read back from its flatbuffer with their zeros (a sparse tensor stores
+its non-zeros only). For the pruned model, each kernel the sanity check measured is found in
+every file (by layer name and shape) and must hold its zeros: at least the target share, less
+the tolerance, and no more than the Keras kernel's share plus the tolerance (a few weights may
+round to zero in int8; many more zeros means the file lost weights). Otherwise the stage fails,
+naming the tensors and the format.
 """
 
 from __future__ import annotations
 
+import typing
 import warnings
 from pathlib import Path
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from tasks.config import ExportFormat, ExportSpec, IOType
+from tasks.config import ExportFormat, ExportSpec, IOType, dense_counterpart
 from tasks.dataset import PreparedDataset, load_split
 from tasks.errors import PruneflowError
 from tasks.files import atomic_path, write_json
 from tasks.log import run_logger
 from tasks.models import ModelFile
 from tasks.qat import QuantizedModel
-from tasks.sanity import SanityReport, TensorSparsity
+from tasks.sparsity import SanityReport, TensorSparsity, sparsity_table
 from tasks.size import xz_size, zip_size
 from tasks.stage import Stage
 from tasks.store import StoredArtifact
@@ -112,6 +116,20 @@ def io_dtype(name: IOType):
     return {"float32": tf.float32, "int8": tf.int8, "uint8": tf.uint8}[name]
 
 
+def _zero_point(tensor, values: np.ndarray, shape: list[int]):
+    """What stands for 0 among a tensor's stored values: its zero point (int8 weights are
+    symmetric, so 0 in practice), one per channel along the quantized dimension if they differ."""
+    quantization = tensor.quantization
+    points = None if quantization is None or quantization.zeroPoint is None else np.asarray(quantization.zeroPoint)
+    if points is None or len(points) == 0:
+        return 0
+    if len(set(points.tolist())) == 1 or values.size != int(np.prod(shape)):
+        return int(points[0])  # one zero point (or a sparse tensor, whose values have no channel left)
+    axis = [1] * len(shape)
+    axis[quantization.quantizedDimension] = len(points)
+    return np.broadcast_to(points.reshape(axis), shape).reshape(-1)
+
+
 def weight_tensors(path: Path) -> list[WeightTensor]:
     """Every constant tensor of two or more dimensions in a TFLite file: the kernels."""
     from tasks.runtime import tf  # noqa: F401 (tf_keras set up before TensorFlow loads)
@@ -126,12 +144,8 @@ def weight_tensors(path: Path) -> list[WeightTensor]:
             if data is None or len(shape) < 2 or tensor.type not in WEIGHT_TYPES:
                 continue
             values = np.frombuffer(bytes(data), dtype=WEIGHT_TYPES[tensor.type])
-            zero = 0
-            quantization = tensor.quantization
-            if quantization is not None and quantization.zeroPoint is not None and len(set(quantization.zeroPoint)) == 1:
-                zero = int(quantization.zeroPoint[0])  # int8 weights are symmetric: 0, in practice
             size = int(np.prod(shape))
-            stored_nonzero = int(np.count_nonzero(values != zero))
+            stored_nonzero = int(np.count_nonzero(values != _zero_point(tensor, values, shape)))
             name = tensor.name.decode() if isinstance(tensor.name, bytes) else str(tensor.name)
             # A sparse tensor stores its non-zeros only: the rest of its values are zeros.
             found.append(WeightTensor(
@@ -141,9 +155,10 @@ def weight_tensors(path: Path) -> list[WeightTensor]:
 
 
 def _names_layer(tensor_name: str, layer_path: str) -> bool:
-    """Whether a TFLite tensor's name (';'-joined op paths) runs through the Keras layer
-    `layer_path` ('dense' or 'backbone/conv2d'): its names as consecutive path components (a
-    quantization-aware model's layer named 'quant_dense' for 'dense')."""
+    """Whether a TFLite tensor's name (';'-joined op paths, each starting with the model's name)
+    runs through the Keras layer `layer_path` ('dense' or 'backbone/conv2d'): its names as
+    consecutive path components after the first (a quantization-aware model's layer is named
+    'quant_dense' for 'dense')."""
     wanted = layer_path.split("/")
 
     def same(parts: list[str]) -> bool:
@@ -151,49 +166,76 @@ def _names_layer(tensor_name: str, layer_path: str) -> bool:
 
     for op_path in tensor_name.split(";"):
         parts = op_path.split("/")
-        if any(same(parts[i : i + len(wanted)]) for i in range(len(parts) - len(wanted) + 1)):
+        if any(same(parts[i : i + len(wanted)]) for i in range(1, len(parts) - len(wanted) + 1)):
             return True
     return False
 
 
+def _dims(shape: list[int]) -> list[int]:
+    """A shape's dimensions other than 1, sorted: what TFLite's layouts keep of a Keras kernel's
+    (HWIO becomes OHWI, a Dense kernel is transposed, a Conv1D kernel gains a 1)."""
+    return sorted(d for d in shape if d != 1)
+
+
 def match_kernels(sanity: SanityReport, weights: list[WeightTensor]) -> list[TensorSparsity | None]:
-    """For each tensor of the sanity report, the file's tensor of the same size named after its
-    layer (or, failing a name, the one tensor left of that size), as TensorSparsity; None if
-    none is found."""
+    """For each tensor of the sanity report, the file's tensor of the same shape (in TFLite's
+    layout) named after its layer, or, failing a name, the one tensor left of that shape; as
+    TensorSparsity (passed: see the module docstring), or None if none is found."""
     taken: set[int] = set()
     matched: list[TensorSparsity | None] = []
     for kernel in sanity.tensors:
-        same_size = [i for i, w in enumerate(weights) if w.size == kernel.size and i not in taken]
-        named = [i for i in same_size if _names_layer(weights[i].name, kernel.layer)]
-        pick = named[0] if named else (same_size[0] if len(same_size) == 1 else None)
+        alike = [
+            i for i, w in enumerate(weights)
+            if i not in taken and w.size == kernel.size and (not kernel.shape or _dims(w.shape) == _dims(kernel.shape))
+        ]
+        named = [i for i in alike if _names_layer(weights[i].name, kernel.layer)]
+        pick = named[0] if len(named) == 1 else (alike[0] if len(alike) == 1 else None)
         if pick is None:
             matched.append(None)
             continue
         taken.add(pick)
         zeros = weights[pick].zeros
         sparsity = zeros / kernel.size
+        kept_zeros = sparsity >= sanity.expected - sanity.tolerance
+        kept_weights = sparsity <= kernel.sparsity + sanity.tolerance
         matched.append(TensorSparsity(
             layer=kernel.layer, weight=kernel.weight, size=kernel.size, zeros=zeros, sparsity=sparsity,
-            passed=sparsity >= sanity.expected - sanity.tolerance,
+            passed=kept_zeros and kept_weights, shape=weights[pick].shape,
         ))
     return matched
 
 
+def _variants(fmt: ExportFormat) -> str:
+    """The formats built on `fmt`'s dense counterpart: what to leave out when it cannot be made."""
+    dense = dense_counterpart(fmt)
+    return ", ".join(f for f in typing.get_args(ExportFormat) if dense_counterpart(f) == dense)
+
+
 def check_kernels(fmt: ExportFormat, sanity: SanityReport, weights: list[WeightTensor], model_path: Path) -> list[TensorSparsity]:
-    """The pruned kernels as found in the file; raise unless each is there and still sparse."""
+    """The pruned kernels as found in the file; raise unless each is there with its zeros and its weights."""
     matched = match_kernels(sanity, weights)
     missing = [f"{k.layer} {k.weight}" for k, m in zip(sanity.tensors, matched) if m is None]
     if missing:
         raise PruneflowError(
-            f"export {fmt} of {model_path}: no tensor of the TFLite file matches {', '.join(missing)} (by layer name "
-            "and size), so its sparsity cannot be checked. Leave this format out of export.formats."
+            f"export {fmt} of {model_path}: no single tensor of the TFLite file matches {', '.join(missing)} (by "
+            f"layer name and shape), so its sparsity cannot be checked. Leave {fmt} out of export.formats."
         )
-    lost = [m for m in matched if not m.passed]
-    if lost:
-        listed = ", ".join(f"{t.layer} {t.weight} at {t.sparsity:.4f}" for t in lost)
+    lost_zeros = [m for m, k in zip(matched, sanity.tensors) if m.sparsity < sanity.expected - sanity.tolerance]
+    lost_weights = [m for m, k in zip(matched, sanity.tensors) if m.sparsity > k.sparsity + sanity.tolerance]
+    problems = []
+    if lost_zeros:
+        listed = ", ".join(f"{t.layer} {t.weight} at {t.sparsity:.4f}" for t in lost_zeros)
+        problems.append(f"{len(lost_zeros)} pruned tensors lost their sparsity (target {sanity.expected}): {listed}")
+    if lost_weights:
+        listed = ", ".join(
+            f"{t.layer} {t.weight} at {t.sparsity:.4f} against {k.sparsity:.4f}"
+            for t, k in zip(matched, sanity.tensors) if t in lost_weights
+        )
+        problems.append(f"{len(lost_weights)} tensors lost weights (more zeros than in the Keras model): {listed}")
+    if problems:
         raise PruneflowError(
-            f"export {fmt} of {model_path}: {len(lost)} of {len(matched)} pruned tensors lost their sparsity in the "
-            f"TFLite file (target {sanity.expected}, tolerance {sanity.tolerance}): {listed}"
+            f"export {fmt} of {model_path}, tolerance {sanity.tolerance}: {'; '.join(problems)}. The file does not "
+            f"compute what the pruned model does: leave {fmt} out of export.formats."
         )
     return matched
 
@@ -223,7 +265,8 @@ def export_tflite(
         except Exception as error:  # the converter raises its own ConverterError, and others
             first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise PruneflowError(
-                f"{model.path}: TFLite cannot convert the model to {fmt}: {first}. Leave {fmt} out of export.formats."
+                f"{model.path}: TFLite cannot convert the model to {fmt}: {first}. Leave {_variants(fmt)} out of "
+                "export.formats."
             ) from error
         with atomic_path(path) as tmp:
             tmp.write_bytes(flatbuffer)
@@ -238,11 +281,6 @@ def export_tflite(
     result = ExportedModels(folder=out, files=files)
     write_json(out / "export.json", result.model_dump(mode="json", exclude={"folder", "digest"}))
     return result
-
-
-def sparsity_table(tensors: list[TensorSparsity]) -> str:
-    """The per-tensor table, as the sanity check prints it."""
-    return SanityReport(folder=Path("."), expected=0.0, tolerance=0.0, tensors=tensors).table()
 
 
 def describe(exported: ExportedModels) -> str:

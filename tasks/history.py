@@ -30,6 +30,7 @@ def history_rows(
             "baseline_accuracy": result.baseline.accuracy, "accuracy_change": -accuracy_drop(result, file),
             "agreement": file.agreement, "raw_bytes": file.raw_bytes, "zip_bytes": file.zip_bytes,
             "zip_ratio": file.zip_ratio, "latency_ms": file.latency_median_ms, "latency_p90_ms": file.latency_p90_ms,
+            "machine": result.latency.machine,
             "training_seconds": result.training.seconds, "passed_gate": gate_problem(result, file, gate) is None,
             "promoted": promoted is not None and (result.target, file.format) == (promoted[0].target, promoted[1].format),
         }
@@ -61,7 +62,8 @@ def read_history(folder: Path) -> pd.DataFrame:
     if not files:
         return pd.DataFrame()
     rows = pd.concat([pq.read_table(path).to_pandas() for path in files], ignore_index=True)
-    for column, default in {"format": KERAS, "latency_ms": float("nan"), "raw_bytes": float("nan")}.items():
+    missing = {"format": KERAS, "latency_ms": float("nan"), "raw_bytes": float("nan"), "machine": ""}
+    for column, default in missing.items():
         rows[column] = rows[column].fillna(default) if column in rows else default
     latest = rows.groupby("flow_run_id")["started"].transform("max")
     return rows[rows["started"] == latest].sort_values(["started", "target"], ignore_index=True, kind="stable")
@@ -72,7 +74,9 @@ def runs_summary(history: pd.DataFrame) -> pd.DataFrame:
     runs = history.groupby("flow_run_id", sort=False).agg(
         started=("started", "first"), config_digest=("config_digest", "first")
     ).reset_index()
-    promoted = history[history["promoted"]][["flow_run_id", "target", "format", "accuracy", "zip_bytes", "latency_ms"]]
+    promoted = history[history["promoted"]][
+        ["flow_run_id", "target", "format", "accuracy", "zip_bytes", "latency_ms", "machine"]
+    ]
     return runs.merge(promoted, on="flow_run_id", how="left").sort_values("started", ignore_index=True)
 
 
@@ -80,7 +84,8 @@ def regressions(runs: pd.DataFrame, tolerance: float, latency_tolerance: float =
     """flow run id -> what regressed against the last earlier run of the same config (its
     `sweep` section aside) that promoted a file: the promoted file's accuracy down by more
     than `tolerance` points, its size up, its latency up by more than `latency_tolerance`
-    (a fraction: 0.25 is 25 % slower), or no file promoted any more."""
+    (a fraction: 0.25 is 25 % slower; compared only between runs on the same kind of machine),
+    or no file promoted any more."""
     found, last_promoted = {}, {}
     for current in runs.itertuples():
         previous = last_promoted.get(current.config_digest)
@@ -97,8 +102,10 @@ def regressions(runs: pd.DataFrame, tolerance: float, latency_tolerance: float =
             problems.append(f"accuracy {current.accuracy:.4f}, down {drop:.2f} points from {previous.accuracy:.4f}")
         if current.zip_bytes > previous.zip_bytes:
             problems.append(f"size {int(current.zip_bytes):,} B zipped, up from {int(previous.zip_bytes):,} B")
-        # Latency is noisy: only a slow-down beyond the tolerance counts (and only where both were measured).
-        if current.latency_ms > previous.latency_ms * (1 + latency_tolerance) + EPSILON:
+        # Latency is noisy and depends on the machine: only a slow-down beyond the tolerance, on
+        # the same kind of machine, counts (and only where both were measured).
+        same_machine = bool(current.machine) and current.machine == previous.machine
+        if same_machine and current.latency_ms > previous.latency_ms * (1 + latency_tolerance) + EPSILON:
             problems.append(
                 f"latency {current.latency_ms:.3f} ms, up {current.latency_ms / previous.latency_ms - 1:.0%} "
                 f"from {previous.latency_ms:.3f} ms"

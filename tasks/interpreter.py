@@ -1,8 +1,9 @@
 """The evaluate_*_exports stages: each TFLite file run in tf.lite.Interpreter on the test split.
 
 A file is judged by what it does, not by the Keras model it came from: its accuracy on the
-test split (in CSV order, never shuffled or augmented), and its agreement with its Keras model
-(the share of test images on which both give the same top-1 class). An integer input is
+test split (in CSV order, never shuffled or augmented), and its agreement with the Keras model
+it was converted from (the share of test images on which both give the same top-1 class; for
+an int8_qat file, the quantization-aware model). An integer input is
 quantized with the scale and zero point the file itself declares; an integer output is
 dequantized the same way.
 """
@@ -21,6 +22,7 @@ from tasks.errors import PruneflowError
 from tasks.export import ExportedModels
 from tasks.files import write_json
 from tasks.models import ModelFile
+from tasks.qat import QuantizedModel
 from tasks.stage import Stage
 from tasks.store import StoredArtifact
 
@@ -64,6 +66,7 @@ class Predictor:
     allows it, one at a time otherwise."""
 
     def __init__(self, path: Path, threads: int, batch: int):
+        self.path = path
         self.interpreter = open_interpreter(path, threads)
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]
@@ -76,7 +79,7 @@ class Predictor:
                 rows = self._invoke(np.zeros([batch, *self.input["shape"][1:]], np.float32)).shape[0]
                 if rows != batch:
                     raise ValueError(f"{rows} output rows for {batch} images")
-            except (ValueError, RuntimeError):  # a reshape inside the file fixes the batch to 1
+            except (ValueError, RuntimeError, PruneflowError):  # a reshape inside the file fixes the batch to 1
                 self.interpreter = open_interpreter(path, threads)
                 self.batch = 1
         if self.batch == 1:
@@ -84,7 +87,13 @@ class Predictor:
 
     def _invoke(self, images: np.ndarray) -> np.ndarray:
         self.interpreter.set_tensor(self.input["index"], to_input(images, self.input))
-        self.interpreter.invoke()
+        try:
+            self.interpreter.invoke()
+        except RuntimeError as error:  # an op the file holds but this interpreter cannot run
+            raise PruneflowError(
+                f"{self.path}: tf.lite.Interpreter cannot run it: {str(error).strip()}. Leave this format out of "
+                "export.formats."
+            ) from None
         return from_output(self.interpreter.get_tensor(self.output["index"]), self.output)
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
@@ -117,31 +126,50 @@ class ExportEvaluation(StoredArtifact):
         return next(evaluation for evaluation in self.files if evaluation.format == fmt)
 
 
+def available_cpus() -> int:
+    """CPUs this process may run on (a container's or a worker's share, not the machine's)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def top1(model, dataset: PreparedDataset, batch_size: int) -> np.ndarray:
+    """A Keras model's top-1 class for every test image, in order."""
+    return np.concatenate([
+        model(images, training=False).numpy().argmax(axis=-1)
+        for images, _ in load_split(dataset, "test", batch_size).as_numpy_iterator()
+    ])
+
+
 def evaluate_exports(
-    out: Path, exported: ExportedModels, reference: ModelFile, dataset: PreparedDataset, batch_size: int
+    out: Path, exported: ExportedModels, reference: ModelFile, quantized: QuantizedModel | None,
+    dataset: PreparedDataset, batch_size: int,
 ) -> ExportEvaluation:
-    """Accuracy of each exported file in the interpreter, and its agreement with `reference`,
-    the Keras model it was exported from."""
+    """Accuracy of each exported file in the interpreter, and its agreement with the Keras model
+    it was converted from: `reference`, or `quantized` (the quantization-aware model) for the
+    int8_qat formats. One file at a time, one batch of images at a time, in memory."""
     from tasks.runtime import keras
 
+    keras.backend.clear_session()
+    expected = {}
+    if any("_qat" not in f.format for f in exported.files):
+        expected["plain"] = top1(reference.load(), dataset, batch_size)
+    if any("_qat" in f.format for f in exported.files):
+        expected["qat"] = top1(quantized.load(), dataset, batch_size)
     evaluations = []
-    if exported.files:
-        keras.backend.clear_session()
-        keras_model = reference.load()
-        threads = os.cpu_count() or 1
-        predictors = [Predictor(exported.path(f), threads, batch_size) for f in exported.files]
-        right, agreed, examples = np.zeros(len(predictors)), np.zeros(len(predictors)), 0
-        for images, labels in load_split(dataset, "test", batch_size).as_numpy_iterator():  # one batch in memory
-            expected = keras_model(images, training=False).numpy().argmax(axis=-1)
-            for i, predictor in enumerate(predictors):
-                predicted = predictor(images).argmax(axis=-1)
-                right[i] += np.sum(predicted == labels)
-                agreed[i] += np.sum(predicted == expected)
-            examples += len(labels)
-        evaluations = [
-            FileEvaluation(format=f.format, accuracy=right[i] / examples, agreement=agreed[i] / examples, examples=examples)
-            for i, f in enumerate(exported.files)
-        ]
+    for exported_file in exported.files:
+        predictor = Predictor(exported.path(exported_file), available_cpus(), batch_size)
+        predicted, labels = [], []
+        for images, batch_labels in load_split(dataset, "test", batch_size).as_numpy_iterator():
+            predicted.append(predictor(images).argmax(axis=-1))
+            labels.append(batch_labels)
+        predicted, labels = np.concatenate(predicted), np.concatenate(labels)
+        agreed = predicted == expected["qat" if "_qat" in exported_file.format else "plain"]
+        evaluations.append(FileEvaluation(
+            format=exported_file.format, accuracy=float(np.mean(predicted == labels)), agreement=float(np.mean(agreed)),
+            examples=len(labels),
+        ))
     result = ExportEvaluation(folder=out, files=evaluations)
     write_json(out / "evaluation.json", [evaluation.model_dump(mode="json") for evaluation in evaluations])
     return result

@@ -22,7 +22,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from tasks.config import ImageShape, LatencySpec
+from tasks.config import KERAS, ImageShape, LatencySpec
 from tasks.export import ExportedModels
 from tasks.files import write_json
 from tasks.interpreter import open_interpreter, to_input
@@ -43,7 +43,7 @@ class Timing(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     model: Literal["baseline", "pruned"]
-    format: str  # "keras" or an export format
+    format: str  # KERAS (the Keras model, as a tf.function) or an export format
     median_ms: float
     p90_ms: float
     runs: int
@@ -58,6 +58,7 @@ class LatencyReport(StoredArtifact):
     sparse_kernels: str  # whether XNNPACK's sparse kernels can apply to the pruned model, and why not
 
     def of(self, model: str, fmt: str) -> Timing:
+        """The timing of `model`'s file in format `fmt` (KERAS for the Keras model)."""
         return next(t for t in self.timings if t.model == model and t.format == fmt)
 
 
@@ -161,7 +162,7 @@ def time_models(
     models = {"baseline": (baseline.load(), baseline_exports), "pruned": (pruned.load(), pruned_exports)}
     calls = {}
     for name, (keras_model, exports) in models.items():
-        calls[name, "keras"] = keras_call(keras_model, image)
+        calls[name, KERAS] = keras_call(keras_model, image)
         for exported in exports.files:
             calls[name, exported.format] = tflite_call(exports.path(exported), image, latency.threads)
     report = LatencyReport(

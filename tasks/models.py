@@ -7,7 +7,7 @@ import logging
 import warnings
 from pathlib import Path
 
-from tasks.config import ImageShape
+from tasks.config import ImageShape, QATSpec, TrainingSpec
 from tasks.errors import PruneflowError
 from tasks.files import atomic_path, file_digest
 from tasks.store import Content
@@ -184,6 +184,14 @@ def outputs_probabilities(model) -> bool:
         return True
     activation = getattr(last, "activation", None)
     return getattr(activation, "__name__", "") == "softmax"
+
+
+def make_optimizer(training: TrainingSpec | QATSpec):
+    """The configured optimizer at the configured learning rate."""
+    from tasks.runtime import keras
+
+    optimizers = {"adam": keras.optimizers.Adam, "sgd": keras.optimizers.SGD, "rmsprop": keras.optimizers.RMSprop}
+    return optimizers[training.optimizer](learning_rate=training.learning_rate)
 
 
 def compile_model(model, optimizer="adam", *, probabilities: bool | None = None) -> None:

@@ -7,16 +7,15 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, computed_field
 
-from tasks.config import Schedule, dense_counterpart
+from tasks.config import KERAS, Schedule, dense_counterpart
 from tasks.evaluate import Evaluation
 from tasks.export import ExportedFile, ExportedModels
 from tasks.interpreter import ExportEvaluation
 from tasks.latency import LatencyReport
 from tasks.prune import TrainedModel
-from tasks.sanity import SanityReport
+from tasks.sparsity import SanityReport
 from tasks.size import ModelSize, SizeReport
 
-KERAS = "keras_h5"  # the format of the Keras model itself, among the deployable files
 FORMAT_NAMES = {
     KERAS: "Keras .h5", "float32": "TFLite float32", "float32_sparse": "TFLite float32, sparse",
     "int8": "TFLite int8", "int8_sparse": "TFLite int8, sparse",
@@ -89,8 +88,8 @@ class PruningOutcome(BaseModel):
         reference = self.sizes.baseline
 
         def row(model, fmt, path, size: ModelSize | ExportedFile, accuracy, agreement) -> Deployable:
-            timing = self.latency.of(model, "keras" if fmt == KERAS else fmt)
-            dense = self.latency.of("baseline", "keras" if fmt == KERAS else dense_counterpart(fmt))
+            timing = self.latency.of(model, fmt)
+            dense = self.latency.of("baseline", dense_counterpart(fmt))
             return Deployable(
                 model=model, format=fmt, path=path, raw_bytes=size.raw_bytes, zip_bytes=size.zip_bytes,
                 xz_bytes=size.xz_bytes, raw_ratio=reference.raw_bytes / size.raw_bytes,

@@ -50,16 +50,17 @@ def write_version(chosen: Candidate, config: RunConfig, flow_run_id: str, layout
         write_json(tmp / "metrics.json", {
             "flow_run_id": flow_run_id,
             "promoted_at": datetime.now().astimezone().isoformat(timespec="seconds"),
-            "source": str(result.pruned_model),
-            **json.loads(result.model_dump_json(include={"target", "measured_sparsity", "accuracy_change"})),
-            "accuracy": result.pruned.accuracy,
+            **json.loads(result.model_dump_json(include={"target", "measured_sparsity"})),
             "baseline_accuracy": result.baseline.accuracy,
-            "zip_bytes": result.sizes.pruned.zip_bytes,
-            "zip_ratio": result.sizes.zip_ratio,
-            "deployable": {
-                "file": "model.h5" if file.format == KERAS else DEPLOYABLE,
-                **file.model_dump(mode="json", exclude={"model", "path"}),
-                "source": str(file.path),
+            # The promoted file's own figures (the TFLite file's, when it is one).
+            "file": "model.h5" if file.format == KERAS else DEPLOYABLE,
+            "accuracy_change": 100.0 * (file.accuracy - result.baseline.accuracy),
+            **file.model_dump(mode="json", exclude={"model", "path"}),
+            "source": str(file.path),
+            # The Keras model beside it, always model.h5.
+            "keras": {
+                "file": "model.h5", "source": str(result.pruned_model), "accuracy": result.pruned.accuracy,
+                "zip_bytes": result.sizes.pruned.zip_bytes, "zip_ratio": result.sizes.zip_ratio,
             },
         })
     return version

@@ -17,13 +17,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from tasks.config import QATSpec, Schedule, TrainingSpec
+from tasks.config import Schedule, TrainingSpec
 from tasks.dataset import PreparedDataset, load_split
 from tasks.errors import PruneflowError
 from tasks.faults import fault_callbacks
 from tasks.files import write_json
 from tasks.log import run_logger
-from tasks.models import ModelFile, compile_model, load_model, require_graph_model, save_model
+from tasks.models import ModelFile, compile_model, load_model, make_optimizer, require_graph_model, save_model
 from tasks.schedule import to_tfmot
 from tasks.stage import Stage
 from tasks.store import StoredArtifact
@@ -71,14 +71,6 @@ class StrippedModel(StoredArtifact):
     def file(self) -> ModelFile:
         """The stripped model as a later stage's input, known by this artifact's digest."""
         return ModelFile(path=self.model, digest=self.digest, trust_code=True)
-
-
-def make_optimizer(training: TrainingSpec | QATSpec):
-    """The configured optimizer at the configured learning rate."""
-    from tasks.runtime import keras
-
-    optimizers = {"adam": keras.optimizers.Adam, "sgd": keras.optimizers.SGD, "rmsprop": keras.optimizers.RMSprop}
-    return optimizers[training.optimizer](learning_rate=training.learning_rate)
 
 
 def unprunable_layers(model) -> list[str]:

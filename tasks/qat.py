@@ -19,8 +19,9 @@ from tasks.config import QATSpec
 from tasks.dataset import PreparedDataset, load_split
 from tasks.errors import PruneflowError
 from tasks.log import run_logger
-from tasks.models import ModelFile, compile_model, load_model, outputs_probabilities, require_graph_model, save_model
-from tasks.prune import make_optimizer
+from tasks.models import (
+    ModelFile, compile_model, load_model, make_optimizer, outputs_probabilities, require_graph_model, save_model,
+)
 from tasks.stage import Stage
 from tasks.store import StoredArtifact
 

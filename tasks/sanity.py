@@ -5,46 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
 
 from tasks.errors import PruneflowError
 from tasks.files import write_json
 from tasks.log import run_logger
 from tasks.models import load_model
 from tasks.prune import StrippedModel, TrainedModel
+from tasks.sparsity import SanityReport, TensorSparsity
 from tasks.stage import Stage
-from tasks.store import StoredArtifact
-
-
-class TensorSparsity(BaseModel):
-    """The measured sparsity of one prunable weight tensor."""
-
-    model_config = ConfigDict(frozen=True)
-
-    layer: str
-    weight: str
-    size: int
-    zeros: int
-    sparsity: float
-    passed: bool
-
-
-class SanityReport(StoredArtifact):
-    """Per-tensor sparsity against the schedule's final sparsity (also in sanity.json)."""
-
-    expected: float
-    tolerance: float
-    tensors: list[TensorSparsity]
-
-    @property
-    def failed(self) -> list[TensorSparsity]:
-        return [tensor for tensor in self.tensors if not tensor.passed]
-
-    def table(self) -> str:
-        lines = [f"{'layer':<40} {'weight':<18} {'size':>9} {'sparsity':>9}  ok"]
-        for t in self.tensors:
-            lines.append(f"{t.layer:<40} {t.weight:<18} {t.size:>9} {t.sparsity:>9.4f}  {'yes' if t.passed else 'NO'}")
-        return "\n".join(lines)
 
 
 def prunable_tensors(wrapped, stripped, prefix: str = "") -> list[tuple[str, str, np.ndarray]]:
@@ -86,7 +54,7 @@ def measure_sparsity(
         tensors.append(
             TensorSparsity(
                 layer=layer, weight=weight, size=int(values.size), zeros=zeros, sparsity=sparsity,
-                passed=abs(sparsity - expected) <= tolerance,
+                passed=abs(sparsity - expected) <= tolerance, shape=list(values.shape),
             )
         )
     return SanityReport(folder=folder, expected=expected, tolerance=tolerance, tensors=tensors)

@@ -236,7 +236,7 @@ def target_result(target: float, accuracy: float, zip_bytes: int, *, baseline_ac
     from tasks.latency import LatencyReport, Timing
     from tasks.outcome import TargetResult
     from tasks.prune import TrainedModel
-    from tasks.sanity import SanityReport, TensorSparsity
+    from tasks.sparsity import SanityReport, TensorSparsity
     from tasks.size import ModelSize, SizeReport
 
     folder = model.parent
@@ -278,7 +278,7 @@ def target_result(target: float, accuracy: float, zip_bytes: int, *, baseline_ac
         ]),
         latency=LatencyReport(
             folder=folder, machine="test machine", threads=1, sparse_kernels="",
-            timings=[timing("baseline", "keras", 1.0), timing("pruned", "keras", latency_ms)]
+            timings=[timing("baseline", "keras_h5", 1.0), timing("pruned", "keras_h5", latency_ms)]
             + [timing("baseline", fmt, 0.1) for fmt in dense]
             + [timing("pruned", fmt, ms) for fmt, (_, _, ms) in files.items()],
         ),

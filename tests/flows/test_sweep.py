@@ -42,7 +42,7 @@ def test_sweep_prunes_each_target_and_promotes_the_smallest_within_the_gate(pref
     assert metrics["target"] == 0.6 and metrics["flow_run_id"] == str(state.state_details.flow_run_id)
     assert (promoted / "model.h5").read_bytes() == results[1].pruned_model.read_bytes()
     assert (promoted / "model.tflite").read_bytes() == smallest.path.read_bytes()
-    assert metrics["deployable"]["format"] == smallest.format and metrics["deployable"]["zip_bytes"] == smallest.zip_bytes
+    assert metrics["format"] == smallest.format and metrics["zip_bytes"] == smallest.zip_bytes
     assert json.loads((promoted / "config.json").read_text())["pruning"]["target_sparsity"] == 0.6
     history = read_history(config.output_root / "history")
     assert list(history["target"]) == [0.3] * 5 + [0.6] * 5

@@ -13,12 +13,12 @@ START = datetime(2026, 11, 1, 2, tzinfo=timezone.utc)
 
 
 def history(*runs):
-    """Rows as the sweep appends them: (run id, [(target, accuracy, zip bytes, promoted[, latency ms])][, config
-    digest]), each the target's int8 file."""
+    """Rows as the sweep appends them: (run id, [(target, accuracy, zip bytes, promoted[, latency ms[, machine]])][,
+    config digest]), each the target's int8 file."""
     return pd.DataFrame([
         {"flow_run_id": run_id, "started": START + timedelta(days=day), "target": target, "format": "int8",
          "config_digest": digest, "accuracy": accuracy, "zip_bytes": size, "promoted": promoted,
-         "latency_ms": latency[0] if latency else 1.0}
+         "latency_ms": latency[0] if latency else 1.0, "machine": latency[1] if len(latency) > 1 else "ci"}
         for day, (run_id, rows, *other) in enumerate(runs) for digest in [other[0] if other else "nightly"]
         for target, accuracy, size, promoted, *latency in rows
     ])
@@ -93,6 +93,15 @@ def test_a_promoted_file_slower_beyond_the_tolerance_is_a_regression():
     found = regressions(runs, tolerance=0.5, latency_tolerance=0.25)
     assert found == {"wed": "latency 1.600 ms, up 28% from 1.250 ms"}
     assert set(regressions(runs, tolerance=0.5, latency_tolerance=0.1)) == {"tue", "wed"}
+
+
+def test_latency_measured_on_another_kind_of_machine_is_not_compared():
+    runs = runs_summary(history(
+        ("mon", [(0.8, 0.96, 600, True, 1.0, "laptop")]),
+        ("tue", [(0.8, 0.96, 600, True, 3.0, "ci runner")]),  # slower machine, same file
+        ("wed", [(0.8, 0.96, 600, True, 3.1, "ci runner")]),
+    ))
+    assert regressions(runs, tolerance=0.5, latency_tolerance=0.25) == {}
 
 
 def test_every_file_of_every_target_is_a_row_with_its_format_size_accuracy_and_latency(tmp_path):

@@ -24,7 +24,7 @@ def test_every_keras_model_and_file_is_timed_with_the_configured_runs(tiny_basel
         machine="the test machine",
     )
     assert [(t.model, t.format) for t in report.timings] == [
-        (model, fmt) for model in ("baseline", "pruned") for fmt in ("keras", "float32", "int8")
+        (model, fmt) for model in ("baseline", "pruned") for fmt in ("keras_h5", "float32", "int8")
     ]
     assert all(t.runs == 23 and 0 < t.median_ms <= t.p90_ms for t in report.timings)
     assert report.machine == "the test machine" and report.threads == 1
@@ -88,4 +88,4 @@ def test_the_timed_image_has_the_configured_shape(tiny_baseline, tiny_prepared, 
     (tmp_path / "latency").mkdir()
     report = time_models(tmp_path / "latency", file, empty, file, empty, ImageShape(height=12, width=20, channels=3),
                          LatencySpec(runs=5, warmup=0, threads=1), machine="m")
-    assert [t.format for t in report.timings] == ["keras", "keras"] and np.isfinite(report.timings[0].median_ms)
+    assert [t.format for t in report.timings] == ["keras_h5", "keras_h5"] and np.isfinite(report.timings[0].median_ms)

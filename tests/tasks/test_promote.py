@@ -140,13 +140,16 @@ def test_a_promoted_tflite_file_lands_beside_its_keras_model_with_its_figures(co
     promote((result, file), parse_config(config_dict), "run-1", layout)
     assert (layout.promoted / "model.tflite").read_bytes() == b"tflite flatbuffer"
     assert promoted_bytes(layout) == b"keras model"
-    deployable = json.loads((layout.promoted / "metrics.json").read_text())["deployable"]
-    assert deployable["file"] == "model.tflite" and deployable["format"] == "int8"
-    assert deployable["accuracy"] == 0.948 and deployable["zip_bytes"] == 120 and deployable["latency_median_ms"] == 0.05
+    metrics = json.loads((layout.promoted / "metrics.json").read_text())
+    assert metrics["file"] == "model.tflite" and metrics["format"] == "int8"  # the promoted file's own figures
+    assert metrics["accuracy"] == 0.948 and metrics["zip_bytes"] == 120 and metrics["latency_median_ms"] == 0.05
+    assert metrics["accuracy_change"] == pytest.approx(-0.2)  # against the baseline's 0.95
+    assert metrics["keras"] == {"file": "model.h5", "source": str(model), "accuracy": 0.95, "zip_bytes": 500,
+                                "zip_ratio": 40_000 / 500}
 
 
 def test_a_promoted_keras_model_comes_without_a_tflite_file(setting):
     layout, config, (first, _) = setting
     promote(first, config, "run-1", layout)
     assert not (layout.promoted / "model.tflite").exists()
-    assert json.loads((layout.promoted / "metrics.json").read_text())["deployable"]["file"] == "model.h5"
+    assert json.loads((layout.promoted / "metrics.json").read_text())["file"] == "model.h5"

@@ -36,8 +36,8 @@ def test_quantization_aware_training_keeps_the_zeros_into_the_int8_files(pruned_
         assert [t.layer for t in f.sparsity] == [t.layer for t in sanity.tensors]
         assert all(t.sparsity >= 0.48 for t in f.sparsity)
     (tmp_path / "evaluation").mkdir()
-    evaluation = evaluate_exports(tmp_path / "evaluation", exported, v.stripped.file, v.dataset, batch_size=8)
-    assert all(e.agreement >= 0.75 for e in evaluation.files)  # 12 test images: the files mostly agree
+    evaluation = evaluate_exports(tmp_path / "evaluation", exported, v.stripped.file, quantized, v.dataset, batch_size=8)
+    assert all(e.agreement >= 0.9 for e in evaluation.files)  # with the quantization-aware model they came from
 
 
 def test_without_an_int8_qat_format_nothing_is_trained(tiny_prepared, tiny_config, tmp_path):

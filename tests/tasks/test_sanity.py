@@ -7,7 +7,8 @@ import pytest
 from tasks.errors import PruneflowError
 from tasks.models import ModelFile, save_model
 from tasks.prune import strip_model, train_pruned
-from tasks.sanity import SanityReport, TensorSparsity, check_sparsity, measure_sparsity, require_target_reached
+from tasks.sanity import check_sparsity, measure_sparsity, require_target_reached
+from tasks.sparsity import SanityReport, TensorSparsity
 from tests.helpers import IMAGE_SIZE, PRUNABLE_KERNELS
 
 
