@@ -110,8 +110,8 @@ class ConstantSchedule(_ScheduleSteps):
     kind: Literal["constant"] = Field("constant", description="Schedule type.")
     target_sparsity: Sparsity = Field(description="Fraction of each prunable tensor set to zero, in [0, 1).")
     end_step: int | None = Field(
-        None, ge=-1, description="Last pruning step; -1 prunes until the end of training; omitted: the run's "
-        "last step (steps per epoch x epochs)."
+        None, ge=-1, description="Last pruning step; -1 prunes until the end of training; omitted: the last step of "
+        "the run (steps per epoch x epochs) at which pruning happens (begin_step plus a multiple of frequency)."
     )
 
     @property
@@ -138,7 +138,8 @@ class PolynomialDecaySchedule(_ScheduleSteps):
     final_sparsity: Sparsity = Field(description="Sparsity reached at end_step and kept after, in [0, 1).")
     end_step: int | None = Field(
         None, ge=0, description="Step at which final_sparsity is reached: at most the run's last step, and "
-        "begin_step plus a multiple of frequency; omitted: the run's last step."
+        "begin_step plus a multiple of frequency (or final_sparsity is never reached, and the run is refused); "
+        "omitted: the last such step of the run, so that final_sparsity is reached."
     )
     power: float = Field(3.0, gt=0, description="Exponent of the decay: 3 prunes fast early, then slowly.")
 

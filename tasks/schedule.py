@@ -35,19 +35,21 @@ def sparsity_at(schedule: Schedule, step: int) -> float:
 def resolve_schedule(schedule: Schedule, steps_per_epoch: int, epochs: int) -> Schedule:
     """Return the schedule with end_step filled in, refusing one that cannot reach its target.
 
-    An omitted end_step becomes the run's last step, steps_per_epoch * epochs. A schedule whose
-    pruning steps all fall outside the run (TFMOT's default frequency of 100 on a short run) or
-    whose last pruning step stops short of the final sparsity would leave the model less sparse
-    than asked, silently; it is refused here, before any training.
+    An omitted end_step becomes the last step of the run, steps_per_epoch * epochs, at which
+    TFMOT prunes (begin_step plus a multiple of frequency), so the final sparsity is reached
+    inside the run. A schedule whose pruning steps all fall outside the run (TFMOT's default
+    frequency of 100 on a short run) or whose end_step, as written, stops the last pruning
+    step short of the final sparsity would leave the model less sparse than asked, silently;
+    it is refused here, before any training.
 
     Raises:
         PruneflowError: naming the schedule field to change.
     """
     total_steps = steps_per_epoch * epochs
-    if schedule.end_step is None:
-        schedule = schedule.model_copy(update={"end_step": total_steps})
-    steps = pruning_steps(schedule, total_steps)
     run = f"the run has {total_steps} training steps ({epochs} epochs x {steps_per_epoch} steps)"
+    if schedule.end_step is None:
+        schedule = schedule.model_copy(update={"end_step": _last_pruning_step(schedule, total_steps, run)})
+    steps = pruning_steps(schedule, total_steps)
     if not steps:
         raise PruneflowError(
             f"pruning: no pruning step falls inside the run: {run}, but pruning starts at "
@@ -63,6 +65,26 @@ def resolve_schedule(schedule: Schedule, steps_per_epoch: int, epochs: int) -> S
             f"begin_step + a multiple of frequency ({schedule.frequency})."
         )
     return schedule
+
+
+def _last_pruning_step(schedule: Schedule, total_steps: int, run: str) -> int:
+    """Where an omitted end_step goes: the run's last step at which TFMOT prunes (the run's
+    last step itself when none does, which resolve_schedule then refuses with its reason).
+
+    Raises:
+        PruneflowError: a polynomial decay with a single pruning step in the run, at
+            begin_step, where it prunes to initial_sparsity only.
+    """
+    steps = pruning_steps(schedule.model_copy(update={"end_step": total_steps}), total_steps)
+    if not steps:
+        return total_steps
+    if isinstance(schedule, PolynomialDecaySchedule) and steps[-1] <= schedule.begin_step:
+        raise PruneflowError(
+            f"pruning: the only pruning step inside the run is step {steps[-1]} (begin_step={schedule.begin_step}, "
+            f"frequency={schedule.frequency}); {run}. A polynomial decay needs a later one to go from initial_sparsity "
+            "to final_sparsity: lower frequency, train longer, or use a constant schedule."
+        )
+    return steps[-1]
 
 
 def at_target(schedule: Schedule, target: float) -> Schedule:

@@ -13,6 +13,24 @@ def test_omitted_end_step_is_the_runs_last_step():
     assert resolved.end_step == 660
 
 
+@pytest.mark.parametrize("kind", [ConstantSchedule, PolynomialDecaySchedule])
+def test_omitted_end_step_is_the_last_pruning_step_so_the_final_sparsity_is_reached(kind):
+    """2 epochs of 58 steps, pruning every 10: the last pruning step is 110, not 116."""
+    schedule = kind(frequency=10, **({"target_sparsity": 0.7} if kind is ConstantSchedule else {"final_sparsity": 0.7}))
+    resolved = resolve_schedule(schedule, steps_per_epoch=58, epochs=2)
+    assert resolved.end_step == 110 and list(pruning_steps(resolved, 116))[-1] == 110
+    assert sparsity_at(resolved, 110) == pytest.approx(0.7)
+    with pytest.raises(PruneflowError, match="final_sparsity 0.7 is reached only at end_step=116"):
+        resolve_schedule(PolynomialDecaySchedule(final_sparsity=0.7, frequency=10, end_step=116), 58, 2)  # as written
+
+
+def test_a_polynomial_decay_with_one_pruning_step_is_refused():
+    schedule = PolynomialDecaySchedule(final_sparsity=0.7, begin_step=10, frequency=10)
+    with pytest.raises(PruneflowError, match=r"the only pruning step inside the run is step 10 .*constant schedule"):
+        resolve_schedule(schedule, steps_per_epoch=6, epochs=3)
+    assert resolve_schedule(ConstantSchedule(target_sparsity=0.7, begin_step=10, frequency=10), 6, 3).end_step == 10
+
+
 def test_explicit_end_step_is_kept():
     schedule = PolynomialDecaySchedule(final_sparsity=0.8, end_step=330, frequency=10)
     assert resolve_schedule(schedule, 110, 6).end_step == 330
