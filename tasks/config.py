@@ -206,6 +206,11 @@ IOType = Literal["float32", "int8", "uint8"]
 KERAS = "keras_h5"  # the Keras model itself, among the deployable files and the timed models
 
 
+def from_qat(fmt: str) -> bool:
+    """Whether the format is converted from the quantization-aware model (tasks.qat)."""
+    return "_qat" in fmt
+
+
 def dense_counterpart(fmt: str) -> str:
     """The format a dense, untrained-for-quantization model (the baseline) is compared in."""
     return fmt.removesuffix("_sparse").removesuffix("_qat")
@@ -272,7 +277,7 @@ class ExportSpec(_Strict):
 
     @property
     def wants_qat(self) -> bool:
-        return any("_qat" in fmt for fmt in self.formats)
+        return any(from_qat(fmt) for fmt in self.formats)
 
 
 class QATSpec(_Strict):

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from tasks.config import ExportFormat, ExportSpec, IOType, dense_counterpart
+from tasks.config import ExportFormat, ExportSpec, IOType, dense_counterpart, from_qat
 from tasks.dataset import PreparedDataset, load_split
 from tasks.errors import PruneflowError
 from tasks.files import atomic_path, write_json
@@ -196,13 +196,22 @@ def match_kernels(sanity: SanityReport, weights: list[WeightTensor]) -> list[Ten
         taken.add(pick)
         zeros = weights[pick].zeros
         sparsity = zeros / kernel.size
-        kept_zeros = sparsity >= sanity.expected - sanity.tolerance
-        kept_weights = sparsity <= kernel.sparsity + sanity.tolerance
         matched.append(TensorSparsity(
             layer=kernel.layer, weight=kernel.weight, size=kernel.size, zeros=zeros, sparsity=sparsity,
-            passed=kept_zeros and kept_weights, shape=weights[pick].shape,
+            passed=not _lost_zeros(sanity, sparsity) and not _lost_weights(sanity, kernel, sparsity),
+            shape=weights[pick].shape,
         ))
     return matched
+
+
+def _lost_zeros(sanity: SanityReport, sparsity: float) -> bool:
+    """The file's tensor is below the target sparsity, less the tolerance."""
+    return sparsity < sanity.expected - sanity.tolerance
+
+
+def _lost_weights(sanity: SanityReport, kernel: TensorSparsity, sparsity: float) -> bool:
+    """The file's tensor holds more zeros than the Keras kernel, beyond the tolerance."""
+    return sparsity > kernel.sparsity + sanity.tolerance
 
 
 def _variants(fmt: ExportFormat) -> str:
@@ -220,17 +229,14 @@ def check_kernels(fmt: ExportFormat, sanity: SanityReport, weights: list[WeightT
             f"export {fmt} of {model_path}: no single tensor of the TFLite file matches {', '.join(missing)} (by "
             f"layer name and shape), so its sparsity cannot be checked. Leave {fmt} out of export.formats."
         )
-    lost_zeros = [m for m, k in zip(matched, sanity.tensors) if m.sparsity < sanity.expected - sanity.tolerance]
-    lost_weights = [m for m, k in zip(matched, sanity.tensors) if m.sparsity > k.sparsity + sanity.tolerance]
+    lost_zeros = [m for m in matched if _lost_zeros(sanity, m.sparsity)]
+    lost_weights = [(k, m) for k, m in zip(sanity.tensors, matched) if _lost_weights(sanity, k, m.sparsity)]
     problems = []
     if lost_zeros:
         listed = ", ".join(f"{t.layer} {t.weight} at {t.sparsity:.4f}" for t in lost_zeros)
         problems.append(f"{len(lost_zeros)} pruned tensors lost their sparsity (target {sanity.expected}): {listed}")
     if lost_weights:
-        listed = ", ".join(
-            f"{t.layer} {t.weight} at {t.sparsity:.4f} against {k.sparsity:.4f}"
-            for t, k in zip(matched, sanity.tensors) if t in lost_weights
-        )
+        listed = ", ".join(f"{t.layer} {t.weight} at {t.sparsity:.4f} against {k.sparsity:.4f}" for k, t in lost_weights)
         problems.append(f"{len(lost_weights)} tensors lost weights (more zeros than in the Keras model): {listed}")
     if problems:
         raise PruneflowError(
@@ -250,7 +256,7 @@ def export_tflite(
     from tasks.runtime import keras
 
     keras.backend.clear_session()
-    keras_model = model.load() if any("_qat" not in fmt for fmt in export.formats) else None
+    keras_model = model.load() if not all(from_qat(fmt) for fmt in export.formats) else None
     if export.wants_qat and (quantized is None or not quantized.trained):
         raise ValueError("the int8_qat formats need the quantize_train stage's model")
     qat_model = quantized.load() if export.wants_qat else None
@@ -261,7 +267,7 @@ def export_tflite(
     for fmt in export.formats:
         path = out / f"model_{fmt}.tflite"
         try:
-            flatbuffer = convert(qat_model if "_qat" in fmt else keras_model, fmt, export, calibration)
+            flatbuffer = convert(qat_model if from_qat(fmt) else keras_model, fmt, export, calibration)
         except Exception as error:  # the converter raises its own ConverterError, and others
             first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise PruneflowError(

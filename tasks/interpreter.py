@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
+from tasks.config import from_qat
 from tasks.dataset import PreparedDataset, load_split
 from tasks.errors import PruneflowError
 from tasks.export import ExportedModels
@@ -153,9 +154,9 @@ def evaluate_exports(
 
     keras.backend.clear_session()
     expected = {}
-    if any("_qat" not in f.format for f in exported.files):
+    if not all(from_qat(f.format) for f in exported.files):
         expected["plain"] = top1(reference.load(), dataset, batch_size)
-    if any("_qat" in f.format for f in exported.files):
+    if any(from_qat(f.format) for f in exported.files):
         expected["qat"] = top1(quantized.load(), dataset, batch_size)
     evaluations = []
     for exported_file in exported.files:
@@ -165,7 +166,7 @@ def evaluate_exports(
             predicted.append(predictor(images).argmax(axis=-1))
             labels.append(batch_labels)
         predicted, labels = np.concatenate(predicted), np.concatenate(labels)
-        agreed = predicted == expected["qat" if "_qat" in exported_file.format else "plain"]
+        agreed = predicted == expected["qat" if from_qat(exported_file.format) else "plain"]
         evaluations.append(FileEvaluation(
             format=exported_file.format, accuracy=float(np.mean(predicted == labels)), agreement=float(np.mean(agreed)),
             examples=len(labels),

@@ -12,7 +12,6 @@ Latency depends on the machine: the machine's description is an input, so a stor
 is reused on the same kind of machine only.
 """
 
-import os
 import platform
 import time
 from collections.abc import Callable
@@ -25,7 +24,7 @@ from pydantic import BaseModel, ConfigDict
 from tasks.config import KERAS, ImageShape, LatencySpec
 from tasks.export import ExportedModels
 from tasks.files import write_json
-from tasks.interpreter import open_interpreter, to_input
+from tasks.interpreter import available_cpus, open_interpreter, to_input
 from tasks.models import ModelFile
 from tasks.stage import Stage
 from tasks.store import StoredArtifact
@@ -70,7 +69,7 @@ def machine_description() -> str:
             model = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), model)
     except OSError:
         pass
-    return f"{model}, {os.cpu_count()} cores, {platform.system()} {platform.machine()}"
+    return f"{model}, {available_cpus()} cores, {platform.system()} {platform.machine()}"
 
 
 def keras_call(model, image: np.ndarray) -> Callable[[], object]:

@@ -73,7 +73,7 @@ def test_sparse_kernels_are_said_to_apply_only_where_xnnpack_would_use_them(tmp_
     assert "not exported" in sparse_kernels_note(mobilenet_like(0.8), dense_only)
 
 
-def test_the_timed_image_has_the_configured_shape(tiny_baseline, tiny_prepared, tmp_path):
+def test_a_model_whose_input_size_is_left_open_is_timed_at_the_dataset_image_size(tiny_baseline, tiny_prepared, tmp_path):
     """A model whose input size is left open is timed at the dataset's image size."""
     from tasks.models import save_model
     from tasks.runtime import keras
