@@ -116,6 +116,24 @@ def sweep(
 
 
 @app.command()
+def sensitivity(
+    config: Annotated[Path, typer.Argument(help="A YAML run config; its `sensitivity` section lists the sparsities.")],
+    target: Annotated[
+        float | None, typer.Option(min=0.0, max=0.99, help="Overall sparsity to propose for; default: the schedule's.")
+    ] = None,
+    refresh: Refresh = False,
+) -> None:
+    """Prune each selected layer of CONFIG's baseline alone; propose per-layer sparsities for a run."""
+    from flows.sensitivity import sensitivity_flow
+    from tasks.config import load_config
+
+    loaded = load_config(config)
+    with run_settings(refresh):
+        report = sensitivity_flow(loaded, target)
+    typer.echo(f"\n{report.render()}")
+
+
+@app.command()
 def history(
     config: Annotated[Path, typer.Argument(help="The run config whose output_root holds the history.")],
     last: Annotated[int, typer.Option(help="How many recent runs to show.")] = 10,

@@ -91,7 +91,7 @@ def prune_to(config: RunConfig, start: Prepared, schedule: Schedule) -> PruningO
     trained = training(store, dataset=dataset, baseline=start.model, schedule=schedule, training=config.training_spec)
     stripped = strip(store, trained=trained, dataset=dataset)
     sanity = sanity_check(
-        store, trained=trained, stripped=stripped, expected=schedule.final_sparsity, tolerance=config.sanity_tolerance
+        store, stripped=stripped, schedule=schedule, training=config.training_spec, tolerance=config.sanity_tolerance
     )
     sizes = measure_size(store, baseline=start.model, pruned=stripped.file)
     pruned = evaluate_pruned(store, model=stripped.file, dataset=dataset, batch_size=config.dataset.batch_size)

@@ -181,6 +181,58 @@ class TrainingConfig(_Strict):
     )
 
 
+class LayerSelection(_Strict):
+    """Which layers are pruned, to what sparsity, in what structure. A pattern is a shell-style
+    pattern (*, ?, [..], case-sensitive) matched against a layer's path (nested models' names
+    first: backbone/conv1), its name, or its class name (Conv2D)."""
+
+    include: list[str] = Field(
+        [], description="Prune only the layers matching one of these patterns; empty: every layer TFMOT can prune. "
+        "A pattern that matches no layer TFMOT can prune is refused, naming it.",
+    )
+    exclude: list[str] = Field(
+        [], description="Leave the layers matching one of these patterns dense (after include). A pattern that "
+        "matches no layer is refused, naming it.",
+    )
+    keep_first_conv: bool = Field(
+        False, description="Leave the model's first convolution dense: it sees the raw image and holds few weights.",
+    )
+    keep_classifier: bool = Field(False, description="Leave the model's last Dense layer (the classifier) dense.")
+    sparsity: dict[str, Sparsity] = Field(
+        {}, description="Per-layer target sparsity: pattern -> sparsity, the first matching pattern wins; other "
+        "pruned layers take the schedule's. `pruneflow sensitivity` proposes these. A pattern that matches no "
+        "pruned layer is refused, naming it.",
+    )
+    m_by_n: tuple[int, int] | None = Field(
+        None, description="Structured sparsity [m, n] (TFMOT's sparsity_m_by_n): m of every n consecutive weights "
+        "along the input-channel axis are zero, e.g. [2, 4], which sparse tensor cores run fast. The sparsity is "
+        "then m/n, so the schedule's must be m/n. Each pruned layer's input channels must be a multiple of n.",
+    )
+    block_size: tuple[int, int] | None = Field(
+        None, description="Block sparsity [rows, columns] (TFMOT's block_size): weights are zeroed in whole "
+        "blocks of a 2-D kernel: Dense layers only (TFMOT refuses convolution kernels, 1x1 ones included).",
+    )
+
+    @model_validator(mode="after")
+    def _one_structure(self) -> LayerSelection:
+        if self.m_by_n is not None:
+            m, n = self.m_by_n
+            if not 0 < m < n:
+                raise ValueError(f"m_by_n {list(self.m_by_n)} must be [m, n] with 0 < m < n, e.g. [2, 4]")
+            if self.block_size is not None:
+                raise ValueError("m_by_n and block_size are two structures: set one of them")
+            if self.sparsity:
+                raise ValueError("m_by_n fixes every pruned layer's sparsity at m/n: per-layer sparsity cannot be set")
+        if self.block_size is not None and min(self.block_size) < 1:
+            raise ValueError(f"block_size {list(self.block_size)} must be two positive numbers of rows and columns")
+        return self
+
+    @property
+    def structured_sparsity(self) -> float | None:
+        """The sparsity an m_by_n structure gives (None without one)."""
+        return None if self.m_by_n is None else self.m_by_n[0] / self.m_by_n[1]
+
+
 class TrainingSpec(_Strict):
     """What prune-training does with the data, the baseline and the schedule: the part of the
     config its result depends on (RunConfig.training_spec). The stage receives only this, so its
@@ -194,6 +246,7 @@ class TrainingSpec(_Strict):
     augment: bool
     seed: int
     pruning_policy: Literal["all_layers", "xnnpack_latency"]
+    layers: LayerSelection
 
     def steps_per_epoch(self, n_train: int) -> int:
         return math.ceil(n_train / self.batch_size)
@@ -328,6 +381,22 @@ class SweepConfig(_Strict):
         return self
 
 
+class SensitivityConfig(_Strict):
+    """Used by `pruneflow sensitivity` only: how far each layer is pruned alone."""
+
+    sparsities: list[Sparsity] = Field(
+        [0.3, 0.5, 0.7, 0.8, 0.9, 0.95], min_length=1,
+        description="Sparsities each selected layer is pruned to alone, by magnitude and without fine-tuning, its "
+        "validation accuracy measured at each. The proposal never goes past the highest.",
+    )
+
+    @model_validator(mode="after")
+    def _ascending(self) -> SensitivityConfig:
+        if sorted(set(self.sparsities)) != self.sparsities:
+            raise ValueError(f"sparsities {self.sparsities} must be ascending, each listed once")
+        return self
+
+
 def _schedule_as_choice(schema: dict) -> None:
     """Publish the schedule as `anyOf`, which Prefect's UI form renders as a choice of type.
 
@@ -348,6 +417,10 @@ class RunConfig(_Strict):
     model: ModelConfig = Field(description="The trained model to prune.")
     pruning: Schedule = Field(description="When and how far to prune: the pruning schedule.")
     training: TrainingConfig = Field(description="Fine-tuning under the schedule, and its retries.")
+    layers: LayerSelection = Field(
+        default_factory=LayerSelection,
+        description="Which layers are pruned (default: every layer TFMOT can prune), per-layer sparsity, structure.",
+    )
     sanity_tolerance: float = Field(
         0.01, ge=0.0, lt=1.0,
         description="Largest gap allowed between a prunable tensor's fraction of zeros and the target sparsity.",
@@ -365,11 +438,26 @@ class RunConfig(_Strict):
         default_factory=SweepConfig,
         description="Used by `pruneflow sweep` only: the targets, the accuracy gate, parallelism.",
     )
+    sensitivity: SensitivityConfig = Field(
+        default_factory=SensitivityConfig,
+        description="Used by `pruneflow sensitivity` only: the sparsities each layer is pruned to alone.",
+    )
+
+    @model_validator(mode="after")
+    def _schedule_fits_structure(self) -> RunConfig:
+        structured = self.layers.structured_sparsity
+        if structured is not None and not math.isclose(self.pruning.final_sparsity, structured):
+            field = "target_sparsity" if isinstance(self.pruning, ConstantSchedule) else "final_sparsity"
+            raise ValueError(
+                f"pruning.{field} is {self.pruning.final_sparsity}, but layers.m_by_n {list(self.layers.m_by_n)} "
+                f"zeroes exactly {structured:g} of the weights: set pruning.{field} to {structured:g}"
+            )
+        return self
 
     @property
     def training_spec(self) -> TrainingSpec:
         """TrainingSpec's fields, each read from the section that holds it."""
-        sections = {**self.training.model_dump(), **self.dataset.model_dump(), "seed": self.seed}
+        sections = {**self.training.model_dump(), **self.dataset.model_dump(), "seed": self.seed, "layers": self.layers}
         return TrainingSpec(**{name: sections[name] for name in TrainingSpec.model_fields})
 
     @property

@@ -8,9 +8,9 @@ formats, converted from the quantization-aware model (tasks.qat) rather than the
 
 Each file's kernels are read back from its flatbuffer with their zeros (a sparse tensor stores
 its non-zeros only). For the pruned model, each kernel the sanity check measured is found in
-every file (by layer name and shape) and must hold its zeros: at least the target share, less
-the tolerance, and no more than the Keras kernel's share plus the tolerance (a few weights may
-round to zero in int8; many more zeros means the file lost weights). Otherwise the stage fails,
+every file (by layer name and shape) and must hold the Keras kernel's share of zeros (which
+reached its target), within the tolerance either way (a few weights may round to zero in int8;
+many more zeros means the file lost weights). Otherwise the stage fails,
 naming the tensors and the format.
 """
 
@@ -198,15 +198,16 @@ def match_kernels(sanity: SanityReport, weights: list[WeightTensor]) -> list[Ten
         sparsity = zeros / kernel.size
         matched.append(TensorSparsity(
             layer=kernel.layer, weight=kernel.weight, size=kernel.size, zeros=zeros, sparsity=sparsity,
-            passed=not _lost_zeros(sanity, sparsity) and not _lost_weights(sanity, kernel, sparsity),
+            passed=not _lost_zeros(sanity, kernel, sparsity) and not _lost_weights(sanity, kernel, sparsity),
+            target=kernel.target,
             shape=weights[pick].shape,
         ))
     return matched
 
 
-def _lost_zeros(sanity: SanityReport, sparsity: float) -> bool:
-    """The file's tensor is below the target sparsity, less the tolerance."""
-    return sparsity < sanity.expected - sanity.tolerance
+def _lost_zeros(sanity: SanityReport, kernel: TensorSparsity, sparsity: float) -> bool:
+    """The file's tensor holds fewer zeros than the Keras kernel (which reached its target), beyond the tolerance."""
+    return sparsity < kernel.sparsity - sanity.tolerance
 
 
 def _lost_weights(sanity: SanityReport, kernel: TensorSparsity, sparsity: float) -> bool:
@@ -229,12 +230,12 @@ def check_kernels(fmt: ExportFormat, sanity: SanityReport, weights: list[WeightT
             f"export {fmt} of {model_path}: no single tensor of the TFLite file matches {', '.join(missing)} (by "
             f"layer name and shape), so its sparsity cannot be checked. Leave {fmt} out of export.formats."
         )
-    lost_zeros = [m for m in matched if _lost_zeros(sanity, m.sparsity)]
+    lost_zeros = [m for k, m in zip(sanity.tensors, matched) if _lost_zeros(sanity, k, m.sparsity)]
     lost_weights = [(k, m) for k, m in zip(sanity.tensors, matched) if _lost_weights(sanity, k, m.sparsity)]
     problems = []
     if lost_zeros:
-        listed = ", ".join(f"{t.layer} {t.weight} at {t.sparsity:.4f}" for t in lost_zeros)
-        problems.append(f"{len(lost_zeros)} pruned tensors lost their sparsity (target {sanity.expected}): {listed}")
+        listed = ", ".join(f"{t.layer} {t.weight} at {t.sparsity:.4f} (target {t.target:g})" for t in lost_zeros)
+        problems.append(f"{len(lost_zeros)} pruned tensors lost their sparsity: {listed}")
     if lost_weights:
         listed = ", ".join(f"{t.layer} {t.weight} at {t.sparsity:.4f} against {k.sparsity:.4f}" for k, t in lost_weights)
         problems.append(f"{len(lost_weights)} tensors lost weights (more zeros than in the Keras model): {listed}")

@@ -1,13 +1,17 @@
-"""The sweep's plot: accuracy against compressed size, one point per file of each target, one series per format."""
+"""The plots: a sweep's accuracy against compressed size (one point per file of each target, one
+series per format), and the sensitivity heatmap (layers against sparsities)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from tasks.config import SweepConfig
 from tasks.files import atomic_path
 from tasks.gate import candidates, gate_problem
 from tasks.outcome import FORMAT_NAMES, TargetResult
+from tasks.sensitivity import LayerSensitivity, Proposal
 
 MARKERS = "osD^vP*X"
 
@@ -50,6 +54,35 @@ def plot_sweep(results: list[TargetResult], gate: SweepConfig, path: Path) -> Pa
         axes.set_title("Sparsity sweep: accuracy against compressed size (hollow: fails the gate)")
         axes.grid(alpha=0.3, which="both")
         axes.legend(fontsize=7)
+        figure.tight_layout()
+        with atomic_path(path) as tmp:
+            figure.savefig(tmp, format="png")
+    finally:
+        plt.close(figure)
+    return path
+
+
+def plot_sensitivity(results: list[LayerSensitivity], proposal: Proposal, path: Path) -> Path:
+    """A heatmap of validation accuracy lost (points) with each layer pruned alone to each
+    sparsity, the value in each cell, the proposed sparsity at the end of each row."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    sparsities = results[0].sparsities
+    drops = np.array([r.drops() for r in results])
+    figure, axes = plt.subplots(figsize=(2.0 + 1.0 * len(sparsities), 1.5 + 0.32 * len(results)), dpi=120)
+    try:
+        bound = max(1.0, float(np.abs(drops).max()))
+        image = axes.imshow(drops, cmap="RdYlGn_r", vmin=-bound, vmax=bound, aspect="auto")
+        for (row, column), drop in np.ndenumerate(drops):
+            axes.text(column, row, f"{drop:+.1f}", ha="center", va="center", fontsize=7)
+        axes.set_xticks(range(len(sparsities)), [f"{s:g}" for s in sparsities])
+        axes.set_yticks(range(len(results)), [f"{r.layer}  -> {proposal.sparsity[r.layer]:g}" for r in results], fontsize=7)
+        axes.set_xlabel("sparsity of the layer alone (no fine-tuning)")
+        axes.set_title(f"Validation accuracy lost, in points (-> proposed for {proposal.target:g} overall)", fontsize=9)
+        figure.colorbar(image, ax=axes, label="accuracy drop (points)")
         figure.tight_layout()
         with atomic_path(path) as tmp:
             figure.savefig(tmp, format="png")

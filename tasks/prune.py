@@ -24,7 +24,8 @@ from tasks.faults import fault_callbacks
 from tasks.files import write_json
 from tasks.log import run_logger
 from tasks.models import ModelFile, compile_model, load_model, make_optimizer, require_graph_model, save_model
-from tasks.schedule import to_tfmot
+from tasks.schedule import at_target, to_tfmot
+from tasks.selection import LayerPlan, plan_layers, plan_table
 from tasks.stage import Stage
 from tasks.store import StoredArtifact
 
@@ -73,39 +74,6 @@ class StrippedModel(StoredArtifact):
         return ModelFile(path=self.model, digest=self.digest, trust_code=True)
 
 
-def unprunable_layers(model) -> list[str]:
-    """'name (Class)' of every layer, nested ones included, that TFMOT has no pruning rule for."""
-    from tensorflow_model_optimization.python.core.sparsity.keras.prune_registry import PruneRegistry
-
-    from tasks.runtime import keras, tfmot
-
-    found = []
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            found += unprunable_layers(layer)
-        elif isinstance(layer, keras.layers.InputLayer):
-            continue  # never wrapped: clone_model recreates inputs
-        elif not (isinstance(layer, tfmot.sparsity.keras.PrunableLayer) or PruneRegistry.supports(layer)):
-            found.append(f"{layer.name} ({type(layer).__name__})")
-    return found
-
-
-def require_prunable(model, model_path: Path) -> None:
-    """Refuse, naming the layers, a model that whole-model pruning cannot wrap.
-
-    Raises:
-        PruneflowError: a subclassed model, or layers TFMOT has no pruning rule for.
-    """
-    require_graph_model(model, model_path)
-    unsupported = unprunable_layers(model)
-    if unsupported:
-        raise PruneflowError(
-            f"{model_path}: TFMOT cannot prune these layers: {', '.join(unsupported)}. Whole-model pruning "
-            "needs every layer to be supported; pruning only the supported layers (leaving these unwrapped) "
-            "is done by selecting layers with keras.models.clone_model, which pruneflow does not do yet."
-        )
-
-
 def pruning_policy(name: str):
     """TFMOT's PruningPolicy for TrainingConfig.pruning_policy (None: prune every supported layer)."""
     from tasks.runtime import tfmot
@@ -129,19 +97,67 @@ def require_policy_fits(model, policy: str, model_path: Path) -> None:
         ) from None
 
 
-def wrap_for_pruning(model, schedule: Schedule, model_path: Path, policy: str = "all_layers"):
-    """prune_low_magnitude over the whole model (or the layers `policy` selects), with TFMOT's
-    refusals explained as user errors."""
-    from tasks.runtime import tfmot
+def plan_for(model, schedule: Schedule, training: TrainingSpec, model_path: Path) -> LayerPlan:
+    """The layer plan of a run: the config's selection, the schedule's target, the pruning policy."""
+    require_graph_model(model, model_path)
+    require_policy_fits(model, training.pruning_policy, model_path)
+    return plan_layers(
+        model, training.layers, schedule.final_sparsity, model_path,
+        policy=pruning_policy(training.pruning_policy), policy_name=training.pruning_policy,
+    )
 
-    require_prunable(model, model_path)
-    require_policy_fits(model, policy, model_path)
+
+def wrap_for_pruning(model, plan: LayerPlan, schedule: Schedule, model_path: Path):
+    """The model with a pruning wrapper on each planned layer, every other layer as it was.
+
+    clone_model with a clone function, nested models cloned the same way, is how TFMOT's own
+    prune_low_magnitude wraps a whole model; doing it here lets layers TFMOT has no rule for
+    (Rescaling, Normalization, TF-op layers) stay in the model unwrapped. Unwrapped layers are
+    returned as they are, so the clone shares their weights with the baseline.
+    """
+    from tasks.runtime import keras, tfmot
+
+    def clone_with(prefix: str):
+        def clone(layer):
+            if isinstance(layer, keras.Model):
+                return keras.models.clone_model(layer, clone_function=clone_with(f"{prefix}{layer.name}/"))
+            planned = plan.pruned.get(prefix + layer.name)
+            if planned is None:
+                return layer
+            return tfmot.sparsity.keras.prune_low_magnitude(layer, **pruning_params(plan, at_target(schedule, planned.target)))
+        return clone
+
     try:
-        return tfmot.sparsity.keras.prune_low_magnitude(
-            model, pruning_schedule=to_tfmot(schedule), pruning_policy=pruning_policy(policy)
-        )
+        return keras.models.clone_model(model, clone_function=clone_with(""))
     except (ValueError, NotImplementedError) as error:
         raise PruneflowError(f"{model_path}: TFMOT cannot prune this model: {error}") from None
+
+
+def pruning_params(plan: LayerPlan, schedule: Schedule) -> dict:
+    """prune_low_magnitude's arguments for one layer."""
+    params = {"pruning_schedule": to_tfmot(schedule)}
+    if plan.m_by_n is not None:
+        params["sparsity_m_by_n"] = plan.m_by_n
+    if plan.block_size is not None:
+        params["block_size"] = plan.block_size
+    return params
+
+
+def restore_structure(wrapped, plan: LayerPlan) -> None:
+    """Give the wrappers of a model loaded from .h5 their m_by_n structure back.
+
+    TFMOT's PruneLowMagnitude.get_config leaves sparsity_m_by_n out, so a checkpoint reloads as
+    unstructured pruning (shared/STACK.md); a resumed run would then prune the rest of its steps
+    without the structure. Setting it before fit traces the structured mask update.
+    """
+    from tasks.runtime import PruneLowMagnitude
+
+    if plan.m_by_n is None:
+        return
+    for wrapper in wrapped.submodules:
+        if isinstance(wrapper, PruneLowMagnitude):
+            wrapper.sparsity_m_by_n = plan.m_by_n
+            wrapper.pruning_obj._sparsity_m_by_n = plan.m_by_n
 
 
 def pruning_step(wrapped) -> int:
@@ -177,11 +193,15 @@ def start_or_resume(
 ):
     """The compiled wrapped model and the number of epochs it has done: from the last epoch-end
     checkpoint in `work` when there is one, else freshly wrapped from the baseline."""
+    model = baseline.load()
+    plan = plan_for(model, schedule, training, baseline.path)
     checkpoint = work / "checkpoint.h5"
     if checkpoint.is_file():
         wrapped = load_model(checkpoint, pruning_wrappers=True, compile=True)
+        restore_structure(wrapped, plan)
         return wrapped, pruning_step(wrapped) // steps_per_epoch
-    wrapped = wrap_for_pruning(baseline.load(), schedule, baseline.path, training.pruning_policy)
+    run_logger().info("Layer plan:\n%s", plan_table(plan))
+    wrapped = wrap_for_pruning(model, plan, schedule, baseline.path)
     compile_model(wrapped, make_optimizer(training))
     return wrapped, 0
 
@@ -289,10 +309,10 @@ def is_transient(exc: BaseException) -> bool:
 
 
 def check_prunable(preflight: Preflight) -> None:
-    """TFMOT can wrap the whole baseline (under the pruning policy), and the schedule prunes inside the run."""
-    require_prunable(preflight.baseline_model, preflight.config.model.baseline)
-    require_policy_fits(preflight.baseline_model, preflight.config.training.pruning_policy, preflight.config.model.baseline)
-    preflight.schedule  # noqa: B018 (resolving it is the check)
+    """The schedule prunes inside the run, and the layer selection fits the baseline (patterns that
+    match, layers that can take the structure, something left to prune)."""
+    config = preflight.config
+    plan_for(preflight.baseline_model, preflight.schedule, config.training_spec, config.model.baseline)
 
 
 def strip_model(out: Path, trained: TrainedModel, dataset: PreparedDataset) -> StrippedModel:

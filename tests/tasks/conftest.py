@@ -21,6 +21,16 @@ class Pruned:
     stripped: object  # the StrippedModel
     folder: Path
 
+    def sanity(self, tolerance: float = 0.02):
+        """The stripped model measured against its plan, as the sanity check measures it."""
+        from tasks.models import load_model
+        from tasks.prune import plan_for
+        from tasks.sanity import measure_sparsity
+
+        model = load_model(self.stripped.model)
+        plan = plan_for(model, self.schedule, self.config.training_spec, self.stripped.model)
+        return measure_sparsity(model, plan, self.schedule.final_sparsity, tolerance)
+
 
 @pytest.fixture(scope="session")
 def tiny_config(tiny_data, tiny_baseline, tmp_path_factory):

@@ -8,7 +8,6 @@ from tasks.errors import PruneflowError
 from tasks.export import WeightTensor, check_kernels, export_tflite, match_kernels, weight_tensors
 from tasks.interpreter import Predictor, evaluate_exports
 from tasks.models import ModelFile
-from tasks.sanity import measure_sparsity
 from tasks.sparsity import SanityReport, TensorSparsity
 from tests.helpers import PRUNABLE_KERNELS
 
@@ -22,7 +21,7 @@ def test_every_model_shape_exports_to_every_format_with_its_pruned_kernels_still
     """The pruned model (sparsity 0.5) of each shape and save format: four files, each measured,
     each holding the three pruned kernels at 0.5 or more, each run in the interpreter."""
     v = pruned_variant
-    sanity = measure_sparsity(v.trained.wrapped_model, v.stripped.model, 0.5, 0.02)
+    sanity = v.sanity()
     (tmp_path / "export").mkdir()
     exported = export_tflite(tmp_path / "export", v.stripped.file, v.dataset, ALL_FORMATS, sanity, None)
 
@@ -82,7 +81,9 @@ def test_an_empty_format_list_exports_nothing(tiny_baseline, tiny_prepared, tmp_
 
 def kernel(layer: str, size: int, sparsity: float = 0.8) -> TensorSparsity:
     zeros = round(size * sparsity)
-    return TensorSparsity(layer=layer, weight="kernel", size=size, zeros=zeros, sparsity=zeros / size, passed=True)
+    return TensorSparsity(
+        layer=layer, weight="kernel", size=size, zeros=zeros, sparsity=zeros / size, passed=True, target=sparsity
+    )
 
 
 def weight(name: str, size: int, zeros: int) -> WeightTensor:
@@ -113,8 +114,8 @@ def test_a_kernel_renamed_by_the_converter_is_found_as_the_one_tensor_of_its_siz
 
 def test_sparsity_lost_in_a_file_fails_naming_the_tensor():
     weights = [weight("m/conv/Conv2D", 100, 80), weight("m/conv_1/Conv2D", 100, 20), weight("m/backbone/dense/MatMul", 400, 320)]
-    with pytest.raises(PruneflowError, match=r"int8 of x\.h5, tolerance 0\.01: 1 pruned tensors lost their sparsity "
-                                             r"\(target 0\.8\): conv_1 kernel at 0\.2000\. .*leave int8 out"):
+    with pytest.raises(PruneflowError, match=r"int8 of x\.h5, tolerance 0\.01: 1 pruned tensors lost their sparsity: "
+                                             r"conv_1 kernel at 0\.2000 \(target 0\.8\)\. .*leave int8 out"):
         check_kernels("int8", SANITY, weights, model_path="x.h5")
 
 

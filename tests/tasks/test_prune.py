@@ -10,7 +10,7 @@ from tasks.config import parse_config
 from tasks.dataset import list_dataset, load_split, write_prepared
 from tasks.errors import PruneflowError
 from tasks.models import ModelFile, load_model
-from tasks.prune import pruning_step, train_pruned, wrap_for_pruning
+from tasks.prune import plan_for, pruning_step, train_pruned, wrap_for_pruning
 from tasks.runtime import PruneLowMagnitude
 from tasks.schedule import resolve_schedule
 from tests.helpers import assert_kernels_sparse, assert_same_predictions
@@ -19,10 +19,8 @@ from tests.helpers import assert_kernels_sparse, assert_same_predictions
 def test_every_model_shape_and_format_is_prune_trained_to_the_target(pruned_variant):
     trained, config = pruned_variant.trained, pruned_variant.config
     wrapped = load_model(trained.wrapped_model, pruning_wrappers=True)
-    # Every layer is wrapped (the nested backbone's too); only the Conv2D and the two Dense
-    # layers have prunable kernels.
-    prunable = [wrapper.layer for wrapper in wrapped.submodules
-                if isinstance(wrapper, PruneLowMagnitude) and wrapper.layer.get_prunable_weights()]
+    # The Conv2D and the two Dense layers are wrapped (the nested backbone's too), and nothing else.
+    prunable = [wrapper.layer for wrapper in wrapped.submodules if isinstance(wrapper, PruneLowMagnitude)]
     assert sorted(type(layer).__name__ for layer in prunable) == ["Conv2D", "Dense", "Dense"]
     assert_kernels_sparse(prunable, 0.5)
     history = json.loads(trained.history.read_text())
@@ -44,22 +42,19 @@ def test_strip_removes_wrappers_and_keeps_predictions_for_every_model_shape(prun
     assert stripped.model.stat().st_size < trained.wrapped_model.stat().st_size  # no masks, no optimizer
 
 
-def test_unprunable_layers_are_named(tmp_path):
-    from tasks.config import ConstantSchedule
-    from tasks.runtime import keras
+def wrap(model, path, policy="all_layers", **layers):
+    """The model wrapped as prune-training wraps it, under a constant 0.5 schedule."""
+    from tasks.config import ConstantSchedule, LayerSelection, TrainingSpec
 
-    class Doubler(keras.layers.Layer):
-        def call(self, inputs):
-            return inputs * 2
-
-    model = keras.Sequential([keras.Input(shape=(4,)), Doubler(name="doubler"), keras.layers.Dense(2)])
     schedule = ConstantSchedule(target_sparsity=0.5, end_step=-1)
-    with pytest.raises(PruneflowError, match=r"m.h5: TFMOT cannot prune these layers: doubler \(Doubler\)\. .*unwrapped"):
-        wrap_for_pruning(model, schedule, tmp_path / "m.h5")
+    spec = TrainingSpec(
+        epochs=1, optimizer="adam", learning_rate=1e-3, batch_size=8, shuffle_seed=0, augment=False, seed=0,
+        pruning_policy=policy, layers=LayerSelection(**layers),
+    )
+    return wrap_for_pruning(model, plan_for(model, schedule, spec, path), schedule, path)
 
 
 def test_a_subclassed_model_is_refused_with_an_explanation(tmp_path):
-    from tasks.config import ConstantSchedule
     from tasks.runtime import keras
 
     class Net(keras.Model):
@@ -72,31 +67,26 @@ def test_a_subclassed_model_is_refused_with_an_explanation(tmp_path):
 
     model = Net()
     model(np.zeros((1, 4), dtype="float32"))
-    schedule = ConstantSchedule(target_sparsity=0.5, end_step=-1)
     with pytest.raises(PruneflowError, match=r"a subclassed model \(Net\) cannot be pruned.*functional API"):
-        wrap_for_pruning(model, schedule, tmp_path / "m.keras")
+        wrap(model, tmp_path / "m.keras")
 
 
 def test_the_xnnpack_policy_refuses_a_plain_cnn_with_tfmots_reason(tmp_path):
-    from tasks.config import ConstantSchedule
     from tests.helpers import build_tiny_cnn
 
-    schedule = ConstantSchedule(target_sparsity=0.5, end_step=-1)
     with pytest.raises(PruneflowError, match=r"m.h5: training.pruning_policy xnnpack_latency does not fit this model: "
                                              r"TFMOT says: Could not find `Conv2D 3x3`.*MobileNet-like"):
-        wrap_for_pruning(build_tiny_cnn(), schedule, tmp_path / "m.h5", "xnnpack_latency")
+        wrap(build_tiny_cnn(), tmp_path / "m.h5", "xnnpack_latency")
 
 
 def test_the_xnnpack_policy_wraps_only_the_1x1_convolutions_of_a_mobilenet_like_model(tmp_path):
-    from tasks.config import ConstantSchedule
     from tests.tasks.test_latency import mobilenet_like
 
-    schedule = ConstantSchedule(target_sparsity=0.5, end_step=-1)
-    wrapped = wrap_for_pruning(mobilenet_like(0.0), schedule, tmp_path / "m.h5", "xnnpack_latency")
+    wrapped = wrap(mobilenet_like(0.0), tmp_path / "m.h5", "xnnpack_latency")
     pruned = [layer.layer for layer in wrapped.layers if isinstance(layer, PruneLowMagnitude)]
     assert [(type(layer).__name__, layer.kernel_size) for layer in pruned] == [("Conv2D", (1, 1))]
-    everything = wrap_for_pruning(mobilenet_like(0.0), schedule, tmp_path / "m.h5")
-    kernels = [layer.layer for layer in everything.layers if isinstance(layer, PruneLowMagnitude) and layer.layer.weights]
+    everything = wrap(mobilenet_like(0.0), tmp_path / "m.h5")
+    kernels = [layer.layer for layer in everything.layers if isinstance(layer, PruneLowMagnitude)]
     assert [type(layer).__name__ for layer in kernels] == ["Conv2D", "Conv2D", "Dense"]  # 3x3, 1x1 and the head
 
 
@@ -131,7 +121,7 @@ def test_a_failed_attempt_resumes_after_its_last_complete_epoch(config_dict, tmp
     history = json.loads(result.history.read_text())
     assert len(history["loss"]) == 3  # epoch 1 from the failed attempt, 2 and 3 from this one
     wrapped = load_model(result.wrapped_model, pruning_wrappers=True)
-    assert_kernels_sparse([layer.layer for layer in wrapped.layers], 0.5)
+    assert_kernels_sparse([layer.layer for layer in wrapped.layers if isinstance(layer, PruneLowMagnitude)], 0.5)
 
 
 def test_a_process_killed_mid_training_resumes_from_its_checkpoint(config_dict, tmp_path):
@@ -186,7 +176,7 @@ def test_a_process_killed_mid_training_resumes_from_its_checkpoint(config_dict, 
     assert result.resumed_from_epoch == 2  # epochs 3 and 4 only were trained here
     assert len(json.loads(result.history.read_text())["loss"]) == 4
     wrapped = load_model(result.wrapped_model, pruning_wrappers=True)
-    assert_kernels_sparse([layer.layer for layer in wrapped.layers], 0.5)
+    assert_kernels_sparse([layer.layer for layer in wrapped.layers if isinstance(layer, PruneLowMagnitude)], 0.5)
 
 
 def test_only_transient_failures_are_retried():

@@ -8,7 +8,6 @@ from tasks.errors import PruneflowError
 from tasks.export import export_tflite
 from tasks.interpreter import evaluate_exports
 from tasks.qat import check_quantizable, train_quantized
-from tasks.sanity import measure_sparsity
 
 QAT_FORMATS = ExportSpec(
     formats=("int8_qat", "int8_qat_sparse"), representative_images=16, int8_input_type="int8", int8_output_type="int8",
@@ -28,7 +27,7 @@ def test_quantization_aware_training_keeps_the_zeros_into_the_int8_files(pruned_
     kernels = [w.numpy() for w in quantized.load().weights if w.name.endswith("kernel:0")]
     assert len(kernels) == 3 and all(np.mean(k == 0) >= 0.49 for k in kernels)  # the pruned zeros stayed
 
-    sanity = measure_sparsity(v.trained.wrapped_model, v.stripped.model, 0.5, 0.02)
+    sanity = v.sanity()
     (tmp_path / "export").mkdir()
     exported = export_tflite(tmp_path / "export", v.stripped.file, v.dataset, QAT_FORMATS, sanity, quantized)
     assert [f.format for f in exported.files] == ["int8_qat", "int8_qat_sparse"]

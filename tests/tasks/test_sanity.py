@@ -5,22 +5,32 @@ import json
 import pytest
 
 from tasks.errors import PruneflowError
-from tasks.models import ModelFile, save_model
-from tasks.prune import strip_model, train_pruned
-from tasks.sanity import check_sparsity, measure_sparsity, require_target_reached
-from tasks.sparsity import SanityReport, TensorSparsity
+from tasks.models import ModelFile, load_model, save_model
+from tasks.prune import plan_for, strip_model, train_pruned
+from tasks.sanity import check_sparsity, measure_sparsity, measure_tensor, require_target_reached
+from tasks.selection import LayerPlan
+from tasks.sparsity import SanityReport
 from tests.helpers import IMAGE_SIZE, PRUNABLE_KERNELS
 
 
+def check(variant, folder, target):
+    config = variant.config
+    schedule = variant.schedule.model_copy(update={"target_sparsity": target})
+    return check_sparsity(folder, variant.stripped, schedule, config.training_spec, tolerance=0.01)
+
+
 def test_every_model_shape_and_format_passes_with_each_kernel_measured(pruned_variant, tmp_path):
-    report = check_sparsity(tmp_path, pruned_variant.trained, pruned_variant.stripped, expected=0.5, tolerance=0.01)
+    report = check(pruned_variant, tmp_path, 0.5)
     assert len(report.tensors) == PRUNABLE_KERNELS and all(t.weight == "kernel" for t in report.tensors)
     assert all(abs(t.sparsity - 0.5) <= 0.01 for t in report.tensors), report.table()
     if pruned_variant.kind == "nested":
         assert any(t.layer.startswith("backbone/") for t in report.tensors)  # measured inside the nested model
     assert json.loads((tmp_path / "sanity.json").read_text())["tensors"] == report.model_dump(mode="json")["tensors"]
-    with pytest.raises(PruneflowError, match=f"{PRUNABLE_KERNELS} of {PRUNABLE_KERNELS} prunable tensors .* missed"):
-        check_sparsity(tmp_path / "stricter", pruned_variant.trained, pruned_variant.stripped, expected=0.8, tolerance=0.01)
+    # Every other tensor is listed with its group: the biases, which TFMOT never prunes.
+    assert {(t.weight, t.group) for t in report.dense} == {("bias", "cannot_prune")}
+    assert report.params()["pruned"] + report.params()["cannot_prune"] == load_model(pruned_variant.stripped.model).count_params()
+    with pytest.raises(PruneflowError, match=f"{PRUNABLE_KERNELS} of {PRUNABLE_KERNELS} pruned tensors .* missed"):
+        check(pruned_variant, tmp_path / "stricter", 0.8)
 
 
 def nested_model(training_flag):
@@ -47,7 +57,8 @@ def prune_and_measure(model, tiny_config, tiny_prepared, tmp_path) -> SanityRepo
         (tmp_path / folder).mkdir()
     trained = train_pruned(tmp_path / "prune", tmp_path / "work", tiny_prepared, baseline, schedule, spec)
     stripped = strip_model(tmp_path / "strip", trained, tiny_prepared)
-    return measure_sparsity(trained.wrapped_model, stripped.model, expected=0.5, tolerance=0.01)
+    model = load_model(stripped.model)
+    return measure_sparsity(model, plan_for(model, schedule, spec, stripped.model), expected=0.5, tolerance=0.01)
 
 
 def test_nested_base_model_is_measured_layer_by_layer(tiny_config, tiny_prepared, tmp_path):
@@ -67,26 +78,35 @@ def test_base_called_with_training_false_is_caught_and_named(tiny_config, tiny_p
     with pytest.raises(PruneflowError) as error:
         require_target_reached(report, tmp_path / "pruned.h5")
     message = str(error.value)
-    assert "2 of 3 prunable tensors" in message
+    assert "2 of 3 pruned tensors" in message
     assert "base/conv kernel at 0.0000" in message and "base/dense kernel at 0.0000" in message
     assert "training=False" in message
 
 
-def tensor(sparsity, expected=0.8, tolerance=0.01) -> TensorSparsity:
-    return TensorSparsity(
-        layer="l", weight="kernel", size=1000, zeros=int(sparsity * 1000), sparsity=sparsity,
-        passed=abs(sparsity - expected) <= tolerance,
-    )
+def kernel_with_zeros(zeros: int, size: int = 1000):
+    import numpy as np
+
+    values = np.arange(1, size + 1, dtype="float32").reshape(size // 10, 10)
+    values.flat[:zeros] = 0
+    return values
 
 
-def test_tolerance_is_honoured_both_ways(tmp_path):
-    close = SanityReport(folder=tmp_path, expected=0.8, tolerance=0.01, tensors=[tensor(0.8009), tensor(0.795)])
-    require_target_reached(close, tmp_path / "m.h5")
-    far = SanityReport(folder=tmp_path, expected=0.8, tolerance=0.01, tensors=[tensor(0.8009), tensor(0.78)])
-    with pytest.raises(PruneflowError, match="1 of 2 prunable tensors"):
-        require_target_reached(far, tmp_path / "m.h5")
+def test_tolerance_is_honoured_both_ways():
+    plan = LayerPlan(layers=[])
+    for zeros, passed in ((800, True), (809, True), (791, True), (811, False), (789, False)):
+        measured = measure_tensor("l", "kernel", kernel_with_zeros(zeros), 0.8, 0.01, plan)
+        assert measured.passed is passed, (zeros, measured)
+
+
+def test_a_small_tensor_passes_at_tfmots_rounding_of_the_target():
+    # 16 weights at 0.7: TFMOT keeps round(16 * 0.3) = 5, so 11 zeros (0.6875, 0.0125 from 0.7).
+    plan = LayerPlan(layers=[])
+    values = kernel_with_zeros(11, 20).reshape(-1)[:16].reshape(4, 4)
+    assert measure_tensor("l", "kernel", values, 0.7, 0.01, plan).passed
+    values.flat[11] = 0  # a twelfth zero: 0.75, one more than TFMOT leaves
+    assert not measure_tensor("l", "kernel", values, 0.7, 0.01, plan).passed
 
 
 def test_model_without_prunable_tensors_is_refused(tmp_path):
-    with pytest.raises(PruneflowError, match="no prunable weight tensor"):
+    with pytest.raises(PruneflowError, match="no pruned weight tensor"):
         require_target_reached(SanityReport(folder=tmp_path, expected=0.5, tolerance=0.01, tensors=[]), tmp_path / "m.h5")

@@ -28,9 +28,25 @@ def perturbed(value, annotation):
         return value + "x"
     if value is None:
         return 7
-    if isinstance(value, (tuple, list)) and value:
-        return value[:-1]  # one element fewer (the export's formats)
+    if isinstance(value, (tuple, list)):
+        return value[:-1] if value else ["x"]  # one element fewer (the export's formats), or one
+    if isinstance(value, dict):
+        return {**value, "x": 0.5}
     raise TypeError(f"no perturbation for {value!r}")
+
+
+def field_changes(model: BaseModel) -> list[tuple[str, object]]:
+    """(field, another value) for every field of `model`, a nested section's fields each in turn
+    (TrainingSpec's layers)."""
+    hints = typing.get_type_hints(type(model))
+    changes = []
+    for field in type(model).model_fields:
+        value = getattr(model, field)
+        if isinstance(value, BaseModel):
+            changes += [(field, value.model_copy(update={inner: new})) for inner, new in field_changes(value)]
+        elif (new := perturbed(value, hints[field])) is not FIXED:
+            changes.append((field, new))
+    return changes
 
 
 def samples_by_type(config_dict) -> dict:
@@ -76,9 +92,7 @@ def test_every_field_a_stage_receives_changes_its_key(stage, schedule, config_di
         if isinstance(value, Content):
             changes = [value.model_construct(digest=value.digest + "-changed")]
         elif isinstance(value, BaseModel):
-            hints = typing.get_type_hints(type(value))
-            other = {field: perturbed(getattr(value, field), hints[field]) for field in type(value).model_fields}
-            changes = [value.model_copy(update={field: new}) for field, new in other.items() if new is not FIXED]
+            changes = [value.model_copy(update={field: new}) for field, new in field_changes(value)]
         else:
             changes = [perturbed(value, type(value))]
         for changed in changes:

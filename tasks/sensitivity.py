@@ -1,0 +1,161 @@
+"""Layer sensitivity: each selected layer pruned alone by magnitude, without fine-tuning, to a few
+sparsities, with the validation accuracy the model keeps; and per-layer sparsities proposed from
+it that reach an overall target while the most sensitive layers stay lighter."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from tasks.dataset import PreparedDataset, load_split
+from tasks.errors import PruneflowError
+from tasks.files import write_json
+from tasks.models import ModelFile, evaluate
+from tasks.selection import prunable_weights, walk
+from tasks.stage import Stage
+from tasks.store import StoredArtifact
+
+STEP = 0.05  # the proposal's grid of per-layer sparsities, between the measured ones
+
+
+class LayerSensitivity(StoredArtifact):
+    """One layer pruned alone: validation accuracy at each sparsity, and with the layer dense."""
+
+    layer: str
+    weights: int  # the layer's prunable weights
+    sparsities: list[float]
+    accuracies: list[float]
+    dense_accuracy: float
+
+    def drops(self) -> list[float]:
+        """Accuracy lost at each sparsity, in points (percent); negative when it gained."""
+        return [100.0 * (self.dense_accuracy - accuracy) for accuracy in self.accuracies]
+
+    def drop_at(self, sparsity: float) -> float:
+        """The drop at `sparsity`, linear between the measured ones (none at 0)."""
+        return float(np.interp(sparsity, [0.0, *self.sparsities], [0.0, *self.drops()]))
+
+
+def magnitude_pruned(values: np.ndarray, sparsity: float) -> np.ndarray:
+    """`values` with its smallest magnitudes zeroed, as many as TFMOT would zero at `sparsity`."""
+    keep = int(np.round(values.size * (1.0 - sparsity)))
+    pruned = values.copy().reshape(-1)
+    pruned[np.argsort(np.abs(pruned), kind="stable")[: values.size - keep]] = 0
+    return pruned.reshape(values.shape)
+
+
+def measure_layer(
+    out: Path, model: ModelFile, dataset: PreparedDataset, layer: str, sparsities: tuple[float, ...], batch_size: int
+) -> LayerSensitivity:
+    """Prune `layer` alone to each sparsity (no fine-tuning) and measure validation accuracy."""
+    from tasks.runtime import keras
+
+    keras.backend.clear_session()
+    loaded = model.load()
+    found = dict(walk(loaded)).get(layer)
+    weights = prunable_weights(found) if found is not None else None
+    if not weights:
+        raise PruneflowError(f"{model.path}: no layer {layer!r} with weights TFMOT prunes")
+    originals = [weight.numpy() for weight in weights]
+    data = load_split(dataset, "val", batch_size)
+    dense_accuracy, _ = evaluate(loaded, data)
+    accuracies = []
+    for sparsity in sparsities:
+        for weight, values in zip(weights, originals):
+            weight.assign(magnitude_pruned(values, sparsity))
+        accuracies.append(evaluate(loaded, data)[0])
+    for weight, values in zip(weights, originals):
+        weight.assign(values)
+    result = LayerSensitivity(
+        folder=out, layer=layer, weights=sum(v.size for v in originals), sparsities=list(sparsities),
+        accuracies=accuracies, dense_accuracy=dense_accuracy,
+    )
+    write_json(out / "sensitivity.json", result.model_dump(mode="json", exclude={"folder", "digest"}))
+    return result
+
+
+def describe_layer(result: LayerSensitivity) -> str:
+    drops = ", ".join(f"{s:g}: {d:+.2f}" for s, d in zip(result.sparsities, result.drops()))
+    return f"{result.layer} ({result.weights} weights) accuracy drop in points at {drops}"
+
+
+layer_sensitivity = Stage("layer_sensitivity", measure_layer, describe=describe_layer)
+
+
+class Proposal(BaseModel):
+    """Per-layer sparsities that reach `target` over the pruned layers' weights."""
+
+    model_config = ConfigDict(frozen=True)
+
+    target: float
+    reached: float  # weighted by each layer's prunable weights
+    sparsity: dict[str, float]
+    expected_drop: float  # the sum of the layers' drops at their proposed sparsity, in points (a rough guide)
+
+
+def propose(results: list[LayerSensitivity], target: float) -> Proposal:
+    """Raise layer sparsities in steps of STEP, each time where a pruned weight costs the least
+    accuracy (the drop curve, interpolated), until the weights reach `target` overall.
+
+    No layer goes past the highest sparsity measured: past it nothing is known.
+
+    Raises:
+        PruneflowError: the target is out of reach with every layer at its highest measured sparsity.
+    """
+    total = sum(r.weights for r in results)
+    ceiling = {r.layer: max(r.sparsities) for r in results}
+    reachable = sum(r.weights * ceiling[r.layer] for r in results) / total
+    if reachable + 1e-9 < target:
+        raise PruneflowError(
+            f"sensitivity: an overall sparsity of {target:g} is out of reach: every layer at its highest measured "
+            f"sparsity gives {reachable:.4f}. Add higher sparsities to sensitivity.sparsities."
+        )
+    chosen = {r.layer: 0.0 for r in results}
+    by_layer = {r.layer: r for r in results}
+
+    def reached() -> float:
+        return sum(by_layer[name].weights * s for name, s in chosen.items()) / total
+
+    while reached() + 1e-9 < target:
+        def cost(name: str) -> float:
+            r, now = by_layer[name], chosen[name]
+            step = min(STEP, ceiling[name] - now)
+            return max(0.0, r.drop_at(now + step) - r.drop_at(now)) / (r.weights * step)
+
+        open_layers = [name for name in chosen if chosen[name] < ceiling[name] - 1e-9]
+        name = min(open_layers, key=lambda n: (cost(n), -by_layer[n].weights))
+        short = (target - reached()) * total / by_layer[name].weights  # what this layer alone still needs
+        chosen[name] = round(min(chosen[name] + STEP, ceiling[name], chosen[name] + short + 1e-4), 4)
+    return Proposal(
+        target=target, reached=reached(), sparsity=chosen,
+        expected_drop=sum(by_layer[name].drop_at(s) for name, s in chosen.items()),
+    )
+
+
+def sensitivity_rows(results: list[LayerSensitivity], proposal: Proposal) -> list[dict[str, str]]:
+    """One row per layer: its weights, the drop at each sparsity, the proposed sparsity."""
+    rows = []
+    for r in results:
+        row = {"layer": r.layer, "weights": str(r.weights)}
+        row.update({f"drop at {s:g}": f"{d:+.2f}" for s, d in zip(r.sparsities, r.drops())})
+        row["proposed"] = f"{proposal.sparsity[r.layer]:g}"
+        rows.append(row)
+    return rows
+
+
+def render_rows(rows: list[dict[str, str]], markdown: bool = False) -> str:
+    """The rows as a plain-text or a markdown table."""
+    columns = list(rows[0])
+    if markdown:
+        lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+        lines += ["| " + " | ".join(row[c] for c in columns) + " |" for row in rows]
+        return "\n".join(lines)
+    widths = {c: max(len(c), *(len(row[c]) for row in rows)) for c in columns}
+    lines = ["  ".join(c.ljust(widths[c]) if i == 0 else c.rjust(widths[c]) for i, c in enumerate(columns))]
+    lines += [
+        "  ".join(row[c].ljust(widths[c]) if i == 0 else row[c].rjust(widths[c]) for i, c in enumerate(columns))
+        for row in rows
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,45 @@
+"""`pruneflow sensitivity`: every selected layer measured as its own cached task run, the proposal
+written as a config that a run takes as it is."""
+
+import json
+
+import yaml
+
+from flows.cli import main
+from tasks.config import load_config
+from tests.helpers import artifacts_of, latest_flow_run_id, task_runs
+
+
+def test_sensitivity_measures_each_selected_layer_and_its_proposal_runs(prefect_server, config_dict, tmp_path, capsys):
+    path = tmp_path / "run.yaml"
+    config_dict["layers"] = {"exclude": ["dense_1"]}
+    config_dict["sensitivity"] = {"sparsities": [0.5, 0.9]}
+    path.write_text(yaml.safe_dump(config_dict))
+    assert main(["sensitivity", str(path), "--target", "0.6"]) == 0
+    out = capsys.readouterr().out
+    first = latest_flow_run_id()
+    measured = [name for name, state, _ in task_runs(first) if name.startswith("layer_sensitivity")]
+    assert len(measured) == 2  # conv2d and dense; dense_1 excluded
+    assert "pruneflow-sensitivity" in artifacts_of(first)
+    run_dir = tmp_path / "outputs" / "runs"
+    (folder,) = [p for p in run_dir.iterdir() if (p / "sensitivity.json").is_file()]
+    report = json.loads((folder / "sensitivity.json").read_text())
+    assert [layer["layer"] for layer in report["layers"]] == ["conv2d", "dense"]
+    assert report["proposal"]["reached"] >= 0.6
+    assert (folder / "sensitivity.png").stat().st_size > 10_000
+    assert "| layer | weights | drop at 0.5 | drop at 0.9 | proposed |" in (folder / "sensitivity.md").read_text()
+    assert "Proposed per-layer sparsities reach" in out
+
+    proposed = load_config(folder / "proposed-config.yaml")
+    assert proposed.layers.sparsity == report["proposal"]["sparsity"] and proposed.layers.exclude == ["dense_1"]
+    # Measured again: every layer's task run is reused from the store.
+    assert main(["sensitivity", str(path), "--target", "0.6"]) == 0
+    again = [state for name, state, _ in task_runs(latest_flow_run_id()) if name.startswith("layer_sensitivity")]
+    assert again == ["Cached", "Cached"]
+    # The proposed config is a run config: each layer pruned to its proposed sparsity.
+    capsys.readouterr()
+    assert main(["run", str(folder / "proposed-config.yaml")]) == 0
+    summary_path = capsys.readouterr().out.split("Summary: ")[1].split()[0]
+    summary = json.loads(open(summary_path).read())
+    targets = {t["layer"]: t["target"] for t in summary["sanity"]["tensors"]}
+    assert targets == {name: sparsity for name, sparsity in report["proposal"]["sparsity"].items()}
