@@ -75,7 +75,8 @@ def _run_flow(config_path: Path, refresh: bool = False) -> None:
     with run_settings(refresh):
         summary = prune_flow(config)
     typer.echo(
-        f"\n{render_table(summary)}\n\n{render_files(summary)}\n\nPruned model: {summary.pruned_model}\n"
+        f"\n{render_table(summary)}\n\n{render_files(summary)}\n\nLayers: {summary.sanity.layer_counts()}\n"
+        f"Pruned model: {summary.pruned_model}\n"
         f"TFLite files: {summary.exports.folder}\nSummary: {summary.run_dir / 'summary.json'}"
     )
 

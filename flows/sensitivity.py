@@ -27,7 +27,8 @@ from tasks.errors import PruneflowError
 from tasks.files import atomic_path, write_json
 from tasks.plot import plot_sensitivity
 from tasks.prune import plan_for
-from tasks.sensitivity import LayerSensitivity, Proposal, layer_sensitivity, propose, render_rows, sensitivity_rows
+from tasks.report import markdown_table
+from tasks.sensitivity import LayerSensitivity, Proposal, layer_sensitivity, propose, sensitivity_rows
 
 ARTIFACT_KEY = "pruneflow-sensitivity"
 
@@ -47,7 +48,7 @@ class SensitivityReport(BaseModel):
         p = self.proposal
         return (
             f"Validation accuracy lost (points) with each layer pruned alone, no fine-tuning "
-            f"(dense: {self.layers[0].dense_accuracy:.4f}):\n{render_rows(sensitivity_rows(self.layers, p))}\n\n"
+            f"(dense: {self.layers[0].dense_accuracy:.4f}):\n{markdown_table(sensitivity_rows(self.layers, p))}\n\n"
             f"Proposed per-layer sparsities reach {p.reached:.4f} over the pruned weights (target {p.target:g}).\n"
             f"Table: {self.table}\nHeatmap: {self.heatmap}\nConfig with the proposal: {self.proposed_config}"
         )
@@ -74,7 +75,7 @@ def write_outputs(config: RunConfig, run_dir: Path, results: list[LayerSensitivi
     rows = sensitivity_rows(results, proposal)
     table = run_dir / "sensitivity.md"
     with atomic_path(table) as tmp:
-        tmp.write_text(render_rows(rows, markdown=True) + "\n")
+        tmp.write_text(markdown_table(rows) + "\n")
     write_json(run_dir / "sensitivity.json", {
         "layers": [r.model_dump(mode="json", exclude={"folder", "digest"}) for r in results],
         "proposal": proposal.model_dump(mode="json"),
@@ -116,7 +117,7 @@ def sensitivity_flow(config: RunConfig, target: float | None = None) -> Sensitiv
         markdown=(
             f"# Layer sensitivity\n\nValidation accuracy lost, in points, with each layer pruned alone by magnitude "
             f"(no fine-tuning); dense accuracy {results[0].dense_accuracy:.4f}.\n\n"
-            f"{render_rows(sensitivity_rows(results, proposal), markdown=True)}\n\n"
+            f"{markdown_table(sensitivity_rows(results, proposal))}\n\n"
             f"The proposed sparsities reach {proposal.reached:.4f} over the pruned weights (target {proposal.target:g}). "
             f"Run them with `pruneflow run {report.proposed_config}`; heatmap: `{report.heatmap}`."
         ),

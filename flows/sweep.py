@@ -77,6 +77,12 @@ def sweep_flow(config: RunConfig) -> list[TargetResult]:
     """Prune the baseline to each target sparsity and promote the smallest model within the gate."""
     started = datetime.now(timezone.utc)
     gate = config.sweep
+    if config.layers.m_by_n is not None:
+        raise PruneflowError(
+            f"sweep: layers.m_by_n {list(config.layers.m_by_n)} prunes every layer to exactly "
+            f"{config.layers.structured_sparsity:g}, so there is no sparsity to sweep: use `pruneflow run`, or remove "
+            "layers.m_by_n to sweep targets."
+        )
     run = start_run(config)
     # Every target's schedule is resolved (and refused if it would not prune) before any work.
     steps = config.training_spec.steps_per_epoch(run.inputs.listing.counts["train"])

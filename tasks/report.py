@@ -32,14 +32,17 @@ class RunSummary(PruningOutcome):
 
 def comparison_rows(summary: RunSummary) -> list[dict[str, str]]:
     """Baseline against pruned, one metric a row, formatted for people."""
-    sizes = summary.sizes
+    sizes, shares = summary.sizes, summary.sanity.shares()
     return [
         {"metric": "test accuracy", "baseline": f"{summary.baseline.accuracy:.4f}",
          "pruned": f"{summary.pruned.accuracy:.4f}", "change": f"{summary.accuracy_change:+.2f} points"},
         {"metric": "test loss", "baseline": f"{summary.baseline.loss:.4f}",
          "pruned": f"{summary.pruned.loss:.4f}", "change": f"{summary.pruned.loss - summary.baseline.loss:+.4f}"},
-        {"metric": "sparsity of prunable weights", "baseline": "-",
-         "pruned": f"{summary.measured_sparsity:.4f}", "change": f"target {summary.sanity.expected}"},
+        {"metric": "sparsity of the pruned weights", "baseline": "-",
+         "pruned": f"{summary.measured_sparsity:.4f}", "change": f"target {target_text(summary)}"},
+        {"metric": "share of the weights pruning reaches", "baseline": "-",
+         "pruned": f"{shares['pruned']:.1%}",
+         "change": f"{shares['dense_by_choice']:.1%} dense by choice, {shares['cannot_prune']:.1%} TFMOT cannot prune"},
         {"metric": "size on disk (.h5, bytes)", "baseline": f"{sizes.baseline.raw_bytes:,}",
          "pruned": f"{sizes.pruned.raw_bytes:,}", "change": f"{sizes.raw_ratio:.2f}x smaller"},
         {"metric": "zip-deflated (bytes)", "baseline": f"{sizes.baseline.zip_bytes:,}",
@@ -49,6 +52,14 @@ def comparison_rows(summary: RunSummary) -> list[dict[str, str]]:
         {"metric": "floor: non-zero weights x 4 (bytes)", "baseline": f"{sizes.baseline.floor_bytes:,}",
          "pruned": f"{sizes.pruned.floor_bytes:,}", "change": ""},
     ]
+
+
+def target_text(outcome: PruningOutcome) -> str:
+    """The target sparsity, with the per-layer ones and the structure when there are any."""
+    sanity = outcome.sanity
+    others = sorted({t.target for t in sanity.tensors} - {sanity.expected})
+    text = f"{sanity.expected:g}" + (f" (per layer: {', '.join(f'{t:g}' for t in others)} too)" if others else "")
+    return text + (f", {sanity.structure}" if sanity.structure else "")
 
 
 def file_rows(outcome: PruningOutcome) -> list[dict[str, str]]:
@@ -106,6 +117,7 @@ def render_markdown(summary: RunSummary) -> str:
     stages = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in summary.stage_seconds.items())
     return (
         f"# Pruning run\n\n{render_table(summary)}\n\n## Deployable files\n\n{render_files(summary)}\n\n"
+        f"## Weights by group\n\nLayers: {summary.sanity.layer_counts()}.\n\n```\n{summary.sanity.group_table()}\n```\n\n"
         f"- Schedule: `{summary.schedule.model_dump_json()}`\n"
         f"- Test images: {summary.pruned.examples}; classes: {', '.join(summary.classes)}\n"
         f"- Pruned model: `{summary.pruned_model}`\n"

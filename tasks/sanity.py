@@ -89,6 +89,7 @@ def measure_sparsity(model, plan: LayerPlan, expected: float, tolerance: float, 
             ))
     return SanityReport(
         folder=folder, expected=expected, tolerance=tolerance, tensors=tensors, dense=dense, structure=describe_structure(plan),
+        layers=plan.layers,
     )
 
 
@@ -140,6 +141,7 @@ def check_sparsity(
     report = measure_sparsity(model, plan, schedule.final_sparsity, tolerance, out)
     logger = run_logger()
     logger.info("Sparsity per pruned tensor%s:\n%s", f" ({report.structure})" if report.structure else "", report.table())
+    logger.info("Layers: %s", report.layer_counts())
     logger.info("Weights by group:\n%s", report.group_table())
     if report.dense:
         logger.info("Tensors left dense:\n%s", report.dense_table())

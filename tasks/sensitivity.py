@@ -143,19 +143,3 @@ def sensitivity_rows(results: list[LayerSensitivity], proposal: Proposal) -> lis
         row["proposed"] = f"{proposal.sparsity[r.layer]:g}"
         rows.append(row)
     return rows
-
-
-def render_rows(rows: list[dict[str, str]], markdown: bool = False) -> str:
-    """The rows as a plain-text or a markdown table."""
-    columns = list(rows[0])
-    if markdown:
-        lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-        lines += ["| " + " | ".join(row[c] for c in columns) + " |" for row in rows]
-        return "\n".join(lines)
-    widths = {c: max(len(c), *(len(row[c]) for row in rows)) for c in columns}
-    lines = ["  ".join(c.ljust(widths[c]) if i == 0 else c.rjust(widths[c]) for i, c in enumerate(columns))]
-    lines += [
-        "  ".join(row[c].ljust(widths[c]) if i == 0 else row[c].rjust(widths[c]) for i, c in enumerate(columns))
-        for row in rows
-    ]
-    return "\n".join(lines)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
 
-from tasks.selection import GROUP_TITLES, Group
+from tasks.selection import GROUP_TITLES, Group, PlannedLayer
 from tasks.store import StoredArtifact
 
 
@@ -49,6 +49,7 @@ class SanityReport(StoredArtifact):
     tensors: list[TensorSparsity]
     dense: list[DenseTensor] = []
     structure: str = ""  # "2:4 (m_by_n)", "block 1x4", or "" for unstructured
+    layers: list[PlannedLayer] = []  # the plan: every layer's group, weightless ones (Rescaling) included
 
     @property
     def failed(self) -> list[TensorSparsity]:
@@ -80,6 +81,19 @@ class SanityReport(StoredArtifact):
         for group, title in GROUP_TITLES.items():
             lines.append(f"{title:<36} {tensors[group]:>7} {counts[group]:>10} {shares[group]:>7.1%}")
         return "\n".join(lines)
+
+    def layer_counts(self) -> str:
+        """Layers per group, those left dense counted by class: '3 pruned; left dense by choice:
+        Conv2D x1; TFMOT cannot prune: BatchNormalization x2, Rescaling x1'."""
+        parts = [f"{sum(layer.group == 'pruned' for layer in self.layers)} pruned"]
+        for group in ("dense_by_choice", "cannot_prune"):
+            kinds: dict[str, int] = {}
+            for layer in self.layers:
+                if layer.group == group:
+                    kinds[layer.kind] = kinds.get(layer.kind, 0) + 1
+            if kinds:
+                parts.append(f"{GROUP_TITLES[group]}: {', '.join(f'{k} x{n}' for k, n in sorted(kinds.items()))}")
+        return "; ".join(parts)
 
     def dense_table(self) -> str:
         """One line per tensor left dense: its layer, weight, size, group and reason."""

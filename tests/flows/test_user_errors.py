@@ -157,14 +157,21 @@ def model_subclassed_trusted(run):
     model_subclassed(run, trusted=True)  # its class is importable here, so it loads
 
 
-def model_unprunable_layer(run):
-    from tasks.runtime import keras
+def layers_pattern_matches_nothing(run):
+    run.config["layers"] = {"exclude": ["dense_9"], "sparsity": {"Conv*": 0.3, "head": 0.9}}
 
-    model = keras.Sequential([
-        keras.Input(shape=(IMAGE_SIZE, IMAGE_SIZE, 3)), keras.layers.Rescaling(2.0, name="scale"),
-        keras.layers.Flatten(), keras.layers.Dense(2, activation="softmax"),
-    ])
-    run.config["model"]["baseline"] = save(model, run.tmp / "rescaling.h5")
+
+def layers_nothing_left_to_prune(run):
+    run.config["layers"] = {"include": ["Dense"], "keep_classifier": True, "exclude": ["dense"]}
+
+
+def layers_structure_misfit(run):
+    run.config["layers"] = {"m_by_n": [2, 4]}
+
+
+def layers_structure_against_the_schedule(run):
+    run.config["layers"] = {"m_by_n": [2, 4], "keep_first_conv": True}
+    run.config["pruning"]["target_sparsity"] = 0.8
 
 
 def config_out_of_range(run):
@@ -228,7 +235,12 @@ CASES = [
     (model_lambda, r"lambda.h5: loading this model would run code .*times_two \(Lambda\).*trust_custom_code: true"),
     (model_subclassed, r"net.keras: loading this model would run code .*: net \(Net\)\. If you trust the file"),
     (model_subclassed_trusted, r"net.keras: a subclassed model \(Net\) cannot be pruned: TFMOT prunes Sequential and functional"),
-    (model_unprunable_layer, r"rescaling.h5: TFMOT cannot prune these layers: scale \(Rescaling\)"),
+    (layers_pattern_matches_nothing, r"baseline.h5: these patterns match nothing: layers.exclude 'dense_9' \(no layer\); "
+                                     r"layers.sparsity 'head' \(no pruned layer\)\. .*The layers TFMOT can prune: conv2d, dense, dense_1\."),
+    (layers_nothing_left_to_prune, r"baseline.h5: no layer is left to prune: 0 pruned, 3 left dense by choice"),
+    (layers_structure_misfit, r"layers.m_by_n \[2, 4\] applies along the input channels .* conv2d \(Conv2D, kernel \[3, 3, 3, 8\]\)"),
+    (layers_structure_against_the_schedule, r"pruning.target_sparsity is 0.8, but layers.m_by_n \[2, 4\] zeroes exactly 0.5 of the "
+                                            r"weights: set pruning.target_sparsity to 0.5"),
     (config_out_of_range, r"invalid configuration:\n  pruning.target_sparsity: Input should be less than 1 \(got 1.2\)"),
     (config_unknown_key, r"invalid configuration:\n  training.epoch: Extra inputs are not permitted"),
     (config_wrong_type, r"invalid configuration:\n  training.epochs: Input should be a valid integer"),

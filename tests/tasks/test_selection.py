@@ -108,7 +108,8 @@ def test_each_model_shape_prunes_the_layers_tfmot_can_and_reports_the_others(sha
     assert wrapped_layers(wrapped) == sorted(pruned)
     assert {t.layer for t in report.tensors} == pruned and all(t.passed and t.target == 0.5 for t in report.tensors)
     cannot_prune = {t.layer for t in report.dense if t.group == "cannot_prune" and t.weight != "bias"}
-    assert cannot_prune == cannot - {"to_signed"}  # Rescaling holds no weights; it is in the plan, not the report
+    assert cannot_prune == cannot - {"to_signed"}  # Rescaling holds no weights: no tensor, but a layer of the plan
+    assert {layer.path for layer in report.layers if layer.group == "cannot_prune"} == cannot
     by_choice = {t.layer for t in report.dense if t.group == "dense_by_choice"}
     assert by_choice == ({"hidden"} if layers else set())
     assert all(t.zeros == 0 for t in report.dense if t.weight.endswith("kernel")), "a kernel left dense has zeros"
@@ -125,6 +126,10 @@ def test_a_mobilenet_v2_backbone_nested_in_a_sequential_is_pruned_layer_by_layer
     backbone = stripped.layers[1].name
     assert {t.layer for t in report.tensors} >= {f"{backbone}/block_1_expand", f"{backbone}/Conv_1", "head"}
     assert all(t.passed for t in report.tensors), report.table()
+    assert report.layer_counts() == (
+        f"{len(report.tensors)} pruned; left dense by choice: Conv2D x1; "
+        "left dense: TFMOT cannot prune it: BatchNormalization x52, DepthwiseConv2D x17, Resizing x1"
+    )
     reasons = {(t.layer, t.group, t.reason) for t in report.dense}
     assert (f"{backbone}/Conv1", "dense_by_choice", "layers.keep_first_conv") in reasons
     assert (f"{backbone}/block_1_depthwise", "cannot_prune", "TFMOT prunes no weight of DepthwiseConv2D") in reasons
