@@ -61,12 +61,17 @@ def print_run(name: str, seconds: float, out: str) -> None:
     print(f"pruned tensors: {len(pruned)}, sparsity {zeros / size:.4f}"
           + (f", structure {sanity['structure']}, violations {sum(t['structure_violations'] for t in pruned)}"
              if sanity["structure"] else ""))
-    layers_no_rule = sorted({t["layer"] for t in sanity["dense"] if "no pruning rule" in t["reason"]})
-    if layers_no_rule:
-        print(f"layers with weights TFMOT has no rule for: {', '.join(layers_no_rule)}")
+    counts: dict[str, dict[str, int]] = {}
+    for layer in sanity["layers"]:
+        if layer["group"] != "pruned":
+            counts.setdefault(layer["group"], {}).setdefault(layer["kind"], 0)
+            counts[layer["group"]][layer["kind"]] += 1
+    for group, kinds in counts.items():
+        print(f"layers {group}: {', '.join(f'{kind} x{n}' for kind, n in sorted(kinds.items()))}")
     for file in summary["deployables"]:
         print(f"  {file['model']:<8} {file['format']:<16} {file['raw_bytes']:>10,} B  zip {file['zip_bytes']:>10,} B "
-              f"({file['zip_ratio']:.2f}x)  accuracy {file['accuracy']:.4f}")
+              f"({file['zip_ratio']:.2f}x)  accuracy {file['accuracy']:.4f}  latency {file['latency_median_ms']:.3f} ms "
+              f"({file['speedup']:.2f}x)")
     print(f"stage seconds: {', '.join(f'{k} {v:.1f}' for k, v in summary['stage_seconds'].items())}")
 
 

@@ -44,6 +44,10 @@ def _type(schema: dict, defs: dict) -> str:
     if "const" in schema:
         return f"`{schema['const']}`"
     kind = schema.get("type", "any")
+    if kind == "array" and "prefixItems" in schema:  # a tuple: [2, 4]
+        return f"[{', '.join(_type(item, defs) for item in schema['prefixItems'])}]"
+    if kind == "object" and "additionalProperties" in schema:  # a mapping: {"conv*": 0.5}
+        return f"mapping of text to ({_type(schema['additionalProperties'], defs)})"
     if kind == "array":
         items = _type(schema.get("items", {}), defs)
         least = f", at least {schema['minItems']}" if "minItems" in schema else ""

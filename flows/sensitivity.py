@@ -65,9 +65,12 @@ def selected_layers(config: RunConfig, run) -> list[str]:
 
 
 def proposed_config(config: RunConfig, proposal: Proposal) -> dict:
-    """The config with layers.sparsity set to the proposal, each layer named by its exact path."""
+    """The config with the proposal in layers.sparsity, each layer named by its exact path; a
+    layer proposed at 0 goes to layers.exclude instead (wrapped, it would prune nothing)."""
     data = config.model_dump(mode="json")
-    data["layers"]["sparsity"] = {escape(layer): sparsity for layer, sparsity in proposal.sparsity.items()}
+    layers = data["layers"]
+    layers["sparsity"] = {escape(layer): s for layer, s in proposal.sparsity.items() if s > 0}
+    layers["exclude"] += [escape(layer) for layer, s in proposal.sparsity.items() if s == 0]
     return data
 
 

@@ -360,7 +360,7 @@ class SweepConfig(_Strict):
     targets: list[Sparsity] = Field(
         [0.5, 0.7, 0.8, 0.9, 0.95], min_length=1,
         description="Target sparsities, each pruned from the baseline under the run's schedule, its final sparsity "
-        "set to the target.",
+        "set to the target. Layers with their own layers.sparsity keep it at every target.",
     )
     max_accuracy_drop: float = Field(
         1.0, ge=0.0, le=100.0,

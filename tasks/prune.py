@@ -112,20 +112,29 @@ def wrap_for_pruning(model, plan: LayerPlan, schedule: Schedule, model_path: Pat
 
     clone_model with a clone function, nested models cloned the same way, is how TFMOT's own
     prune_low_magnitude wraps a whole model; doing it here lets layers TFMOT has no rule for
-    (Rescaling, Normalization, TF-op layers) stay in the model unwrapped. Unwrapped layers are
-    returned as they are, so the clone shares their weights with the baseline.
+    (Rescaling, Normalization, TF-op layers) stay in the model unwrapped. Every layer of the
+    clone, wrapped or not, is the baseline's own layer object, so training the clone changes
+    `model`'s weights: load the baseline afresh for anything else. A layer used in several
+    places is cloned once and shared again, as `walk` plans it once.
     """
     from tasks.runtime import keras, tfmot
 
+    made: dict[int, object] = {}
+
     def clone_with(prefix: str):
         def clone(layer):
-            if isinstance(layer, keras.Model):
-                return keras.models.clone_model(layer, clone_function=clone_with(f"{prefix}{layer.name}/"))
-            planned = plan.pruned.get(prefix + layer.name)
-            if planned is None:
-                return layer
-            return tfmot.sparsity.keras.prune_low_magnitude(layer, **pruning_params(plan, at_target(schedule, planned.target)))
+            if id(layer) not in made:
+                made[id(layer)] = clone_once(prefix, layer)
+            return made[id(layer)]
         return clone
+
+    def clone_once(prefix: str, layer):
+        if isinstance(layer, keras.Model):
+            return keras.models.clone_model(layer, clone_function=clone_with(f"{prefix}{layer.name}/"))
+        planned = plan.pruned.get(prefix + layer.name)
+        if planned is None:
+            return layer
+        return tfmot.sparsity.keras.prune_low_magnitude(layer, **pruning_params(plan, at_target(schedule, planned.target)))
 
     try:
         return keras.models.clone_model(model, clone_function=clone_with(""))

@@ -55,10 +55,10 @@ def comparison_rows(summary: RunSummary) -> list[dict[str, str]]:
 
 
 def target_text(outcome: PruningOutcome) -> str:
-    """The target sparsity, with the per-layer ones and the structure when there are any."""
+    """The target sparsity (a range when layers have their own), and the structure if any."""
     sanity = outcome.sanity
-    others = sorted({t.target for t in sanity.tensors} - {sanity.expected})
-    text = f"{sanity.expected:g}" + (f" (per layer: {', '.join(f'{t:g}' for t in others)} too)" if others else "")
+    targets = sorted({t.target for t in sanity.tensors}) or [sanity.expected]
+    text = f"{targets[0]:g}" if len(targets) == 1 else f"{targets[0]:g} to {targets[-1]:g} per layer"
     return text + (f", {sanity.structure}" if sanity.structure else "")
 
 

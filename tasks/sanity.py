@@ -14,17 +14,12 @@ from tasks.log import run_logger
 from tasks.models import load_model
 from tasks.prune import StrippedModel, plan_for
 from tasks.selection import LayerPlan, prunable_weights, walk
-from tasks.sparsity import DenseTensor, SanityReport, TensorSparsity
+from tasks.sparsity import DenseTensor, SanityReport, TensorSparsity, tfmot_zeros
 from tasks.stage import Stage
 
 
 def weight_name(weight) -> str:
     return weight.name.split("/")[-1].split(":")[0]
-
-
-def expected_zeros(size: int, target: float) -> int:
-    """The zeros TFMOT leaves in `size` values (or blocks) at `target`: it keeps round(size * (1 - target))."""
-    return size - int(np.round(size * (1.0 - target)))
 
 
 def m_by_n_violations(values: np.ndarray, m: int, n: int) -> int:
@@ -52,7 +47,7 @@ def measure_tensor(layer: str, weight: str, values: np.ndarray, target: float, t
     ranks and zeroes whole blocks and edge blocks are smaller.
     """
     zeros = int(values.size - np.count_nonzero(values))
-    violations = None
+    violations = blocks_zero = None
     units, zero_units = values.size, zeros
     if plan.m_by_n is not None:
         violations = m_by_n_violations(values, *plan.m_by_n)
@@ -60,10 +55,12 @@ def measure_tensor(layer: str, weight: str, values: np.ndarray, target: float, t
         zeros_per_block, whole = block_zeros(values, plan.block_size)
         violations = int(np.sum((zeros_per_block > 0) & (zeros_per_block < whole)))
         units, zero_units = zeros_per_block.size, int(np.sum(zeros_per_block == whole))
-    reached = abs(zero_units - expected_zeros(units, target)) <= tolerance * units
+        blocks_zero = zero_units / units
+    reached = abs(zero_units - tfmot_zeros(units, target)) <= tolerance * units
     return TensorSparsity(
         layer=layer, weight=weight, size=int(values.size), zeros=zeros, sparsity=zeros / values.size,
         passed=reached and not violations, shape=list(values.shape), target=target, structure_violations=violations,
+        blocks_zero=blocks_zero,
     )
 
 
@@ -81,8 +78,8 @@ def measure_sparsity(model, plan: LayerPlan, expected: float, tolerance: float, 
                 tensors.append(measure_tensor(path, weight_name(weight), values, planned.target, tolerance, plan))
                 continue
             group, reason = planned.group, planned.reason
-            if id(weight) not in pruned:
-                group, reason = "cannot_prune", planned.reason or f"TFMOT prunes only {_names(layer)} of {planned.kind}"
+            if planned.group != "cannot_prune" and id(weight) not in pruned:  # a bias, a BatchNorm's statistics
+                group, reason = "cannot_prune", f"TFMOT prunes only {_names(layer)} of {planned.kind}"
             dense.append(DenseTensor(
                 layer=path, weight=weight_name(weight), size=int(values.size),
                 zeros=int(values.size - np.count_nonzero(values)), group=group, reason=reason,
@@ -111,7 +108,7 @@ def require_target_reached(report: SanityReport, model_path: Path) -> None:
         raise PruneflowError(f"{model_path}: the model has no pruned weight tensor")
     if report.failed:
         missed = ", ".join(
-            f"{t.layer} {t.weight} at {t.sparsity:.4f} (target {t.target:g}"
+            f"{t.layer} {t.weight} at {t.measured:.4f}{' of blocks' if t.blocks_zero is not None else ''} (target {t.target:g}"
             + (f", {t.structure_violations} groups break {report.structure}" if t.structure_violations else "")
             + ")"
             for t in report.failed

@@ -12,6 +12,7 @@ weights that TFMOT knows (pooling, activations, Flatten) are in none.
 from __future__ import annotations
 
 from fnmatch import fnmatchcase
+from glob import escape
 from pathlib import Path
 from typing import Iterator, Literal
 
@@ -57,24 +58,27 @@ class LayerPlan(BaseModel):
         return next((layer for layer in self.layers if layer.path == path), None)
 
 
-def walk(model, prefix: str = "") -> Iterator[tuple[str, object]]:
-    """(path, layer) for every layer, nested Sequential and functional models walked in place.
+def walk(model, prefix: str = "", seen: set[int] | None = None) -> Iterator[tuple[str, object]]:
+    """(path, layer) for every layer, nested Sequential and functional models walked in place; a
+    layer or model used in several places, once, at its first place.
 
     Raises:
         PruneflowError: a nested subclassed model, whose layers cannot be cloned.
     """
     from tasks.runtime import keras
 
+    seen = set() if seen is None else seen
     for layer in model.layers:
-        if isinstance(layer, keras.layers.InputLayer):
-            continue  # clone_model makes new inputs
+        if isinstance(layer, keras.layers.InputLayer) or id(layer) in seen:
+            continue  # clone_model makes new inputs; a shared layer is one layer
+        seen.add(id(layer))
         if isinstance(layer, keras.Model):
             if not (isinstance(layer, keras.Sequential) or layer._is_graph_network):
                 raise PruneflowError(
                     f"nested model {prefix}{layer.name} is subclassed ({type(layer).__name__}): TFMOT prunes "
                     "Sequential and functional models only. Rebuild it with the functional API."
                 )
-            yield from walk(layer, f"{prefix}{layer.name}/")
+            yield from walk(layer, f"{prefix}{layer.name}/", seen)
         else:
             yield prefix + layer.name, layer
 
@@ -139,7 +143,7 @@ def plan_layers(
         if reason:
             planned.append(PlannedLayer(path=path, kind=kind, group="dense_by_choice", reason=reason))
             continue
-        override = next((s for pattern, s in selection.sparsity.items() if matches(pattern, path, layer)), None)
+        override = per_layer_sparsity(selection, path, layer)
         planned.append(PlannedLayer(path=path, kind=kind, group="pruned", target=target if override is None else override))
     plan = LayerPlan(layers=planned, m_by_n=selection.m_by_n, block_size=selection.block_size)
     _require_patterns_matched(entries, plan, selection, model_path)
@@ -149,6 +153,16 @@ def plan_layers(
             f"{model_path}: no layer is left to prune: {_group_summary(plan)}. Widen layers.include or narrow layers.exclude."
         )
     return plan
+
+
+def per_layer_sparsity(selection: LayerSelection, path: str, layer) -> float | None:
+    """The layer's own target in layers.sparsity: its exact path first (a proposal names every
+    layer so, and a top-level 'dense' must not give its sparsity to a nested 'head/dense'),
+    then the first pattern that matches it."""
+    for key in (path, escape(path)):
+        if key in selection.sparsity:
+            return selection.sparsity[key]
+    return next((s for pattern, s in selection.sparsity.items() if matches(pattern, path, layer)), None)
 
 
 def _dense_by_choice(path, layer, selection: LayerSelection, kept_by: str | None, policy, policy_name: str) -> str:
@@ -199,8 +213,9 @@ def _require_structure_fits(entries, plan: LayerPlan, model_path: Path) -> None:
         for weight in weights:
             shape = tuple(weight.shape)
             if plan.m_by_n is not None:
-                n = plan.m_by_n[1]
-                if len(shape) not in (2, 4) or shape[-2] % n:
+                if len(shape) not in (2, 4):
+                    misfits.append(f"{path} ({type(layer).__name__}, kernel {list(shape)}: TFMOT's m_by_n takes Dense and Conv2D kernels only)")
+                elif shape[-2] % plan.m_by_n[1]:
                     misfits.append(f"{path} ({type(layer).__name__}, kernel {list(shape)})")
             elif len(shape) != 2 or any(dim <= size for dim, size in zip(shape, plan.block_size)):
                 misfits.append(f"{path} ({type(layer).__name__}, kernel {list(shape)})")

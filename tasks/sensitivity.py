@@ -4,6 +4,7 @@ it that reach an overall target while the most sensitive layers stay lighter."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from tasks.errors import PruneflowError
 from tasks.files import write_json
 from tasks.models import ModelFile, evaluate
 from tasks.selection import prunable_weights, walk
+from tasks.sparsity import tfmot_zeros
 from tasks.stage import Stage
 from tasks.store import StoredArtifact
 
@@ -40,9 +42,8 @@ class LayerSensitivity(StoredArtifact):
 
 def magnitude_pruned(values: np.ndarray, sparsity: float) -> np.ndarray:
     """`values` with its smallest magnitudes zeroed, as many as TFMOT would zero at `sparsity`."""
-    keep = int(np.round(values.size * (1.0 - sparsity)))
     pruned = values.copy().reshape(-1)
-    pruned[np.argsort(np.abs(pruned), kind="stable")[: values.size - keep]] = 0
+    pruned[np.argsort(np.abs(pruned), kind="stable")[: tfmot_zeros(values.size, sparsity)]] = 0
     return pruned.reshape(values.shape)
 
 
@@ -115,22 +116,24 @@ def propose(results: list[LayerSensitivity], target: float) -> Proposal:
     chosen = {r.layer: 0.0 for r in results}
     by_layer = {r.layer: r for r in results}
 
-    def reached() -> float:
-        return sum(by_layer[name].weights * s for name, s in chosen.items()) / total
+    def reached(sparsities: dict[str, float]) -> float:
+        return sum(by_layer[name].weights * s for name, s in sparsities.items()) / total
 
-    while reached() + 1e-9 < target:
-        def cost(name: str) -> float:
-            r, now = by_layer[name], chosen[name]
-            step = min(STEP, ceiling[name] - now)
-            return max(0.0, r.drop_at(now + step) - r.drop_at(now)) / (r.weights * step)
+    def cost(name: str) -> float:
+        r, now = by_layer[name], chosen[name]
+        step = min(STEP, ceiling[name] - now)
+        return max(0.0, r.drop_at(now + step) - r.drop_at(now)) / (r.weights * step)
 
-        open_layers = [name for name in chosen if chosen[name] < ceiling[name] - 1e-9]
+    while reached(chosen) + 1e-9 < target:
+        open_layers = [name for name in chosen if chosen[name] < ceiling[name]]
         name = min(open_layers, key=lambda n: (cost(n), -by_layer[n].weights))
-        short = (target - reached()) * total / by_layer[name].weights  # what this layer alone still needs
-        chosen[name] = round(min(chosen[name] + STEP, ceiling[name], chosen[name] + short + 1e-4), 4)
+        short = (target - reached(chosen)) * total / by_layer[name].weights  # what this layer alone still needs
+        chosen[name] = min(chosen[name] + STEP, ceiling[name], chosen[name] + short)
+    # Four decimals, rounded up (never past the ceiling), so that the written proposal still reaches the target.
+    written = {name: min(math.ceil(s * 1e4 - 1e-6) / 1e4, ceiling[name]) for name, s in chosen.items()}
     return Proposal(
-        target=target, reached=reached(), sparsity=chosen,
-        expected_drop=sum(by_layer[name].drop_at(s) for name, s in chosen.items()),
+        target=target, reached=reached(written), sparsity=written,
+        expected_drop=sum(by_layer[name].drop_at(s) for name, s in written.items()),
     )
 
 

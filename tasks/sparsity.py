@@ -4,10 +4,18 @@ export's check of each file against it."""
 
 from __future__ import annotations
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from tasks.selection import GROUP_TITLES, Group, PlannedLayer
 from tasks.store import StoredArtifact
+
+
+def tfmot_zeros(size: int, sparsity: float) -> int:
+    """The zeros TFMOT leaves among `size` weights (or blocks) at `sparsity`: it keeps
+    max(round(size * (1 - sparsity)), 1), computed in float32 (pruning_impl._update_mask)."""
+    keep = max(int(np.round(np.float32(size) * (np.float32(1.0) - np.float32(sparsity)))), 1)
+    return size - keep
 
 
 class TensorSparsity(BaseModel):
@@ -25,6 +33,13 @@ class TensorSparsity(BaseModel):
     target: float = 0.0
     # m_by_n: groups holding more non-zeros than allowed; block: blocks partly zero. None: no structure.
     structure_violations: int | None = None
+    blocks_zero: float | None = None  # block sparsity: the share of blocks all zero, what the target is met by
+
+
+    @property
+    def measured(self) -> float:
+        """What the target is compared with: the share of zero blocks for block sparsity, else of zero weights."""
+        return self.sparsity if self.blocks_zero is None else self.blocks_zero
 
 
 class DenseTensor(BaseModel):
@@ -104,12 +119,13 @@ class SanityReport(StoredArtifact):
 
 
 def sparsity_table(tensors: list[TensorSparsity]) -> str:
-    """One line per tensor: its layer, weight, size, target, sparsity, structure and whether it passed."""
+    """One line per tensor: its layer, weight, size, target, sparsity (of blocks, for block
+    sparsity), structure and whether it passed."""
     lines = [f"{'layer':<48} {'weight':<18} {'size':>9} {'target':>7} {'sparsity':>9} {'structure':>9}  ok"]
     for t in tensors:
         structure = "-" if t.structure_violations is None else ("ok" if not t.structure_violations else f"{t.structure_violations} bad")
         lines.append(
-            f"{t.layer:<48} {t.weight:<18} {t.size:>9} {t.target:>7.4f} {t.sparsity:>9.4f} {structure:>9}  "
+            f"{t.layer:<48} {t.weight:<18} {t.size:>9} {t.target:>7.4f} {t.measured:>9.4f} {structure:>9}  "
             f"{'yes' if t.passed else 'NO'}"
         )
     return "\n".join(lines)

@@ -88,3 +88,32 @@ def test_a_user_error_shows_no_traceback_anywhere_in_the_terminal(prefect_server
     assert f"pruneflow: error: {tmp_path / 'gone.h5'}: model file not found" in done.stderr
     assert "Task run failed with exception: PruneflowError" in done.stderr  # Prefect's log line stays
     assert "Traceback" not in done.stdout + done.stderr
+
+
+def test_a_model_with_layers_tfmot_cannot_prune_runs_end_to_end_and_reports_them(prefect_server, config_dict, tmp_path, capsys):
+    """Rescaling first, BatchNorm and a depthwise convolution: pruned where TFMOT can, exported,
+    each file's kernels checked, and every layer left dense reported by class."""
+    from tasks.models import save_model
+    from tasks.runtime import keras
+    from tests.helpers import IMAGE_SIZE
+
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([
+        keras.Input((IMAGE_SIZE, IMAGE_SIZE, 3)), keras.layers.Rescaling(2.0, offset=-1.0),
+        keras.layers.Conv2D(8, 3, activation="relu"), keras.layers.BatchNormalization(),
+        keras.layers.DepthwiseConv2D(3, activation="relu"), keras.layers.Flatten(),
+        keras.layers.Dense(2, activation="softmax"),
+    ])
+    config_dict["model"]["baseline"] = str(save_model(model, tmp_path / "rescaling.h5"))
+    config_dict["layers"] = {"sparsity": {"dense": 0.7}}
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(config_dict))
+    assert main(["run", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "Layers: 2 pruned; left dense: TFMOT cannot prune it: BatchNormalization x1, DepthwiseConv2D x1, Rescaling x1" in out
+    summary = json.loads(open(out.split("Summary: ")[1].split()[0]).read())
+    assert {t["layer"]: t["target"] for t in summary["sanity"]["tensors"]} == {"conv2d": 0.5, "dense": 0.7}
+    (exported,) = summary["exports"]["files"]
+    assert {t["layer"]: t["passed"] for t in exported["sparsity"]} == {"conv2d": True, "dense": True}
+    assert "| share of the weights pruning reaches |" in out

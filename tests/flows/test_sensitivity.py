@@ -32,7 +32,9 @@ def test_sensitivity_measures_each_selected_layer_and_its_proposal_runs(prefect_
     assert "Proposed per-layer sparsities reach" in out
 
     proposed = load_config(folder / "proposed-config.yaml")
-    assert proposed.layers.sparsity == report["proposal"]["sparsity"] and proposed.layers.exclude == ["dense_1"]
+    proposal = report["proposal"]["sparsity"]
+    assert proposed.layers.sparsity == {layer: s for layer, s in proposal.items() if s > 0}
+    assert proposed.layers.exclude == ["dense_1", *(layer for layer, s in proposal.items() if s == 0)]
     # Measured again: every layer's task run is reused from the store.
     assert main(["sensitivity", str(path), "--target", "0.6"]) == 0
     again = [state for name, state, _ in task_runs(latest_flow_run_id()) if name.startswith("layer_sensitivity")]
@@ -43,4 +45,4 @@ def test_sensitivity_measures_each_selected_layer_and_its_proposal_runs(prefect_
     summary_path = capsys.readouterr().out.split("Summary: ")[1].split()[0]
     summary = json.loads(open(summary_path).read())
     targets = {t["layer"]: t["target"] for t in summary["sanity"]["tensors"]}
-    assert targets == {name: sparsity for name, sparsity in report["proposal"]["sparsity"].items()}
+    assert targets == {layer: s for layer, s in proposal.items() if s > 0}

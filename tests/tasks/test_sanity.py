@@ -2,6 +2,8 @@
 
 import json
 
+import numpy as np
+
 import pytest
 
 from tasks.errors import PruneflowError
@@ -105,6 +107,24 @@ def test_a_small_tensor_passes_at_tfmots_rounding_of_the_target():
     assert measure_tensor("l", "kernel", values, 0.7, 0.01, plan).passed
     values.flat[11] = 0  # a twelfth zero: 0.75, one more than TFMOT leaves
     assert not measure_tensor("l", "kernel", values, 0.7, 0.01, plan).passed
+
+
+@pytest.mark.parametrize("size, target, zeros", [(5, 0.9, 4), (25, 0.9, 22), (10, 0.99, 9), (1000, 0.8, 800)])
+def test_the_expected_zeros_are_tfmots_own_count(size, target, zeros, tiny_config, tmp_path):
+    """TFMOT keeps max(round(size * (1 - target)), 1) weights, in float32: measured on a real
+    prune_low_magnitude wrapper, and what the check expects."""
+    from tasks.runtime import keras, tfmot
+    from tasks.sparsity import tfmot_zeros
+
+    assert tfmot_zeros(size, target) == zeros
+    layer = keras.layers.Dense(size, use_bias=False, kernel_initializer="glorot_uniform")
+    wrapped = keras.Sequential([keras.Input((1,)), tfmot.sparsity.keras.prune_low_magnitude(
+        layer, pruning_schedule=tfmot.sparsity.keras.ConstantSparsity(target, 0, frequency=1))])
+    wrapped.compile("sgd", "mse")
+    wrapped.fit(np.ones((1, 1)), np.ones((1, size)), callbacks=[tfmot.sparsity.keras.UpdatePruningStep()], verbose=0)
+    kernel = tfmot.sparsity.keras.strip_pruning(wrapped).layers[0].kernel.numpy()
+    assert kernel.size - np.count_nonzero(kernel) == zeros
+    assert measure_tensor("l", "kernel", kernel, target, 0.0, LayerPlan(layers=[])).passed
 
 
 def test_model_without_prunable_tensors_is_refused(tmp_path):

@@ -4,7 +4,7 @@ and reported; layers chosen by pattern; per-layer targets; 2:4 and block structu
 import numpy as np
 import pytest
 
-from tasks.config import LayerSelection
+from tasks.config import ConstantSchedule, LayerSelection
 from tasks.errors import PruneflowError
 from tasks.models import ModelFile, load_model, save_model
 from tasks.prune import plan_for, strip_model, train_pruned, wrap_for_pruning
@@ -110,8 +110,11 @@ def test_each_model_shape_prunes_the_layers_tfmot_can_and_reports_the_others(sha
     cannot_prune = {t.layer for t in report.dense if t.group == "cannot_prune" and t.weight != "bias"}
     assert cannot_prune == cannot - {"to_signed"}  # Rescaling holds no weights: no tensor, but a layer of the plan
     assert {layer.path for layer in report.layers if layer.group == "cannot_prune"} == cannot
-    by_choice = {t.layer for t in report.dense if t.group == "dense_by_choice"}
-    assert by_choice == ({"hidden"} if layers else set())
+    by_choice = {(t.layer, t.weight) for t in report.dense if t.group == "dense_by_choice"}
+    assert by_choice == ({("hidden", "kernel")} if layers else set())
+    if layers:  # the excluded layer's bias was never prunable: it is in the group TFMOT cannot prune
+        (bias,) = [t for t in report.dense if t.layer == "hidden" and t.weight == "bias"]
+        assert (bias.group, bias.reason) == ("cannot_prune", "TFMOT prunes only kernel of Dense")
     assert all(t.zeros == 0 for t in report.dense if t.weight.endswith("kernel")), "a kernel left dense has zeros"
     untouched = load_model(baseline.path)
     for name in {"norm"} & cannot:  # weights no training changes: bit-identical
@@ -159,6 +162,31 @@ def test_patterns_match_path_name_or_class_and_overrides_set_per_layer_targets(t
     assert sorted(nested.pruned) == [f"{nested.layers[1].path.split('/')[0]}/block_1_{part}" for part in ("expand", "project")]
 
 
+def test_an_exact_path_in_layers_sparsity_wins_over_a_name_shared_with_a_nested_layer(tmp_path):
+    from tasks.runtime import keras
+
+    inner = keras.Input((8,))
+    head = keras.Model(inner, keras.layers.Dense(2, name="dense")(inner), name="head")
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, head(keras.layers.Dense(8, name="dense")(inputs)))
+    chosen = plan(model, tmp_path / "m.h5", sparsity={"dense": 0.3, "head/dense": 0.6})
+    assert {path: layer.target for path, layer in chosen.pruned.items()} == {"dense": 0.3, "head/dense": 0.6}
+
+
+def test_a_shared_layer_is_planned_and_wrapped_once(tmp_path):
+    from tasks.runtime import keras
+
+    inputs = keras.Input((4,))
+    shared = keras.layers.Dense(4, name="shared")
+    model = keras.Model(inputs, keras.layers.Dense(2, name="out")(shared(shared(inputs))))
+    chosen = plan(model, tmp_path / "m.h5")
+    assert sorted(chosen.pruned) == ["out", "shared"]
+    wrapped = wrap_for_pruning(model, chosen, ConstantSchedule(target_sparsity=0.5, end_step=-1), tmp_path / "m.h5")
+    assert wrapped_layers(wrapped) == ["out", "shared"]
+    images = np.random.default_rng(0).random((3, 4), dtype="float32")
+    assert_same_predictions(model, wrapped, images)
+
+
 def test_patterns_that_match_nothing_are_named(tmp_path):
     with pytest.raises(PruneflowError) as error:
         plan(normalized(), tmp_path / "m.h5", include=["conv", "norm"], exclude=["dens"], sparsity={"head": 0.2})
@@ -199,19 +227,19 @@ def test_a_2_by_4_run_passes_its_structure_check_and_a_tampered_model_fails_it(t
 
 
 def test_a_block_run_passes_its_structure_check_and_a_tampered_model_fails_it(tiny_config, tiny_prepared, tmp_path):
-    _, _, stripped, report = prune_run(
-        normalized, tiny_config, tiny_prepared, tmp_path, keep_first_conv=True, keep_classifier=True, block_size=(4, 4)
-    )
-    assert report.structure == "block 4x4"
+    layers = {"keep_first_conv": True, "keep_classifier": True, "block_size": (4, 3)}  # 8 columns: edge blocks 2 wide
+    _, _, stripped, report = prune_run(normalized, tiny_config, tiny_prepared, tmp_path, **layers)
+    assert report.structure == "block 4x3"
     (hidden,) = report.tensors
     assert hidden.passed and hidden.structure_violations == 0
     kernel = stripped.get_layer("hidden").kernel.numpy()
-    blocks = kernel.reshape(kernel.shape[0] // 4, 4, 2, 4).transpose(0, 2, 1, 3).reshape(-1, 16)
-    zero_blocks = (blocks == 0).all(axis=1)
-    assert ((blocks != 0).all(axis=1) | zero_blocks).all() and abs(zero_blocks.mean() - 0.5) <= 0.01
-    kernel[np.argwhere(kernel == 0)[0][0], np.argwhere(kernel == 0)[0][1]] = 0.25  # one weight back in a zero block
+    blocks = [kernel[r:r + 4, c:c + 3] for r in range(0, kernel.shape[0], 4) for c in range(0, kernel.shape[1], 3)]
+    assert all((b == 0).all() or (b != 0).all() for b in blocks)  # the structure, read independently
+    zero_blocks = sum((b == 0).all() for b in blocks)
+    assert hidden.blocks_zero == zero_blocks / len(blocks) and abs(zero_blocks / len(blocks) - 0.5) <= 0.01
+    row, column = np.argwhere(kernel == 0)[0]
+    kernel[row, column] = 0.25  # one weight back in a zero block
     stripped.get_layer("hidden").kernel.assign(kernel)
-    layers = {"keep_first_conv": True, "keep_classifier": True, "block_size": (4, 4)}
     tampered = measure_sparsity(stripped, plan(stripped, tmp_path / "m.h5", **layers), 0.5, 0.01)
     assert tampered.tensors[0].structure_violations == 1 and not tampered.tensors[0].passed
 
@@ -231,15 +259,20 @@ def test_a_2_by_4_run_resumed_from_a_checkpoint_keeps_its_structure(tiny_config,
     assert all(t.structure_violations == 0 and t.passed for t in report.tensors), report.table()
 
 
-def test_wrapping_then_stripping_without_training_leaves_every_weight_bit_identical(tmp_path):
-    from tasks.config import ConstantSchedule
-    from tasks.runtime import tfmot
+def test_wrapping_saving_loading_and_stripping_without_training_leaves_every_weight_bit_identical(tmp_path):
+    """The plan's unwrapped layers and the wrapped ones' weights survive the clone, the .h5 of the
+    wrapped model (as prune-training saves it) and stripping, compared with the baseline file."""
+    from tasks.runtime import keras, tfmot
 
-    model = mobilenet_backbone()
-    before = [w.copy() for w in model.get_weights()]
-    chosen = plan(model, tmp_path / "m.h5", keep_first_conv=True)
-    wrapped = wrap_for_pruning(model, chosen, ConstantSchedule(target_sparsity=0.5, end_step=-1), tmp_path / "m.h5")
-    after = tfmot.sparsity.keras.strip_pruning(wrapped).get_weights()
+    baseline = save_model(mobilenet_backbone(), tmp_path / "baseline.h5")
+    model = load_model(baseline)
+    chosen = plan(model, baseline, keep_first_conv=True)
+    wrapped = wrap_for_pruning(model, chosen, ConstantSchedule(target_sparsity=0.5, end_step=-1), baseline)
+    save_model(wrapped, tmp_path / "wrapped.h5")
+    keras.backend.clear_session()
+    stripped = tfmot.sparsity.keras.strip_pruning(load_model(tmp_path / "wrapped.h5", pruning_wrappers=True))
+    before = load_model(baseline).get_weights()
+    after = stripped.get_weights()
     assert len(before) == len(after)
     for a, b in zip(before, after):
         np.testing.assert_array_equal(a, b)

@@ -38,6 +38,11 @@ def test_the_proposal_reaches_the_target_and_keeps_sensitive_layers_lighter():
     assert proposal.sparsity["small"] == 0.0
 
 
+def test_a_proposal_ends_on_ceilings_with_more_decimals_than_it_writes():
+    proposal = propose([curve("a", 100, [1.0], (0.33333,)), curve("b", 300, [1.0], (0.33333,))], 0.33333)
+    assert proposal.reached == pytest.approx(0.33333) and all(s <= 0.33333 for s in proposal.sparsity.values())
+
+
 def test_a_target_beyond_the_measured_sparsities_is_refused_with_what_is_reachable():
     with pytest.raises(PruneflowError, match=r"0\.95 is out of reach: .* gives 0\.9000. Add higher sparsities"):
         propose([curve("a", 100, [0, 0, 0]), curve("b", 100, [0, 0, 0])], 0.95)
