@@ -48,19 +48,19 @@ def test_a_target_beyond_the_measured_sparsities_is_refused_with_what_is_reachab
         propose([curve("a", 100, [0, 0, 0]), curve("b", 100, [0, 0, 0])], 0.95)
 
 
-def test_a_layer_pruned_alone_loses_accuracy_as_its_sparsity_grows(pruned_variant, tmp_path):
-    if pruned_variant.kind != "nested":
-        pytest.skip("one shape is enough: the nested one also shows layers found by path")
+def test_a_layer_of_a_nested_model_is_pruned_alone_by_its_path(tiny_data, tiny_prepared, tmp_path):
+    from tasks.models import ModelFile
     from tasks.selection import walk
+    from tests.helpers import train_tiny_baseline
 
-    v = pruned_variant
-    conv = next(path for path, layer in walk(v.baseline.load()) if type(layer).__name__ == "Conv2D")
+    baseline = ModelFile.of(train_tiny_baseline(tiny_data, tmp_path / "nested.h5", "nested"))
+    conv = next(path for path, layer in walk(baseline.load()) if type(layer).__name__ == "Conv2D")
     assert conv.startswith("backbone/")
-    result = measure_layer(tmp_path, v.baseline, v.dataset, conv, (0.5, 0.99), batch_size=8)
+    result = measure_layer(tmp_path, baseline, tiny_prepared, conv, (0.5, 0.99), batch_size=8)
     assert result.weights == 3 * 3 * 3 * 8
     assert 0.0 <= result.accuracies[1] <= 1.0 and result.dense_accuracy > 0.5
     # The baseline file is untouched, and measuring again gives the same figures.
-    again = measure_layer(tmp_path, v.baseline, v.dataset, conv, (0.5, 0.99), batch_size=8)
+    again = measure_layer(tmp_path, baseline, tiny_prepared, conv, (0.5, 0.99), batch_size=8)
     assert again.accuracies == result.accuracies and again.dense_accuracy == result.dense_accuracy
     with pytest.raises(PruneflowError, match="no layer 'backbone' with weights TFMOT prunes"):
-        measure_layer(tmp_path, v.baseline, v.dataset, "backbone", (0.5,), batch_size=8)
+        measure_layer(tmp_path, baseline, tiny_prepared, "backbone", (0.5,), batch_size=8)
