@@ -23,6 +23,7 @@ from tasks.errors import PruneflowError
 from tasks.faults import fault_callbacks
 from tasks.files import write_json
 from tasks.log import run_logger
+from tasks.progress import epoch_progress
 from tasks.models import ModelFile, compile_model, load_model, make_optimizer, require_graph_model, save_model
 from tasks.schedule import at_target, to_tfmot
 from tasks.selection import LayerPlan, plan_layers, plan_table
@@ -221,8 +222,9 @@ def train_pruned(
     """Fine-tune the baseline under the pruning schedule; write the wrapped model to `out`.
 
     Callbacks: UpdatePruningStep (required: it advances the pruning step and re-applies the
-    masks at each epoch end), PruningSummaries (per-layer sparsity in TensorBoard logs), and
-    an epoch-end checkpoint into `work`, from which a later attempt resumes.
+    masks at each epoch end), PruningSummaries (per-layer sparsity in TensorBoard logs), an
+    epoch-end checkpoint into `work`, from which a later attempt resumes, and, in a Prefect run,
+    a progress artifact updated at each epoch end.
     """
     from tasks.runtime import configure_devices, keras, tfmot
 
@@ -245,6 +247,7 @@ def train_pruned(
         tfmot.sparsity.keras.PruningSummaries(log_dir=str(work / "logs")),
         keras.callbacks.TerminateOnNaN(),
         epoch_checkpoint(work, history),
+        epoch_progress("Prune-training", training.epochs, done),
         *fault_callbacks(),
     ]
     started = time.perf_counter()

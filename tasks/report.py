@@ -121,6 +121,9 @@ def render_markdown(summary: RunSummary) -> str:
         f"- Schedule: `{summary.schedule.model_dump_json()}`\n"
         f"- Test images: {summary.pruned.examples}; classes: {', '.join(summary.classes)}\n"
         f"- Pruned model: `{summary.pruned_model}`\n"
+        f"- TensorBoard logs of prune-training (loss, accuracy, each layer's sparsity): "
+        f"`{summary.training.tensorboard_logs}`; open them with "
+        f"`tensorboard --logdir {summary.training.tensorboard_logs}` (installed in the venv) and http://localhost:6006\n"
         f"- Outputs: `{summary.run_dir}`\n"
         f"- Stage wall times: {stages}\n"
     )

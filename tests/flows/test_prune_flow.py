@@ -8,6 +8,7 @@ from flows.prune import prune_flow
 from tasks.config import parse_config
 from tasks.errors import PruneflowError
 from tasks.outcome import FORMAT_NAMES, KERAS
+from tasks.progress import PROGRESS_KEY
 from tasks.report import ARTIFACT_KEY, RunSummary
 from tasks.store import ArtifactStore
 from tests.helpers import STAGES, artifacts_of, stage_states
@@ -48,6 +49,10 @@ def test_flow_prunes_strips_checks_measures_and_reports(prefect_server, config_d
     artifacts = artifacts_of(flow_run_id)
     assert "test accuracy" in artifacts[ARTIFACT_KEY].data
     assert f"{summary.sizes.zip_ratio:.2f}x smaller" in artifacts[ARTIFACT_KEY].data
+    assert f"tensorboard --logdir {summary.training.tensorboard_logs}" in artifacts[ARTIFACT_KEY].data
+    progress = artifacts[PROGRESS_KEY]  # updated at each epoch end while prune_train ran
+    assert (progress.type, progress.data) == ("progress", 100.0)
+    assert progress.description.startswith("Prune-training: epoch 2 of 2, val accuracy ")
     table = json.loads(artifacts[f"{ARTIFACT_KEY}-table"].data)  # table artifacts are stored as JSON
     assert [row["metric"] for row in table][:2] == ["test accuracy", "test loss"]
 
@@ -90,3 +95,31 @@ def test_unreachable_schedule_is_refused_before_any_training(prefect_server, con
     with pytest.raises(PruneflowError, match="no pruning step falls inside the run"):
         state.result()
     assert "prune_train" not in stage_states(state.state_details.flow_run_id)
+
+
+def test_prune_training_progress_shows_in_the_ui_while_it_runs(prefect_server, config_dict, tmp_path):
+    """A run held at the end of its first epoch (of 2) shows 50% in its progress artifact, on the server."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    from tests.flows.test_faults import Cli, write_config
+
+    def latest_progress():
+        with get_client(sync_client=True) as client:
+            return client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[PROGRESS_KEY])), sort=ArtifactSort.CREATED_DESC,
+                limit=1,
+            )[0]
+
+    release = tmp_path / "release"
+    run = Cli(write_config(config_dict, tmp_path), PRUNEFLOW_INJECT_FAULT="wait@1", PRUNEFLOW_FAULT_RELEASE=str(release))
+    try:
+        run.wait_for("pruneflow: waiting")
+        progress = latest_progress()
+        assert progress.data == 50.0 and progress.description.startswith("Prune-training: epoch 1 of 2")
+        release.touch()
+        assert run.finish() == 0, run.output[-3000:]
+    finally:
+        run.stop()
+    assert latest_progress().data == 100.0
