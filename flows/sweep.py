@@ -98,12 +98,11 @@ def sweep_flow(config: RunConfig) -> list[TargetResult]:
     run_id = str(flow_run.id or "local")
     if chosen is not None:
         promote_model(chosen, config, run_id, run.layout)
-    if results:
-        rows = history_rows(
-            results, chosen, gate, flow_run_id=run_id, started=started, code_version=prune_train.code,
-            config_digest=digest_of(config.model_dump(mode="json", exclude={"sweep"}))[:16],
-        )
-        record_history(rows, run.layout.history)
+    rows = history_rows(
+        results, chosen, gate, flow_run_id=run_id, started=started, code_version=prune_train.code,
+        config_digest=digest_of(config.model_dump(mode="json", exclude={"sweep", "sensitivity"}))[:16], failures=failures,
+    )
+    record_history(rows, run.layout.history)  # failed targets too: a night where all failed is on record
     publish_sweep(results, chosen, failures, config, run.run_dir)
 
     if failures:

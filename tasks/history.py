@@ -16,16 +16,23 @@ from tasks.files import atomic_path, storage_errors
 from tasks.gate import EPSILON, Candidate, accuracy_drop, candidates, gate_problem
 from tasks.outcome import KERAS, TargetResult
 
+# A file's figures in a history row: what a failed target's row leaves empty.
+FIGURES = (
+    "measured_sparsity", "accuracy", "baseline_accuracy", "accuracy_change", "agreement", "raw_bytes", "zip_bytes",
+    "zip_ratio", "latency_ms", "latency_p90_ms", "training_seconds",
+)
+
 
 def history_rows(
     results: list[TargetResult], promoted: Candidate | None, gate: SweepConfig, *,
-    flow_run_id: str, started: datetime, code_version: str, config_digest: str,
+    flow_run_id: str, started: datetime, code_version: str, config_digest: str, failures: dict[float, str] | None = None,
 ) -> pd.DataFrame:
-    """One row per deployable file of each target of this run, as appended to the history."""
-    return pd.DataFrame([
+    """One row per deployable file of each target of this run, and one per target that failed
+    (its error, no figures), as appended to the history."""
+    run = {"flow_run_id": flow_run_id, "started": started, "code_version": code_version, "config_digest": config_digest}
+    rows = [
         {
-            "flow_run_id": flow_run_id, "started": started, "code_version": code_version,
-            "config_digest": config_digest, "target": result.target, "format": file.format,
+            **run, "target": result.target, "format": file.format,
             "measured_sparsity": result.measured_sparsity, "accuracy": file.accuracy,
             "baseline_accuracy": result.baseline.accuracy, "accuracy_change": -accuracy_drop(result, file),
             "agreement": file.agreement, "raw_bytes": file.raw_bytes, "zip_bytes": file.zip_bytes,
@@ -33,9 +40,16 @@ def history_rows(
             "machine": result.latency.machine,
             "training_seconds": result.training.seconds, "passed_gate": gate_problem(result, file, gate) is None,
             "promoted": promoted is not None and (result.target, file.format) == (promoted[0].target, promoted[1].format),
+            "failed": False, "error": "",
         }
         for result, file in candidates(results)
-    ])
+    ]
+    rows += [
+        {**run, "target": target, "format": "", **dict.fromkeys(FIGURES, float("nan")), "machine": "",
+         "passed_gate": False, "promoted": False, "failed": True, "error": error}
+        for target, error in sorted((failures or {}).items())
+    ]
+    return pd.DataFrame(rows)
 
 
 def append_history(folder: Path, rows: pd.DataFrame) -> Path:
@@ -51,6 +65,18 @@ def append_history(folder: Path, rows: pd.DataFrame) -> Path:
     return target
 
 
+# Columns that rows written by earlier versions lack (no `format` column: the Keras .h5's rows).
+DEFAULTS = {"format": KERAS, "latency_ms": float("nan"), "raw_bytes": float("nan"), "machine": "", "failed": False, "error": ""}
+
+
+def with_defaults(rows: pd.DataFrame) -> pd.DataFrame:
+    """`rows` with every column of DEFAULTS, missing values filled."""
+    rows = rows.copy()
+    for column, default in DEFAULTS.items():
+        rows[column] = rows[column].fillna(default) if column in rows else default
+    return rows
+
+
 def read_history(folder: Path) -> pd.DataFrame:
     """Every run's rows, oldest first; empty when there is no history yet.
 
@@ -62,18 +88,22 @@ def read_history(folder: Path) -> pd.DataFrame:
     if not files:
         return pd.DataFrame()
     rows = pd.concat([pq.read_table(path).to_pandas() for path in files], ignore_index=True)
-    missing = {"format": KERAS, "latency_ms": float("nan"), "raw_bytes": float("nan"), "machine": ""}
-    for column, default in missing.items():
-        rows[column] = rows[column].fillna(default) if column in rows else default
+    rows = with_defaults(rows)
     latest = rows.groupby("flow_run_id")["started"].transform("max")
     return rows[rows["started"] == latest].sort_values(["started", "target"], ignore_index=True, kind="stable")
 
 
 def runs_summary(history: pd.DataFrame) -> pd.DataFrame:
-    """One row per run, oldest first: its promoted file's figures (NaN where nothing was promoted)."""
+    """One row per run, oldest first: its targets, how many failed (and the first error), its
+    promoted file's figures (NaN where nothing was promoted)."""
+    history = with_defaults(history)
     runs = history.groupby("flow_run_id", sort=False).agg(
-        started=("started", "first"), config_digest=("config_digest", "first")
+        started=("started", "first"), config_digest=("config_digest", "first"),
+        targets=("target", "nunique"), failed=("failed", "sum"),
     ).reset_index()
+    failed = history[history["failed"]]
+    errors = failed.groupby("flow_run_id")["error"].first().rename("first_error")
+    runs = runs.merge(errors, on="flow_run_id", how="left")
     promoted = history[history["promoted"]][
         ["flow_run_id", "target", "format", "accuracy", "zip_bytes", "latency_ms", "machine"]
     ]
@@ -85,12 +115,17 @@ def regressions(runs: pd.DataFrame, tolerance: float, latency_tolerance: float =
     `sweep` section aside) that promoted a file: the promoted file's accuracy down by more
     than `tolerance` points, its size up, its latency up by more than `latency_tolerance`
     (a fraction: 0.25 is 25 % slower; compared only between runs on the same kind of machine),
-    or no file promoted any more."""
+    or no file promoted any more; and any run where targets failed."""
     found, last_promoted = {}, {}
     for current in runs.itertuples():
         previous = last_promoted.get(current.config_digest)
         if not pd.isna(current.accuracy):
             last_promoted[current.config_digest] = current
+        if current.failed:  # a run with failed targets is incomplete, whatever it promoted
+            found[current.flow_run_id] = (
+                f"{int(current.failed)} of {current.targets} targets failed (first: {current.first_error})"
+            )
+            continue
         if previous is None:
             continue
         if pd.isna(current.accuracy):

@@ -7,7 +7,8 @@ import pytest
 from flows.sweep import sweep_flow
 from tasks.config import parse_config
 from tasks.errors import PruneflowError
-from tasks.history import read_history
+from tasks.history import read_history, regressions, runs_summary
+from tasks.layout import OutputLayout
 from tests.helpers import artifacts_of, task_runs
 
 
@@ -71,6 +72,12 @@ def test_targets_that_fail_are_reported_and_fail_the_sweep(prefect_server, confi
     assert not (config.output_root / "promoted").exists()
     [run_dir] = (config.output_root / "runs").iterdir()
     assert set(json.loads((run_dir / "sweep.json").read_text())["failed"]) == {"0.3", "0.6"}
+    # The night is on record, as failed, and counts as a regression.
+    history = read_history(OutputLayout(root=config.output_root).history)
+    assert history[["target", "failed"]].values.tolist() == [[0.3, True], [0.6, True]]
+    assert history["error"].str.contains("invalid training data").all()
+    [flagged] = regressions(runs_summary(history), tolerance=0.5).values()
+    assert flagged.startswith("2 of 2 targets failed (first: PruneflowError: invalid training data")
 
 
 def test_no_target_within_the_gate_fails_the_run_and_keeps_the_promoted_model(prefect_server, config_dict):

@@ -129,3 +129,20 @@ def test_history_written_before_files_were_exported_reads_as_the_keras_files(tmp
     assert list(table["format"]) == [KERAS, KERAS]
     assert pd.isna(table["latency_ms"].iloc[0]) and table["latency_ms"].iloc[1] == 2.0
     assert regressions(runs_summary(table), tolerance=0.5) == {"new": "no model passed the gate (the run before promoted one)"}
+
+
+def test_failed_targets_are_recorded_and_a_run_with_failures_is_flagged(tmp_path):
+    gate = SweepConfig()
+    ok = history_rows([target_result(0.8, 0.95, 300)], None, gate, flow_run_id="mon", started=START,
+                      code_version="c", config_digest="d")
+    append_history(tmp_path, ok)
+    failed = history_rows([], None, gate, flow_run_id="tue", started=START + timedelta(days=1), code_version="c",
+                          config_digest="d", failures={0.8: "ResourceExhaustedError: OOM", 0.5: "OSError: disk"})
+    assert failed[["target", "format", "failed", "promoted"]].values.tolist() == [
+        [0.5, "", True, False], [0.8, "", True, False],
+    ]
+    assert failed["accuracy"].isna().all()
+    append_history(tmp_path, failed)
+    runs = runs_summary(read_history(tmp_path))
+    assert runs[["flow_run_id", "targets", "failed"]].values.tolist() == [["mon", 1, 0], ["tue", 2, 2]]
+    assert regressions(runs, tolerance=0.5) == {"tue": "2 of 2 targets failed (first: OSError: disk)"}
