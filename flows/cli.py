@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import sys
 from collections.abc import Iterator
@@ -12,24 +11,11 @@ from typing import Annotated
 
 import typer
 
+from flows.user_errors import quiet_user_errors
 from tasks.errors import PruneflowError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 Refresh = Annotated[bool, typer.Option("--refresh", help="Run every stage, ignoring cached results.")]
-
-
-# Loggers under which Prefect reports a failed task or flow run, with the exception's traceback.
-RUN_LOGGERS = ("prefect.task_runs", "prefect.flow_runs")
-
-
-class UserErrorsWithoutTraceback(logging.Filter):
-    """Drop the traceback from Prefect's log of a run that failed on a user error: the message
-    names the file, line or field, and a traceback would only bury it."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and isinstance(record.exc_info[1], PruneflowError):
-            record.exc_info = record.exc_text = None
-        return True
 
 
 @contextlib.contextmanager
@@ -55,15 +41,9 @@ def run_settings(refresh: bool = False) -> Iterator[None]:
         # long-lived server spot crashed runs) serve no one; stopping their thread costs
         # about a second per flow run.
         updates[PREFECT_FLOWS_HEARTBEAT_FREQUENCY] = None
-    quiet = UserErrorsWithoutTraceback()
-    for name in RUN_LOGGERS:
-        logging.getLogger(name).addFilter(quiet)
-    try:
-        with temporary_settings(updates=updates):
-            yield
-    finally:
-        for name in RUN_LOGGERS:
-            logging.getLogger(name).removeFilter(quiet)
+    quiet_user_errors()
+    with temporary_settings(updates=updates):
+        yield
 
 
 def _run_flow(config_path: Path, refresh: bool = False) -> None:

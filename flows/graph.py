@@ -17,6 +17,7 @@ from prefect.runtime import deployment, flow_run
 from prefect.utilities.annotations import quote
 from pydantic import BaseModel, ConfigDict
 
+from flows.user_errors import quiet_user_errors
 from tasks.config import RunConfig, Schedule
 from tasks.dataset import PreparedDataset, prepare_dataset
 from tasks.evaluate import Evaluation, evaluate_baseline, evaluate_pruned
@@ -60,6 +61,7 @@ class Prepared(BaseModel):
 
 def start_run(config: RunConfig) -> Run:
     """Check the inputs (nothing is written if they fail), then make the run's folder."""
+    quiet_user_errors()  # in a worker's process too
     with timed("check_inputs"):
         inputs = check_inputs(config, from_deployment=deployment.id is not None)
     layout = OutputLayout(root=config.output_root)

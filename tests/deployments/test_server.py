@@ -32,6 +32,20 @@ def trigger(config_dict, env=None):
     return wait_final(flow_run.id)
 
 
+def flow_run_logs(live, flow_run_id, until: str, timeout: float = 30) -> str:
+    """The flow run's logs on the server, once one contains `until` (the worker ships them late)."""
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    deadline = time.monotonic() + timeout
+    with temporary_settings(updates={PREFECT_API_URL: live.api}), get_client(sync_client=True) as client:
+        while True:
+            logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+            text = "\n".join(log.message for log in logs)
+            if until in text or time.monotonic() > deadline:
+                return text
+            time.sleep(1)
+
+
 def summary_of(config_dict) -> dict:
     [path] = sorted(Path(config_dict["output_root"]).glob("runs/*/summary.json"))[-1:]
     return json.loads(path.read_text())
@@ -126,6 +140,9 @@ def test_a_run_from_the_ui_cannot_read_a_model_outside_the_workers_roots(live, c
         )
         assert "from PRUNEFLOW_MODEL_ROOTS" in flow_run.state.message
         assert not (Path(config_dict["output_root"]) / "artifacts").exists()
+        # The worker's flow-run logs, which the UI shows, carry the message without a traceback.
+        logs = flow_run_logs(live, flow_run.id, until="is outside the folders this worker allows")
+        assert "is outside the folders this worker allows for models" in logs and "Traceback" not in logs
     finally:
         shutil.rmtree(outside)
 
