@@ -73,14 +73,13 @@ def run(
 def _run_sweep(config_path: Path, refresh: bool = False, dask: str | None = None, dask_workers: int = 2) -> None:
     from flows.sweep import dask_runner, sweep_flow
     from tasks.config import load_config
-    from tasks.gate import choose
     from tasks.report import render_sweep
 
     config = load_config(config_path)
     with run_settings(refresh):
         flow = sweep_flow.with_options(task_runner=dask_runner(dask, dask_workers)) if dask else sweep_flow
-        results = flow(config)
-    typer.echo(f"\n{render_sweep(results, choose(results, config.sweep), config)}")
+        outcome = flow(config)
+    typer.echo(f"\n{render_sweep(outcome.results, outcome.chosen, config, outcome.decision)}")
 
 
 @app.command()

@@ -15,13 +15,16 @@ from datetime import datetime, timezone
 from prefect import flow, unmapped
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
+from pydantic import BaseModel, ConfigDict
 
-from flows.graph import Prepared, prepare, prune_target, start_run
+from flows.graph import Prepared, Run, prepare, prune_target, start_run
+from tasks.champion import ChampionEvaluation, Decision, challenge, current_champion, evaluate_champion
 from tasks.config import RunConfig, Schedule
 from tasks.errors import PruneflowError
 from tasks.gate import accuracy_drop, best_candidate, choose
 from tasks.history import history_rows, record_history
-from tasks.outcome import FORMAT_NAMES, TargetResult
+from tasks.latency import machine_description
+from tasks.outcome import FORMAT_NAMES, Deployable, TargetResult
 from tasks.promote import promote_model
 from tasks.prune import prune_train
 from tasks.report import publish_sweep
@@ -72,8 +75,29 @@ def prune_targets(
     return results
 
 
+def measure_champion(config: RunConfig, start: Prepared, run: Run) -> ChampionEvaluation | None:
+    """The promoted file, if any, measured in this run: on its test split, on this machine."""
+    champion = current_champion(run.layout)
+    if champion is None:
+        return None
+    return evaluate_champion(
+        start.store, champion=champion, dataset=start.dataset, batch_size=config.dataset.batch_size,
+        latency=config.latency_spec, machine=machine_description(),
+    )
+
+
+class SweepOutcome(BaseModel):
+    """What a sweep produced: every target's result, the gate's choice, the decision against the champion."""
+
+    model_config = ConfigDict(frozen=True)
+
+    results: list[TargetResult]
+    chosen: tuple[TargetResult, Deployable] | None
+    decision: Decision
+
+
 @flow(name="sweep", task_runner=ThreadPoolTaskRunner(max_workers=4))
-def sweep_flow(config: RunConfig) -> list[TargetResult]:
+def sweep_flow(config: RunConfig) -> SweepOutcome:
     """Prune the baseline to each target sparsity and promote the smallest model within the gate."""
     started = datetime.now(timezone.utc)
     gate = config.sweep
@@ -95,15 +119,18 @@ def sweep_flow(config: RunConfig) -> list[TargetResult]:
     # With a target missing, the smallest passing model may be the one that failed: keep the
     # promoted model until a complete sweep.
     chosen = None if failures else choose(results, gate)
+    decision = challenge(chosen, measure_champion(config, start, run) if chosen else None, gate)
     run_id = str(flow_run.id or "local")
-    if chosen is not None:
+    if decision.promote:
         promote_model(chosen, config, run_id, run.layout)
+    promoted = chosen if decision.promote else None
     rows = history_rows(
-        results, chosen, gate, flow_run_id=run_id, started=started, code_version=prune_train.code,
+        results, promoted, gate, flow_run_id=run_id, started=started, code_version=prune_train.code,
         config_digest=digest_of(config.model_dump(mode="json", exclude={"sweep", "sensitivity"}))[:16], failures=failures,
+        decision=decision.verdict,
     )
     record_history(rows, run.layout.history)  # failed targets too: a night where all failed is on record
-    publish_sweep(results, chosen, failures, config, run.run_dir)
+    publish_sweep(results, chosen, failures, config, run.run_dir, decision)
 
     if failures:
         listed = "; ".join(f"{t}: {why}" for t, why in sorted(failures.items()))
@@ -116,4 +143,4 @@ def sweep_flow(config: RunConfig) -> list[TargetResult]:
             f"test accuracy {file.accuracy:.4f} ({-accuracy_drop(result, file):+.2f} points) at {file.zip_bytes:,} bytes "
             f"zipped. The previously promoted model, if any, is kept in {run.layout.promoted}."
         )
-    return results
+    return SweepOutcome(results=results, chosen=chosen, decision=decision)

@@ -373,6 +373,26 @@ class SweepConfig(_Strict):
         1, ge=1, description="Targets pruned at once: the number of Dask workers, or threads of one process "
         "without Dask (keep 1 there: trainings in one process share TensorFlow's state)."
     )
+    champion_max_accuracy_loss: float = Field(
+        0.5, ge=0.0, le=100.0, description="Largest loss of test accuracy, in points, of the gate's choice (the "
+        "challenger) against the promoted file (the champion), both measured in this run on its test split.",
+    )
+    champion_max_relative_accuracy_loss: float = Field(
+        0.01, ge=0.0, le=1.0, description="Largest loss of test accuracy against the champion as a share of the "
+        "champion's accuracy (0.01: 1 %); the challenger must keep within both this and champion_max_accuracy_loss.",
+    )
+    champion_min_size_gain: float = Field(
+        0.0, ge=0.0, lt=1.0, description="Share of the champion's zip-deflated size that the challenger must save "
+        "to count as smaller (0: any byte).",
+    )
+    champion_min_size_gain_bytes: int = Field(
+        0, ge=0, description="Bytes (zip-deflated) the challenger must save to count as smaller, as well.",
+    )
+    champion_min_speedup: float = Field(
+        0.1, ge=0.0, lt=1.0, description="Share of the champion's batch-1 latency the challenger must save to count "
+        "as faster (0.1: 10 %, above the noise of a shared machine); compared only when both were timed on the same "
+        "kind of machine. A challenger that holds its accuracy and is smaller or faster replaces the champion.",
+    )
 
     @model_validator(mode="after")
     def _distinct_targets(self) -> SweepConfig:

@@ -215,6 +215,11 @@ def _lost_weights(sanity: SanityReport, kernel: TensorSparsity, sparsity: float)
     return sparsity > kernel.sparsity + sanity.tolerance
 
 
+def file_name(fmt: ExportFormat) -> str:
+    """The name of a format's file (which its zip-deflated size includes, as an archive member)."""
+    return f"model_{fmt}.tflite"
+
+
 def _variants(fmt: ExportFormat) -> str:
     """The formats built on `fmt`'s dense counterpart: what to leave out when it cannot be made."""
     dense = dense_counterpart(fmt)
@@ -266,7 +271,7 @@ def export_tflite(
         calibration = representative_images(dataset, export.representative_images)
     files = []
     for fmt in export.formats:
-        path = out / f"model_{fmt}.tflite"
+        path = out / file_name(fmt)
         try:
             flatbuffer = convert(qat_model if from_qat(fmt) else keras_model, fmt, export, calibration)
         except Exception as error:  # the converter raises its own ConverterError, and others

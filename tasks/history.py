@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 from prefect import task
 from prefect.cache_policies import NONE
 
+from tasks.champion import KEPT
 from tasks.config import SweepConfig
 from tasks.files import atomic_path, storage_errors
 from tasks.gate import EPSILON, Candidate, accuracy_drop, candidates, gate_problem
@@ -26,10 +27,15 @@ FIGURES = (
 def history_rows(
     results: list[TargetResult], promoted: Candidate | None, gate: SweepConfig, *,
     flow_run_id: str, started: datetime, code_version: str, config_digest: str, failures: dict[float, str] | None = None,
+    decision: str = "",
 ) -> pd.DataFrame:
     """One row per deployable file of each target of this run, and one per target that failed
-    (its error, no figures), as appended to the history."""
-    run = {"flow_run_id": flow_run_id, "started": started, "code_version": code_version, "config_digest": config_digest}
+    (its error, no figures), as appended to the history; `decision` is the run's against the
+    champion (tasks.champion.Decision.verdict)."""
+    run = {
+        "flow_run_id": flow_run_id, "started": started, "code_version": code_version, "config_digest": config_digest,
+        "decision": decision,
+    }
     rows = [
         {
             **run, "target": result.target, "format": file.format,
@@ -66,7 +72,10 @@ def append_history(folder: Path, rows: pd.DataFrame) -> Path:
 
 
 # Columns that rows written by earlier versions lack (no `format` column: the Keras .h5's rows).
-DEFAULTS = {"format": KERAS, "latency_ms": float("nan"), "raw_bytes": float("nan"), "machine": "", "failed": False, "error": ""}
+DEFAULTS = {
+    "format": KERAS, "latency_ms": float("nan"), "raw_bytes": float("nan"), "machine": "", "failed": False, "error": "",
+    "decision": "",
+}
 
 
 def with_defaults(rows: pd.DataFrame) -> pd.DataFrame:
@@ -99,7 +108,7 @@ def runs_summary(history: pd.DataFrame) -> pd.DataFrame:
     history = with_defaults(history)
     runs = history.groupby("flow_run_id", sort=False).agg(
         started=("started", "first"), config_digest=("config_digest", "first"),
-        targets=("target", "nunique"), failed=("failed", "sum"),
+        targets=("target", "nunique"), failed=("failed", "sum"), decision=("decision", "first"),
     ).reset_index()
     failed = history[history["failed"]]
     errors = failed.groupby("flow_run_id")["error"].first().rename("first_error")
@@ -126,7 +135,7 @@ def regressions(runs: pd.DataFrame, tolerance: float, latency_tolerance: float =
                 f"{int(current.failed)} of {current.targets} targets failed (first: {current.first_error})"
             )
             continue
-        if previous is None:
+        if previous is None or current.decision == KEPT:  # the champion still serves: nothing changed
             continue
         if pd.isna(current.accuracy):
             found[current.flow_run_id] = "no model passed the gate (the run before promoted one)"

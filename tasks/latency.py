@@ -41,7 +41,7 @@ class Timing(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    model: Literal["baseline", "pruned"]
+    model: Literal["baseline", "pruned", "champion"]  # champion: the promoted file (tasks.champion)
     format: str  # KERAS (the Keras model, as a tf.function) or an export format
     median_ms: float
     p90_ms: float

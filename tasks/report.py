@@ -8,6 +8,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NONE
 
+from tasks.champion import ChampionEvaluation, Decision
 from tasks.config import RunConfig, SweepConfig
 from tasks.files import storage_errors, write_json
 from tasks.gate import Candidate, accuracy_drop, candidates, gate_problem
@@ -157,6 +158,13 @@ def sweep_row(result: TargetResult, file: Deployable, gate: SweepConfig) -> dict
     }
 
 
+def describe_champion(champion: ChampionEvaluation) -> str:
+    return (
+        f"{FORMAT_NAMES.get(champion.format, champion.format)}, test accuracy {champion.accuracy:.4f}, "
+        f"{champion.zip_bytes:,} B zip-deflated, {champion.latency_ms:.3f} ms"
+    )
+
+
 def describe_candidate(candidate: Candidate | None) -> str:
     if candidate is None:
         return "none"
@@ -164,19 +172,33 @@ def describe_candidate(candidate: Candidate | None) -> str:
     return f"sparsity {result.target}, {FORMAT_NAMES.get(file.format, file.format)} ({file.zip_bytes:,} B zip-deflated)"
 
 
-def render_sweep(results: list[TargetResult], chosen: Candidate | None, config: RunConfig) -> str:
-    """The sweep's table as Markdown, and what was promoted."""
+def render_decision(chosen: Candidate | None, decision: Decision) -> str:
+    """The gate's choice against the champion: what was decided, and why."""
+    lines = [f"Challenger (the gate's choice): {describe_candidate(chosen)}."]
+    if decision.champion is not None:
+        lines.append(f"Champion (the promoted file, measured in this run): {describe_champion(decision.champion)}.")
+    lines.append(f"Decision: {decision.verdict}.")
+    lines += [f"- {reason}" for reason in decision.reasons]
+    return "\n".join(lines)
+
+
+def render_sweep(results: list[TargetResult], chosen: Candidate | None, config: RunConfig, decision: Decision) -> str:
+    """The sweep's table as Markdown, the decision against the champion, and what was promoted."""
     if not results:
         return "No target completed."
     table = markdown_table([sweep_row(result, file, config.sweep) for result, file in candidates(results)])
     promoted = OutputLayout(root=config.output_root).promoted
-    line = f"Promoted: {describe_candidate(chosen)}, to `{promoted}`" if chosen else "Promoted: none"
-    return f"Baseline test accuracy {results[0].baseline.accuracy:.4f} (Keras).\n\n{table}\n\n{line}"
+    line = f"Promoted: {describe_candidate(chosen)}, to `{promoted}`" if decision.promote else "Promoted: none"
+    return (
+        f"Baseline test accuracy {results[0].baseline.accuracy:.4f} (Keras).\n\n{table}\n\n"
+        f"{render_decision(chosen, decision)}\n\n{line}"
+    )
 
 
 @task(cache_policy=NONE)
 def publish_sweep(
-    results: list[TargetResult], chosen: Candidate | None, failures: dict[float, str], config: RunConfig, run_dir: Path
+    results: list[TargetResult], chosen: Candidate | None, failures: dict[float, str], config: RunConfig, run_dir: Path,
+    decision: Decision,
 ) -> None:
     """sweep.json and sweep.png in the run's folder, and the table as Prefect artifacts.
 
@@ -186,12 +208,15 @@ def publish_sweep(
     with storage_errors(run_dir, "the sweep's report"):
         write_json(run_dir / "sweep.json", {
             "results": [result.model_dump(mode="json") for result in results],
-            "promoted": {"target": chosen[0].target, "format": chosen[1].format} if chosen else None,
+            "challenger": {"target": chosen[0].target, "format": chosen[1].format} if chosen else None,
+            "decision": {**decision.model_dump(mode="json", exclude={"champion": {"folder", "digest"}}),
+                         "verdict": decision.verdict},
+            "promoted": {"target": chosen[0].target, "format": chosen[1].format} if decision.promote else None,
             "failed": {str(target): why for target, why in failures.items()},
             "gate": config.sweep.model_dump(mode="json"),
         })
         plot = plot_sweep(results, config.sweep, run_dir / "sweep.png") if results else None
-    markdown = render_sweep(results, chosen, config)
+    markdown = render_sweep(results, chosen, config, decision)
     where = f"- Run folder: `{run_dir}` (sweep.json)\n"
     if results:
         models = ", ".join(f"{r.target:.2f}: `{r.pruned_model}` and TFLite files in `{r.exports.folder}`" for r in results)

@@ -57,11 +57,15 @@ class SizeReport(StoredArtifact):
         return self.baseline.raw_bytes / self.pruned.raw_bytes
 
 
-def zip_size(path: Path) -> int:
-    """Bytes of a zip archive holding the file, deflated (the tutorial's measure)."""
+PRUNED_H5 = "pruned.h5"  # the pruned model's file as measured (its name is part of its zip-deflated size)
+
+
+def zip_size(path: Path, name: str | None = None) -> int:
+    """Bytes of a zip archive holding the file, deflated (the tutorial's measure), as a member
+    called `name` (default: the file's own name; the archive stores it, so it counts)."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        archive.write(path, arcname=path.name)
+        archive.write(path, arcname=name or path.name)
     return buffer.getbuffer().nbytes
 
 
@@ -93,7 +97,7 @@ def compare_sizes(out: Path, baseline: ModelFile, pruned: ModelFile) -> SizeRepo
 
     keras.backend.clear_session()
     report = SizeReport(
-        folder=out, baseline=save_and_measure(baseline, out / "baseline.h5"), pruned=save_and_measure(pruned, out / "pruned.h5")
+        folder=out, baseline=save_and_measure(baseline, out / "baseline.h5"), pruned=save_and_measure(pruned, out / PRUNED_H5)
     )
     write_json(out / "sizes.json", report.model_dump(mode="json", exclude={"folder", "digest"}))
     return report

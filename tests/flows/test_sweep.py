@@ -21,7 +21,7 @@ def test_sweep_prunes_each_target_and_promotes_the_smallest_within_the_gate(pref
     config = sweep_config(config_dict, max_accuracy_drop=100.0, min_sparsity=0.0)
     state = sweep_flow(config, return_state=True)
     assert state.is_completed(), state.message
-    results = state.result()
+    results = state.result().results
     runs = task_runs(state.state_details.flow_run_id)
     counts = {name: sum(1 for run in runs if run[0] == name) for name, _, _ in runs}
     assert counts["prepare_dataset"] == counts["evaluate_baseline"] == 1
@@ -134,7 +134,7 @@ def test_a_sweep_on_a_local_dask_cluster_trains_targets_in_parallel_processes(
     config = parse_config({**config_dict, "sweep": {"targets": [0.3, 0.6], "max_accuracy_drop": 100.0, "max_parallel": 2}})
     state = sweep_flow.with_options(task_runner=dask_runner("local", workers=2))(config, return_state=True)
     assert state.is_completed(), state.message
-    assert [r.measured_sparsity for r in state.result()] == pytest.approx([0.3, 0.6], abs=0.01)
+    assert [r.measured_sparsity for r in state.result().results] == pytest.approx([0.3, 0.6], abs=0.01)
     assert json.loads((config.output_root / "promoted" / "metrics.json").read_text())["target"] == 0.6
 
     from prefect import get_client
@@ -158,3 +158,39 @@ def test_a_dask_sweep_without_a_prefect_server_is_refused():
     with temporary_settings(updates={PREFECT_API_URL: None}):
         with pytest.raises(PruneflowError, match="a sweep on Dask needs a Prefect server .* set PREFECT_API_URL"):
             dask_runner("local")
+
+
+def test_a_challenger_replaces_the_champion_only_when_it_wins(prefect_server, config_dict):
+    """Three nightly sweeps: the first promotes (no champion yet); the second, the same, makes a
+    file no smaller than the champion, measured again in that run, and keeps it; the third, at a
+    higher sparsity, makes a smaller one within the accuracy margin and replaces it."""
+    thresholds = {"max_accuracy_drop": 100.0, "min_sparsity": 0.0, "champion_min_speedup": 0.9,
+                  "champion_max_accuracy_loss": 100.0, "champion_max_relative_accuracy_loss": 1.0}
+    config = sweep_config(config_dict, **thresholds)
+    promoted = config.output_root / "promoted"
+
+    first = sweep_flow(config, return_state=True).result()
+    assert first.decision.promote and first.decision.verdict == "promoted (no champion yet)"
+    version = promoted.resolve()
+
+    second_state = sweep_flow(config, return_state=True)
+    second = second_state.result()
+    assert not second.decision.promote and second.decision.verdict == "kept the champion"
+    champion = second.decision.champion
+    assert champion.format == second.chosen[1].format and champion.zip_bytes == second.chosen[1].zip_bytes
+    assert champion.accuracy == pytest.approx(second.chosen[1].accuracy)  # the same file, measured again
+    assert any(reason.endswith(": not smaller") for reason in second.decision.reasons)
+    assert promoted.resolve() == version
+
+    sparser = parse_config({**config_dict, "sweep": {"targets": [0.9], **thresholds}})
+    third = sweep_flow(sparser, return_state=True).result()
+    assert third.decision.promote and third.decision.verdict == "promoted", third.decision.reasons
+    assert third.chosen[1].zip_bytes < champion.zip_bytes
+    assert promoted.resolve() != version
+    assert json.loads((promoted / "metrics.json").read_text())["target"] == 0.9
+
+    history = read_history(config.output_root / "history")
+    decisions = history.groupby("flow_run_id", sort=False)["decision"].first().tolist()
+    assert decisions == ["promoted (no champion yet)", "kept the champion", "promoted"]
+    flagged = regressions(runs_summary(history), tolerance=0.5)
+    assert str(second_state.state_details.flow_run_id) not in flagged  # keeping the champion is no regression

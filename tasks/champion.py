@@ -1,0 +1,162 @@
+"""Champion against challenger: the promoted file (the champion), evaluated in this run on this
+run's test split and timed on this machine, and whether the gate's choice (the challenger)
+replaces it.
+
+As TFX's Evaluator blesses a model only against the one serving: the challenger must pass the
+absolute gate against the baseline (tasks.gate), lose no more accuracy against the champion
+than the sweep's thresholds allow (in points, and as a share of the champion's accuracy), and
+be smaller (by at least the thresholds, in bytes and as a share) or faster (by at least a share).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from tasks.config import LatencySpec, SweepConfig
+from tasks.dataset import PreparedDataset, load_split
+from tasks.export import file_name
+from tasks.files import write_json
+from tasks.gate import EPSILON, Candidate
+from tasks.interpreter import Predictor, available_cpus
+from tasks.layout import OutputLayout
+from tasks.latency import keras_call, tflite_call, time_side_by_side
+from tasks.models import ModelFile, evaluate
+from tasks.outcome import FORMAT_NAMES, KERAS
+from tasks.size import PRUNED_H5, zip_size
+from tasks.stage import Stage
+from tasks.store import StoredArtifact
+
+
+class ChampionEvaluation(StoredArtifact):
+    """The champion's deployable file measured in this run."""
+
+    format: str
+    accuracy: float
+    zip_bytes: int
+    latency_ms: float
+    machine: str
+    examples: int
+
+
+class Champion(BaseModel):
+    """The promoted version's deployable file, as a stage input."""
+
+    model_config = ConfigDict(frozen=True)
+
+    file: ModelFile
+    format: str
+    version: str  # the promoted version folder's name
+
+
+def current_champion(layout: OutputLayout) -> Champion | None:
+    """The file `promoted` points to now (model.tflite, or model.h5 for a Keras promotion); None
+    before the first promotion."""
+    if not layout.promoted.is_symlink():
+        return None
+    version = layout.promoted.resolve()
+    metrics = json.loads((version / "metrics.json").read_text())
+    return Champion(file=ModelFile.of(version / metrics["file"], trust_code=True), format=metrics["format"], version=version.name)
+
+
+def measure_champion(
+    out: Path, champion: Champion, dataset: PreparedDataset, batch_size: int, latency: LatencySpec, machine: str
+) -> ChampionEvaluation:
+    """The champion file's test accuracy (in the interpreter for a TFLite file), zip-deflated size
+    and batch-1 latency, measured as the challengers' are."""
+    from tasks.runtime import keras
+
+    keras.backend.clear_session()
+    path = champion.file.path
+    test = load_split(dataset, "test", batch_size)
+    image = next(iter(load_split(dataset, "test", 1)))[0].numpy()
+    if champion.format == KERAS:
+        model = champion.file.load()
+        accuracy, _ = evaluate(model, test)
+        call = keras_call(model, image)
+    else:
+        predictor = Predictor(path, available_cpus(), batch_size)
+        hits = [predictor(images).argmax(axis=-1) == labels for images, labels in test.as_numpy_iterator()]
+        accuracy = float(np.mean(np.concatenate(hits)))
+        call = tflite_call(path, image, latency.threads)
+    (timing,) = time_side_by_side({("champion", champion.format): call}, latency)
+    result = ChampionEvaluation(
+        # Zipped under the name a challenger's file of its format has, so that sizes compare byte for byte.
+        folder=out, format=champion.format, accuracy=accuracy, zip_bytes=zip_size(path, challenger_name(champion.format)),
+        latency_ms=timing.median_ms,
+        machine=machine, examples=dataset.counts["test"],
+    )
+    write_json(out / "champion.json", result.model_dump(mode="json", exclude={"folder", "digest"}))
+    return result
+
+
+def challenger_name(fmt: str) -> str:
+    """The file name of a challenger in format `fmt`: the export's, or the stripped Keras model's."""
+    return PRUNED_H5 if fmt == KERAS else file_name(fmt)
+
+
+def describe(result: ChampionEvaluation) -> str:
+    return (
+        f"champion ({FORMAT_NAMES.get(result.format, result.format)}): test accuracy {result.accuracy:.4f}, "
+        f"{result.zip_bytes:,} B zip-deflated, {result.latency_ms:.3f} ms"
+    )
+
+
+evaluate_champion = Stage("evaluate_champion", measure_champion, describe=describe)
+
+
+KEPT = "kept the champion"
+
+
+class Decision(BaseModel):
+    """Whether the challenger is promoted, and why."""
+
+    model_config = ConfigDict(frozen=True)
+
+    promote: bool
+    reasons: list[str]
+    champion: ChampionEvaluation | None = None
+
+    @property
+    def verdict(self) -> str:
+        if self.promote:
+            return "promoted" if self.champion is not None else "promoted (no champion yet)"
+        return KEPT if self.champion is not None else "nothing to promote"
+
+
+def challenge(chosen: Candidate | None, champion: ChampionEvaluation | None, gate: SweepConfig) -> Decision:
+    """Promote the challenger (the gate's choice) only if it holds its accuracy against the
+    champion and is smaller or faster; with no champion, the gate's choice is promoted."""
+    if chosen is None:
+        return Decision(promote=False, reasons=["no file passed the gate"], champion=champion)
+    _, file = chosen
+    if champion is None:
+        return Decision(promote=True, reasons=["no champion yet: the gate's choice is promoted"])
+    reasons, lost = [], 100.0 * (champion.accuracy - file.accuracy)
+    held = lost <= gate.champion_max_accuracy_loss + EPSILON and (
+        lost <= 100.0 * gate.champion_max_relative_accuracy_loss * champion.accuracy + EPSILON
+    )
+    reasons.append(
+        f"accuracy {file.accuracy:.4f} against the champion's {champion.accuracy:.4f} ({-lost:+.2f} points; "
+        f"at most {gate.champion_max_accuracy_loss:g} points and {gate.champion_max_relative_accuracy_loss:.1%} lost "
+        f"allowed): {'held' if held else 'lost too much'}"
+    )
+    saved = champion.zip_bytes - file.zip_bytes
+    smaller = saved > gate.champion_min_size_gain_bytes and saved > gate.champion_min_size_gain * champion.zip_bytes
+    reasons.append(
+        f"{file.zip_bytes:,} B zip-deflated against {champion.zip_bytes:,} B ({saved / champion.zip_bytes:+.1%} saved; "
+        f"more than {gate.champion_min_size_gain_bytes:,} B and {gate.champion_min_size_gain:.1%} needed): "
+        f"{'smaller' if smaller else 'not smaller'}"
+    )
+    faster = False
+    if champion.machine and champion.machine == chosen[0].latency.machine:
+        gain = 1.0 - file.latency_median_ms / champion.latency_ms
+        faster = gain > gate.champion_min_speedup
+        reasons.append(
+            f"{file.latency_median_ms:.3f} ms against {champion.latency_ms:.3f} ms ({gain:+.1%}; more than "
+            f"{gate.champion_min_speedup:.0%} needed): {'faster' if faster else 'not faster'}"
+        )
+    return Decision(promote=held and (smaller or faster), reasons=reasons, champion=champion)
