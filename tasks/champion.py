@@ -19,7 +19,9 @@ from pydantic import BaseModel, ConfigDict
 from tasks.config import LatencySpec, SweepConfig
 from tasks.dataset import PreparedDataset, load_split
 from tasks.export import file_name
+from tasks.errors import PruneflowError
 from tasks.files import write_json
+from tasks.log import run_logger
 from tasks.gate import EPSILON, Candidate
 from tasks.interpreter import Predictor, available_cpus
 from tasks.layout import OutputLayout
@@ -54,12 +56,19 @@ class Champion(BaseModel):
 
 def current_champion(layout: OutputLayout) -> Champion | None:
     """The file `promoted` points to now (model.tflite, or model.h5 for a Keras promotion); None
-    before the first promotion."""
+    before the first promotion, or when what it points to is gone (removed by hand): the
+    challenger then has nothing to beat, and the log says why."""
     if not layout.promoted.is_symlink():
         return None
     version = layout.promoted.resolve()
-    metrics = json.loads((version / "metrics.json").read_text())
-    return Champion(file=ModelFile.of(version / metrics["file"], trust_code=True), format=metrics["format"], version=version.name)
+    try:
+        metrics = json.loads((version / "metrics.json").read_text())
+        # A version promoted before TFLite files were made holds its Keras model only.
+        path, fmt = version / metrics.get("file", "model.h5"), metrics.get("format", KERAS)
+        return Champion(file=ModelFile.of(path, trust_code=True), format=fmt, version=version.name)
+    except (OSError, ValueError) as error:
+        run_logger().warning("No champion to measure: %s cannot be read (%s)", layout.promoted, error)
+        return None
 
 
 def measure_champion(
@@ -73,15 +82,22 @@ def measure_champion(
     path = champion.file.path
     test = load_split(dataset, "test", batch_size)
     image = next(iter(load_split(dataset, "test", 1)))[0].numpy()
-    if champion.format == KERAS:
-        model = champion.file.load()
-        accuracy, _ = evaluate(model, test)
-        call = keras_call(model, image)
-    else:
-        predictor = Predictor(path, available_cpus(), batch_size)
-        hits = [predictor(images).argmax(axis=-1) == labels for images, labels in test.as_numpy_iterator()]
-        accuracy = float(np.mean(np.concatenate(hits)))
-        call = tflite_call(path, image, latency.threads)
+    try:
+        if champion.format == KERAS:
+            model = champion.file.load()
+            accuracy, _ = evaluate(model, test)
+            call = keras_call(model, image)
+        else:
+            predictor = Predictor(path, available_cpus(), batch_size)
+            hits = [predictor(images).argmax(axis=-1) == labels for images, labels in test.as_numpy_iterator()]
+            accuracy = float(np.mean(np.concatenate(hits)))
+            call = tflite_call(path, image, latency.threads)
+    except (ValueError, RuntimeError) as error:  # another input shape, or other classes, than this run's data
+        raise PruneflowError(
+            f"the champion {path} cannot be evaluated on this run's test split: {str(error).strip()[:300]}. It was "
+            "promoted for other data or another model: move the promoted folder's link away to start a new line of "
+            "champions, or point this config's output_root elsewhere."
+        ) from None
     (timing,) = time_side_by_side({("champion", champion.format): call}, latency)
     result = ChampionEvaluation(
         # Zipped under the name a challenger's file of its format has, so that sizes compare byte for byte.

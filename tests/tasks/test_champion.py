@@ -55,3 +55,40 @@ def test_a_faster_challenger_of_the_same_size_wins_but_only_against_a_champion_t
     other = champion(latency_ms=1.0, machine="another machine")
     decision = challenge(challenger(zip_bytes=1000, latency_ms=0.5), other, gate)
     assert not decision.promote and not any("ms against" in reason for reason in decision.reasons)
+
+
+def test_the_champion_is_what_promoted_points_to_and_none_when_it_is_gone(tmp_path):
+    import json
+
+    from tasks.champion import current_champion
+    from tasks.layout import OutputLayout
+
+    layout = OutputLayout(root=tmp_path)
+    assert current_champion(layout) is None  # before the first promotion
+    version = layout.promoted_versions / "v1"
+    version.mkdir(parents=True)
+    (version / "model.tflite").write_bytes(b"tflite")
+    (version / "model.h5").write_bytes(b"h5")
+    (version / "metrics.json").write_text(json.dumps({"file": "model.tflite", "format": "int8"}))
+    layout.promoted.symlink_to(version.relative_to(tmp_path), target_is_directory=True)
+    found = current_champion(layout)
+    assert (found.file.path, found.format, found.version) == (version / "model.tflite", "int8", "v1")
+    (version / "metrics.json").write_text(json.dumps({"target": 0.8}))  # promoted before TFLite files existed
+    assert (current_champion(layout).file.path.name, current_champion(layout).format) == ("model.h5", "keras_h5")
+    (version / "metrics.json").unlink()
+    assert current_champion(layout) is None
+
+
+def test_a_champion_made_for_other_images_is_a_named_user_error(tiny_prepared, tmp_path):
+    from tasks.champion import Champion, measure_champion
+    from tasks.config import LatencySpec
+    from tasks.errors import PruneflowError
+    from tasks.models import ModelFile
+    from tasks.runtime import keras, tf
+
+    model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Flatten(), keras.layers.Dense(2, activation="softmax")])
+    path = tmp_path / "model.tflite"
+    path.write_bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
+    champion = Champion(file=ModelFile.of(path), format="float32", version="v1")
+    with pytest.raises(PruneflowError, match=r"the champion .*model.tflite cannot be evaluated on this run's test split"):
+        measure_champion(tmp_path, champion, tiny_prepared, 8, LatencySpec(runs=5, warmup=0, threads=1), MACHINE)
