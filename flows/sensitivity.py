@@ -21,6 +21,7 @@ from prefect.utilities.annotations import quote
 from pydantic import BaseModel, ConfigDict
 
 from flows.graph import start_run
+from flows.user_errors import quiet_user_errors
 from tasks.config import RunConfig
 from tasks.dataset import prepare_dataset
 from tasks.errors import PruneflowError
@@ -99,6 +100,7 @@ def sensitivity_flow(config: RunConfig, target: float | None = None) -> Sensitiv
     Args:
         target: the overall sparsity the proposal reaches; default: the schedule's final sparsity.
     """
+    quiet_user_errors()  # before the first user error this flow can raise
     if config.layers.m_by_n is not None:
         raise PruneflowError(
             f"layers.m_by_n {list(config.layers.m_by_n)} prunes every layer to the same m/n: there is no per-layer "

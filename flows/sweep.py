@@ -4,8 +4,10 @@ The inputs are checked, the dataset prepared and the baseline evaluated once, as
 then the run's graph from prune-training on (flows.graph.prune_to) runs once per target, as
 mapped task runs, at most `sweep.max_parallel` at a time. Each target gives several deployable
 files (its Keras .h5 and its TFLite exports); the gate picks the smallest file whose own
-accuracy is within it, which is promoted with its Keras model to `OUTPUT_ROOT/promoted`; every
-sweep adds its rows to the history and publishes its table.
+accuracy is within it (the challenger); the file promoted before (the champion) is measured
+again in this run, and the challenger is promoted with its Keras model to `OUTPUT_ROOT/promoted`
+only if it beats it (tasks.champion); every sweep adds its rows to the history and publishes
+its table.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, ConfigDict
 
 from flows.graph import Prepared, Run, prepare, prune_target, start_run
+from flows.user_errors import quiet_user_errors
 from tasks.champion import ChampionEvaluation, Decision, challenge, current_champion, evaluate_champion
 from tasks.config import RunConfig, Schedule
 from tasks.errors import PruneflowError
@@ -98,9 +101,11 @@ class SweepOutcome(BaseModel):
 
 @flow(name="sweep", task_runner=ThreadPoolTaskRunner(max_workers=4))
 def sweep_flow(config: RunConfig) -> SweepOutcome:
-    """Prune the baseline to each target sparsity and promote the smallest model within the gate."""
+    """Prune the baseline to each target sparsity; promote the smallest file within the gate if it
+    beats the champion."""
     started = datetime.now(timezone.utc)
     gate = config.sweep
+    quiet_user_errors()  # before the first user error this flow can raise
     if config.layers.m_by_n is not None:
         raise PruneflowError(
             f"sweep: layers.m_by_n {list(config.layers.m_by_n)} prunes every layer to exactly "

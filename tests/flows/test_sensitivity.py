@@ -3,6 +3,7 @@ written as a config that a run takes as it is."""
 
 import json
 
+import pytest
 import yaml
 
 from flows.cli import main
@@ -46,3 +47,16 @@ def test_sensitivity_measures_each_selected_layer_and_its_proposal_runs(prefect_
     summary = json.loads(open(summary_path).read())
     targets = {t["layer"]: t["target"] for t in summary["sanity"]["tensors"]}
     assert targets == {layer: s for layer, s in proposal.items() if s > 0}
+
+
+@pytest.mark.parametrize("command, expected", [
+    ("sensitivity", "prunes every layer to the same m/n: there is no per-layer sparsity to propose"),
+    ("sweep", "sweep: layers.m_by_n [2, 4] prunes every layer to exactly 0.5, so there is no sparsity to sweep"),
+])
+def test_2_by_4_has_no_sparsity_to_measure_or_sweep(prefect_server, config_dict, tmp_path, capsys, command, expected):
+    config_dict["layers"] = {"m_by_n": [2, 4], "keep_first_conv": True}
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(config_dict))
+    assert main([command, str(path)]) == 2
+    err = capsys.readouterr().err
+    assert expected in err and "Traceback" not in err
