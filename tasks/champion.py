@@ -18,14 +18,14 @@ from pydantic import BaseModel, ConfigDict
 
 from tasks.config import LatencySpec, SweepConfig
 from tasks.dataset import PreparedDataset, load_split
-from tasks.export import file_name
 from tasks.errors import PruneflowError
+from tasks.export import file_name
 from tasks.files import write_json
-from tasks.log import run_logger
 from tasks.gate import EPSILON, Candidate
 from tasks.interpreter import Predictor, available_cpus
-from tasks.layout import OutputLayout
 from tasks.latency import keras_call, tflite_call, time_side_by_side
+from tasks.layout import OutputLayout
+from tasks.log import run_logger
 from tasks.models import ModelFile, evaluate
 from tasks.outcome import FORMAT_NAMES, KERAS
 from tasks.size import PRUNED_H5, zip_size
