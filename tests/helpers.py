@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -127,15 +128,32 @@ def assert_same_predictions(model_a, model_b, images, atol: float = 1e-5) -> Non
     np.testing.assert_allclose(a, b, atol=atol)
 
 
-def task_runs(flow_run_id) -> list[tuple[str, str, int]]:
-    """(task name, state name, run count) of a flow run's task runs, in start order."""
+def task_runs(flow_run_id, settle: float = 1.0, timeout: float = 30.0) -> list[tuple[str, str, int]]:
+    """(task name, state name, run count) of a flow run's task runs, in start order.
+
+    The server records task runs from events, after the flow run's own final state: the last
+    task runs of a flow that just finished may not be there yet. Read until every one is final
+    and nothing has changed for `settle` seconds.
+    """
     from prefect import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-    with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-    runs.sort(key=lambda run: run.start_time or run.expected_start_time)
-    return [(run.name.rsplit("-", 1)[0], run.state.name, run.run_count) for run in runs]
+    def read() -> list[tuple[str, str, int]]:
+        with get_client(sync_client=True) as client:
+            runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+        runs.sort(key=lambda run: run.start_time or run.expected_start_time)
+        return [(run.name.rsplit("-", 1)[0], run.state.name if run.state.is_final() else "", run.run_count) for run in runs]
+
+    deadline, seen, since = time.monotonic() + timeout, None, time.monotonic()
+    while True:
+        found = read()
+        if found != seen:
+            seen, since = found, time.monotonic()
+        elif all(state for _, state, _ in found) and time.monotonic() - since >= settle:
+            return found
+        if time.monotonic() > deadline:
+            return found
+        time.sleep(0.25)
 
 
 def stage_states(flow_run_id) -> dict[str, str]:
