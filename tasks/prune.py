@@ -23,8 +23,8 @@ from tasks.errors import PruneflowError
 from tasks.faults import fault_callbacks
 from tasks.files import write_json
 from tasks.log import run_logger
-from tasks.progress import epoch_progress
 from tasks.models import ModelFile, compile_model, load_model, make_optimizer, require_graph_model, save_model
+from tasks.progress import epoch_progress
 from tasks.schedule import at_target, to_tfmot
 from tasks.selection import LayerPlan, plan_layers, plan_table
 from tasks.stage import Stage
