@@ -27,7 +27,6 @@ from tasks.dataset import prepare_dataset
 from tasks.errors import PruneflowError
 from tasks.files import atomic_path, write_json
 from tasks.plot import plot_sensitivity
-from tasks.prune import plan_for
 from tasks.report import markdown_table
 from tasks.sensitivity import LayerSensitivity, Proposal, layer_sensitivity, propose, sensitivity_rows
 
@@ -53,16 +52,6 @@ class SensitivityReport(BaseModel):
             f"Proposed per-layer sparsities reach {p.reached:.4f} over the pruned weights (target {p.target:g}).\n"
             f"Table: {self.table}\nHeatmap: {self.heatmap}\nConfig with the proposal: {self.proposed_config}"
         )
-
-
-def selected_layers(config: RunConfig, run) -> list[str]:
-    """The layers a run of this config would prune, in the model's order."""
-    from tasks.models import load_model
-    from tasks.runtime import keras
-
-    keras.backend.clear_session()
-    model = load_model(config.model.baseline, trusted=config.model.trust_custom_code)
-    return list(plan_for(model, run.inputs.schedule, config.training_spec, config.model.baseline).pruned)
 
 
 def proposed_config(config: RunConfig, proposal: Proposal) -> dict:
@@ -109,7 +98,7 @@ def sensitivity_flow(config: RunConfig, target: float | None = None) -> Sensitiv
     run = start_run(config)
     store = run.layout.store
     dataset = prepare_dataset(store, listing=quote(run.inputs.listing), shape=config.dataset.shape)
-    layers = selected_layers(config, run)
+    layers = list(run.inputs.plan.pruned)  # planned by check_inputs, in the model's order
     futures = layer_sensitivity.task.map(
         store=unmapped(store), model=unmapped(run.inputs.baseline), dataset=unmapped(dataset), layer=layers,
         sparsities=unmapped(tuple(config.sensitivity.sparsities)), batch_size=unmapped(config.dataset.batch_size),
@@ -118,13 +107,6 @@ def sensitivity_flow(config: RunConfig, target: float | None = None) -> Sensitiv
     proposal = propose(results, run.inputs.schedule.final_sparsity if target is None else target)
     report = write_outputs(config, run.run_dir, results, proposal)
     create_markdown_artifact(
-        key=ARTIFACT_KEY, description="Layer sensitivity",
-        markdown=(
-            f"# Layer sensitivity\n\nValidation accuracy lost, in points, with each layer pruned alone by magnitude "
-            f"(no fine-tuning); dense accuracy {results[0].dense_accuracy:.4f}.\n\n"
-            f"{markdown_table(sensitivity_rows(results, proposal))}\n\n"
-            f"The proposed sparsities reach {proposal.reached:.4f} over the pruned weights (target {proposal.target:g}). "
-            f"Run them with `pruneflow run {report.proposed_config}`; heatmap: `{report.heatmap}`."
-        ),
+        key=ARTIFACT_KEY, description="Layer sensitivity", markdown=f"# Layer sensitivity\n\n{report.render()}"
     )
     return report

@@ -2,9 +2,10 @@
 
 It confines the config's paths (tasks.confine), reads the CSVs and loads the baseline once,
 lets each stage check what it will need (Stage.check), and passes on what it read: the
-dataset listing with each image's content digest, the baseline's digest and the resolved
-schedule. A run started from a deployment may set model.trust_custom_code only where the
-worker allows it with PRUNEFLOW_ALLOW_CUSTOM_CODE=1: loading such a model runs its code.
+dataset listing with each image's content digest, the baseline's digest, the resolved
+schedule and the layer plan. A run started from a deployment may set model.trust_custom_code
+only where the worker allows it with PRUNEFLOW_ALLOW_CUSTOM_CODE=1: loading such a model runs
+its code.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from tasks.layout import OutputLayout
 from tasks.models import ModelFile, load_model
 from tasks.pipeline import STAGES
 from tasks.schedule import resolve_schedule
+from tasks.selection import LayerPlan
 
 ALLOW_CODE_ENV = "PRUNEFLOW_ALLOW_CUSTOM_CODE"
 
@@ -64,6 +66,15 @@ class Preflight:
         return resolve_schedule(self.config.pruning, steps, self.config.training.epochs)
 
 
+    @functools.cached_property
+    def plan(self) -> LayerPlan:
+        """The baseline's layer plan (tasks.selection); refused if the layer selection does not fit."""
+        from tasks.prune import plan_for
+
+        config = self.config
+        return plan_for(self.baseline_model, self.schedule, config.training_spec, config.model.baseline)
+
+
 class RunInputs(BaseModel):
     """What check_inputs read and passes on to the stages."""
 
@@ -72,6 +83,7 @@ class RunInputs(BaseModel):
     listing: DatasetListing
     baseline: ModelFile
     schedule: Schedule
+    plan: LayerPlan
 
 
 def check_run_inputs(config: RunConfig, roots: Roots) -> RunInputs:
@@ -95,7 +107,7 @@ def check_run_inputs(config: RunConfig, roots: Roots) -> RunInputs:
     with DigestCache(layout.digest_cache) as cache:
         listing = list_images(preflight.frames, preflight.classes, csv_paths, cache.digest)
     baseline = ModelFile.of(config.model.baseline, trust_code=config.model.trust_custom_code)
-    return RunInputs(listing=listing, baseline=baseline, schedule=preflight.schedule)
+    return RunInputs(listing=listing, baseline=baseline, schedule=preflight.schedule, plan=preflight.plan)
 
 
 def check_writable(output_root) -> None:

@@ -3,6 +3,8 @@ series per format), and the sensitivity heatmap (layers against sparsities)."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -16,22 +18,37 @@ from tasks.sensitivity import LayerSensitivity, Proposal
 MARKERS = "osD^vP*X"
 
 
-def plot_sweep(results: list[TargetResult], gate: SweepConfig, path: Path) -> Path:
-    """Accuracy against zip-deflated size, one series per format (filled: passes the gate;
-    hollow: fails it), each point labelled with its target; the baseline .h5 and the gate drawn."""
+@contextlib.contextmanager
+def png_figure(path: Path, figsize: tuple[float, float]) -> Iterator[tuple[object, object]]:
+    """(figure, axes) to draw on; written to `path` as a PNG (whole or not at all) when the
+    block ends, and closed either way."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display on a worker
     from matplotlib import pyplot as plt
+
+    figure, axes = plt.subplots(figsize=figsize, dpi=120)
+    try:
+        yield figure, axes
+        figure.tight_layout()
+        with atomic_path(path) as tmp:
+            figure.savefig(tmp, format="png")
+    finally:
+        plt.close(figure)
+
+
+def plot_sweep(results: list[TargetResult], gate: SweepConfig, path: Path) -> Path:
+    """Accuracy against zip-deflated size, one series per format (filled: passes the gate;
+    hollow: fails it), each point labelled with its target; the baseline .h5 and the gate drawn."""
+    from matplotlib import colormaps
     from matplotlib.ticker import FuncFormatter
 
     baseline, sizes = results[0].baseline, results[0].sizes
-    figure, axes = plt.subplots(figsize=(8, 5), dpi=120)
-    try:
+    with png_figure(path, (8, 5)) as (_, axes):
         formats = list(dict.fromkeys(file.format for _, file in candidates(results)))
         for n, fmt in enumerate(formats):
             points = [(r, f) for r, f in candidates(results) if f.format == fmt]
-            color = plt.get_cmap("tab10")(n)
+            color = colormaps["tab10"](n)
             kb = [f.zip_bytes / 1024 for _, f in points]
             accuracy = [100 * f.accuracy for _, f in points]
             passed = [gate_problem(r, f, gate) is None for r, f in points]
@@ -54,26 +71,15 @@ def plot_sweep(results: list[TargetResult], gate: SweepConfig, path: Path) -> Pa
         axes.set_title("Sparsity sweep: accuracy against compressed size (hollow: fails the gate)")
         axes.grid(alpha=0.3, which="both")
         axes.legend(fontsize=7)
-        figure.tight_layout()
-        with atomic_path(path) as tmp:
-            figure.savefig(tmp, format="png")
-    finally:
-        plt.close(figure)
     return path
 
 
 def plot_sensitivity(results: list[LayerSensitivity], proposal: Proposal, path: Path) -> Path:
     """A heatmap of validation accuracy lost (points) with each layer pruned alone to each
     sparsity, the value in each cell, the proposed sparsity at the end of each row."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
     sparsities = results[0].sparsities
     drops = np.array([r.drops() for r in results])
-    figure, axes = plt.subplots(figsize=(2.0 + 1.0 * len(sparsities), 1.5 + 0.32 * len(results)), dpi=120)
-    try:
+    with png_figure(path, (2.0 + 1.0 * len(sparsities), 1.5 + 0.32 * len(results))) as (figure, axes):
         bound = max(1.0, float(np.abs(drops).max()))
         image = axes.imshow(drops, cmap="RdYlGn_r", vmin=-bound, vmax=bound, aspect="auto")
         for (row, column), drop in np.ndenumerate(drops):
@@ -83,9 +89,4 @@ def plot_sensitivity(results: list[LayerSensitivity], proposal: Proposal, path: 
         axes.set_xlabel("sparsity of the layer alone (no fine-tuning)")
         axes.set_title(f"Validation accuracy lost, in points (-> proposed for {proposal.target:g} overall)", fontsize=9)
         figure.colorbar(image, ax=axes, label="accuracy drop (points)")
-        figure.tight_layout()
-        with atomic_path(path) as tmp:
-            figure.savefig(tmp, format="png")
-    finally:
-        plt.close(figure)
     return path

@@ -153,7 +153,7 @@ def pruning_params(plan: LayerPlan, schedule: Schedule) -> dict:
     return params
 
 
-def restore_structure(wrapped, plan: LayerPlan) -> None:
+def restore_structure(wrapped, m_by_n: tuple[int, int] | None) -> None:
     """Give the wrappers of a model loaded from .h5 their m_by_n structure back.
 
     TFMOT's PruneLowMagnitude.get_config leaves sparsity_m_by_n out, so a checkpoint reloads as
@@ -162,12 +162,12 @@ def restore_structure(wrapped, plan: LayerPlan) -> None:
     """
     from tasks.runtime import PruneLowMagnitude
 
-    if plan.m_by_n is None:
+    if m_by_n is None:
         return
     for wrapper in wrapped.submodules:
         if isinstance(wrapper, PruneLowMagnitude):
-            wrapper.sparsity_m_by_n = plan.m_by_n
-            wrapper.pruning_obj._sparsity_m_by_n = plan.m_by_n
+            wrapper.sparsity_m_by_n = m_by_n
+            wrapper.pruning_obj._sparsity_m_by_n = m_by_n
 
 
 def pruning_step(wrapped) -> int:
@@ -203,13 +203,13 @@ def start_or_resume(
 ):
     """The compiled wrapped model and the number of epochs it has done: from the last epoch-end
     checkpoint in `work` when there is one, else freshly wrapped from the baseline."""
-    model = baseline.load()
-    plan = plan_for(model, schedule, training, baseline.path)
     checkpoint = work / "checkpoint.h5"
     if checkpoint.is_file():
         wrapped = load_model(checkpoint, pruning_wrappers=True, compile=True)
-        restore_structure(wrapped, plan)
+        restore_structure(wrapped, training.layers.m_by_n)
         return wrapped, pruning_step(wrapped) // steps_per_epoch
+    model = baseline.load()
+    plan = plan_for(model, schedule, training, baseline.path)
     run_logger().info("Layer plan:\n%s", plan_table(plan))
     wrapped = wrap_for_pruning(model, plan, schedule, baseline.path)
     compile_model(wrapped, make_optimizer(training))
@@ -323,8 +323,7 @@ def is_transient(exc: BaseException) -> bool:
 def check_prunable(preflight: Preflight) -> None:
     """The schedule prunes inside the run, and the layer selection fits the baseline (patterns that
     match, layers that can take the structure, something left to prune)."""
-    config = preflight.config
-    plan_for(preflight.baseline_model, preflight.schedule, config.training_spec, config.model.baseline)
+    preflight.plan  # noqa: B018 (planning is the check)
 
 
 def strip_model(out: Path, trained: TrainedModel, dataset: PreparedDataset) -> StrippedModel:
