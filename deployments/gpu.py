@@ -6,18 +6,21 @@ for GPU workers:
   configurable time zone);
 - `manual`, without a schedule, for runs started from the UI with custom parameters.
 Their default parameters run the bundled demo dataset, prepared by `pruneflow demo` under
-`demo_dir` on the worker's machine.
+`demo_dir` on the worker's machine. With an alert webhook or block, the nightly deployments
+also get alerts (deployments.alerts).
 """
 
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from pathlib import Path
 
 import yaml
 from prefect.schedules import Cron
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from deployments.alerts import MISSING_NIGHTLY_AFTER, ensure_alerts
 from tasks.config import RunConfig, parse_config
 from tasks.demo import demo_config_text
 
@@ -38,6 +41,40 @@ class DeploymentSettings(BaseModel):
     timezone: str = Field("UTC", description="Time zone of the cron schedule, e.g. Europe/Paris.")
     gpu_devices: str = Field("0", description="CUDA_VISIBLE_DEVICES for flow runs on a process worker.")
     demo_dir: Path = Field(REPO / "demo", description="Where `pruneflow demo` put the demo dataset.")
+    alert_webhook: str | None = Field(
+        None,
+        description="URL to post alerts to as JSON {subject, body} (docs/alerts.md); without it or alert_block, no alerts.",
+    )
+    alert_block: str | None = Field(
+        None,
+        description="Existing notification block to send alerts through instead, as TYPE/NAME, e.g. slack-webhook/team.",
+    )
+    alert_missing_after: timedelta = Field(
+        MISSING_NIGHTLY_AFTER, ge=timedelta(seconds=10),
+        description="Alert when a nightly deployment has had no completed run for this long (HH:MM:SS, at least 00:00:10).",
+    )
+
+    @field_validator("alert_webhook")
+    @classmethod
+    def webhook_is_a_url(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(("http://", "https://")):
+            raise ValueError(f"alert_webhook {url!r} is not a URL: give the http:// or https:// address to post alerts to")
+        return url
+
+    @field_validator("alert_block")
+    @classmethod
+    def block_is_type_and_name(cls, block: str | None) -> str | None:
+        if block is not None and not (block.count("/") == 1 and all(block.split("/"))):
+            raise ValueError(
+                f"alert_block {block!r}: give the block as TYPE/NAME, as `prefect block ls` lists it, e.g. slack-webhook/team"
+            )
+        return block
+
+    @model_validator(mode="after")
+    def one_alert_destination(self) -> DeploymentSettings:
+        if self.alert_webhook and self.alert_block:
+            raise ValueError("give alert_webhook or alert_block, not both: alerts go through one notification block")
+        return self
 
 
 def default_config(demo_dir: Path) -> RunConfig:
@@ -147,19 +184,33 @@ def ensure_process_pool(name: str) -> None:
 
 
 def apply(settings: DeploymentSettings | None = None) -> list:
-    """Create the work pool if needed and apply the four deployments to the current Prefect API."""
+    """Create the work pool if needed, apply the four deployments to the current Prefect API, and
+    the alerts if the settings name where they go."""
+    from prefect import get_client
     from prefect.deployments.runner import deploy
 
     settings = settings or DeploymentSettings()
     ensure_process_pool(settings.work_pool)
-    return deploy(
-        *build_deployments(settings), work_pool_name=settings.work_pool,
+    deployments = build_deployments(settings)
+    ids = deploy(
+        *deployments, work_pool_name=settings.work_pool,
         build=False, push=False, print_next_steps_message=False, ignore_warnings=True,
     )
+    if settings.alert_webhook or settings.alert_block:
+        # By name: deploy's list of ids skips a deployment it failed to apply.
+        nightly = [f"{d.flow_name}/{d.name}" for d in deployments if d.name == "nightly"]
+        with get_client(sync_client=True) as client:
+            nightly_ids = {name: client.read_deployment_by_name(name).id for name in nightly}
+        ensure_alerts(
+            nightly_ids, webhook=settings.alert_webhook, block=settings.alert_block,
+            missing_after=settings.alert_missing_after,
+        )
+    return ids
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m deployments.gpu`: create the pool if needed and apply the four deployments."""
+    """`python -m deployments.gpu`: create the pool if needed, apply the four deployments and, with
+    --alert-webhook or --alert-block, the alerts."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m deployments.gpu", description=main.__doc__)

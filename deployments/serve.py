@@ -1,10 +1,11 @@
 """Try pruneflow's deployments on one machine: a server, the GPU work pool, the deployments, a worker.
 
-    .venv/bin/python -m deployments.serve [--port 4200] [--timezone UTC] [--demo-dir demo]
+    .venv/bin/python -m deployments.serve [--port 4200] [--timezone UTC] [--demo-dir demo] [--alert-webhook URL]
 
 Prepares the demo (its data are the deployments' default parameters), starts `prefect server`
-on 127.0.0.1, creates the process work pool, applies the `nightly` and `manual` deployments of both flows,
-and starts a worker on the pool. Ctrl-C stops the worker and the server, by their PIDs.
+on 127.0.0.1, creates the process work pool, applies the `nightly` and `manual` deployments of both flows
+(and, with --alert-webhook, the alerts of docs/alerts.md), and starts a worker on the pool. Ctrl-C stops
+the worker and the server, by their PIDs.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pool", default="pruneflow-gpu")
     parser.add_argument("--timezone", default="UTC", help="time zone of the nightly 02:00 schedule")
     parser.add_argument("--demo-dir", type=Path, default=REPO / "demo")
+    parser.add_argument("--alert-webhook", help="URL to post alerts to as JSON {subject, body} (docs/alerts.md)")
     args = parser.parse_args(argv)
 
     from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -48,7 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     server = start_server(args.port, env, logs / "server.log")
     worker = None
     try:
-        settings = DeploymentSettings(work_pool=args.pool, timezone=args.timezone, demo_dir=args.demo_dir)
+        settings = DeploymentSettings(
+            work_pool=args.pool, timezone=args.timezone, demo_dir=args.demo_dir, alert_webhook=args.alert_webhook
+        )
         with temporary_settings(updates={PREFECT_API_URL: env["PREFECT_API_URL"]}):
             apply(settings)
         worker = start_worker(args.pool, env, logs / "worker.log", cwd=REPO)

@@ -117,6 +117,7 @@ def sensitivity(
 def history(
     config: Annotated[Path, typer.Argument(help="The run config whose output_root holds the history.")],
     last: Annotated[int, typer.Option(help="How many recent runs to show.")] = 10,
+    # tasks.history's REGRESSION_TOLERANCE and LATENCY_TOLERANCE (not imported: it loads Prefect).
     tolerance: Annotated[float, typer.Option(help="Accuracy drop, in points, that counts as a regression.")] = 0.5,
     latency_tolerance: Annotated[
         float, typer.Option(help="Slow-down of the promoted file that counts as a regression (0.25: 25 % slower).")

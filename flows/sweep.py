@@ -6,13 +6,16 @@ mapped task runs, at most `sweep.max_parallel` at a time. Each target gives seve
 files (its Keras .h5 and its TFLite exports); the gate picks the smallest file whose own
 accuracy is within it (the challenger); the file promoted before (the champion) is measured
 again in this run, and the challenger is promoted with its Keras model to `OUTPUT_ROOT/promoted`
-only if it beats it (tasks.champion); every sweep adds its rows to the history and publishes
-its table.
+only if it beats it (tasks.champion); every sweep adds its rows to the history, emits
+pruneflow's regression event if it regressed (tasks.events), and publishes its table. With a
+registry, the sweep is an MLflow run and a promotion a registered version (tasks.registry); a
+promotion killed mid-way is rolled back by the next sweep, first thing (tasks.promote).
 """
 
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from pathlib import Path
 
 from prefect import flow, unmapped
 from prefect.runtime import flow_run
@@ -25,10 +28,12 @@ from tasks.champion import ChampionEvaluation, Decision, challenge, current_cham
 from tasks.config import RunConfig, Schedule
 from tasks.errors import PruneflowError
 from tasks.gate import accuracy_drop, best_candidate, choose
-from tasks.history import history_rows, record_history
+from tasks.events import announce_regression
+from tasks.history import history_rows, read_history, record_history, regressions, runs_summary
 from tasks.latency import machine_description
 from tasks.outcome import FORMAT_NAMES, Deployable, TargetResult
-from tasks.promote import promote_model
+from tasks.promote import promote_model, recover
+from tasks.registry import sweep_run
 from tasks.prune import prune_train
 from tasks.report import publish_sweep
 from tasks.schedule import at_target, resolve_schedule
@@ -89,6 +94,14 @@ def measure_champion(config: RunConfig, start: Prepared, run: Run) -> ChampionEv
     )
 
 
+def check_regression(run_id: str, history: Path) -> None:
+    """Send pruneflow's regression event if this run regressed against the history before it."""
+    runs = runs_summary(read_history(history))
+    found = regressions(runs).get(run_id)
+    if found:
+        announce_regression(runs, run_id, flow_run.name or run_id, found, str(history))
+
+
 class SweepOutcome(BaseModel):
     """What a sweep produced: every target's result, the gate's choice, the decision against the champion."""
 
@@ -113,29 +126,37 @@ def sweep_flow(config: RunConfig) -> SweepOutcome:
             "layers.m_by_n to sweep targets."
         )
     run = start_run(config)
-    # Every target's schedule is resolved (and refused if it would not prune) before any work.
-    steps = config.training_spec.steps_per_epoch(run.inputs.listing.counts["train"])
-    schedules = {t: resolve_schedule(at_target(run.inputs.schedule, t), steps, config.training.epochs) for t in gate.targets}
-    start = prepare(config, run)
-    outcomes = prune_targets(config, start, schedules)
-    results = [outcome for outcome in outcomes.values() if not isinstance(outcome, BaseException)]
-    failures = {t: f"{type(e).__name__}: {e}" for t, e in outcomes.items() if isinstance(e, BaseException)}
-
-    # With a target missing, the smallest passing model may be the one that failed: keep the
-    # promoted model until a complete sweep.
-    chosen = None if failures else choose(results, gate)
-    decision = challenge(chosen, measure_champion(config, start, run) if chosen else None, gate)
+    recover(run.layout)  # a promotion killed mid-way is rolled back before the champion is read
     run_id = str(flow_run.id or "local")
-    if decision.promote:
-        promote_model(chosen, config, run_id, run.layout)
-    promoted = chosen if decision.promote else None
-    rows = history_rows(
-        results, promoted, gate, flow_run_id=run_id, started=started, code_version=prune_train.code,
-        config_digest=digest_of(config.model_dump(mode="json", exclude={"sweep", "sensitivity"}))[:16], failures=failures,
-        decision=decision.verdict,
-    )
-    record_history(rows, run.layout.history)  # failed targets too: a night where all failed is on record
-    publish_sweep(results, chosen, failures, config, run.run_dir, decision)
+    # Opened before any training, so that an unreachable registry fails the sweep at once.
+    with sweep_run(config.registry, flow_run.name or run_id, run_id) as registry:
+        # Every target's schedule is resolved (and refused if it would not prune) before any work.
+        steps = config.training_spec.steps_per_epoch(run.inputs.listing.counts["train"])
+        schedules = {
+            t: resolve_schedule(at_target(run.inputs.schedule, t), steps, config.training.epochs) for t in gate.targets
+        }
+        start = prepare(config, run)
+        outcomes = prune_targets(config, start, schedules)
+        results = [outcome for outcome in outcomes.values() if not isinstance(outcome, BaseException)]
+        failures = {t: f"{type(e).__name__}: {e}" for t, e in outcomes.items() if isinstance(e, BaseException)}
+
+        # With a target missing, the smallest passing model may be the one that failed: keep the
+        # promoted model until a complete sweep.
+        chosen = None if failures else choose(results, gate)
+        decision = challenge(chosen, measure_champion(config, start, run) if chosen else None, gate)
+        if decision.promote:
+            decision = promote_model(chosen, decision, config, run_id, run.layout, registry)
+        promoted = chosen if decision.promote else None
+        rows = history_rows(
+            results, promoted, gate, flow_run_id=run_id, started=started, code_version=prune_train.code,
+            config_digest=digest_of(config.model_dump(mode="json", exclude={"sweep", "sensitivity", "registry"}))[:16],
+            failures=failures, decision=decision.verdict,
+        )
+        record_history(rows, run.layout.history)  # failed targets too: a night where all failed is on record
+        check_regression(run_id, run.layout.history)
+        publish_sweep(results, chosen, failures, config, run.run_dir, decision)
+        if registry is not None:
+            registry.log_sweep(config, results, decision, chosen, run.run_dir, failed=bool(failures))
 
     if failures:
         listed = "; ".join(f"{t}: {why}" for t, why in sorted(failures.items()))

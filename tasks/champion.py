@@ -36,6 +36,7 @@ from tasks.store import StoredArtifact
 class ChampionEvaluation(StoredArtifact):
     """The champion's deployable file measured in this run."""
 
+    version: str  # the promoted version folder it came from
     format: str
     accuracy: float
     zip_bytes: int
@@ -101,7 +102,7 @@ def measure_champion(
     (timing,) = time_side_by_side({("champion", champion.format): call}, latency)
     result = ChampionEvaluation(
         # Zipped under the name a challenger's file of its format has, so that sizes compare byte for byte.
-        folder=out, format=champion.format, accuracy=accuracy, zip_bytes=zip_size(path, challenger_name(champion.format)),
+        folder=out, version=champion.version, format=champion.format, accuracy=accuracy, zip_bytes=zip_size(path, challenger_name(champion.format)),
         latency_ms=timing.median_ms,
         machine=machine, examples=dataset.counts["test"],
     )
@@ -135,9 +136,20 @@ class Decision(BaseModel):
     promote: bool
     reasons: list[str]
     champion: ChampionEvaluation | None = None
+    superseded_by: str | None = None  # the version another run promoted while this one decided
+
+    def superseded(self, current: str) -> Decision:
+        """This decision once another run promoted `current` while this one was deciding: the
+        challenger was measured against another champion, so it is not promoted."""
+        return self.model_copy(update={"promote": False, "superseded_by": current, "reasons": [*self.reasons, (
+            f"another run promoted {current} meanwhile, replacing the champion this challenger was measured "
+            "against: kept it; the next sweep measures the challenger against it"
+        )]})
 
     @property
     def verdict(self) -> str:
+        if self.superseded_by is not None:
+            return KEPT
         if self.promote:
             return "promoted" if self.champion is not None else "promoted (no champion yet)"
         return KEPT if self.champion is not None else "nothing to promote"

@@ -401,6 +401,21 @@ class SweepConfig(_Strict):
         return self
 
 
+class RegistryConfig(_Strict):
+    """Where sweeps log their runs and register their promotions (MLflow); nothing without a tracking URI."""
+
+    tracking_uri: str | None = Field(
+        None, min_length=1,
+        description="MLflow tracking server (http://127.0.0.1:5000) that also holds the model registry; unset: no "
+        "registry, nothing is logged. Needs the `registry` extra (pip install 'pruneflow[registry]').",
+    )
+    experiment: str = Field("pruneflow", min_length=1, description="MLflow experiment each sweep logs a run in.")
+    model_name: str = Field(
+        "pruneflow", min_length=1,
+        description="Registered model each promotion adds a version to; its `champion` alias marks the promoted one.",
+    )
+
+
 class SensitivityConfig(_Strict):
     """Used by `pruneflow sensitivity` only: how far each layer is pruned alone."""
 
@@ -461,6 +476,10 @@ class RunConfig(_Strict):
     sensitivity: SensitivityConfig = Field(
         default_factory=SensitivityConfig,
         description="Used by `pruneflow sensitivity` only: the sparsities each layer is pruned to alone.",
+    )
+    registry: RegistryConfig = Field(
+        default_factory=RegistryConfig,
+        description="Used by `pruneflow sweep` only: the MLflow server its runs and promotions are recorded in.",
     )
 
     @model_validator(mode="after")

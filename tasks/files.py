@@ -37,11 +37,16 @@ def atomic_path(target: Path) -> Iterator[Path]:
             tmp.unlink()
 
 
+def write_text(target: Path, text: str) -> Path:
+    """Write `text` to `target`, atomically."""
+    with atomic_path(target) as tmp:
+        tmp.write_text(text)
+    return Path(target)
+
+
 def write_json(target: Path, payload: Any) -> Path:
     """Write `payload` as indented JSON, atomically."""
-    with atomic_path(target) as tmp:
-        tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
-    return Path(target)
+    return write_text(target, json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
 
 def file_digest(path: Path) -> str:

@@ -17,6 +17,10 @@ from tasks.files import atomic_path, storage_errors
 from tasks.gate import EPSILON, Candidate, accuracy_drop, candidates, gate_problem
 from tasks.outcome import KERAS, TargetResult
 
+# What counts as a regression by default, for `pruneflow history` and the sweep's event.
+REGRESSION_TOLERANCE = 0.5  # accuracy points
+LATENCY_TOLERANCE = 0.25  # a fraction: 25 % slower
+
 # A file's figures in a history row: what a failed target's row leaves empty.
 FIGURES = (
     "measured_sparsity", "accuracy", "baseline_accuracy", "accuracy_change", "agreement", "raw_bytes", "zip_bytes",
@@ -119,7 +123,9 @@ def runs_summary(history: pd.DataFrame) -> pd.DataFrame:
     return runs.merge(promoted, on="flow_run_id", how="left").sort_values("started", ignore_index=True)
 
 
-def regressions(runs: pd.DataFrame, tolerance: float, latency_tolerance: float = 0.25) -> dict[str, str]:
+def regressions(
+    runs: pd.DataFrame, tolerance: float = REGRESSION_TOLERANCE, latency_tolerance: float = LATENCY_TOLERANCE
+) -> dict[str, str]:
     """flow run id -> what regressed against the last earlier run of the same config (its
     `sweep` section aside) that promoted a file: the promoted file's accuracy down by more
     than `tolerance` points, its size up, its latency up by more than `latency_tolerance`

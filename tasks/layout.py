@@ -5,6 +5,7 @@
       artifacts/.file-digests.sqlite   the image digests check_inputs remembers
       runs/<UTC time>-<flow run>/      one folder per run: summary.json, or a sweep's report
       promoted -> promoted-versions/<version>/   the model a sweep promoted (a symlink)
+      .promotion.json                            a promotion under way (tasks.promote)
       history/<time>-<flow run>.parquet          one file per sweep
 """
 
@@ -52,6 +53,10 @@ class OutputLayout(BaseModel):
     @property
     def promotion_lock(self) -> Path:
         return self.root / ".promoted.lock"
+
+    @property
+    def promotion_journal(self) -> Path:
+        return self.root / ".promotion.json"
 
     @property
     def history(self) -> Path:

@@ -248,7 +248,7 @@ def train_pruned(
         keras.callbacks.TerminateOnNaN(),
         epoch_checkpoint(work, history),
         epoch_progress("Prune-training", training.epochs, done),
-        *fault_callbacks(),
+        *fault_callbacks(schedule.final_sparsity),
     ]
     started = time.perf_counter()
     if done < training.epochs:

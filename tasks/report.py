@@ -10,7 +10,7 @@ from prefect.cache_policies import NONE
 
 from tasks.champion import ChampionEvaluation, Decision
 from tasks.config import RunConfig, SweepConfig
-from tasks.files import storage_errors, write_json
+from tasks.files import storage_errors, write_json, write_text
 from tasks.gate import Candidate, accuracy_drop, candidates, gate_problem
 from tasks.layout import OutputLayout
 from tasks.log import run_logger
@@ -200,7 +200,7 @@ def publish_sweep(
     results: list[TargetResult], chosen: Candidate | None, failures: dict[float, str], config: RunConfig, run_dir: Path,
     decision: Decision,
 ) -> None:
-    """sweep.json and sweep.png in the run's folder, and the table as Prefect artifacts.
+    """sweep.json, sweep.md and sweep.png in the run's folder, and the table as Prefect artifacts.
 
     Args:
         failures: target -> why it failed.
@@ -216,8 +216,9 @@ def publish_sweep(
             "gate": config.sweep.model_dump(mode="json"),
         })
         plot = plot_sweep(results, config.sweep, run_dir / "sweep.png") if results else None
-    markdown = render_sweep(results, chosen, config, decision)
-    where = f"- Run folder: `{run_dir}` (sweep.json)\n"
+        markdown = render_sweep(results, chosen, config, decision)
+        write_text(run_dir / "sweep.md", f"# Sparsity sweep\n\n{markdown}\n")
+    where = f"- Run folder: `{run_dir}` (sweep.json, sweep.md)\n"
     if results:
         models = ", ".join(f"{r.target:.2f}: `{r.pruned_model}` and TFLite files in `{r.exports.folder}`" for r in results)
         where += f"- Plot: `{plot}`\n- Models: {models}\n"

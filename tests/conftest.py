@@ -2,6 +2,7 @@
 
 import os
 import tempfile
+import time
 
 # Before prefect is imported anywhere: keep its database, results and telemetry out of the
 # user's home and off the network.
@@ -23,10 +24,10 @@ from tests.helpers import make_config_dict, write_tiny_dataset, train_tiny_basel
 
 
 # Fixtures that start real services: a Prefect server (and, for `live`, a work pool, the
-# deployments and a worker). A test using one is marked `services`, so `make test-fast` can
+# deployments and a worker), an MLflow server. A test using one is marked `services`, so `make test-fast` can
 # leave it out; tests that start a server, a browser or a Dask cluster by themselves carry
 # the marker explicitly.
-SERVICE_FIXTURES = {"prefect_server", "live"}
+SERVICE_FIXTURES = {"prefect_server", "live", "mlflow_server"}
 
 
 def pytest_collection_modifyitems(items):
@@ -51,3 +52,34 @@ def tiny_baseline(tmp_path_factory, tiny_data) -> Path:
 def config_dict(tiny_data, tiny_baseline, tmp_path) -> dict:
     """A valid run config (as a mapping) over the tiny dataset; tests change what they need."""
     return make_config_dict(tiny_data, tiny_baseline, tmp_path / "outputs")
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory) -> str:
+    """A real `mlflow server` on 127.0.0.1 (SQLite backend, local artifact folder), stopped by
+    PID at the end; its tracking URI. Tests keep apart by experiment and model names."""
+    import urllib.request
+
+    from deployments.local import PREFECT, Process, free_port
+
+    home, port = tmp_path_factory.mktemp("mlflow"), free_port()
+    mlflow = str(Path(PREFECT).with_name("mlflow"))
+    server = Process("mlflow", [
+        mlflow, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+        "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}", "--artifacts-destination", str(home / "artifacts"),
+    ], dict(os.environ), home / "server.log").start()
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{uri}/health", timeout=2):
+                    break
+            except OSError:
+                if not server.running() or time.monotonic() > deadline:
+                    pytest.fail(f"mlflow server did not start:\n{(home / 'server.log').read_text()[-3000:]}")
+                time.sleep(0.5)
+        yield uri
+    finally:
+        server.stop()
+        assert not server.running()

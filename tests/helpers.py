@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
+import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +17,7 @@ import pytest
 
 from tasks.pipeline import STAGES as PIPELINE
 
+REPO = Path(__file__).parents[1]
 IMAGE_SIZE = 16
 # The stages' names in order: each stores an artifact and is cached. publish_report follows them.
 STAGES = [stage.name for stage in PIPELINE]
@@ -301,3 +304,41 @@ def target_result(target: float, accuracy: float, zip_bytes: int, *, baseline_ac
             + [timing("pruned", fmt, ms) for fmt, (_, _, ms) in files.items()],
         ),
     )
+
+
+class Cli:
+    """`pruneflow COMMAND CONFIG` in a child process, its output collected as it comes."""
+
+    def __init__(self, config_path: Path, command: str = "run", **env: str):
+        from prefect.settings import PREFECT_API_URL
+
+        environment = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PYTHONUNBUFFERED": "1", **env}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "flows.cli", command, str(config_path)], cwd=REPO, env=environment,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        self.lines: list[str] = []
+        self.reader = threading.Thread(target=lambda: self.lines.extend(self.process.stdout), daemon=True)
+        self.reader.start()
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def wait_for(self, text: str, timeout: float = 180) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.output:
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                pytest.fail(f"{text!r} never came (exit {self.process.poll()}):\n{self.output[-3000:]}")
+            time.sleep(0.1)
+
+    def finish(self, timeout: float = 300) -> int:
+        code = self.process.wait(timeout=timeout)
+        self.reader.join(timeout=10)
+        return code
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()

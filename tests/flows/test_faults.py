@@ -7,10 +7,6 @@ Prefect server; the disks are real file systems (a small tmpfs, a read-only bind
 import json
 import os
 import signal
-import subprocess
-import sys
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -18,47 +14,7 @@ import yaml
 
 from flows.cli import main
 from tasks.store import ArtifactStore
-from tests.helpers import STAGES, fill_disk, read_only, small_disk
-
-REPO = Path(__file__).parents[2]
-
-
-class Cli:
-    """`pruneflow run CONFIG` in a child process, its output collected as it comes."""
-
-    def __init__(self, config_path: Path, **env: str):
-        from prefect.settings import PREFECT_API_URL
-
-        environment = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PYTHONUNBUFFERED": "1", **env}
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "flows.cli", "run", str(config_path)], cwd=REPO, env=environment,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        )
-        self.lines: list[str] = []
-        self.reader = threading.Thread(target=lambda: self.lines.extend(self.process.stdout), daemon=True)
-        self.reader.start()
-
-    @property
-    def output(self) -> str:
-        return "".join(self.lines)
-
-    def wait_for(self, text: str, timeout: float = 180) -> None:
-        deadline = time.monotonic() + timeout
-        while text not in self.output:
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                pytest.fail(f"{text!r} never came (exit {self.process.poll()}):\n{self.output[-3000:]}")
-            time.sleep(0.1)
-
-    def finish(self, timeout: float = 300) -> int:
-        code = self.process.wait(timeout=timeout)
-        self.reader.join(timeout=10)
-        return code
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
+from tests.helpers import STAGES, Cli, fill_disk, read_only, small_disk
 
 
 def write_config(config_dict, tmp_path, name="run.yaml", **changes) -> Path:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from tasks.champion import ChampionEvaluation, challenge
+from tasks.champion import KEPT, ChampionEvaluation, challenge
 from tasks.config import SweepConfig
 from tests.helpers import target_result
 
@@ -11,7 +11,7 @@ MACHINE = "test machine"
 
 def champion(accuracy=0.95, zip_bytes=1000, latency_ms=1.0, machine=MACHINE) -> ChampionEvaluation:
     return ChampionEvaluation(
-        folder=".", format="int8", accuracy=accuracy, zip_bytes=zip_bytes, latency_ms=latency_ms, machine=machine,
+        folder=".", version="20261129T020000-run-0-abcdef", format="int8", accuracy=accuracy, zip_bytes=zip_bytes, latency_ms=latency_ms, machine=machine,
         examples=100,
     )
 
@@ -55,6 +55,15 @@ def test_a_faster_challenger_of_the_same_size_wins_but_only_against_a_champion_t
     other = champion(latency_ms=1.0, machine="another machine")
     decision = challenge(challenger(zip_bytes=1000, latency_ms=0.5), other, gate)
     assert not decision.promote and not any("ms against" in reason for reason in decision.reasons)
+
+
+def test_a_decision_superseded_by_another_promotion_keeps_the_champion_and_says_why():
+    decision = challenge(challenger(zip_bytes=500), champion(), SweepConfig())
+    assert decision.promote and decision.verdict == "promoted"
+    superseded = decision.superseded("20261129T030000-run-9-fedcba")
+    assert not superseded.promote and superseded.verdict == KEPT
+    assert superseded.reasons[:-1] == decision.reasons
+    assert "another run promoted 20261129T030000-run-9-fedcba meanwhile" in superseded.reasons[-1]
 
 
 def test_the_champion_is_what_promoted_points_to_and_none_when_it_is_gone(tmp_path):

@@ -26,14 +26,20 @@ def setting(config_dict, tmp_path):
     return layout, parse_config(config_dict), models
 
 
+def current(layout: OutputLayout) -> str | None:
+    """The version folder promoted now: the champion a challenger is measured against."""
+    return layout.promoted.resolve().name if layout.promoted.is_symlink() else None
+
+
 def promoted_bytes(layout: OutputLayout) -> bytes:
     return (layout.promoted / "model.h5").read_bytes()
 
 
 def test_promotion_copies_the_model_its_config_and_figures(setting):
     layout, config, (first, _) = setting
-    link = promote(first, config, "run-1", layout)
-    assert link == layout.promoted and link.is_symlink()
+    assert promote(first, config, "run-1", layout, champion=current(layout)) is None  # not superseded
+    link = layout.promoted
+    assert link.is_symlink()
     assert promoted_bytes(layout) == first[0].pruned_model.read_bytes()
     assert json.loads((link / "config.json").read_text())["pruning"]["target_sparsity"] == 0.7
     metrics = json.loads((link / "metrics.json").read_text())
@@ -43,13 +49,13 @@ def test_promotion_copies_the_model_its_config_and_figures(setting):
 
 def test_a_crash_before_the_switch_keeps_the_previous_model_and_the_next_promotion_cleans_up(setting):
     layout, config, (first, second) = setting
-    promote(first, config, "run-1", layout)
+    promote(first, config, "run-1", layout, champion=current(layout))
     orphan = write_version(second, config, "run-2", layout)  # then the process dies: no switch
     (layout.promoted_versions / ".tmp-half-written").mkdir()  # a version killed while being written
     assert promoted_bytes(layout) == first[0].pruned_model.read_bytes()  # readers still see the whole old model
 
     previous = layout.promoted.resolve()
-    promote(second, config, "run-3", layout)
+    promote(second, config, "run-3", layout, champion=current(layout))
     assert promoted_bytes(layout) == second[0].pruned_model.read_bytes()
     # The version it replaced stays, for readers that resolved the link before the switch.
     assert set(layout.promoted_versions.iterdir()) == {layout.promoted.resolve(), previous}
@@ -58,7 +64,7 @@ def test_a_crash_before_the_switch_keeps_the_previous_model_and_the_next_promoti
 
 def test_a_crash_after_the_switch_leaves_the_new_model_whole_and_a_spare_link_is_removed(setting):
     layout, config, (first, second) = setting
-    promote(first, config, "run-1", layout)
+    promote(first, config, "run-1", layout, champion=current(layout))
     old = layout.promoted.resolve()
     switch_link(layout, write_version(second, config, "run-2", layout))  # then the process dies: no clean-up
     (layout.root / f"{LINK_PREFIX}dead00").symlink_to(old)  # a link made just before a crash
@@ -72,12 +78,12 @@ def test_a_crash_after_the_switch_leaves_the_new_model_whole_and_a_spare_link_is
 
 def test_a_reader_that_resolved_the_link_keeps_a_whole_version_until_the_next_promotion(setting):
     layout, config, (first, second) = setting
-    promote(first, config, "run-1", layout)
+    promote(first, config, "run-1", layout, champion=current(layout))
     reading = layout.promoted.resolve()  # a reader resolves the link once, then reads from there
-    promote(second, config, "run-2", layout)
+    promote(second, config, "run-2", layout, champion=current(layout))
     assert (reading / "model.h5").read_bytes() == first[0].pruned_model.read_bytes()
     assert json.loads((reading / "metrics.json").read_text())["target"] == 0.7  # model and figures of one version
-    promote(first, config, "run-3", layout)
+    promote(first, config, "run-3", layout, champion=current(layout))
     assert not reading.exists()  # two promotions later, it is gone
     assert len(list(layout.promoted_versions.iterdir())) == 2
 
@@ -86,10 +92,10 @@ def test_a_promotion_waits_for_the_one_holding_the_lock(setting):
     from filelock import FileLock
 
     layout, config, (first, second) = setting
-    promote(first, config, "run-1", layout)
+    promote(first, config, "run-1", layout, champion=current(layout))
     lock = FileLock(layout.promotion_lock)
     lock.acquire()
-    waiting = threading.Thread(target=promote, args=(second, config, "run-2", layout))
+    waiting = threading.Thread(target=promote, args=(second, config, "run-2", layout), kwargs={"champion": current(layout)})
     try:
         waiting.start()
         waiting.join(timeout=1.0)
@@ -102,25 +108,29 @@ def test_a_promotion_waits_for_the_one_holding_the_lock(setting):
     assert not waiting.is_alive() and promoted_bytes(layout) == second[0].pruned_model.read_bytes()
 
 
-def test_promotions_at_once_leave_one_linked_whole_version(setting):
+def test_of_promotions_measured_against_one_champion_at_once_one_wins_and_the_others_are_superseded(setting):
     layout, config, (first, second) = setting
+    promote(first, config, "run-0", layout, champion=None)
+    measured = current(layout)  # every run below measured its challenger against this champion
     start = threading.Barrier(8)
-    errors = []
+    errors, superseded = [], []
 
     def promote_after_barrier(result, run_id):
         start.wait()
         try:
-            promote(result, config, run_id, layout)
+            superseded.append(promote(result, config, run_id, layout, champion=measured))
         except Exception as error:  # reported below, with the thread's arguments
             errors.append((run_id, error))
 
-    threads = [threading.Thread(target=promote_after_barrier, args=((first, second)[i % 2], f"run-{i}"))
+    threads = [threading.Thread(target=promote_after_barrier, args=((first, second)[i % 2], f"run-{i + 1}"))
                for i in range(8)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(timeout=60)
     assert errors == []
+    winner = current(layout)
+    assert superseded.count(None) == 1 and superseded.count(winner) == 7  # one promoted; the others stood down
     versions = set(layout.promoted_versions.iterdir())
     assert len(versions) == 2 and layout.promoted.resolve() in versions  # the current one and the one it replaced
     metrics = json.loads((layout.promoted / "metrics.json").read_text())
@@ -137,7 +147,7 @@ def test_a_promoted_tflite_file_lands_beside_its_keras_model_with_its_figures(co
     result = target_result(0.8, accuracy=0.95, zip_bytes=500, model=model, files={"int8": (0.948, 120, 0.05)})
     file = result.deployable("int8")
     file.path.write_bytes(b"tflite flatbuffer")
-    promote((result, file), parse_config(config_dict), "run-1", layout)
+    promote((result, file), parse_config(config_dict), "run-1", layout, champion=current(layout))
     assert (layout.promoted / "model.tflite").read_bytes() == b"tflite flatbuffer"
     assert promoted_bytes(layout) == b"keras model"
     metrics = json.loads((layout.promoted / "metrics.json").read_text())
@@ -150,6 +160,37 @@ def test_a_promoted_tflite_file_lands_beside_its_keras_model_with_its_figures(co
 
 def test_a_promoted_keras_model_comes_without_a_tflite_file(setting):
     layout, config, (first, _) = setting
-    promote(first, config, "run-1", layout)
+    promote(first, config, "run-1", layout, champion=current(layout))
     assert not (layout.promoted / "model.tflite").exists()
     assert json.loads((layout.promoted / "metrics.json").read_text())["file"] == "model.h5"
+
+
+def test_promotions_at_once_with_a_registry_register_and_alias_the_winner_only(setting, mlflow_server):
+    from mlflow import MlflowClient
+
+    from tasks.config import RegistryConfig
+    from tasks.registry import CHAMPION, SweepRun
+
+    layout, config, (first, second) = setting
+    spec = RegistryConfig(tracking_uri=mlflow_server, experiment="at-once", model_name="at-once")
+    promote(first, config, "run-0", layout, SweepRun(spec, "run-0", "run-0"), champion=None)
+    measured, runs = current(layout), [SweepRun(spec, f"run-{i}", f"run-{i}") for i in range(1, 5)]
+    start, superseded = threading.Barrier(len(runs)), []
+
+    def promote_after_barrier(run):
+        start.wait()
+        superseded.append(promote(second, config, run.spec.experiment, layout, run, champion=measured))
+
+    threads = [threading.Thread(target=promote_after_barrier, args=(run,)) for run in runs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    winner = current(layout)
+    assert superseded.count(None) == 1 and superseded.count(winner) == len(runs) - 1
+    mlflow = MlflowClient(tracking_uri=mlflow_server, registry_uri=mlflow_server)
+    versions = sorted(mlflow.search_model_versions("name = 'at-once'"), key=lambda v: int(v.version))
+    assert [v.version for v in versions] == ["1", "2"]  # the runs that stood down registered nothing
+    assert mlflow.get_registered_model("at-once").aliases == {CHAMPION: "2"}
+    assert versions[1].tags["pruneflow.version_folder"] == winner and versions[1].tags["target"] == "0.9"
+    assert not layout.promotion_journal.exists()

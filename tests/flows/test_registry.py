@@ -1,0 +1,138 @@
+"""The model registry: sweeps logged in a real MLflow server, promotions registered as versions,
+the `champion` alias moved only when the challenger wins, and a promotion killed between its
+steps rolled back in the folder and the registry alike."""
+
+import os
+import signal
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+from flows.sweep import sweep_flow
+from tasks.config import parse_config
+from tasks.faults import POINTS
+from tasks.layout import OutputLayout
+from tasks.promote import recover
+from tasks.registry import CHAMPION
+from tests.helpers import Cli
+
+
+def registry_config(config_dict, uri: str, targets, **gate) -> dict:
+    """The tiny config, sweeping `targets`, logged in its own experiment and model on `uri`."""
+    name = config_dict.setdefault("registry", {"tracking_uri": uri, "experiment": f"e-{uuid.uuid4().hex[:8]}",
+                                               "model_name": f"m-{uuid.uuid4().hex[:8]}"})
+    return {**config_dict, "registry": name, "sweep": {"targets": targets, "max_accuracy_drop": 100.0, "min_sparsity": 0.0, **gate}}
+
+
+def client(uri: str):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def champion(config) -> tuple[str | None, str | None]:
+    """(the version folder `promoted` points to, the version the `champion` alias points to)."""
+    layout = OutputLayout(root=config.output_root)
+    folder = layout.promoted.resolve().name if layout.promoted.is_symlink() else None
+    model = client(config.registry.tracking_uri).get_registered_model(config.registry.model_name)
+    return folder, model.aliases.get(CHAMPION)
+
+
+def test_sweeps_register_a_version_and_move_the_alias_only_when_the_challenger_wins(
+    prefect_server, mlflow_server, config_dict
+):
+    mlflow = client(mlflow_server)
+    first = parse_config(registry_config(config_dict, mlflow_server, [0.3]))
+    outcomes = [sweep_flow(first)]
+    # 0.6 zips smaller than the 0.3 champion: it wins. Then 0.3 alone, bigger: it loses.
+    for targets in ([0.3, 0.6], [0.3]):
+        outcomes.append(sweep_flow(parse_config(registry_config(config_dict, mlflow_server, targets))))
+    assert [o.decision.verdict for o in outcomes] == ["promoted (no champion yet)", "promoted", "kept the champion"]
+
+    name, experiment = first.registry.model_name, mlflow.get_experiment_by_name(first.registry.experiment)
+    versions = sorted(mlflow.search_model_versions(f"name = '{name}'"), key=lambda v: int(v.version))
+    assert [v.version for v in versions] == ["1", "2"]  # the losing challenger registered nothing
+    assert [v.tags["target"] for v in versions] == ["0.3", "0.6"]
+    assert mlflow.get_registered_model(name).aliases == {CHAMPION: "2"}
+    folder, alias = champion(first)
+    assert folder == versions[1].tags["pruneflow.version_folder"] and alias == "2"
+    assert {f.path for f in mlflow.list_artifacts(versions[1].run_id, "promoted")} == {
+        "promoted/model.h5", "promoted/model.tflite", "promoted/config.json", "promoted/metrics.json"
+    }
+
+    runs = mlflow.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
+    assert [r.data.tags["pruneflow.decision"] for r in runs] == [o.decision.verdict for o in outcomes]
+    assert [r.data.tags["pruneflow.challenger"] for r in runs] == ["promoted", "promoted", "rejected"]
+    assert [r.info.status for r in runs] == ["FINISHED"] * 3
+    assert versions[1].run_id == runs[1].info.run_id
+    rejected = runs[2]
+    assert "not smaller" in rejected.data.tags["pruneflow.reasons"]
+    assert rejected.data.params["pruning.kind"] == "constant" and rejected.data.params["sweep.targets"] == "[0.3]"
+    result, file = outcomes[2].chosen
+    assert rejected.data.metrics["target_0.30/int8/accuracy"] == pytest.approx(file.accuracy)
+    assert rejected.data.metrics["target_0.30/int8/zip_bytes"] == file.zip_bytes
+    assert rejected.data.metrics["champion/zip_bytes"] == outcomes[2].decision.champion.zip_bytes
+    assert {f.path for f in mlflow.list_artifacts(rejected.info.run_id)} == {"sweep.md", "sweep.json", "sweep.png"}
+
+
+def test_without_a_tracking_uri_nothing_is_logged(prefect_server, mlflow_server, config_dict):
+    before = len(client(mlflow_server).search_experiments())
+    outcome = sweep_flow(parse_config({**config_dict, "sweep": {"targets": [0.3], "max_accuracy_drop": 100.0, "min_sparsity": 0.0}}))
+    assert outcome.decision.promote
+    assert len(client(mlflow_server).search_experiments()) == before
+
+
+def test_an_unreachable_registry_fails_the_sweep_before_any_training(prefect_server, config_dict, monkeypatch):
+    from deployments.local import free_port
+
+    from tasks.errors import PruneflowError
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    uri = f"http://127.0.0.1:{free_port()}"
+    state = sweep_flow(parse_config(registry_config(config_dict, uri, [0.3])), return_state=True)
+    with pytest.raises(PruneflowError, match=rf"MLflow at registry.tracking_uri {uri} failed while opening a run"):
+        state.result()
+    assert not (Path(config_dict["output_root"]) / "artifacts" / "prune_train").exists()
+
+
+def test_a_promotion_killed_between_its_steps_leaves_the_previous_champion_everywhere(
+    prefect_server, mlflow_server, config_dict, tmp_path
+):
+    first = parse_config(registry_config(config_dict, mlflow_server, [0.3]))
+    sweep_flow(first)
+    before = champion(first)
+    assert before[1] == "1"
+    layout, path = OutputLayout(root=first.output_root), tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(registry_config(config_dict, mlflow_server, [0.3, 0.6])))  # 0.6 wins
+
+    rolled_back = []
+    # Registered in MLflow; the link switched; the alias moved too. (Killed with the folder merely
+    # written, nothing was switched: tests/tasks/test_promote.py.)
+    for point in POINTS[1:]:
+        killed = Cli(path, "sweep", PRUNEFLOW_INJECT_FAULT=f"hang@{point}")
+        try:
+            killed.wait_for("pruneflow: hanging")
+            os.kill(killed.process.pid, signal.SIGKILL)
+            assert killed.finish() == -signal.SIGKILL
+        finally:
+            killed.stop()
+        assert layout.promotion_journal.is_file(), point  # killed before its commit
+        after_kill = champion(first)
+        assert (after_kill == before) == (point == "promote:registered"), point
+
+        # What the next sweep does first: the link and the alias go back.
+        journal = recover(layout)
+        assert journal.previous == before[0] and journal.previous_registered == "1", point
+        assert champion(first) == before and not layout.promotion_journal.exists(), point
+        version = client(mlflow_server).get_model_version(first.registry.model_name, journal.registered)
+        assert version.tags["pruneflow.rolled_back"] == "true", point  # registered on the way, never champion
+        rolled_back.append(journal.registered)
+
+    # And the next sweep promotes the winner whole.
+    outcome = sweep_flow(parse_config(yaml.safe_load(path.read_text())))
+    assert outcome.decision.verdict == "promoted"
+    folder, alias = champion(first)
+    assert folder != before[0] and alias not in ("1", *rolled_back)
+    assert (layout.promoted / "metrics.json").is_file()
