@@ -22,10 +22,12 @@ may lose the last promotion.)
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -140,11 +142,26 @@ def roll_back(layout: OutputLayout) -> Journal | None:
     return journal
 
 
+@contextlib.contextmanager
+def promotion_lock(layout: OutputLayout) -> Iterator[None]:
+    """Hold the promotion lock, saying so in the log when another promotion holds it."""
+    lock = FileLock(layout.promotion_lock)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        run_logger().info("Another promotion is under way in %s: waiting for it to finish", layout.root)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 def recover(layout: OutputLayout) -> Journal | None:
     """Roll back a promotion that was killed, before anything reads the champion."""
     if not layout.promotion_journal.is_file():
         return None
-    with FileLock(layout.promotion_lock):
+    with promotion_lock(layout):
         return roll_back(layout)
 
 
@@ -163,13 +180,7 @@ def promote(
         nothing is done, since the challenger has not been measured against that one.
     """
     layout.promoted_versions.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(layout.promotion_lock)
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        run_logger().info("Another promotion is under way in %s: waiting for it to finish", layout.root)
-        lock.acquire()
-    with lock:
+    with promotion_lock(layout):
         roll_back(layout)
         previous = layout.promoted.resolve() if layout.promoted.is_symlink() else None
         if (previous and previous.name) != champion:
