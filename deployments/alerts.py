@@ -169,7 +169,8 @@ def ensure_alerts(
                 client.delete_automation(existing.id)
                 continue
             ids[existing.name] = existing.id
-            if AutomationCore(**existing.model_dump()).model_dump(mode="json") != automation.model_dump(mode="json"):
+            # Compared as models: their sets (`expect`) dump in an arbitrary order.
+            if AutomationCore(**existing.model_dump()) != automation:
                 client.update_automation(existing.id, automation)
         for name, automation in wanted.items():
             if name not in ids:

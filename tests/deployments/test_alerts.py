@@ -1,5 +1,6 @@
 """pruneflow's alerts on a real Prefect server and worker: what reaches a webhook started here, and what does not."""
 
+import contextlib
 import json
 import threading
 import time
@@ -91,6 +92,25 @@ def nightly(live, receiver):
             remove_alerts()
             with get_client(sync_client=True) as client:
                 assert not [a for a in client.read_automations() if a.name.startswith(PREFIX)]
+
+
+@contextlib.contextmanager
+def flows_in_this_process(live):
+    """Run flows in this process against the live server, then drain what they left to send.
+
+    Prefect keeps one events worker and one log worker per process, bound to the server of the
+    moment they started: undrained, they would go on sending the later tests' events and logs
+    (task runs are recorded from events) to this server after it stops.
+    """
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    with temporary_settings(updates={PREFECT_API_URL: live.api}):
+        try:
+            yield
+        finally:
+            EventsWorker.drain_all()
+            APILogWorker.drain_all()
 
 
 def ours(client) -> list:
@@ -198,7 +218,7 @@ def test_a_sweep_that_regressed_is_sent_with_its_name_and_figures(live, receiver
     # The same line of runs (its `sweep` section aside), promoting the bigger 0.3 file: with the
     # champion removed by hand there is nothing for it to beat.
     second = parse_config({**config_dict, "sweep": {"targets": [0.3], "max_accuracy_drop": 100.0, "min_sparsity": 0.0}})
-    with temporary_settings(updates={PREFECT_API_URL: live.api}):
+    with flows_in_this_process(live):
         before = sweep_flow(first, return_state=True)
         assert before.is_completed(), before.message
         (first.output_root / "promoted").unlink()
