@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pwd
 import signal
 import socket
 import subprocess
@@ -21,9 +22,17 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def server_env(port: int, base: dict[str, str] | None = None) -> dict[str, str]:
-    """Environment for a server on 127.0.0.1:port and for the clients and workers that use it."""
+def server_env(port: int, base: dict[str, str] | None = None, database_url: str | None = None) -> dict[str, str]:
+    """Environment for a server on 127.0.0.1:port and for the clients and workers that use it.
+
+    Args:
+        database_url: the server's database, e.g. `postgresql+asyncpg://prefect@127.0.0.1:5432/prefect`
+            (deployments.postgres); without it, the server's default, SQLite under PREFECT_HOME.
+            Give it to the server's environment only: clients and workers need no database.
+    """
     env = dict(os.environ if base is None else base)
+    if database_url is not None:
+        env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = database_url
     env.update(
         PREFECT_API_URL=f"http://127.0.0.1:{port}/api",
         PREFECT_SERVER_API_HOST="127.0.0.1",
@@ -35,6 +44,14 @@ def server_env(port: int, base: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def as_user(user: str | None) -> dict:
+    """subprocess keywords to run as the system user `user` (we must be root), with its group and
+    none of ours; none for None."""
+    if user is None:
+        return {}
+    return {"user": user, "group": pwd.getpwnam(user).pw_gid, "extra_groups": []}
+
+
 @dataclass
 class Process:
     """A child process in its own session, so that stopping it stops its children too."""
@@ -44,13 +61,15 @@ class Process:
     env: dict[str, str]
     log: Path
     cwd: Path | None = None
+    user: str | None = None  # a system user to run as (we must be root), with its group only
     popen: subprocess.Popen | None = field(default=None, repr=False)
 
     def start(self) -> Process:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as out:
             self.popen = subprocess.Popen(
-                self.args, env=self.env, cwd=self.cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+                self.args, env=self.env, cwd=self.cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                **as_user(self.user),
             )
         return self
 
@@ -98,5 +117,7 @@ def start_server(port: int, env: dict[str, str], log: Path) -> Process:
     return server
 
 
-def start_worker(pool: str, env: dict[str, str], log: Path, cwd: Path | None = None) -> Process:
-    return Process("worker", [PREFECT, "worker", "start", "--pool", pool, "--type", "process"], env, log, cwd).start()
+def start_worker(pool: str, env: dict[str, str], log: Path, cwd: Path | None = None, limit: int | None = None) -> Process:
+    """A process worker on `pool`; `limit`: at most that many flow runs at a time (default: no limit)."""
+    args = [PREFECT, "worker", "start", "--pool", pool, "--type", "process"]
+    return Process("worker", args + (["--limit", str(limit)] if limit else []), env, log, cwd).start()

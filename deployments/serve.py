@@ -1,11 +1,14 @@
-"""Try pruneflow's deployments on one machine: a server, the GPU work pool, the deployments, a worker.
+"""Try pruneflow's deployments on one machine: PostgreSQL, a server, the GPU work pool, the deployments, a worker.
 
-    .venv/bin/python -m deployments.serve [--port 4200] [--timezone UTC] [--demo-dir demo] [--alert-webhook URL]
+    .venv/bin/python -m deployments.serve [--port 4200] [--timezone UTC] [--demo-dir demo] [--state-dir .state]
+                                          [--alert-webhook URL]
 
-Prepares the demo (its data are the deployments' default parameters), starts `prefect server`
-on 127.0.0.1, creates the process work pool, applies the `nightly` and `manual` deployments of both flows
-(and, with --alert-webhook, the alerts of docs/alerts.md), and starts a worker on the pool. Ctrl-C stops
-the worker and the server, by their PIDs.
+Prepares the demo (its data are the deployments' default parameters), starts a PostgreSQL
+cluster of its own in STATE_DIR/postgres (made on first use, reused after, so runs are kept)
+on a free port of 127.0.0.1, starts `prefect server` on 127.0.0.1 with its database there,
+creates the process work pool, applies the `nightly` and `manual` deployments of both flows
+(and, with --alert-webhook, the alerts of docs/alerts.md), and starts a worker on the pool.
+Ctrl-C stops the worker, the server and PostgreSQL, by their PIDs.
 """
 
 from __future__ import annotations
@@ -17,8 +20,10 @@ import time
 from pathlib import Path
 
 from deployments.gpu import REPO, DeploymentSettings, apply
-from deployments.local import server_env, start_server, start_worker
+from deployments.local import free_port, server_env, start_server, start_worker
+from deployments.postgres import start_postgres
 from tasks.confine import ROOTS_ENV
+from tasks.errors import PruneflowError
 
 
 def _interrupt(signum, frame) -> None:
@@ -31,6 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pool", default="pruneflow-gpu")
     parser.add_argument("--timezone", default="UTC", help="time zone of the nightly 02:00 schedule")
     parser.add_argument("--demo-dir", type=Path, default=REPO / "demo")
+    parser.add_argument(
+        "--state-dir", type=Path, default=REPO / ".state",
+        help="where the server's PostgreSQL cluster lives (STATE_DIR/postgres), kept from one start to the next",
+    )
     parser.add_argument("--alert-webhook", help="URL to post alerts to as JSON {subject, body} (docs/alerts.md)")
     args = parser.parse_args(argv)
 
@@ -46,10 +55,13 @@ def main(argv: list[str] | None = None) -> int:
     # Runs started from the UI may read and write the demo's folder only.
     env.update({name: str(args.demo_dir.resolve()) for name in ROOTS_ENV.values()})
     logs = args.demo_dir / "logs"
-    print(f"Starting the Prefect server on 127.0.0.1:{args.port} (log: {logs / 'server.log'})", flush=True)
-    server = start_server(args.port, env, logs / "server.log")
-    worker = None
+    postgres = server = worker = None
     try:
+        print(f"Starting PostgreSQL in {args.state_dir / 'postgres'} (log: {logs / 'postgres.log'})", flush=True)
+        postgres = start_postgres(args.state_dir / "postgres", free_port(), logs / "postgres.log")
+        print(f"Starting the Prefect server on 127.0.0.1:{args.port} (log: {logs / 'server.log'})", flush=True)
+        # The database URL goes to the server only: the worker and its flow runs need none.
+        server = start_server(args.port, server_env(args.port, env, postgres.url()), logs / "server.log")
         settings = DeploymentSettings(
             work_pool=args.pool, timezone=args.timezone, demo_dir=args.demo_dir, alert_webhook=args.alert_webhook
         )
@@ -58,22 +70,26 @@ def main(argv: list[str] | None = None) -> int:
         worker = start_worker(args.pool, env, logs / "worker.log", cwd=REPO)
         print(
             f"\nUI: http://127.0.0.1:{args.port}  (server PID {server.pid}, worker PID {worker.pid}, "
-            f"log {logs / 'worker.log'})\n"
+            f"PostgreSQL PID {postgres.pid} on port {postgres.port}, log {logs / 'worker.log'})\n"
             f"Run it now: Deployments > prune/manual > Run > Custom run, or\n"
             f"  PREFECT_API_URL={env['PREFECT_API_URL']} .venv/bin/prefect deployment run prune/manual\n"
-            "Ctrl-C stops the worker and the server.",
+            "Ctrl-C stops the worker, the server and PostgreSQL.",
             flush=True,
         )
-        while server.running() and worker.running():
+        while server.running() and worker.running() and postgres.running():
             time.sleep(1)
-        print("The server or the worker stopped; see their logs.", file=sys.stderr)
+        print("PostgreSQL, the server or the worker stopped; see their logs.", file=sys.stderr)
         return 1
+    except PruneflowError as error:
+        print(f"serve: error: {error}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 0
     finally:
-        if worker is not None:
-            worker.stop()
-        server.stop()
+        # The server before its database, so that it does not lose it mid-request.
+        for process in (worker, server, postgres):
+            if process is not None:
+                process.stop()
 
 
 if __name__ == "__main__":

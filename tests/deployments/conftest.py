@@ -1,6 +1,9 @@
-"""A real Prefect server, work pool, deployments and worker, shared by the tests in this folder."""
+"""A real Prefect server on PostgreSQL, work pool, deployments and worker, shared by the tests in this folder."""
 
-from dataclasses import dataclass
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -8,15 +11,50 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from deployments.gpu import REPO, DeploymentSettings, apply
 from deployments.local import free_port, server_env, start_server, start_worker
+from deployments.postgres import Postgres, bin_dir, start_postgres
 from tasks.confine import ROOTS_ENV
+from tasks.errors import PruneflowError
 
 POOL = "pruneflow-gpu"
+
+
+def require_postgresql() -> None:
+    """Skip where Debian's postgresql is not installed, except in CI, whose .ci/run installs it."""
+    try:
+        bin_dir()
+    except PruneflowError as missing:
+        if os.environ.get("CI"):
+            pytest.fail(f"{missing} (.ci/run installs it)")
+        pytest.skip(str(missing))
+
+
+def postgres_folder() -> Path:
+    """A new folder for a PostgreSQL cluster, under the system's temporary folder.
+
+    Not under pytest's: as root, PostgreSQL runs as the `postgres` user, who cannot enter
+    /tmp/pytest-of-root (0700). This one it can enter (0711), so a cluster may be made in it or
+    in a folder below it. Remove it with shutil.rmtree once the cluster has stopped.
+    """
+    folder = Path(tempfile.mkdtemp(prefix="pruneflow-test-postgres-"))
+    folder.chmod(0o711)
+    return folder
+
+
+@pytest.fixture
+def cluster_folder():
+    """A folder for a cluster of the test's own, removed afterwards."""
+    require_postgresql()
+    folder = postgres_folder()
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 @dataclass
 class Live:
     port: int
     home: Path
+    postgres: Postgres | None = None  # the server's database
+    env: dict[str, str] = field(default_factory=dict)  # for clients and workers (no database URL)
 
     @property
     def api(self) -> str:
@@ -37,7 +75,8 @@ class Live:
 
 @pytest.fixture(scope="package")
 def live(tmp_path_factory):
-    """Server, work pool, both deployments and a process worker; all stopped by PID at the end."""
+    """PostgreSQL, a server on it, the work pool, the deployments and a process worker; all stopped by
+    PID at the end, the server before its database."""
     home = tmp_path_factory.mktemp("prefect-live")
     port = free_port()
     env = server_env(port)
@@ -49,17 +88,19 @@ def live(tmp_path_factory):
     # The worker's runs may use this session's temporary folders (the tiny data, the baselines,
     # the outputs, the demo) and nothing else.
     env.update({name: str(tmp_path_factory.getbasetemp()) for name in ROOTS_ENV.values()})
-    server = start_server(port, env, home / "server.log")
-    worker = None
+    require_postgresql()
+    folder = postgres_folder()
+    postgres = server = worker = None
     try:
+        postgres = start_postgres(folder, free_port(), home / "postgres.log")
+        server = start_server(port, server_env(port, env, postgres.url()), home / "server.log")
         with temporary_settings(updates={PREFECT_API_URL: env["PREFECT_API_URL"]}):
             apply(DeploymentSettings(work_pool=POOL, demo_dir=Live(port, home).demo_dir))
             worker = start_worker(POOL, env, home / "worker.log", cwd=REPO)
-            yield Live(port=port, home=home)
+            yield Live(port=port, home=home, postgres=postgres, env=env)
     finally:
-        if worker is not None:
-            worker.stop()
-        server.stop()
-        assert not server.running() and (worker is None or not worker.running())
-
-
+        started = [process for process in (worker, server, postgres) if process is not None]
+        for process in started:
+            process.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+        assert not any(process.running() for process in started)

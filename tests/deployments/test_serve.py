@@ -1,4 +1,4 @@
-"""`python -m deployments.serve`: everything up for a user on one machine, and all of it stopped."""
+"""`python -m deployments.serve`: everything up for a user on one machine, on PostgreSQL, and all of it stopped."""
 
 import os
 import re
@@ -19,12 +19,13 @@ def alive(pid: int) -> bool:
     return True
 
 
-def test_serve_starts_server_pool_deployments_and_worker_and_stops_them(live, tmp_path):
+def test_serve_starts_postgres_server_pool_deployments_and_worker_and_stops_them(live, tmp_path, cluster_folder):
     port = free_port()
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PYTHONUNBUFFERED": "1"}
     env.pop("PREFECT_API_URL", None)
     serve = subprocess.Popen(
-        [sys.executable, "-m", "deployments.serve", "--port", str(port), "--demo-dir", str(live.prepared_demo())],
+        [sys.executable, "-m", "deployments.serve", "--port", str(port), "--demo-dir", str(live.prepared_demo()),
+         "--state-dir", str(cluster_folder)],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )
     try:
@@ -35,8 +36,10 @@ def test_serve_starts_server_pool_deployments_and_worker_and_stops_them(live, tm
                 break
         else:
             raise AssertionError("serve ended before it was up:\n" + "".join(output[-40:]))
-        server_pid, worker_pid = map(int, re.search(r"server PID (\d+), worker PID (\d+)", line).groups())
-        assert alive(server_pid) and alive(worker_pid)
+        server_pid, worker_pid, postgres_pid = map(
+            int, re.search(r"server PID (\d+), worker PID (\d+), PostgreSQL PID (\d+)", line).groups()
+        )
+        assert alive(server_pid) and alive(worker_pid) and alive(postgres_pid)
         url = f"http://127.0.0.1:{port}/api/deployments/name/prune/manual"
         with urllib.request.urlopen(url, timeout=10) as response:
             assert response.status == 200
@@ -46,4 +49,5 @@ def test_serve_starts_server_pool_deployments_and_worker_and_stops_them(live, tm
         if serve.poll() is None:
             os.killpg(serve.pid, signal.SIGKILL)
             serve.wait()
-    assert not alive(server_pid) and not alive(worker_pid)
+    assert not alive(server_pid) and not alive(worker_pid) and not alive(postgres_pid)
+    assert (cluster_folder / "postgres" / "data" / "PG_VERSION").is_file()  # kept for the next start

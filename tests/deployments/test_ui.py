@@ -65,23 +65,19 @@ def test_custom_run_form_starts_a_run_that_completes(live, browser):
         )
         failed_requests = []
         page.on("response", lambda r: r.status >= 400 and failed_requests.append(f"{r.status} {r.request.method} {r.url}"))
-        # The run exists once the server has it. On a busy machine the UI sometimes shows
-        # "Something went wrong" for a submission; a person would press Submit again.
-        started = set()
-        for attempt in range(3):
-            page.get_by_role("button", name="Submit").click()  # waits until the button is enabled
-            deadline = time.monotonic() + 30
-            while not (started := flow_run_ids(deployment.id) - before) and time.monotonic() < deadline:
-                time.sleep(0.5)
-            if started:
-                break
+        page.get_by_role("button", name="Submit").click()  # waits until the button is enabled
+        # One press makes one run, once the server has it. (On SQLite the server sometimes
+        # answered 503 under load, and the test pressed again; on PostgreSQL it must not need to.)
+        deadline = time.monotonic() + 60
+        while not (started := flow_run_ids(deployment.id) - before) and time.monotonic() < deadline:
+            time.sleep(0.5)
         if not started:
             SCREENSHOTS.mkdir(exist_ok=True)
             page.screenshot(path=str(SCREENSHOTS / "ui-submit-no-run.png"), full_page=True)
-            pytest.fail(f"3 clicks on Submit created no flow run; failed requests: {failed_requests}")
-        if attempt:
-            print(f"Submit needed {attempt + 1} clicks; failed requests: {failed_requests}")
-        flow_run_id = next(iter(started))  # a late first submission may have made a second run
+            pytest.fail(f"Submit created no flow run in 60 s; failed requests: {failed_requests}")
+        assert len(started) == 1, started
+        assert not [failed for failed in failed_requests if failed.startswith("5")], failed_requests
+        [flow_run_id] = started
         deadline = time.monotonic() + 300
         while not (flow_run := client.read_flow_run(flow_run_id)).state.is_final():
             assert time.monotonic() < deadline, "the run started from the UI did not finish"
