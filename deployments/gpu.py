@@ -6,8 +6,9 @@ for GPU workers:
   configurable time zone);
 - `manual`, without a schedule, for runs started from the UI with custom parameters.
 Their default parameters run the bundled demo dataset, prepared by `pruneflow demo` under
-`demo_dir` on the worker's machine. With an alert webhook or block, the nightly deployments
-also get alerts (deployments.alerts).
+`demo_dir` on the worker's machine. Training stages take a slot of a concurrency limit,
+`gpu_slots` wide (one training per GPU, however many runs and workers). With an alert webhook
+or block, the nightly deployments also get alerts (deployments.alerts).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from deployments.alerts import MISSING_NIGHTLY_AFTER, ensure_alerts
 from tasks.config import RunConfig, parse_config
 from tasks.demo import demo_config_text
+from tasks.stage import TRAINING_TAG
 
 REPO = Path(__file__).resolve().parents[1]
 ENTRYPOINT = "flows/prune.py:prune_flow"
@@ -40,6 +42,10 @@ class DeploymentSettings(BaseModel):
     sweep_cron: str = Field("0 3 * * *", description="Schedule of the nightly sweep.")
     timezone: str = Field("UTC", description="Time zone of the cron schedule, e.g. Europe/Paris.")
     gpu_devices: str = Field("0", description="CUDA_VISIBLE_DEVICES for flow runs on a process worker.")
+    gpu_slots: int = Field(
+        1, ge=1, description="Trainings at once across all runs and workers: one per GPU (a concurrency limit on the "
+        f"training stages' tag, {TRAINING_TAG}).",
+    )
     demo_dir: Path = Field(REPO / "demo", description="Where `pruneflow demo` put the demo dataset.")
     alert_webhook: str | None = Field(
         None,
@@ -166,6 +172,16 @@ def kubernetes_base_job_template() -> dict:
     return json.loads(KUBERNETES_TEMPLATE.read_text())
 
 
+def ensure_training_limit(slots: int) -> None:
+    """At most `slots` training stages at once, whichever flow run or worker runs them: Prefect's
+    concurrency limit on TRAINING_TAG (created, or set to `slots`). A training waits for a slot;
+    a worker that dies frees its slot when the slot's lease runs out."""
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        client.create_concurrency_limit(tag=TRAINING_TAG, concurrency_limit=slots)
+
+
 def ensure_process_pool(name: str) -> None:
     """Create the process work pool, or give an existing process pool the locked-down template."""
     from prefect import get_client
@@ -184,13 +200,14 @@ def ensure_process_pool(name: str) -> None:
 
 
 def apply(settings: DeploymentSettings | None = None) -> list:
-    """Create the work pool if needed, apply the four deployments to the current Prefect API, and
-    the alerts if the settings name where they go."""
+    """Create the work pool if needed, the training concurrency limit, apply the four deployments
+    to the current Prefect API, and the alerts if the settings name where they go."""
     from prefect import get_client
     from prefect.deployments.runner import deploy
 
     settings = settings or DeploymentSettings()
     ensure_process_pool(settings.work_pool)
+    ensure_training_limit(settings.gpu_slots)
     deployments = build_deployments(settings)
     ids = deploy(
         *deployments, work_pool_name=settings.work_pool,

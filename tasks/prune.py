@@ -27,7 +27,7 @@ from tasks.models import ModelFile, compile_model, load_model, make_optimizer, r
 from tasks.progress import epoch_progress
 from tasks.schedule import at_target, to_tfmot
 from tasks.selection import LayerPlan, plan_layers, plan_table
-from tasks.stage import Stage
+from tasks.stage import TRAINING_TAG, Stage
 from tasks.store import StoredArtifact
 
 if TYPE_CHECKING:
@@ -342,7 +342,7 @@ def describe_training(trained: TrainedModel) -> str:
 
 prune_train = Stage(
     "prune_train", train_pruned, check=check_prunable, describe=describe_training, resumable=True,
-    retry_if=is_transient,
+    retry_if=is_transient, tags=(TRAINING_TAG,),
 )
 strip = Stage(
     "strip", strip_model,

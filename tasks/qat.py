@@ -22,7 +22,7 @@ from tasks.log import run_logger
 from tasks.models import (
     ModelFile, compile_model, load_model, make_optimizer, outputs_probabilities, require_graph_model, save_model,
 )
-from tasks.stage import Stage
+from tasks.stage import TRAINING_TAG, Stage
 from tasks.store import StoredArtifact
 
 if TYPE_CHECKING:
@@ -105,4 +105,6 @@ def describe(quantized: QuantizedModel) -> str:
     return f"{quantized.seconds:.1f} s of quantization-aware training; final val accuracy {quantized.final_val_accuracy:.4f}"
 
 
-quantize_train = Stage("quantize_train", train_quantized, check=check_quantizable, describe=describe)
+quantize_train = Stage(
+    "quantize_train", train_quantized, check=check_quantizable, describe=describe, tags=(TRAINING_TAG,)
+)

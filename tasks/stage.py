@@ -187,6 +187,12 @@ def timed(name: str) -> Iterator[None]:
             seconds[name] = round(time.perf_counter() - started, 3)
 
 
+# The tag of the stages that train on the accelerator. A Prefect concurrency limit on it (the
+# deployments create one, `gpu_slots` wide) keeps one training per GPU, across flow runs and
+# workers; without a limit on the server (a local run) the tag does nothing.
+TRAINING_TAG = "pruneflow-training"
+
+
 @dataclasses.dataclass(frozen=True)
 class Stage(Generic[A]):
     """One stage of the pipeline.
@@ -203,6 +209,7 @@ class Stage(Generic[A]):
         retry_if: which exceptions are worth a retry (the retries themselves are set per run,
             see `retrying`).
         retries, retry_delay_seconds: of the stage's task; the delay doubles at each retry.
+        tags: of the stage's task runs (TRAINING_TAG for the stages that train).
     """
 
     name: str
@@ -213,6 +220,7 @@ class Stage(Generic[A]):
     retry_if: Callable[[BaseException], bool] | None = None
     retries: int = 0
     retry_delay_seconds: float = 0.0
+    tags: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         params = list(inspect.signature(self.build).parameters)
@@ -295,7 +303,7 @@ class Stage(Generic[A]):
         return task(
             run, name=self.name, cache_policy=NONE, persist_result=False, retries=self.retries,
             retry_delay_seconds=exponential_backoff(backoff_factor=self.retry_delay_seconds) if self.retries else 0,
-            retry_condition_fn=retry_condition,
+            retry_condition_fn=retry_condition, tags=list(self.tags),
         )
 
     def __call__(self, store: ArtifactStore, /, **inputs: Any) -> A:

@@ -1,0 +1,35 @@
+"""Many presses of Run at once on the PostgreSQL-backed server, two workers, one GPU slot."""
+
+from pathlib import Path
+
+from prefect.settings import PREFECT_API_URL, temporary_settings
+
+from deployments.gpu import REPO
+from deployments.load import create_at_once, most_at_once, task_intervals, wait_for
+from deployments.local import start_worker
+from tests.deployments.conftest import POOL
+from tests.helpers import task_runs
+
+RUNS, CONFIGS = 10, 4
+
+
+def test_ten_runs_at_once_on_two_workers_all_complete_and_never_train_two_at_once(live, config_dict, tmp_path):
+    # Four configs (their own output roots: four real trainings), each pressed two or three times, all at once.
+    configs = [{**config_dict, "output_root": str(tmp_path / f"outputs-{i}")} for i in range(CONFIGS)]
+    second = start_worker(POOL, live.env, live.home / "worker-2.log", cwd=REPO)
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: live.api}):
+            pressed = create_at_once("prune/manual", [{"config": configs[i % CONFIGS]} for i in range(RUNS)])
+            ids = pressed.ids
+            outcome = wait_for(ids, timeout=600)
+            states = [task_runs(flow_run) for flow_run in ids]  # once the server has recorded them all
+            trainings = task_intervals(ids, "prune_train")
+    finally:
+        second.stop()
+    assert pressed.errors == [] and len(ids) == RUNS
+    assert outcome.completed == RUNS and outcome.stuck == [] and outcome.missing == []
+    trained = [state for runs in states for name, state, _ in runs if name == "prune_train"]
+    assert len(trained) == RUNS and trained.count("Completed") == CONFIGS  # the others reused a training
+    assert len(trainings) == RUNS and most_at_once(trainings) == 1  # one GPU slot: one training at a time
+    for i in range(CONFIGS):
+        assert len(list((Path(configs[i]["output_root"]) / "artifacts" / "prune_train").glob("[!.]*"))) == 1
