@@ -145,7 +145,9 @@ def task_runs(flow_run_id, settle: float = 1.0, timeout: float = 30.0) -> list[t
         with get_client(sync_client=True) as client:
             runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
         runs.sort(key=lambda run: run.start_time or run.expected_start_time)
-        return [(run.name.rsplit("-", 1)[0], run.state.name if run.state.is_final() else "", run.run_count) for run in runs]
+        # A task run can be on record a moment before its first state.
+        final = [run.state is not None and run.state.is_final() for run in runs]
+        return [(run.name.rsplit("-", 1)[0], run.state.name if done else "", run.run_count) for run, done in zip(runs, final)]
 
     deadline, seen, since = time.monotonic() + timeout, None, time.monotonic()
     while True:
