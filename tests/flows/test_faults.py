@@ -9,7 +9,6 @@ import os
 import signal
 from pathlib import Path
 
-import pytest
 import yaml
 
 from flows.cli import main
