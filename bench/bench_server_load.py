@@ -55,7 +55,7 @@ def run_backend(backend: str, config: dict, args) -> dict:
     from deployments.postgres import start_postgres
     from tasks.confine import ROOTS_ENV
 
-    home = args.workdir / backend
+    home = (args.workdir / backend).resolve()  # absolute: the flow runs start in the repository
     shutil.rmtree(home, ignore_errors=True)
     shutil.rmtree(Path(config["output_root"]), ignore_errors=True)
     port = free_port()

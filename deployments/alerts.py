@@ -3,7 +3,8 @@
 Each automation sends its message through one Prefect notification block: a generic webhook
 saved here (WEBHOOK_BLOCK, posting JSON {"subject": ..., "body": ...}), or a block the team
 made (Slack, Microsoft Teams, Sendgrid email: see docs/alerts.md). `ensure_alerts` creates them or
-brings them up to date, so running it again leaves one of each; `remove_alerts` deletes them.
+brings them up to date (deployments.automations), so running it again leaves one of each;
+`remove_alerts` deletes them.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Mapping
 from datetime import timedelta
 from uuid import UUID
 
+from deployments.automations import describe, sync_automations
 from tasks.errors import PruneflowError
 from tasks.events import REGRESSION_EVENT
 
@@ -44,15 +46,6 @@ History: {{ p.history }}"""
 
 def missing_name(deployment: str) -> str:
     return f"{PREFIX}no completed {deployment}"
-
-
-def describe(window: timedelta) -> str:
-    """`window` in the largest whole unit: "26 hours", "90 minutes", "12 seconds"."""
-    seconds = int(window.total_seconds())
-    for unit, size in (("hour", 3600), ("minute", 60), ("second", 1)):
-        if seconds % size == 0:
-            count = seconds // size
-            return f"{count} {unit}{'' if count == 1 else 's'}"
 
 
 def notification_block(webhook: str | None, block: str | None) -> UUID:
@@ -155,27 +148,7 @@ def ensure_alerts(
     Returns:
         The automations' ids by name.
     """
-    from prefect import get_client
-    from prefect.events.schemas.automations import AutomationCore
-
-    wanted = {a.name: a for a in alert_automations(nightly, notification_block(webhook, block), missing_after)}
-    ids = {}
-    with get_client(sync_client=True) as client:
-        for existing in client.read_automations():
-            if not existing.name.startswith(PREFIX):
-                continue
-            automation = wanted.get(existing.name)
-            if automation is None or existing.name in ids:
-                client.delete_automation(existing.id)
-                continue
-            ids[existing.name] = existing.id
-            # Compared as models: their sets (`expect`) dump in an arbitrary order.
-            if AutomationCore(**existing.model_dump()) != automation:
-                client.update_automation(existing.id, automation)
-        for name, automation in wanted.items():
-            if name not in ids:
-                ids[name] = client.create_automation(automation)
-    return ids
+    return sync_automations(PREFIX, alert_automations(nightly, notification_block(webhook, block), missing_after))
 
 
 def remove_alerts() -> None:

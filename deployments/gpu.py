@@ -7,8 +7,9 @@ for GPU workers:
 - `manual`, without a schedule, for runs started from the UI with custom parameters.
 Their default parameters run the bundled demo dataset, prepared by `pruneflow demo` under
 `demo_dir` on the worker's machine. Training stages take a slot of a concurrency limit,
-`gpu_slots` wide (one training per GPU, however many runs and workers). With an alert webhook
-or block, the nightly deployments also get alerts (deployments.alerts).
+`gpu_slots` wide (one training per GPU, however many runs and workers). A run whose worker dies
+is marked Crashed when its heartbeats stop and scheduled again (deployments.recovery). With an
+alert webhook or block, the nightly deployments also get alerts (deployments.alerts).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from prefect.schedules import Cron
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from deployments.alerts import MISSING_NIGHTLY_AFTER, ensure_alerts
+from deployments.recovery import HEARTBEAT, HEARTBEAT_ENV, RESCHEDULES, SILENT_AFTER, ensure_recovery
 from tasks.config import RunConfig, parse_config
 from tasks.demo import demo_config_text
 from tasks.stage import TRAINING_TAG
@@ -45,6 +47,17 @@ class DeploymentSettings(BaseModel):
     gpu_slots: int = Field(
         1, ge=1, description="Trainings at once across all runs and workers: one per GPU (a concurrency limit on the "
         f"training stages' tag, {TRAINING_TAG}).",
+    )
+    heartbeat_seconds: int = Field(
+        HEARTBEAT, ge=30, description=f"Seconds between a flow run's heartbeats ({HEARTBEAT_ENV}; at least 30).",
+    )
+    silent_after: timedelta = Field(
+        SILENT_AFTER,
+        description="A run with no heartbeat for this long (HH:MM:SS, at least two heartbeats) is marked Crashed: its "
+        "worker died.",
+    )
+    reschedules: int = Field(
+        RESCHEDULES, ge=0, description="How many times a run whose worker died is scheduled again (0: never).",
     )
     demo_dir: Path = Field(REPO / "demo", description="Where `pruneflow demo` put the demo dataset.")
     alert_webhook: str | None = Field(
@@ -77,6 +90,15 @@ class DeploymentSettings(BaseModel):
         return block
 
     @model_validator(mode="after")
+    def silence_spans_heartbeats(self) -> DeploymentSettings:
+        if self.silent_after.total_seconds() < 2 * self.heartbeat_seconds:
+            raise ValueError(
+                f"silent_after {self.silent_after} is shorter than two heartbeats ({2 * self.heartbeat_seconds} s): "
+                "live runs would be marked Crashed; make it longer or heartbeat_seconds shorter"
+            )
+        return self
+
+    @model_validator(mode="after")
     def one_alert_destination(self) -> DeploymentSettings:
         if self.alert_webhook and self.alert_block:
             raise ValueError("give alert_webhook or alert_block, not both: alerts go through one notification block")
@@ -89,9 +111,9 @@ def default_config(demo_dir: Path) -> RunConfig:
 
 
 # The only environment variables a deployment or a run started from the UI may set for a flow
-# run: the GPUs, and fault drills. Anything else (PRUNEFLOW_*_ROOTS, PYTHONPATH, LD_PRELOAD) is
+# run: the GPUs, the heartbeat, and fault drills. Anything else (PRUNEFLOW_*_ROOTS, PYTHONPATH, LD_PRELOAD) is
 # refused by the server, as are the `command` and `working_dir` job variables.
-RUN_ENV_ALLOWED = ("CUDA_VISIBLE_DEVICES", "PRUNEFLOW_INJECT_FAULT")
+RUN_ENV_ALLOWED = ("CUDA_VISIBLE_DEVICES", HEARTBEAT_ENV, "PRUNEFLOW_INJECT_FAULT")
 
 
 def process_base_job_template() -> dict:
@@ -117,8 +139,8 @@ def process_base_job_template() -> dict:
 
 
 def process_job_variables(settings: DeploymentSettings) -> dict:
-    """Job variables for a process worker: which GPU(s) its flow runs may use."""
-    return {"env": {"CUDA_VISIBLE_DEVICES": settings.gpu_devices}}
+    """Job variables for a process worker: which GPU(s) its flow runs may use, how often they send a heartbeat."""
+    return {"env": {"CUDA_VISIBLE_DEVICES": settings.gpu_devices, HEARTBEAT_ENV: str(settings.heartbeat_seconds)}}
 
 
 def build_deployments(settings: DeploymentSettings | None = None, flow=None, sweep=None) -> list:
@@ -201,7 +223,8 @@ def ensure_process_pool(name: str) -> None:
 
 def apply(settings: DeploymentSettings | None = None) -> list:
     """Create the work pool if needed, the training concurrency limit, apply the four deployments
-    to the current Prefect API, and the alerts if the settings name where they go."""
+    to the current Prefect API, the automations that reschedule the runs of dead workers, and the
+    alerts if the settings name where they go."""
     from prefect import get_client
     from prefect.deployments.runner import deploy
 
@@ -213,11 +236,13 @@ def apply(settings: DeploymentSettings | None = None) -> list:
         *deployments, work_pool_name=settings.work_pool,
         build=False, push=False, print_next_steps_message=False, ignore_warnings=True,
     )
+    # By name: deploy's list of ids skips a deployment it failed to apply.
+    names = [f"{d.flow_name}/{d.name}" for d in deployments]
+    with get_client(sync_client=True) as client:
+        applied = {name: client.read_deployment_by_name(name).id for name in names}
+    ensure_recovery(applied.values(), settings.silent_after, settings.reschedules)
     if settings.alert_webhook or settings.alert_block:
-        # By name: deploy's list of ids skips a deployment it failed to apply.
-        nightly = [f"{d.flow_name}/{d.name}" for d in deployments if d.name == "nightly"]
-        with get_client(sync_client=True) as client:
-            nightly_ids = {name: client.read_deployment_by_name(name).id for name in nightly}
+        nightly_ids = {name: deployment_id for name, deployment_id in applied.items() if name.endswith("/nightly")}
         ensure_alerts(
             nightly_ids, webhook=settings.alert_webhook, block=settings.alert_block,
             missing_after=settings.alert_missing_after,

@@ -40,6 +40,10 @@ def server_env(port: int, base: dict[str, str] | None = None, database_url: str 
         PREFECT_SERVER_API_PORT=str(port),
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
         DO_NOT_TRACK="1",
+        # The leases on concurrency slots (the GPU slot) in files under PREFECT_HOME, not in the
+        # server's memory: a server restarted mid-training would otherwise forget the training's
+        # lease while its slot stays taken, and no training would start again.
+        PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE="prefect.server.concurrency.lease_storage.filesystem",
     )
     return env
 
@@ -80,6 +84,18 @@ class Process:
     def running(self) -> bool:
         return self.popen is not None and self.popen.poll() is None
 
+    def kill(self) -> None:
+        """SIGKILL to this process and every process below it at once, as when its machine dies:
+        none of them can report anything (flow runs started in sessions of their own included)."""
+        if not self.running():
+            return
+        for pid in [self.pid, *descendants(self.pid)]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.popen.wait()
+
     def stop(self, timeout: float = 20) -> None:
         """SIGTERM to the process group by its PID, then SIGKILL if it has not ended in time."""
         if not self.running():
@@ -90,6 +106,26 @@ class Process:
         except subprocess.TimeoutExpired:
             os.killpg(self.pid, signal.SIGKILL)
             self.popen.wait(timeout=timeout)
+
+
+def descendants(pid: int) -> list[int]:
+    """The PIDs of the processes below `pid` (children, theirs, ...), read from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # ended meanwhile
+        parent = int(stat.rsplit(")", 1)[1].split()[1])  # after the command name, which may hold spaces
+        children.setdefault(parent, []).append(int(entry.name))
+    found, below = [], [pid]
+    while below:
+        for child in children.get(below.pop(), []):
+            found.append(child)
+            below.append(child)
+    return found
 
 
 def wait_healthy(port: int, process: Process, timeout: float = 120) -> None:

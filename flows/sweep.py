@@ -9,7 +9,10 @@ again in this run, and the challenger is promoted with its Keras model to `OUTPU
 only if it beats it (tasks.champion); every sweep adds its rows to the history, emits
 pruneflow's regression event if it regressed (tasks.events), and publishes its table. With a
 registry, the sweep is an MLflow run and a promotion a registered version (tasks.registry); a
-promotion killed mid-way is rolled back by the next sweep, first thing (tasks.promote).
+promotion killed mid-way is rolled back by the next sweep, first thing (tasks.promote). A sweep
+run again as the same flow run (rescheduled after its worker died, deployments.recovery; or
+retried) does not promote twice: a file the earlier attempt promoted stays, and the history
+counts the later attempt's rows only.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from pydantic import BaseModel, ConfigDict
 
 from flows.graph import Prepared, Run, prepare, prune_target, start_run
 from flows.user_errors import quiet_user_errors
-from tasks.champion import ChampionEvaluation, Decision, challenge, current_champion, evaluate_champion
+from tasks.champion import ChampionEvaluation, Decision, challenge, current_champion, evaluate_champion, promoted_by
 from tasks.config import RunConfig, Schedule
 from tasks.errors import PruneflowError
 from tasks.gate import accuracy_drop, best_candidate, choose
@@ -143,9 +146,12 @@ def sweep_flow(config: RunConfig) -> SweepOutcome:
         # With a target missing, the smallest passing model may be the one that failed: keep the
         # promoted model until a complete sweep.
         chosen = None if failures else choose(results, gate)
-        decision = challenge(chosen, measure_champion(config, start, run) if chosen else None, gate)
-        if decision.promote:
-            decision = promote_model(chosen, decision, config, run_id, run.layout, registry)
+        if chosen is not None and promoted_by(run.layout) == run_id:
+            decision = Decision.promoted_earlier()  # this run, rescheduled after its worker died
+        else:
+            decision = challenge(chosen, measure_champion(config, start, run) if chosen else None, gate)
+            if decision.promote:
+                decision = promote_model(chosen, decision, config, run_id, run.layout, registry)
         promoted = chosen if decision.promote else None
         rows = history_rows(
             results, promoted, gate, flow_run_id=run_id, started=started, code_version=prune_train.code,

@@ -72,6 +72,16 @@ def current_champion(layout: OutputLayout) -> Champion | None:
         return None
 
 
+def promoted_by(layout: OutputLayout) -> str | None:
+    """The flow run that promoted what `promoted` points to now (its metrics.json says), or None."""
+    if not layout.promoted.is_symlink():
+        return None
+    try:
+        return json.loads((layout.promoted.resolve() / "metrics.json").read_text()).get("flow_run_id")
+    except (OSError, ValueError):
+        return None
+
+
 def measure_champion(
     out: Path, champion: Champion, dataset: PreparedDataset, batch_size: int, latency: LatencySpec, machine: str
 ) -> ChampionEvaluation:
@@ -137,6 +147,15 @@ class Decision(BaseModel):
     reasons: list[str]
     champion: ChampionEvaluation | None = None
     superseded_by: str | None = None  # the version another run promoted while this one decided
+    earlier_attempt: bool = False  # promoted by an earlier attempt of this flow run, which then died
+
+    @classmethod
+    def promoted_earlier(cls) -> Decision:
+        """An earlier attempt of this flow run promoted its file and then died (its worker, the
+        server): the same file, not promoted twice, nor measured against itself."""
+        return cls(promote=True, earlier_attempt=True, reasons=[
+            "promoted by an earlier attempt of this flow run, which was interrupted: not promoted again"
+        ])
 
     def superseded(self, current: str) -> Decision:
         """This decision once another run promoted `current` while this one was deciding: the
@@ -151,7 +170,7 @@ class Decision(BaseModel):
         if self.superseded_by is not None:
             return KEPT
         if self.promote:
-            return "promoted" if self.champion is not None else "promoted (no champion yet)"
+            return "promoted" if self.champion is not None or self.earlier_attempt else "promoted (no champion yet)"
         return KEPT if self.champion is not None else "nothing to promote"
 
 

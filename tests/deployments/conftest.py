@@ -4,18 +4,21 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from deployments.gpu import REPO, DeploymentSettings, apply
-from deployments.local import free_port, server_env, start_server, start_worker
+from deployments.local import Process, free_port, server_env, start_server, start_worker
 from deployments.postgres import Postgres, bin_dir, start_postgres
 from tasks.confine import ROOTS_ENV
 from tasks.errors import PruneflowError
 
 POOL = "pruneflow-gpu"
+# A dead worker's run is marked Crashed after a minute without heartbeats (two missed), not two.
+SILENT_AFTER = timedelta(seconds=60)
 
 
 def require_postgresql() -> None:
@@ -55,10 +58,32 @@ class Live:
     home: Path
     postgres: Postgres | None = None  # the server's database
     env: dict[str, str] = field(default_factory=dict)  # for clients and workers (no database URL)
+    worker: Process | None = None  # a test that kills it starts another in its place
+    server: Process | None = None
+    server_env: dict[str, str] = field(default_factory=dict)
+
+    def restart_server(self) -> float:
+        """Stop the server by its PID and start it again on the same port and database; the
+        seconds it was away."""
+        import time
+
+        stopped = time.monotonic()
+        self.server.stop()
+        self.server = start_server(self.port, self.server_env, self.home / "server.log")
+        return time.monotonic() - stopped
+
+    def ensure_worker(self) -> None:
+        """The worker running (a new one if a test killed it), for the tests after."""
+        if self.worker is None or not self.worker.running():
+            self.worker = start_worker(POOL, self.env, self.home / "worker.log", cwd=REPO)
 
     @property
     def api(self) -> str:
         return f"http://127.0.0.1:{self.port}/api"
+
+    def settings(self, **changes) -> DeploymentSettings:
+        """The deployments' settings on this server, with `changes` (e.g. where alerts go)."""
+        return DeploymentSettings(work_pool=POOL, demo_dir=self.demo_dir, silent_after=SILENT_AFTER, **changes)
 
     @property
     def demo_dir(self) -> Path:
@@ -90,15 +115,19 @@ def live(tmp_path_factory):
     env.update({name: str(tmp_path_factory.getbasetemp()) for name in ROOTS_ENV.values()})
     require_postgresql()
     folder = postgres_folder()
-    postgres = server = worker = None
+    postgres = server = worker = live = None
     try:
         postgres = start_postgres(folder, free_port(), home / "postgres.log")
-        server = start_server(port, server_env(port, env, postgres.url()), home / "server.log")
+        database_env = server_env(port, env, postgres.url())
+        server = start_server(port, database_env, home / "server.log")
         with temporary_settings(updates={PREFECT_API_URL: env["PREFECT_API_URL"]}):
-            apply(DeploymentSettings(work_pool=POOL, demo_dir=Live(port, home).demo_dir))
-            worker = start_worker(POOL, env, home / "worker.log", cwd=REPO)
-            yield Live(port=port, home=home, postgres=postgres, env=env)
+            live = Live(port=port, home=home, postgres=postgres, env=env, server=server, server_env=database_env)
+            apply(live.settings())
+            live.ensure_worker()
+            yield live
     finally:
+        if live is not None:  # the worker and server of now: a test may have replaced them
+            worker, server = live.worker, live.server
         started = [process for process in (worker, server, postgres) if process is not None]
         for process in started:
             process.stop()

@@ -23,9 +23,10 @@ from deployments.alerts import (
     missing_name,
     remove_alerts,
 )
-from deployments.gpu import DeploymentSettings, apply
+from deployments.gpu import apply
+from deployments.recovery import PREFIX as RECOVERY
+from deployments.recovery import RESCHEDULE, SILENT
 from tasks.errors import PruneflowError
-from tests.deployments.conftest import POOL
 from tests.deployments.test_server import wait_final
 
 NIGHTLY = ("prune/nightly", "sweep/nightly")
@@ -82,7 +83,7 @@ def nightly(live, receiver):
     """The nightly deployments' ids by name, applied again with alerts posting to the receiver; at
     the end the alerts are removed, so that a missing-nightly window does not fire in later tests."""
     with temporary_settings(updates={PREFECT_API_URL: live.api}):
-        apply(DeploymentSettings(work_pool=POOL, demo_dir=live.demo_dir, alert_webhook=receiver.url))
+        apply(live.settings(alert_webhook=receiver.url))
         with get_client(sync_client=True) as client:
             ids = {name: client.read_deployment_by_name(name).id for name in NIGHTLY}
     try:
@@ -91,7 +92,9 @@ def nightly(live, receiver):
         with temporary_settings(updates={PREFECT_API_URL: live.api}):
             remove_alerts()
             with get_client(sync_client=True) as client:
-                assert not [a for a in client.read_automations() if a.name.startswith(PREFIX)]
+                names = [a.name for a in client.read_automations()]
+            assert not [name for name in names if name.startswith(PREFIX)]
+            assert {name for name in names if name.startswith(RECOVERY)} == {SILENT, RESCHEDULE}  # not alerts
 
 
 @contextlib.contextmanager

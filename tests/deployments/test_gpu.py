@@ -1,7 +1,7 @@
 """The deployments load, validate and schedule without a server."""
 
 import asyncio
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -59,7 +59,8 @@ def test_nightly_runs_at_two_in_the_configured_time_zone(deployments):
 def test_all_run_on_the_gpu_pool_with_their_devices(deployments):
     for deployment in deployments.values():
         assert deployment.work_pool_name == "pruneflow-gpu"
-        assert deployment.job_variables == {"env": {"CUDA_VISIBLE_DEVICES": "0"}}
+        # Their runs send a heartbeat every 30 s: deployments.recovery marks them Crashed when it stops.
+        assert deployment.job_variables == {"env": {"CUDA_VISIBLE_DEVICES": "0", "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30"}}
     # The UI's custom-run form is built from this schema.
     for name in ("prune/manual", "sweep/manual"):
         schema = deployments[name]._parameter_openapi_schema.model_dump()
@@ -80,6 +81,14 @@ def test_process_template_lets_runs_choose_gpus_and_drills_only():
     for refused in ({"env": {"LD_PRELOAD": "/tmp/x.so"}}, {"command": "sh -c id"}, {"working_dir": "/"}):
         with pytest.raises(ValidationError):
             validate(refused, schema, raise_on_error=True)
+
+
+def test_the_silence_that_marks_a_run_crashed_must_span_two_heartbeats():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="shorter than two heartbeats"):
+        DeploymentSettings(heartbeat_seconds=60, silent_after=timedelta(seconds=90))
+    assert DeploymentSettings(heartbeat_seconds=60, silent_after=timedelta(seconds=120)).reschedules == 2
 
 
 def test_kubernetes_template_requests_gpus():

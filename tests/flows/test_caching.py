@@ -8,7 +8,7 @@ from flows.prune import prune_flow
 from tasks.config import parse_config
 from tasks.errors import PruneflowError
 from tasks.store import ArtifactStore
-from tests.helpers import STAGES, stage_states, task_runs
+from tests.helpers import STAGES, make_config_dict, stage_states, task_runs
 
 UPSTREAM = STAGES[: STAGES.index("prune_train")]  # the dataset, and the baseline's evaluation and export
 TRAINING_AND_AFTER = STAGES[STAGES.index("prune_train") :]
@@ -25,6 +25,28 @@ def run(config_dict):
     return state
 
 
+@pytest.fixture(scope="module")
+def stored(prefect_server, tiny_data, tiny_baseline, tmp_path_factory):
+    """The artifact store of one complete run of the default test config, made once for this module."""
+    config_dict = make_config_dict(tiny_data, tiny_baseline, tmp_path_factory.mktemp("stored") / "outputs")
+    run(config_dict)
+    return parse_config(config_dict).output_root / "artifacts"
+
+
+@pytest.fixture
+def seed(stored):
+    """Give a config's output root what a first run of the default test config stored: the stores
+    are content-addressed, so a re-run of that config in it finds every stage's artifact (and a
+    test need not train once more to have a first run)."""
+
+    def seed(config_dict) -> ArtifactStore:
+        root = parse_config(config_dict).output_root / "artifacts"
+        shutil.copytree(stored, root, ignore=shutil.ignore_patterns(".lock-*", ".work-*", ".file-digests*"))
+        return ArtifactStore(root=root)
+
+    return seed
+
+
 def test_identical_rerun_is_all_cached_and_trains_nothing(prefect_server, config_dict):
     first = run(config_dict)
     assert all(states(first)[stage] == "Completed" for stage in STAGES)
@@ -34,8 +56,8 @@ def test_identical_rerun_is_all_cached_and_trains_nothing(prefect_server, config
     assert second.result().pruned == first.result().pruned
 
 
-def test_new_sparsity_reruns_training_and_after_but_not_data_or_baseline(prefect_server, config_dict):
-    run(config_dict)
+def test_new_sparsity_reruns_training_and_after_but_not_data_or_baseline(seed, config_dict):
+    seed(config_dict)
     config_dict["pruning"] = {**config_dict["pruning"], "target_sparsity": 0.7}
     state = run(config_dict)
     got = states(state)
@@ -45,9 +67,9 @@ def test_new_sparsity_reruns_training_and_after_but_not_data_or_baseline(prefect
 
 
 def test_what_shapes_no_artifact_reruns_nothing_even_with_the_data_and_model_moved(
-    prefect_server, config_dict, tiny_data, tiny_baseline, tmp_path
+    seed, config_dict, tiny_data, tiny_baseline, tmp_path
 ):
-    run(config_dict)
+    seed(config_dict)
     data = shutil.copytree(tiny_data, tmp_path / "moved-data")
     baseline = shutil.copy(tiny_baseline, tmp_path / "renamed-baseline.h5")
     config_dict["dataset"] |= {f"{split}_csv": str(data / f"{split}.csv") for split in ("train", "val", "test")}
@@ -58,24 +80,24 @@ def test_what_shapes_no_artifact_reruns_nothing_even_with_the_data_and_model_mov
     assert {s: got[s] for s in STAGES} == {s: "Cached" for s in STAGES}
 
 
-def test_a_new_batch_size_reruns_what_batches_but_not_the_dataset(prefect_server, config_dict):
-    run(config_dict)
+def test_a_new_batch_size_reruns_what_batches_but_not_the_dataset(seed, config_dict):
+    seed(config_dict)
     config_dict["dataset"] = {**config_dict["dataset"], "batch_size": 4}
     got = states(run(config_dict))
     unbatched = {"prepare_dataset", "export_baseline"}  # converting a model reads no batches
     assert {s: got[s] for s in STAGES} == {s: "Cached" if s in unbatched else "Completed" for s in STAGES}
 
 
-def test_a_new_sanity_tolerance_reruns_the_sanity_checks_only(prefect_server, config_dict):
-    run(config_dict)
+def test_a_new_sanity_tolerance_reruns_the_sanity_checks_only(seed, config_dict):
+    seed(config_dict)
     got = states(run({**config_dict, "sanity_tolerance": 0.02}))
     # export_pruned checks its files against the sanity report; the files it makes are the same.
     checks = {"sanity_check", "export_pruned"}
     assert {s: got[s] for s in STAGES} == {s: "Completed" if s in checks else "Cached" for s in STAGES}
 
 
-def test_export_settings_rerun_the_exports_and_latency_settings_the_latency_only(prefect_server, config_dict):
-    run(config_dict)
+def test_export_settings_rerun_the_exports_and_latency_settings_the_latency_only(seed, config_dict):
+    seed(config_dict)
     export = {**config_dict["export"], "latency_runs": 7}
     got = states(run({**config_dict, "export": export}))
     assert {s: got[s] for s in STAGES} == {s: "Completed" if s == "measure_latency" else "Cached" for s in STAGES}
@@ -87,10 +109,10 @@ def test_export_settings_rerun_the_exports_and_latency_settings_the_latency_only
     ]
 
 
-def test_another_baseline_content_reruns_everything_after_the_dataset(prefect_server, config_dict, tmp_path):
+def test_another_baseline_content_reruns_everything_after_the_dataset(seed, config_dict, tmp_path):
     from tasks.models import load_model, save_model
 
-    run(config_dict)
+    seed(config_dict)
     model = load_model(config_dict["model"]["baseline"])
     weights = model.get_weights()
     weights[-1] = weights[-1] + 0.01  # the last bias, nudged: same architecture, other content
@@ -100,11 +122,11 @@ def test_another_baseline_content_reruns_everything_after_the_dataset(prefect_se
     assert {s: got[s] for s in STAGES} == {s: "Cached" if s == "prepare_dataset" else "Completed" for s in STAGES}
 
 
-def test_editing_one_image_invalidates_everything_downstream(prefect_server, config_dict, tiny_data, tmp_path):
+def test_editing_one_image_invalidates_everything_downstream(seed, config_dict, tiny_data, tmp_path):
     data = shutil.copytree(tiny_data, tmp_path / "data")
     for split in ("train", "val", "test"):
         config_dict["dataset"][f"{split}_csv"] = str(data / f"{split}.csv")
-    run(config_dict)
+    seed(config_dict)
     from tasks.runtime import tf
 
     image = data / "img" / "train_007.jpg"
@@ -115,10 +137,9 @@ def test_editing_one_image_invalidates_everything_downstream(prefect_server, con
 
 
 @pytest.mark.parametrize("damage", ["delete", "corrupt"])
-def test_a_damaged_artifact_reruns_its_stage_and_not_what_came_before(prefect_server, config_dict, damage, caplog):
-    first = run(config_dict)
-    store = ArtifactStore(root=parse_config(config_dict).output_root / "artifacts")
-    folder = first.result().pruned_model.parent  # the strip stage's artifact
+def test_a_damaged_artifact_reruns_its_stage_and_not_what_came_before(seed, config_dict, damage, caplog):
+    store = seed(config_dict)
+    [folder] = (store.root / "strip").glob("[!.]*")  # the strip stage's artifact
     if damage == "delete":
         shutil.rmtree(folder)
     else:

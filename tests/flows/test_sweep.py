@@ -202,3 +202,30 @@ def test_a_challenger_replaces_the_champion_only_when_it_wins(prefect_server, co
     assert decisions == ["promoted (no champion yet)", "kept the champion", "promoted"]
     flagged = regressions(runs_summary(history), tolerance=0.5)
     assert str(second_state.state_details.flow_run_id) not in flagged  # keeping the champion is no regression
+
+
+def test_a_sweep_run_again_as_the_same_flow_run_writes_its_history_and_promotion_once(prefect_server, config_dict):
+    # What a rescheduled run does (deployments.recovery): the same flow run executed a second time.
+    from prefect import get_client
+    from prefect.flow_engine import run_flow
+    from prefect.states import AwaitingRetry
+
+    config = sweep_config(config_dict, max_accuracy_drop=100.0, min_sparsity=0.0)
+    with get_client(sync_client=True) as client:
+        flow_run = client.create_flow_run(sweep_flow, parameters={"config": config})
+        first = run_flow(sweep_flow, flow_run=flow_run, parameters={"config": config}, return_type="state")
+        assert first.is_completed(), first.message
+        client.set_flow_run_state(flow_run.id, AwaitingRetry(), force=True)
+        second = run_flow(
+            sweep_flow, flow_run=client.read_flow_run(flow_run.id), parameters={"config": config}, return_type="state"
+        )
+        assert second.is_completed(), second.message
+        assert client.read_flow_run(flow_run.id).run_count == 2
+    decision = second.result().decision
+    assert decision.promote and decision.earlier_attempt and decision.champion is None
+    layout = OutputLayout(root=config.output_root)
+    [version] = layout.promoted_versions.iterdir()
+    assert layout.promoted.resolve() == version
+    history = read_history(layout.history)  # each attempt wrote its rows; the later one's count
+    assert set(history["flow_run_id"]) == {str(flow_run.id)} and len(history) == 4  # Keras and int8, per target
+    assert set(history["decision"]) == {"promoted"} and history["promoted"].sum() == 1
