@@ -15,8 +15,9 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/pruneflow demo
 
+# Two processes (pytest-xdist); the deployment tests, which share one server, stay in one of them.
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadgroup
 
 # Everything but the tests that start a Prefect server, Chromium or Dask (see docs/development.md).
 test-fast: $(STAMP)

@@ -6,8 +6,9 @@
 Prepares the demo (its data are the deployments' default parameters), starts a PostgreSQL
 cluster of its own in STATE_DIR/postgres (made on first use, reused after, so runs are kept)
 on a free port of 127.0.0.1, starts `prefect server` on 127.0.0.1 with its database there,
-creates the process work pool, applies the `nightly` and `manual` deployments of both flows
-(and, with --alert-webhook, the alerts of docs/alerts.md), and starts a worker on the pool.
+creates the process work pool, applies the `nightly` and `manual` deployments of both flows,
+the automations that reschedule the runs of a worker that died (deployments.recovery) and,
+with --alert-webhook, the alerts of docs/alerts.md, and starts a worker on the pool.
 Ctrl-C stops the worker, the server and PostgreSQL, by their PIDs.
 """
 

@@ -30,10 +30,17 @@ from tests.helpers import make_config_dict, write_tiny_dataset, train_tiny_basel
 SERVICE_FIXTURES = {"prefect_server", "live", "mlflow_server"}
 
 
+# `make test` runs the tests in two processes (pytest-xdist, --dist loadgroup): the deployment
+# tests share one server, so they all go to one process, in order; the others are shared out.
+DEPLOYMENTS = Path(__file__).with_name("deployments")
+
+
 def pytest_collection_modifyitems(items):
     for item in items:
         if SERVICE_FIXTURES & set(item.fixturenames):
             item.add_marker(pytest.mark.services)
+        if DEPLOYMENTS in item.path.parents:
+            item.add_marker(pytest.mark.xdist_group("deployments"))
 
 
 @pytest.fixture(scope="session")

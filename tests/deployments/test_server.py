@@ -55,7 +55,8 @@ def test_manual_run_with_custom_parameters_completes_on_the_worker(live, config_
     with temporary_settings(updates={PREFECT_API_URL: live.api}):
         flow_run = trigger(config_dict)
         assert flow_run.state.is_completed(), flow_run.state.message
-        assert {s: stage_states(flow_run.id)[s] for s in STAGES} == {s: "Completed" for s in STAGES}
+        got = stage_states(flow_run.id)
+        assert {s: got[s] for s in STAGES} == {s: "Completed" for s in STAGES}
         with get_client(sync_client=True) as client:
             artifacts = client.read_artifacts(
                 artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run.id]))

@@ -49,10 +49,12 @@ def seed(stored):
 
 def test_identical_rerun_is_all_cached_and_trains_nothing(prefect_server, config_dict):
     first = run(config_dict)
-    assert all(states(first)[stage] == "Completed" for stage in STAGES)
+    got = states(first)
+    assert all(got[stage] == "Completed" for stage in STAGES)
     second = run(config_dict)
-    assert {stage: states(second)[stage] for stage in STAGES} == {stage: "Cached" for stage in STAGES}
-    assert states(second)["publish_report"] == "Completed"  # each run publishes its own report
+    got = states(second)
+    assert {stage: got[stage] for stage in STAGES} == {stage: "Cached" for stage in STAGES}
+    assert got["publish_report"] == "Completed"  # each run publishes its own report
     assert second.result().pruned == first.result().pruned
 
 
