@@ -34,6 +34,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_demo.py
 	$(BIN)/python bench/bench_cache.py
 	$(BIN)/python bench/bench_export.py
+	$(BIN)/python bench/bench_overhead.py
 
 clean:
 	rm -rf $(VENV) demo

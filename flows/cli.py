@@ -5,12 +5,14 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from flows.server import TemporaryServer
 from flows.user_errors import quiet_user_errors
 from tasks.errors import PruneflowError
 
@@ -18,12 +20,71 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 Refresh = Annotated[bool, typer.Option("--refresh", help="Run every stage, ignoring cached results.")]
 
 
+STARTED = time.perf_counter()  # as the command's own module is imported: the start, but for Python's own
+
+
+class Startup:
+    """What a command does before its flow runs, timed: its imports, and the wait for its
+    temporary Prefect server, which boots in a process of its own from the command's start
+    (flows.server; none when PREFECT_API_URL names a server)."""
+
+    PARTS = ("imports", "server start (waited)")
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self.server: TemporaryServer | None = None
+
+    @contextlib.contextmanager
+    def part(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = round(time.perf_counter() - started, 3)
+
+    def ready(self) -> str | None:
+        """The API the flow is to use: ours once it answers (the wait is timed), or None when
+        Prefect's settings name a server (then ours is stopped)."""
+        from prefect.settings import PREFECT_API_URL
+
+        if self.server is not None and PREFECT_API_URL.value():  # the Prefect profile, or a test's server
+            self.server.stop()
+            self.server = None
+        if self.server is None:
+            return None
+        with self.part("server start (waited)"):
+            self.server.wait()
+        return self.server.api_url
+
+
 @contextlib.contextmanager
-def run_settings(refresh: bool = False) -> Iterator[None]:
+def startup() -> Iterator[Startup]:
+    """A Startup whose temporary server is already booting, stopped by its PID at the end: enter
+    it first thing in a command."""
+    begun = Startup()
+    if not os.environ.get("PREFECT_API_URL"):
+        begun.server = TemporaryServer()
+    try:
+        yield begun
+    finally:
+        if begun.server is not None:
+            if "prefect" in sys.modules:  # what the flow left to send (logs, events), sent before it stops
+                from prefect.events.worker import EventsWorker
+                from prefect.logging.handlers import APILogWorker
+
+                EventsWorker.drain_all()
+                APILogWorker.drain_all()
+            begun.server.stop()
+
+
+@contextlib.contextmanager
+def run_settings(refresh: bool = False, api_url: str | None = None) -> Iterator[None]:
     """Prefect settings for flow runs started from this process.
 
     Args:
         refresh: build every stage again, replacing its stored artifact.
+        api_url: the command's temporary server (Startup.ready); default: Prefect's settings,
+            or a temporary server Prefect starts itself.
     """
     from prefect.settings import (
         PREFECT_API_URL,
@@ -32,11 +93,12 @@ def run_settings(refresh: bool = False) -> Iterator[None]:
         temporary_settings,
     )
 
-    # Ephemeral mode: the temporary server takes 12-18 s to start on 2 cores (Prefect waits 20 s).
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     updates = {PREFECT_TASKS_REFRESH_CACHE: refresh}
-    if PREFECT_API_URL.value() is None:
+    if api_url is not None:
+        updates[PREFECT_API_URL] = api_url
+    if api_url is not None or PREFECT_API_URL.value() is None:
         # The temporary server dies with this process, so flow-run heartbeats (which let a
         # long-lived server spot crashed runs) serve no one; stopping their thread costs
         # about a second per flow run.
@@ -47,18 +109,35 @@ def run_settings(refresh: bool = False) -> Iterator[None]:
 
 
 def _run_flow(config_path: Path, refresh: bool = False) -> None:
-    from flows.prune import prune_flow
-    from tasks.config import load_config
-    from tasks.report import render_files, render_table
+    with startup() as begun:
+        with begun.part("imports"):
+            from tasks.config import load_config
 
-    config = load_config(config_path)
-    with run_settings(refresh):
-        summary = prune_flow(config)
+            config = load_config(config_path)  # a mistake in it stops the server at once, and the command
+            from flows.prune import prune_flow
+            from tasks.report import render_files, render_table
+            from tasks.stage import record_startup, unshared_server
+        api_url = begun.ready()
+        if api_url is not None:
+            unshared_server()
+        record_startup(begun.seconds)
+        with run_settings(refresh, api_url), begun.part("flow"):
+            summary = prune_flow(config)
     typer.echo(
         f"\n{render_table(summary)}\n\n{render_files(summary)}\n\nLayers: {summary.sanity.layer_counts()}\n"
         f"Pruned model: {summary.pruned_model}\n"
-        f"TFLite files: {summary.exports.folder}\nSummary: {summary.run_dir / 'summary.json'}"
+        f"TFLite files: {summary.exports.folder}\nSummary: {summary.run_dir / 'summary.json'}\n"
+        f"{time_line(summary.stage_seconds, begun.seconds['flow'])}"
     )
+
+
+def time_line(parts: dict[str, float], flow: float) -> str:
+    """Where the command's time went: its own parts, each stage, and the rest of the flow run
+    (Prefect's bookkeeping, the report)."""
+    inside = sum(seconds for name, seconds in parts.items() if name not in Startup.PARTS)
+    listed = ", ".join(f"{name} {seconds:.1f}" for name, seconds in parts.items())
+    rest, total = max(flow - inside, 0.0), time.perf_counter() - STARTED
+    return f"Seconds: {listed}, the rest of the flow run {rest:.1f}; in all {total:.1f}"
 
 
 @app.command()

@@ -3,7 +3,10 @@
 It confines the config's paths (tasks.confine), reads the CSVs and loads the baseline once,
 lets each stage check what it will need (Stage.check), and passes on what it read: the
 dataset listing with each image's content digest, the baseline's digest, the resolved
-schedule and the layer plan. A run started from a deployment may set model.trust_custom_code
+schedule and the layer plan. What the stage checks concluded is kept in the output root,
+named by the digest of everything they read (the config, the CSVs, the baseline, their code):
+a run of the same inputs reuses it rather than loading the baseline again, so that a run whose
+every stage is stored does not import TensorFlow. A run started from a deployment may set model.trust_custom_code
 only where the worker allows it with PRUNEFLOW_ALLOW_CUSTOM_CODE=1: loading such a model runs
 its code.
 """
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import os
+from pathlib import Path
 
 import pandas as pd
 from prefect import task
@@ -22,11 +26,13 @@ from tasks.config import RunConfig, Schedule
 from tasks.confine import Roots, confine_config, confine_images
 from tasks.dataset import DatasetListing, csv_paths_of, encode_labels, list_images, read_splits
 from tasks.errors import PruneflowError
-from tasks.files import DigestCache, storage_errors
+from tasks.files import DigestCache, file_digest, storage_errors, write_json
 from tasks.layout import OutputLayout
 from tasks.models import ModelFile, load_model
 from tasks.pipeline import STAGES
 from tasks.schedule import resolve_schedule
+from tasks.stage import code_version
+from tasks.store import digest_of
 from tasks.selection import LayerPlan
 
 ALLOW_CODE_ENV = "PRUNEFLOW_ALLOW_CUSTOM_CODE"
@@ -98,16 +104,60 @@ def check_run_inputs(config: RunConfig, roots: Roots) -> RunInputs:
     preflight = Preflight(config)
     csv_paths = csv_paths_of(config.dataset)
     confine_images(preflight.frames, csv_paths, roots)  # before any image or model is read
-    for stage in STAGES:
-        stage.code  # noqa: B018 (read as the run starts: an edit during the run must not change its keys)
-        if stage.check is not None:
-            stage.check(preflight)
+    # Read as the run starts: an edit during the run must not change its keys.
+    codes = {stage.name: stage.code for stage in STAGES}
     layout = OutputLayout(root=config.output_root)
+    record = checked_record(config, csv_paths, codes, layout)
+    checked = read_checked(record)
+    if checked is None:
+        for stage in STAGES:
+            if stage.check is not None:
+                stage.check(preflight)
     check_writable(layout.root)
     with DigestCache(layout.digest_cache) as cache:
         listing = list_images(preflight.frames, preflight.classes, csv_paths, cache.digest)
     baseline = ModelFile.of(config.model.baseline, trust_code=config.model.trust_custom_code)
-    return RunInputs(listing=listing, baseline=baseline, schedule=preflight.schedule, plan=preflight.plan)
+    if checked is None:
+        checked = Checked(schedule=preflight.schedule, plan=preflight.plan)
+        if record is not None:
+            with storage_errors(layout.root, "the record of the checked inputs"):
+                write_json(record, checked.model_dump(mode="json"))
+    return RunInputs(listing=listing, baseline=baseline, schedule=checked.schedule, plan=checked.plan)
+
+
+class Checked(BaseModel):
+    """What the stage checks concluded about a config, its CSVs and its baseline: kept so that a
+    run of the same inputs need not load the baseline (and import TensorFlow) to check it again."""
+
+    model_config = ConfigDict(frozen=True)
+
+    schedule: Schedule
+    plan: LayerPlan
+
+
+def checked_record(config: RunConfig, csv_paths: dict[str, Path], codes: dict[str, str], layout: OutputLayout):
+    """Where the stage checks' conclusions about these inputs are kept: named by the digest of the
+    config (but its output_root), the CSVs' and the baseline's contents and the checking code;
+    None when the baseline is not a file (its check says what is wrong)."""
+    baseline = config.model.baseline
+    if not baseline.is_file():
+        return None
+    key = digest_of({
+        "config": config.model_dump(mode="json", exclude={"output_root"}),
+        "csvs": {split: file_digest(path) for split, path in csv_paths.items()},
+        "baseline": file_digest(baseline), "code": codes, "checks": code_version(__name__),
+    })
+    return layout.checked / f"{key}.json"
+
+
+def read_checked(record: Path | None) -> Checked | None:
+    """The conclusions kept in `record`, or None (no record, or one that cannot be read: check again)."""
+    if record is None or not record.is_file():
+        return None
+    try:
+        return Checked.model_validate_json(record.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def check_writable(output_root) -> None:

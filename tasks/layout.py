@@ -3,6 +3,7 @@
     OUTPUT_ROOT/
       artifacts/<stage>/<key>/         each stage's output (see tasks.store), and
       artifacts/.file-digests.sqlite   the image digests check_inputs remembers
+      artifacts/.checked/<key>.json    what its stage checks concluded about inputs they checked
       runs/<UTC time>-<flow run>/      one folder per run: summary.json, or a sweep's report
       promoted -> promoted-versions/<version>/   the model a sweep promoted (a symlink)
       .promotion.json                            a promotion under way (tasks.promote)
@@ -36,6 +37,11 @@ class OutputLayout(BaseModel):
     @property
     def digest_cache(self) -> Path:
         return self.artifacts / ".file-digests.sqlite"
+
+    @property
+    def checked(self) -> Path:
+        """What check_inputs concluded about inputs it checked (tasks.inputs), one file per inputs."""
+        return self.artifacts / ".checked"
 
     @property
     def runs(self) -> Path:

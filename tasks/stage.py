@@ -164,10 +164,23 @@ def code_version(module: str) -> str:
 _CLOCK: ContextVar[dict[str, float] | None] = ContextVar("pruneflow_stage_clock", default=None)
 
 
+# What the command did before its flow (its imports, its wait for the server), for the next clock.
+_STARTUP: dict[str, float] = {}
+
+
+def record_startup(seconds: dict[str, float]) -> None:
+    """Give the next stage_clock of this process the command's own parts (flows.cli.Startup),
+    so that a run's summary shows all of its time."""
+    _STARTUP.clear()
+    _STARTUP.update(seconds)
+
+
 @contextlib.contextmanager
 def stage_clock() -> Iterator[dict[str, float]]:
-    """Collect, by name, the wall time of every stage called (and every `timed` block) inside."""
-    seconds: dict[str, float] = {}
+    """Collect, by name, the wall time of every stage called (and every `timed` block) inside,
+    after the command's own parts if it recorded them (record_startup)."""
+    seconds: dict[str, float] = dict(_STARTUP)
+    _STARTUP.clear()
     token = _CLOCK.set(seconds)
     try:
         yield seconds
@@ -185,6 +198,17 @@ def timed(name: str) -> Iterator[None]:
         seconds = _CLOCK.get()
         if seconds is not None:
             seconds[name] = round(time.perf_counter() - started, 3)
+
+
+_UNSHARED = False
+
+
+def unshared_server() -> None:
+    """Say that this process's flows run on a Prefect server of their own (a `pruneflow` command's
+    temporary one): no other run can want the GPU there, so the training stages take no slot of
+    TRAINING_TAG's limit (which only a shared server has, deployments.gpu)."""
+    global _UNSHARED
+    _UNSHARED = True
 
 
 # The tag of the stages that train on the accelerator. A Prefect concurrency limit on it (the
@@ -310,8 +334,10 @@ class Stage(Generic[A]):
         """Run the stage's task (in a flow) and return its artifact."""
         from prefect.states import State
 
+        # Untagged on a server no other run shares: no slot to take, and taking one costs ~2 s.
+        task = self.task.with_options(tags=[]) if self.tags and _UNSHARED else self.task
         with timed(self.name):
-            result = self.task(store=store, **inputs)
+            result = task(store=store, **inputs)
         # A task called directly returns what its function returned: the Cached state, when reused.
         return result.result() if isinstance(result, State) else result
 

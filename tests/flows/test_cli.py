@@ -117,3 +117,29 @@ def test_a_model_with_layers_tfmot_cannot_prune_runs_end_to_end_and_reports_them
     (exported,) = summary["exports"]["files"]
     assert {t["layer"]: t["passed"] for t in exported["sparsity"]} == {"conv2d": True, "dense": True}
     assert "| share of the weights pruning reaches |" in out
+
+
+def test_a_run_whose_every_stage_is_stored_imports_no_tensorflow(prefect_server, config_dict, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from deployments.gpu import REPO
+
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(config_dict))
+    assert main(["run", str(path)]) == 0  # stores every stage
+    # The same command again, in a process of its own, on a temporary server of its own, as a user runs it.
+    probe = (
+        "import sys\nfrom flows.cli import main\ncode = main(['run', sys.argv[1]])\n"
+        "print('tensorflow imported:', 'tensorflow' in sys.modules)\nsys.exit(code)"
+    )
+    env = {name: value for name, value in os.environ.items() if name != "PREFECT_API_URL"}
+    done = subprocess.run(
+        [sys.executable, "-c", probe, str(path)], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "tensorflow imported: False" in done.stdout
+    summary_path = done.stdout.split("Summary: ")[1].split()[0]
+    seconds = json.loads(open(summary_path).read())["stage_seconds"]
+    assert {"imports", "server start (waited)", "check_inputs", "prune_train"} <= set(seconds)

@@ -113,3 +113,36 @@ def test_a_read_only_output_folder_is_refused_before_any_stage(config_dict, tmp_
         with pytest.raises(PruneflowError, match=r"cannot write into output_root: .*outputs is not writable"):
             check_run_inputs(parse_config(config_dict), Roots())
     assert list((tmp_path / "outputs").iterdir()) == []
+
+
+def test_inputs_checked_before_are_not_checked_again_and_any_change_checks_them_again(
+    config_dict, tiny_baseline, tmp_path, monkeypatch
+):
+    import shutil
+
+    import tasks.inputs
+    from tasks.layout import OutputLayout
+
+    config = parse_config(config_dict)
+    first = check_run_inputs(config, Roots())
+    [record] = OutputLayout(root=config.output_root).checked.iterdir()
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the baseline was loaded again")
+
+    # The same inputs: what the checks concluded is read back, the baseline is not loaded.
+    monkeypatch.setattr(tasks.inputs, "load_model", no_loading)
+    again = check_run_inputs(config, Roots())
+    assert again == first and list(record.parent.iterdir()) == [record]
+    # Another baseline content, or another config: checked again (here, loading is refused).
+    nudged = shutil.copy(tiny_baseline, tmp_path / "copy.h5")
+    with open(nudged, "ab") as file:
+        file.write(b"\0")  # other bytes; still a model HDF5 reads
+    for changed in ({**config_dict, "model": {"baseline": str(nudged)}},
+                    {**config_dict, "layers": {"keep_first_conv": True}}):
+        with pytest.raises(AssertionError, match="loaded again"):
+            check_run_inputs(parse_config(changed), Roots())
+    # A record that cannot be read is no record.
+    record.write_text("{")
+    with pytest.raises(AssertionError, match="loaded again"):
+        check_run_inputs(config, Roots())
