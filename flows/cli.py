@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import sys
 import time
@@ -28,7 +29,7 @@ class Startup:
     temporary Prefect server, which boots in a process of its own from the command's start
     (flows.server; none when PREFECT_API_URL names a server)."""
 
-    PARTS = ("imports", "server start (waited)")
+    PARTS = ("imports", "tensorflow import", "server start (waited)")
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
@@ -116,7 +117,11 @@ def _run_flow(config_path: Path, refresh: bool = False) -> None:
             config = load_config(config_path)  # a mistake in it stops the server at once, and the command
             from flows.prune import prune_flow
             from tasks.report import render_files, render_table
+            from tasks.inputs import checked_before
             from tasks.stage import record_startup, unshared_server
+        if not checked_before(config):  # TensorFlow will be needed: import it while the server boots
+            with begun.part("tensorflow import"):
+                importlib.import_module("tasks.runtime")
         api_url = begun.ready()
         if api_url is not None:
             unshared_server()

@@ -150,6 +150,17 @@ def checked_record(config: RunConfig, csv_paths: dict[str, Path], codes: dict[st
     return layout.checked / f"{key}.json"
 
 
+def checked_before(config: RunConfig) -> bool:
+    """Whether check_inputs has a record of these inputs (then it will not load the baseline):
+    a command that will need TensorFlow can import it early, while it waits for its server."""
+    codes = {stage.name: stage.code for stage in STAGES}
+    try:
+        record = checked_record(config, csv_paths_of(config.dataset), codes, OutputLayout(root=config.output_root))
+    except OSError:
+        return False  # a CSV that cannot be read: check_inputs will say so
+    return read_checked(record) is not None
+
+
 def read_checked(record: Path | None) -> Checked | None:
     """The conclusions kept in `record`, or None (no record, or one that cannot be read: check again)."""
     if record is None or not record.is_file():

@@ -7,7 +7,7 @@ import pytest
 from tasks.config import parse_config
 from tasks.confine import ROOTS_ENV, Roots
 from tasks.errors import PruneflowError
-from tasks.inputs import check_inputs, check_run_inputs
+from tasks.inputs import check_inputs, check_run_inputs, checked_before
 from tests.tasks.test_confine import roots_for
 
 
@@ -124,8 +124,10 @@ def test_inputs_checked_before_are_not_checked_again_and_any_change_checks_them_
     from tasks.layout import OutputLayout
 
     config = parse_config(config_dict)
+    assert not checked_before(config)
     first = check_run_inputs(config, Roots())
     [record] = OutputLayout(root=config.output_root).checked.iterdir()
+    assert checked_before(config)
 
     def no_loading(*args, **kwargs):
         raise AssertionError("the baseline was loaded again")
