@@ -6,9 +6,9 @@ dataset listing with each image's content digest, the baseline's digest, the res
 schedule and the layer plan. What the stage checks concluded is kept in the output root,
 named by the digest of everything they read (the config, the CSVs, the baseline, their code):
 a run of the same inputs reuses it rather than loading the baseline again, so that a run whose
-every stage is stored does not import TensorFlow. A run started from a deployment may set model.trust_custom_code
-only where the worker allows it with PRUNEFLOW_ALLOW_CUSTOM_CODE=1: loading such a model runs
-its code.
+every stage is stored does not import TensorFlow. A run started from a deployment may set
+model.trust_custom_code only where the worker allows it with PRUNEFLOW_ALLOW_CUSTOM_CODE=1:
+loading such a model runs its code.
 """
 
 from __future__ import annotations
@@ -104,10 +104,8 @@ def check_run_inputs(config: RunConfig, roots: Roots) -> RunInputs:
     preflight = Preflight(config)
     csv_paths = csv_paths_of(config.dataset)
     confine_images(preflight.frames, csv_paths, roots)  # before any image or model is read
-    # Read as the run starts: an edit during the run must not change its keys.
-    codes = {stage.name: stage.code for stage in STAGES}
     layout = OutputLayout(root=config.output_root)
-    record = checked_record(config, csv_paths, codes, layout)
+    record = checked_record(config, csv_paths, layout)
     checked = read_checked(record)
     if checked is None:
         for stage in STAGES:
@@ -135,17 +133,22 @@ class Checked(BaseModel):
     plan: LayerPlan
 
 
-def checked_record(config: RunConfig, csv_paths: dict[str, Path], codes: dict[str, str], layout: OutputLayout):
+def checked_record(config: RunConfig, csv_paths: dict[str, Path], layout: OutputLayout) -> Path | None:
     """Where the stage checks' conclusions about these inputs are kept: named by the digest of the
     config (but its output_root), the CSVs' and the baseline's contents and the checking code;
-    None when the baseline is not a file (its check says what is wrong)."""
+    None when the baseline is not a file (its check says what is wrong).
+
+    It reads every stage's code version: the first call, as the run starts, fixes them for the
+    process (code_version), so that an edit during the run does not change its keys.
+    """
     baseline = config.model.baseline
     if not baseline.is_file():
         return None
     key = digest_of({
         "config": config.model_dump(mode="json", exclude={"output_root"}),
         "csvs": {split: file_digest(path) for split, path in csv_paths.items()},
-        "baseline": file_digest(baseline), "code": codes, "checks": code_version(__name__),
+        "baseline": file_digest(baseline), "code": {stage.name: stage.code for stage in STAGES},
+        "checks": code_version(__name__),
     })
     return layout.checked / f"{key}.json"
 
@@ -153,9 +156,8 @@ def checked_record(config: RunConfig, csv_paths: dict[str, Path], codes: dict[st
 def checked_before(config: RunConfig) -> bool:
     """Whether check_inputs has a record of these inputs (then it will not load the baseline):
     a command that will need TensorFlow can import it early, while it waits for its server."""
-    codes = {stage.name: stage.code for stage in STAGES}
     try:
-        record = checked_record(config, csv_paths_of(config.dataset), codes, OutputLayout(root=config.output_root))
+        record = checked_record(config, csv_paths_of(config.dataset), OutputLayout(root=config.output_root))
     except OSError:
         return False  # a CSV that cannot be read: check_inputs will say so
     return read_checked(record) is not None
