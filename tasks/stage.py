@@ -91,7 +91,8 @@ def _holds_a_path(annotation: Any) -> bool:
     return any(_holds_a_path(arg) for arg in typing.get_args(annotation))
 
 
-def _imported_modules(module: str, package: str) -> set[str]:
+@functools.cache
+def _imported_modules(module: str, package: str) -> frozenset[str]:
     """Modules of `package` that `module`'s source imports, anywhere in it (function bodies too,
     where this project imports TensorFlow lazily), except under `if TYPE_CHECKING:`."""
     spec = importlib.util.find_spec(module)
@@ -116,7 +117,7 @@ def _imported_modules(module: str, package: str) -> set[str]:
             spec_of_base = _spec(base) if base.split(".")[0] == package else None
             if spec_of_base is not None and spec_of_base.submodule_search_locations:
                 found |= {f"{base}.{alias.name}" for alias in node.names}  # `from tasks import models`
-    return {name for name in found if name.split(".")[0] == package and _spec(name) is not None}
+    return frozenset(name for name in found if name.split(".")[0] == package and _spec(name) is not None)
 
 
 def _spec(name: str):
@@ -140,6 +141,7 @@ def code_closure(module: str) -> tuple[str, ...]:
     return tuple(sorted(seen))
 
 
+@functools.cache
 def _installed(package: str) -> str | None:
     try:
         return importlib.metadata.version(package)

@@ -143,3 +143,36 @@ def test_a_run_whose_every_stage_is_stored_imports_no_tensorflow(prefect_server,
     summary_path = done.stdout.split("Summary: ")[1].split()[0]
     seconds = json.loads(open(summary_path).read())["stage_seconds"]
     assert {"imports", "server start (waited)", "check_inputs", "prune_train"} <= set(seconds)
+
+
+def test_the_pruneflow_command_ends_with_its_exit_code_all_it_printed_and_its_server_stopped(
+    prefect_server, config_dict, tmp_path
+):
+    """The console script ends its process without Python's teardown (flows.cli.console)."""
+    import os
+    import re
+    import subprocess
+    import sys
+    import urllib.error
+    import urllib.request
+    from pathlib import Path
+
+    from deployments.gpu import REPO
+
+    command = str(Path(sys.executable).with_name("pruneflow"))
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(config_dict))
+    assert main(["run", str(path)]) == 0  # stores every stage
+    env = {name: value for name, value in os.environ.items() if name != "PREFECT_API_URL"}
+    done = subprocess.run([command, "run", str(path)], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert re.search(r"\nSeconds: imports .*; in all \d+\.\d\n$", done.stdout), done.stdout[-500:]
+    [port] = set(re.findall(r"View at http://127\.0\.0\.1:(\d+)/", done.stdout + done.stderr))
+    with pytest.raises(urllib.error.URLError):  # its temporary server was stopped
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=5)
+
+    path.write_text(yaml.safe_dump({**config_dict, "training": {**config_dict["training"], "epochs": 0}}))
+    failed = subprocess.run([command, "run", str(path)], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert failed.returncode == 2
+    assert failed.stderr.startswith(f"pruneflow: error: {path}: invalid configuration"), failed.stderr[-2000:]
+    assert "training.epochs" in failed.stderr
