@@ -59,13 +59,40 @@ class Startup:
             self.server.wait()
         return self.server.api_url
 
+    @contextlib.contextmanager
+    def flow(self, refresh: bool) -> Iterator[None]:
+        """Once the server answers (ready), the settings the command's flow runs under, timed
+        as the part "flow"; the parts so far go to the run's summary (record_startup)."""
+        from tasks.stage import record_startup, unshared_server
+
+        api_url = self.ready()
+        if api_url is not None:
+            unshared_server()
+        record_startup(self.seconds)
+        with run_settings(refresh, api_url), self.part("flow"):
+            yield
+
+    def import_tensorflow_unless_checked(self, config) -> None:
+        """Import TensorFlow now, while the server boots, when check_inputs will need it: the
+        inputs were not checked before (tasks.inputs.checked_before)."""
+        from tasks.inputs import checked_before
+
+        if not checked_before(config):
+            with self.part("tensorflow import"):
+                importlib.import_module("tasks.runtime")
+
 
 @contextlib.contextmanager
-def startup() -> Iterator[Startup]:
+def startup(server: bool = True) -> Iterator[Startup]:
     """A Startup whose temporary server is already booting, stopped by its PID at the end: enter
-    it first thing in a command."""
+    it first thing in a command.
+
+    Args:
+        server: False for a command that must not have a temporary server (a sweep on Dask,
+            whose workers are other processes, needs a server that outlives it).
+    """
     begun = Startup()
-    if not os.environ.get("PREFECT_API_URL"):
+    if server and not os.environ.get("PREFECT_API_URL"):
         begun.server = TemporaryServer()
     try:
         yield begun
@@ -120,16 +147,8 @@ def _run_flow(config_path: Path, refresh: bool = False) -> None:
                 config = load_config(config_path)  # a mistake in it stops the server at once, and the command
                 from flows.prune import prune_flow
                 from tasks.report import render_files, render_table
-                from tasks.inputs import checked_before
-                from tasks.stage import record_startup, unshared_server
-            if not checked_before(config):  # TensorFlow will be needed: import it while the server boots
-                with begun.part("tensorflow import"):
-                    importlib.import_module("tasks.runtime")
-        api_url = begun.ready()
-        if api_url is not None:
-            unshared_server()
-        record_startup(begun.seconds)
-        with run_settings(refresh, api_url), begun.part("flow"):
+            begun.import_tensorflow_unless_checked(config)
+        with begun.flow(refresh):
             summary = prune_flow(config)
     typer.echo(
         f"\n{render_table(summary)}\n\n{render_files(summary)}\n\nLayers: {summary.sanity.layer_counts()}\n"
@@ -140,8 +159,8 @@ def _run_flow(config_path: Path, refresh: bool = False) -> None:
 
 
 def time_line(parts: dict[str, float], flow: float) -> str:
-    """Where the command's time went: its own parts, each stage, and the rest of the flow run
-    (Prefect's bookkeeping, the report)."""
+    """Where the command's time went: its own parts, each stage, the report, and the rest of the
+    flow run (Prefect's bookkeeping)."""
     inside = sum(seconds for name, seconds in parts.items() if name not in Startup.PARTS)
     listed = ", ".join(f"{name} {seconds:.1f}" for name, seconds in parts.items())
     rest, total = max(flow - inside, 0.0), time.perf_counter() - STARTED
@@ -158,14 +177,18 @@ def run(
 
 
 def _run_sweep(config_path: Path, refresh: bool = False, dask: str | None = None, dask_workers: int = 2) -> None:
-    from flows.sweep import dask_runner, sweep_flow
-    from tasks.config import load_config
-    from tasks.report import render_sweep
+    with startup(server=dask is None) as begun:
+        with imports_without_gc():
+            with begun.part("imports"):
+                from tasks.config import load_config
 
-    config = load_config(config_path)
-    with run_settings(refresh):
-        flow = sweep_flow.with_options(task_runner=dask_runner(dask, dask_workers)) if dask else sweep_flow
-        outcome = flow(config)
+                config = load_config(config_path)
+                from flows.sweep import dask_runner, sweep_flow
+                from tasks.report import render_sweep
+            begun.import_tensorflow_unless_checked(config)
+        with begun.flow(refresh):
+            flow = sweep_flow.with_options(task_runner=dask_runner(dask, dask_workers)) if dask else sweep_flow
+            outcome = flow(config)
     typer.echo(f"\n{render_sweep(outcome.results, outcome.chosen, config, outcome.decision)}")
 
 
@@ -191,12 +214,16 @@ def sensitivity(
     refresh: Refresh = False,
 ) -> None:
     """Prune each selected layer of CONFIG's baseline alone; propose per-layer sparsities for a run."""
-    from flows.sensitivity import sensitivity_flow
-    from tasks.config import load_config
+    with startup() as begun:
+        with imports_without_gc():
+            with begun.part("imports"):
+                from tasks.config import load_config
 
-    loaded = load_config(config)
-    with run_settings(refresh):
-        report = sensitivity_flow(loaded, target)
+                loaded = load_config(config)
+                from flows.sensitivity import sensitivity_flow
+            begun.import_tensorflow_unless_checked(loaded)
+        with begun.flow(refresh):
+            report = sensitivity_flow(loaded, target)
     typer.echo(f"\n{report.render()}")
 
 
