@@ -11,13 +11,16 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from flows.server import TemporaryServer, imports_without_gc
 from flows.user_errors import quiet_user_errors
 from tasks.errors import PruneflowError
+
+if TYPE_CHECKING:
+    from tasks.config import RunConfig
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 Refresh = Annotated[bool, typer.Option("--refresh", help="Run every stage, ignoring cached results.")]
@@ -88,8 +91,7 @@ def startup(server: bool = True) -> Iterator[Startup]:
     it first thing in a command.
 
     Args:
-        server: False for a command that must not have a temporary server (a sweep on Dask,
-            whose workers are other processes, needs a server that outlives it).
+        server: False for a command that must not have a temporary server.
     """
     begun = Startup()
     if server and not os.environ.get("PREFECT_API_URL"):
@@ -138,18 +140,34 @@ def run_settings(refresh: bool = False, api_url: str | None = None) -> Iterator[
         yield
 
 
-def _run_flow(config_path: Path, refresh: bool = False) -> None:
-    with startup() as begun:
+@contextlib.contextmanager
+def flow_command(
+    config_path: Path, refresh: bool, modules: tuple[str, ...], server: bool = True
+) -> Iterator[tuple[RunConfig, Startup]]:
+    """Around a command's flow: its temporary server booting from the start (startup), the
+    config and the flow's `modules` imported meanwhile with the garbage collector off, and
+    TensorFlow too when the inputs are to be checked; then, once the server answers, the
+    settings the flow runs under. Yields the config and the Startup (its parts timed)."""
+    with startup(server) as begun:
         with imports_without_gc():
             with begun.part("imports"):
                 from tasks.config import load_config
 
                 config = load_config(config_path)  # a mistake in it stops the server at once, and the command
-                from flows.prune import prune_flow
-                from tasks.report import render_files, render_table
+                for module in modules:
+                    importlib.import_module(module)
             begun.import_tensorflow_unless_checked(config)
         with begun.flow(refresh):
-            summary = prune_flow(config)
+            yield config, begun
+
+
+def _run_flow(config_path: Path, refresh: bool = False) -> None:
+    with flow_command(config_path, refresh, ("flows.prune",)) as (config, begun):
+        from flows.prune import prune_flow
+
+        summary = prune_flow(config)
+    from tasks.report import render_files, render_table
+
     typer.echo(
         f"\n{render_table(summary)}\n\n{render_files(summary)}\n\nLayers: {summary.sanity.layer_counts()}\n"
         f"Pruned model: {summary.pruned_model}\n"
@@ -177,18 +195,14 @@ def run(
 
 
 def _run_sweep(config_path: Path, refresh: bool = False, dask: str | None = None, dask_workers: int = 2) -> None:
-    with startup(server=dask is None) as begun:
-        with imports_without_gc():
-            with begun.part("imports"):
-                from tasks.config import load_config
+    # No temporary server for Dask: its workers, other processes, need one that outlives the command.
+    with flow_command(config_path, refresh, ("flows.sweep",), server=dask is None) as (config, _):
+        from flows.sweep import dask_runner, sweep_flow
 
-                config = load_config(config_path)
-                from flows.sweep import dask_runner, sweep_flow
-                from tasks.report import render_sweep
-            begun.import_tensorflow_unless_checked(config)
-        with begun.flow(refresh):
-            flow = sweep_flow.with_options(task_runner=dask_runner(dask, dask_workers)) if dask else sweep_flow
-            outcome = flow(config)
+        flow = sweep_flow.with_options(task_runner=dask_runner(dask, dask_workers)) if dask else sweep_flow
+        outcome = flow(config)
+    from tasks.report import render_sweep
+
     typer.echo(f"\n{render_sweep(outcome.results, outcome.chosen, config, outcome.decision)}")
 
 
@@ -214,16 +228,10 @@ def sensitivity(
     refresh: Refresh = False,
 ) -> None:
     """Prune each selected layer of CONFIG's baseline alone; propose per-layer sparsities for a run."""
-    with startup() as begun:
-        with imports_without_gc():
-            with begun.part("imports"):
-                from tasks.config import load_config
+    with flow_command(config, refresh, ("flows.sensitivity",)) as (loaded, _):
+        from flows.sensitivity import sensitivity_flow
 
-                loaded = load_config(config)
-                from flows.sensitivity import sensitivity_flow
-            begun.import_tensorflow_unless_checked(loaded)
-        with begun.flow(refresh):
-            report = sensitivity_flow(loaded, target)
+        report = sensitivity_flow(loaded, target)
     typer.echo(f"\n{report.render()}")
 
 
