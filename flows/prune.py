@@ -12,7 +12,7 @@ from prefect import flow
 from flows.graph import prepare, prune_to, start_run
 from tasks.config import RunConfig
 from tasks.report import RunSummary, publish_report
-from tasks.stage import stage_clock, timed
+from tasks.stage import stage_clock
 
 
 @flow(name="prune")
@@ -26,8 +26,4 @@ def prune_flow(config: RunConfig) -> RunSummary:
         **dict(outcome), run_dir=run.run_dir, config=config, classes=start.dataset.classes,
         counts=start.dataset.counts, stage_seconds=seconds,
     )
-    with stage_clock() as reporting, timed("report"):
-        publish_report(summary)
-    # After summary.json was written, which cannot hold the time it takes to write it: the
-    # command's Seconds line shows it.
-    return summary.model_copy(update={"stage_seconds": {**summary.stage_seconds, **reporting}})
+    return publish_report(summary)

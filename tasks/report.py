@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from prefect import task
@@ -131,15 +132,23 @@ def render_markdown(summary: RunSummary) -> str:
 
 
 @task(cache_policy=NONE)
-def publish_report(summary: RunSummary) -> Path:
-    """Write summary.json and publish the comparison as Prefect artifacts."""
-    with storage_errors(summary.run_dir, "the run's summary"):
-        path = write_json(summary.run_dir / "summary.json", summary.model_dump(mode="json"))
+def publish_report(summary: RunSummary) -> RunSummary:
+    """Publish the comparison as Prefect artifacts, then write summary.json.
+
+    Returns:
+        The summary as written: its stage_seconds end with the report's own time (all of it
+        but the writing of summary.json).
+    """
+    started = time.perf_counter()
     create_markdown_artifact(key=ARTIFACT_KEY, markdown=render_markdown(summary), description="Baseline vs pruned")
     create_table_artifact(key=f"{ARTIFACT_KEY}-table", table=comparison_rows(summary), description="Baseline vs pruned")
     create_table_artifact(key=f"{ARTIFACT_KEY}-files", table=file_rows(summary), description="Deployable files")
+    seconds = {**summary.stage_seconds, "report": round(time.perf_counter() - started, 3)}
+    summary = summary.model_copy(update={"stage_seconds": seconds})
+    with storage_errors(summary.run_dir, "the run's summary"):
+        path = write_json(summary.run_dir / "summary.json", summary.model_dump(mode="json"))
     run_logger().info("Summary written to %s", path)
-    return path
+    return summary
 
 
 def sweep_row(result: TargetResult, file: Deployable, gate: SweepConfig) -> dict[str, str]:
