@@ -297,6 +297,13 @@ class Stage(Generic[A]):
         build = functools.partial(self.build, work=work) if self.resumable else self.build
         return store.produce(self.name, key, self.artifact, lambda out: build(out, **inputs), scratch=work)
 
+    def stored(self, store: ArtifactStore, **inputs: Any) -> bool:
+        """Whether an intact artifact for these inputs is in the store, to be reused (not under
+        `pruneflow run --refresh`)."""
+        from prefect.settings import PREFECT_TASKS_REFRESH_CACHE
+
+        return not PREFECT_TASKS_REFRESH_CACHE.value() and store.problem(self.name, self.key(**inputs)) is None
+
     def retrying(self, retries: int, delay_seconds: float) -> Stage[A]:
         """This stage with its task retried up to `retries` times (on failures `retry_if` accepts)."""
         return dataclasses.replace(self, retries=retries, retry_delay_seconds=delay_seconds)
@@ -336,9 +343,13 @@ class Stage(Generic[A]):
         """Run the stage's task (in a flow) and return its artifact."""
         from prefect.states import State
 
-        # Untagged on a server no other run shares: no slot to take, and taking one costs ~2 s.
-        task = self.task.with_options(tags=[]) if self.tags and _UNSHARED else self.task
         with timed(self.name):
+            # Untagged, so that it takes no slot (taking one costs about 2 s, and waits for any
+            # training that holds it), on a server no other run shares, or when what it would
+            # build is stored: it will not train (were the folder deleted in between, it would
+            # train without a slot).
+            untagged = self.tags and (_UNSHARED or self.stored(store, **inputs))
+            task = self.task.with_options(tags=[]) if untagged else self.task
             result = task(store=store, **inputs)
         # A task called directly returns what its function returned: the Cached state, when reused.
         return result.result() if isinstance(result, State) else result

@@ -7,6 +7,7 @@ import pytest
 from flows.prune import prune_flow
 from tasks.config import parse_config
 from tasks.errors import PruneflowError
+from tasks.stage import TRAINING_TAG
 from tasks.store import ArtifactStore
 from tests.helpers import STAGES, make_config_dict, stage_states, task_runs
 
@@ -56,6 +57,20 @@ def test_identical_rerun_is_all_cached_and_trains_nothing(prefect_server, config
     assert {stage: got[stage] for stage in STAGES} == {stage: "Cached" for stage in STAGES}
     assert got["publish_report"] == "Completed"  # each run publishes its own report
     assert second.result().pruned == first.result().pruned
+    # On a shared server a training stage takes a GPU slot (its tag), unless what it would train is stored.
+    assert training_tags(first) == {"prune_train": [TRAINING_TAG], "quantize_train": [TRAINING_TAG]}
+    assert training_tags(second) == {"prune_train": [], "quantize_train": []}
+
+
+def training_tags(state) -> dict[str, list[str]]:
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
+        )
+    return {run.name.rsplit("-", 1)[0]: sorted(run.tags) for run in runs if run.name.split("-")[0].endswith("train")}
 
 
 def test_new_sparsity_reruns_training_and_after_but_not_data_or_baseline(seed, config_dict):
