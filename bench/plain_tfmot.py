@@ -122,8 +122,7 @@ def main() -> int:
     timed("evaluate_pruned", started)
 
     started = time.perf_counter()
-    sizes = {"baseline_zip": zipped_size(baseline_path if baseline_path.parent == out else _copy(baseline_path, out)),
-             "pruned_zip": zipped_size(pruned_path)}
+    sizes = {"baseline_zip": zipped_size(_copy(baseline_path, out)), "pruned_zip": zipped_size(pruned_path)}
     timed("measure_size", started)
     times["total"] = time.perf_counter() - STARTED
     print(json.dumps({"seconds": times, "baseline_accuracy": baseline_accuracy, "pruned_accuracy": pruned_accuracy,
