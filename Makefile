@@ -28,7 +28,7 @@ docs: $(STAMP)
 	$(BIN)/python docs/gen_configuration.py
 
 serve: $(STAMP)
-	$(BIN)/python -m deployments.serve
+	$(BIN)/python -m pruneflow.deployments.serve
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_demo.py

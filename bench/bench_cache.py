@@ -23,8 +23,8 @@ from common import demo_config, median_range, parse_args
 def main() -> int:
     args = parse_args(__doc__)
     demo = demo_config(args.workdir)
-    from flows.cli import run_settings
-    from flows.prune import prune_flow
+    from pruneflow.flows.cli import run_settings
+    from pruneflow.flows.prune import prune_flow
 
     sparser = demo.pruning.model_copy(update={"final_sparsity": 0.7})
 

@@ -20,9 +20,9 @@ from common import demo_config, median_range, parse_args
 def main() -> int:
     args = parse_args(__doc__)
     config = demo_config(args.workdir)
-    from flows.cli import run_settings
-    from flows.prune import prune_flow
-    from tasks.report import render_table
+    from pruneflow.flows.cli import run_settings
+    from pruneflow.flows.prune import prune_flow
+    from pruneflow.tasks.report.summary import render_table
 
     runs = []
     for i in range(args.repeats):

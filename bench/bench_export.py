@@ -3,7 +3,7 @@
     .venv/bin/python bench/bench_export.py [--repeats 5] [--workdir bench-demo] [--config CONFIG] [--threads 1]
 
 Runs the flow once on the demo (or on CONFIG), its stages reused when they are stored, then
-times every file again `--repeats` times, side by side (tasks.latency.time_models, outside the
+times every file again `--repeats` times, side by side (pruneflow.tasks.stages.measure_latency.time_models, outside the
 store), and prints one line per file: bytes, zip-deflated and xz sizes with their ratio to the
 baseline .h5 (compressed alike), accuracy in the interpreter and agreement with the Keras model
 (deterministic: measured once, by the flow), and the median over repeats of each repeat's median
@@ -27,11 +27,12 @@ def main() -> int:
         parser.add_argument("--runs", type=int, default=200, help="Timed invocations per file and repeat."),
         parser.set_defaults(repeats=5),
     ))
-    from flows.cli import run_settings
-    from flows.prune import prune_flow
-    from tasks.config import LatencySpec, dense_counterpart, load_config
-    from tasks.latency import machine_description, time_models
-    from tasks.outcome import FORMAT_NAMES
+    from pruneflow.flows.cli import run_settings
+    from pruneflow.flows.prune import prune_flow
+    from pruneflow.tasks.libs.outcome import FORMAT_NAMES
+    from pruneflow.tasks.libs.timing import machine_description
+    from pruneflow.tasks.specs.config import LatencySpec, dense_counterpart, load_config
+    from pruneflow.tasks.stages.measure_latency import time_models
 
     config = load_config(args.config) if args.config else demo_config(args.workdir)
     with run_settings():
@@ -70,13 +71,13 @@ def main() -> int:
 
 
 def _baseline_file(summary):
-    from tasks.models import ModelFile
+    from pruneflow.tasks.libs.models import ModelFile
 
     return ModelFile.of(summary.config.model.baseline, trust_code=summary.config.model.trust_custom_code)
 
 
 def _pruned_file(summary):
-    from tasks.models import ModelFile
+    from pruneflow.tasks.libs.models import ModelFile
 
     return ModelFile.of(summary.pruned_model, trust_code=True)
 

@@ -98,9 +98,9 @@ def demo_2_4(workdir: Path) -> None:
 
 
 def mobilenet(workdir: Path) -> None:
-    from tasks.config import load_config
-    from tasks.demo import train_baseline
-    from tasks.runtime import keras
+    from pruneflow.tasks.core.runtime import keras
+    from pruneflow.tasks.demo import train_baseline
+    from pruneflow.tasks.specs.config import load_config
 
     folder = workdir / "mobilenet"
     data = folder / "data"

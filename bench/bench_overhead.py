@@ -37,7 +37,7 @@ def extra(parser) -> None:
 
 def recipe(args) -> Path:
     """The config as a YAML file in the workdir: absolute paths, no TFLite files."""
-    from tasks.config import load_config
+    from pruneflow.tasks.specs.config import load_config
 
     config = load_config(args.config) if args.config else demo_config(args.workdir)
     dumped = config.model_dump(mode="json")

@@ -49,11 +49,12 @@ def run_backend(backend: str, config: dict, args) -> dict:
     """One backend's figures, from a fresh server, database and workers."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from deployments.gpu import REPO, DeploymentSettings, apply
-    from deployments.load import create_at_once, most_at_once, task_intervals, wait_for
-    from deployments.local import free_port, server_env, start_server, start_worker
-    from deployments.postgres import start_postgres
-    from tasks.confine import ROOTS_ENV
+    from pruneflow.deployments.gpu import REPO, DeploymentSettings, apply
+    from pruneflow.deployments.load import create_at_once, most_at_once, task_intervals, wait_for
+    from pruneflow.deployments.local import server_env, start_server, start_worker
+    from pruneflow.deployments.postgres import start_postgres
+    from pruneflow.flows.server import free_port
+    from pruneflow.tasks.preflight.confine import ROOTS_ENV
 
     home = (args.workdir / backend).resolve()  # absolute: the flow runs start in the repository
     shutil.rmtree(home, ignore_errors=True)

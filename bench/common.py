@@ -23,8 +23,8 @@ def parse_args(doc: str, extra=None) -> argparse.Namespace:
 def demo_config(workdir: Path):
     """Run `pruneflow demo` once (data, baseline, and a warm-up of TensorFlow and Prefect's
     ephemeral server), then return the demo's config."""
-    from flows.cli import main as cli_main
-    from tasks.config import load_config
+    from pruneflow.flows.cli import main as cli_main
+    from pruneflow.tasks.specs.config import load_config
 
     if cli_main(["demo", "--workdir", str(workdir)]) != 0:
         sys.exit("the demo failed; see above")

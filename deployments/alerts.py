@@ -3,7 +3,7 @@
 Each automation sends its message through one Prefect notification block: a generic webhook
 saved here (WEBHOOK_BLOCK, posting JSON {"subject": ..., "body": ...}), or a block the team
 made (Slack, Microsoft Teams, Sendgrid email: see docs/alerts.md). `ensure_alerts` creates them or
-brings them up to date (deployments.automations), so running it again leaves one of each;
+brings them up to date (pruneflow.deployments.automations), so running it again leaves one of each;
 `remove_alerts` deletes them.
 """
 
@@ -13,9 +13,9 @@ from collections.abc import Mapping
 from datetime import timedelta
 from uuid import UUID
 
-from deployments.automations import describe, sync_automations
-from tasks.errors import PruneflowError
-from tasks.events import REGRESSION_EVENT
+from pruneflow.deployments.automations import describe, sync_automations
+from pruneflow.tasks.core.errors import PruneflowError
+from pruneflow.tasks.decide.events import REGRESSION_EVENT
 
 PREFIX = "pruneflow: "
 WEBHOOK_BLOCK = "pruneflow-alerts"
@@ -167,10 +167,10 @@ def remove_alerts() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m deployments.alerts --remove`: turn pruneflow's alerts off on the current Prefect API."""
+    """`python -m pruneflow.deployments.alerts --remove`: turn pruneflow's alerts off on the current Prefect API."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m deployments.alerts", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m pruneflow.deployments.alerts", description=main.__doc__)
     parser.add_argument("--remove", action="store_true", required=True, help="delete the automations and the webhook block")
     parser.parse_args(argv)
     remove_alerts()

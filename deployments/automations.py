@@ -3,7 +3,7 @@
 `sync_automations` makes the server's automations whose names start with a prefix exactly the
 ones wanted: created, updated where they differ, left alone where they are as wanted (so that
 re-applying does not restart a proactive trigger's window), and copies or automations no
-longer wanted deleted. deployments.alerts and deployments.recovery each own one prefix.
+longer wanted deleted. pruneflow.deployments.alerts and pruneflow.deployments.recovery each own one prefix.
 """
 
 from __future__ import annotations

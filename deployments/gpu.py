@@ -8,8 +8,8 @@ for GPU workers:
 Their default parameters run the bundled demo dataset, prepared by `pruneflow demo` under
 `demo_dir` on the worker's machine. Training stages take a slot of a concurrency limit,
 `gpu_slots` wide (one training per GPU, however many runs and workers). A run whose worker dies
-is marked Crashed when its heartbeats stop and scheduled again (deployments.recovery). With an
-alert webhook or block, the nightly deployments also get alerts (deployments.alerts).
+is marked Crashed when its heartbeats stop and scheduled again (pruneflow.deployments.recovery). With an
+alert webhook or block, the nightly deployments also get alerts (pruneflow.deployments.alerts).
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ import yaml
 from prefect.schedules import Cron
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from deployments.alerts import MISSING_NIGHTLY_AFTER, ensure_alerts
-from deployments.recovery import HEARTBEAT, HEARTBEAT_ENV, RESCHEDULES, SILENT_AFTER, ensure_recovery
-from tasks.config import RunConfig, parse_config
-from tasks.demo import demo_config_text
-from tasks.stage import TRAINING_TAG
+from pruneflow.deployments.alerts import MISSING_NIGHTLY_AFTER, ensure_alerts
+from pruneflow.deployments.recovery import HEARTBEAT, HEARTBEAT_ENV, RESCHEDULES, SILENT_AFTER, ensure_recovery
+from pruneflow.tasks.core.stage import TRAINING_TAG
+from pruneflow.tasks.demo import demo_config_text
+from pruneflow.tasks.specs.config import RunConfig, parse_config
 
 REPO = Path(__file__).resolve().parents[1]
 ENTRYPOINT = "flows/prune.py:prune_flow"
@@ -121,7 +121,7 @@ def process_base_job_template() -> dict:
 
     Prefect's default lets every run, including a custom run from the UI, set the `command` the
     worker executes and any environment variable: a way to run anything on the GPU host, or to
-    lift the folder limits of tasks.inputs. This one drops `command` and `working_dir`, allows
+    lift the folder limits of pruneflow.tasks.preflight.check_inputs. This one drops `command` and `working_dir`, allows
     only RUN_ENV_ALLOWED in `env`, and makes the server refuse any other job variable.
     """
     from prefect.workers.process import ProcessWorker
@@ -153,11 +153,11 @@ def build_deployments(settings: DeploymentSettings | None = None, flow=None, swe
     """
     settings = settings or DeploymentSettings()
     if flow is None:
-        from flows.prune import prune_flow
+        from pruneflow.flows.prune import prune_flow
 
         flow = prune_flow.from_source(source=str(REPO), entrypoint=ENTRYPOINT)
     if sweep is None:
-        from flows.sweep import sweep_flow
+        from pruneflow.flows.sweep import sweep_flow
 
         sweep = sweep_flow.from_source(source=str(REPO), entrypoint=SWEEP_ENTRYPOINT)
     parameters = {"config": default_config(settings.demo_dir).model_dump(mode="json")}
@@ -251,11 +251,11 @@ def apply(settings: DeploymentSettings | None = None) -> list:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m deployments.gpu`: create the pool if needed, apply the four deployments and, with
+    """`python -m pruneflow.deployments.gpu`: create the pool if needed, apply the four deployments and, with
     --alert-webhook or --alert-block, the alerts."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m deployments.gpu", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m pruneflow.deployments.gpu", description=main.__doc__)
     for name, field in DeploymentSettings.model_fields.items():
         parser.add_argument(f"--{name.replace('_', '-')}", default=field.default, help=field.description)
     settings = DeploymentSettings(**vars(parser.parse_args(argv)))

@@ -12,8 +12,6 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from flows.server import free_port  # noqa: F401 (re-exported: the deployments' tests and bench use it from here)
-
 PREFECT = str(Path(sys.executable).with_name("prefect"))
 
 
@@ -22,7 +20,7 @@ def server_env(port: int, base: dict[str, str] | None = None, database_url: str 
 
     Args:
         database_url: the server's database, e.g. `postgresql+asyncpg://prefect@127.0.0.1:5432/prefect`
-            (deployments.postgres); without it, the server's default, SQLite under PREFECT_HOME.
+            (pruneflow.deployments.postgres); without it, the server's default, SQLite under PREFECT_HOME.
             Give it to the server's environment only: clients and workers need no database.
     """
     env = dict(os.environ if base is None else base)

@@ -12,8 +12,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from deployments.local import Process, as_user
-from tasks.errors import PruneflowError
+from pruneflow.deployments.local import Process, as_user
+from pruneflow.tasks.core.errors import PruneflowError
 
 # Debian's postgresql package puts the server programs here, not on PATH.
 DEBIAN_BIN = Path("/usr/lib/postgresql")

@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from datetime import timedelta
 from uuid import UUID
 
-from deployments.automations import describe, sync_automations
+from pruneflow.deployments.automations import describe, sync_automations
 
 PREFIX = "pruneflow recovery: "
 SILENT = PREFIX + "crash runs whose heartbeats stopped"

@@ -1,13 +1,13 @@
 """Try pruneflow's deployments on one machine: PostgreSQL, a server, the GPU work pool, the deployments, a worker.
 
-    .venv/bin/python -m deployments.serve [--port 4200] [--timezone UTC] [--demo-dir demo] [--state-dir .state]
+    .venv/bin/python -m pruneflow.deployments.serve [--port 4200] [--timezone UTC] [--demo-dir demo] [--state-dir .state]
                                           [--alert-webhook URL]
 
 Prepares the demo (its data are the deployments' default parameters), starts a PostgreSQL
 cluster of its own in STATE_DIR/postgres (made on first use, reused after, so runs are kept)
 on a free port of 127.0.0.1, starts `prefect server` on 127.0.0.1 with its database there,
 creates the process work pool, applies the `nightly` and `manual` deployments of both flows,
-the automations that reschedule the runs of a worker that died (deployments.recovery) and,
+the automations that reschedule the runs of a worker that died (pruneflow.deployments.recovery) and,
 with --alert-webhook, the alerts of docs/alerts.md, and starts a worker on the pool.
 Ctrl-C stops the worker, the server and PostgreSQL, by their PIDs.
 """
@@ -20,11 +20,12 @@ import sys
 import time
 from pathlib import Path
 
-from deployments.gpu import REPO, DeploymentSettings, apply
-from deployments.local import free_port, server_env, start_server, start_worker
-from deployments.postgres import start_postgres
-from tasks.confine import ROOTS_ENV
-from tasks.errors import PruneflowError
+from pruneflow.deployments.gpu import REPO, DeploymentSettings, apply
+from pruneflow.deployments.local import server_env, start_server, start_worker
+from pruneflow.deployments.postgres import start_postgres
+from pruneflow.flows.server import free_port
+from pruneflow.tasks.core.errors import PruneflowError
+from pruneflow.tasks.preflight.confine import ROOTS_ENV
 
 
 def _interrupt(signum, frame) -> None:
@@ -32,7 +33,7 @@ def _interrupt(signum, frame) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m deployments.serve", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m pruneflow.deployments.serve", description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=4200)
     parser.add_argument("--pool", default="pruneflow-gpu")
     parser.add_argument("--timezone", default="UTC", help="time zone of the nightly 02:00 schedule")
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM (a service manager, `timeout`) must stop the children too, as Ctrl-C does.
     signal.signal(signal.SIGTERM, _interrupt)
 
-    from tasks.demo import prepare_demo
+    from pruneflow.tasks.demo import prepare_demo
 
     prepare_demo(args.demo_dir)
     env = server_env(args.port)

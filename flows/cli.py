@@ -15,12 +15,13 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from flows.server import TemporaryServer, imports_without_gc
-from flows.user_errors import quiet_user_errors
-from tasks.errors import PruneflowError
+from pruneflow.flows.server import TemporaryServer, imports_without_gc
+from pruneflow.flows.user_errors import quiet_user_errors
+from pruneflow.tasks.core.errors import PruneflowError
 
 if TYPE_CHECKING:
-    from tasks.config import RunConfig
+    from pruneflow.tasks.specs.config import RunConfig
+
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 Refresh = Annotated[bool, typer.Option("--refresh", help="Run every stage, ignoring cached results.")]
@@ -32,7 +33,7 @@ STARTED = time.perf_counter()  # as the command's own module is imported: the st
 class Startup:
     """What a command does before its flow runs, timed: its imports, and the wait for its
     temporary Prefect server, which boots in a process of its own from the command's start
-    (flows.server; none when PREFECT_API_URL names a server)."""
+    (pruneflow.flows.server; none when PREFECT_API_URL names a server)."""
 
     PARTS = ("imports", "tensorflow import", "server start (waited)")
 
@@ -66,7 +67,7 @@ class Startup:
     def flow(self, refresh: bool) -> Iterator[None]:
         """Once the server answers (ready), the settings the command's flow runs under, timed
         as the part "flow"; the parts so far go to the run's summary (record_startup)."""
-        from tasks.stage import record_startup, unshared_server
+        from pruneflow.flows.running import record_startup, unshared_server
 
         api_url = self.ready()
         if api_url is not None:
@@ -77,12 +78,13 @@ class Startup:
 
     def import_tensorflow_unless_checked(self, config) -> None:
         """Import TensorFlow now, while the server boots, when check_inputs will need it: the
-        inputs were not checked before (tasks.inputs.checked_before)."""
-        from tasks.inputs import checked_before
+        inputs were not checked before (checked_before)."""
+        from pruneflow.flows.stages import STAGES
+        from pruneflow.tasks.preflight.check_inputs import checked_before
 
-        if not checked_before(config):
+        if not checked_before(config, STAGES):
             with self.part("tensorflow import"):
-                importlib.import_module("tasks.runtime")
+                importlib.import_module("pruneflow.tasks.core.runtime")
 
 
 @contextlib.contextmanager
@@ -151,7 +153,7 @@ def flow_command(
     with startup(server) as begun:
         with imports_without_gc():
             with begun.part("imports"):
-                from tasks.config import load_config
+                from pruneflow.tasks.specs.config import load_config
 
                 config = load_config(config_path)  # a mistake in it stops the server at once, and the command
                 for module in modules:
@@ -162,11 +164,11 @@ def flow_command(
 
 
 def _run_flow(config_path: Path, refresh: bool = False) -> None:
-    with flow_command(config_path, refresh, ("flows.prune",)) as (config, begun):
-        from flows.prune import prune_flow
+    with flow_command(config_path, refresh, ("pruneflow.flows.prune",)) as (config, begun):
+        from pruneflow.flows.prune import prune_flow
 
         summary = prune_flow(config)
-    from tasks.report import render_files, render_table
+    from pruneflow.tasks.report.summary import render_files, render_table
 
     typer.echo(
         f"\n{render_table(summary)}\n\n{render_files(summary)}\n\nLayers: {summary.sanity.layer_counts()}\n"
@@ -196,12 +198,12 @@ def run(
 
 def _run_sweep(config_path: Path, refresh: bool = False, dask: str | None = None, dask_workers: int = 2) -> None:
     # No temporary server for Dask: its workers, other processes, need one that outlives the command.
-    with flow_command(config_path, refresh, ("flows.sweep",), server=dask is None) as (config, _):
-        from flows.sweep import dask_runner, sweep_flow
+    with flow_command(config_path, refresh, ("pruneflow.flows.sweep",), server=dask is None) as (config, _):
+        from pruneflow.flows.sweep import dask_runner, sweep_flow
 
         flow = sweep_flow.with_options(task_runner=dask_runner(dask, dask_workers)) if dask else sweep_flow
         outcome = flow(config)
-    from tasks.report import render_sweep
+    from pruneflow.tasks.report.summary import render_sweep
 
     typer.echo(f"\n{render_sweep(outcome.results, outcome.chosen, config, outcome.decision)}")
 
@@ -228,8 +230,8 @@ def sensitivity(
     refresh: Refresh = False,
 ) -> None:
     """Prune each selected layer of CONFIG's baseline alone; propose per-layer sparsities for a run."""
-    with flow_command(config, refresh, ("flows.sensitivity",)) as (loaded, _):
-        from flows.sensitivity import sensitivity_flow
+    with flow_command(config, refresh, ("pruneflow.flows.sensitivity",)) as (loaded, _):
+        from pruneflow.flows.sensitivity import sensitivity_flow
 
         report = sensitivity_flow(loaded, target)
     typer.echo(f"\n{report.render()}")
@@ -239,7 +241,7 @@ def sensitivity(
 def history(
     config: Annotated[Path, typer.Argument(help="The run config whose output_root holds the history.")],
     last: Annotated[int, typer.Option(help="How many recent runs to show.")] = 10,
-    # tasks.history's REGRESSION_TOLERANCE and LATENCY_TOLERANCE (not imported: it loads Prefect).
+    # pruneflow.tasks.decide.history's REGRESSION_TOLERANCE and LATENCY_TOLERANCE (not imported: it loads Prefect).
     tolerance: Annotated[float, typer.Option(help="Accuracy drop, in points, that counts as a regression.")] = 0.5,
     latency_tolerance: Annotated[
         float, typer.Option(help="Slow-down of the promoted file that counts as a regression (0.25: 25 % slower).")
@@ -248,9 +250,9 @@ def history(
     """Show recent sweeps' promoted files; exit 1 if the latest run regressed."""
     import pandas as pd
 
-    from tasks.config import load_config
-    from tasks.history import read_history, regressions, runs_summary
-    from tasks.layout import OutputLayout
+    from pruneflow.tasks.core.layout import OutputLayout
+    from pruneflow.tasks.decide.history import read_history, regressions, runs_summary
+    from pruneflow.tasks.specs.config import load_config
 
     folder = OutputLayout(root=load_config(config).output_root).history
     rows = read_history(folder)
@@ -282,7 +284,7 @@ def demo(
     sweep: Annotated[bool, typer.Option("--sweep", help="Sweep the demo's targets instead of one run.")] = False,
 ) -> None:
     """Write the MNIST demo dataset, train a baseline if none exists, run the flow (or the sweep)."""
-    from tasks.demo import prepare_demo
+    from pruneflow.tasks.demo import prepare_demo
 
     config = prepare_demo(workdir, say=typer.echo)
     if sweep:

@@ -4,7 +4,7 @@ A run starts with check_inputs (start_run). `prepare` runs the stages that do no
 the sparsity: once per run, a sweep's included. `prune_to` runs the rest for one schedule:
 once in a pruning run, and once per target in a sweep, where `prune_target` makes it one task
 run per target so that the sweep can map it. Each stage call below is a Prefect task that
-keys, stores and reuses its artifact itself (tasks.stage): the wiring is all there is here.
+keys, stores and reuses its artifact itself (pruneflow.tasks.core.stage): the wiring is all there is here.
 """
 
 from __future__ import annotations
@@ -17,23 +17,27 @@ from prefect.runtime import deployment, flow_run
 from prefect.utilities.annotations import quote
 from pydantic import BaseModel, ConfigDict
 
-from flows.user_errors import quiet_user_errors
-from tasks.config import RunConfig, Schedule
-from tasks.dataset import PreparedDataset, prepare_dataset
-from tasks.evaluate import Evaluation, evaluate_baseline, evaluate_pruned
-from tasks.export import ExportedModels, export_baseline, export_pruned
-from tasks.inputs import RunInputs, check_inputs
-from tasks.interpreter import ExportEvaluation, evaluate_baseline_exports, evaluate_pruned_exports
-from tasks.latency import machine_description, measure_latency
-from tasks.layout import OutputLayout
-from tasks.models import ModelFile
-from tasks.outcome import PruningOutcome, TargetResult
-from tasks.prune import prune_train, strip
-from tasks.qat import quantize_train
-from tasks.sanity import sanity_check
-from tasks.size import measure_size
-from tasks.stage import timed
-from tasks.store import ArtifactStore
+from pruneflow.flows.running import run_stage, timed
+from pruneflow.flows.stages import STAGES
+from pruneflow.flows.user_errors import quiet_user_errors
+from pruneflow.tasks.core.layout import OutputLayout
+from pruneflow.tasks.core.store import ArtifactStore
+from pruneflow.tasks.libs.artifacts import Evaluation, ExportedModels, ExportEvaluation, PreparedDataset
+from pruneflow.tasks.libs.models import ModelFile
+from pruneflow.tasks.libs.outcome import PruningOutcome, TargetResult
+from pruneflow.tasks.libs.timing import machine_description
+from pruneflow.tasks.preflight.check_inputs import RunInputs, check_inputs
+from pruneflow.tasks.specs.config import RunConfig, Schedule
+from pruneflow.tasks.stages.evaluate import evaluate_baseline, evaluate_pruned
+from pruneflow.tasks.stages.evaluate_exports import evaluate_baseline_exports, evaluate_pruned_exports
+from pruneflow.tasks.stages.export_tflite import export_baseline, export_pruned
+from pruneflow.tasks.stages.measure_latency import measure_latency
+from pruneflow.tasks.stages.measure_size import measure_size
+from pruneflow.tasks.stages.prepare_dataset import prepare_dataset
+from pruneflow.tasks.stages.prune_train import prune_train
+from pruneflow.tasks.stages.quantize_train import quantize_train
+from pruneflow.tasks.stages.sanity_check import sanity_check
+from pruneflow.tasks.stages.strip import strip
 
 
 class Run(BaseModel):
@@ -63,7 +67,7 @@ def start_run(config: RunConfig) -> Run:
     """Check the inputs (nothing is written if they fail), then make the run's folder."""
     quiet_user_errors()  # in a worker's process too
     with timed("check_inputs"):
-        inputs = check_inputs(config, from_deployment=deployment.id is not None)
+        inputs = check_inputs(config, from_deployment=deployment.id is not None, stages=quote(STAGES))
     layout = OutputLayout(root=config.output_root)
     return Run(inputs=inputs, layout=layout, run_dir=layout.new_run_dir(flow_run.name))
 
@@ -72,14 +76,16 @@ def prepare(config: RunConfig, run: Run) -> Prepared:
     store = run.layout.store
     # quote: Prefect would otherwise walk the listing's three entries per image, twice, to look
     # for futures in it, which costs more than the whole stage when it is reused.
-    dataset = prepare_dataset(store, listing=quote(run.inputs.listing), shape=config.dataset.shape)
+    dataset = run_stage(prepare_dataset, store, listing=quote(run.inputs.listing), shape=config.dataset.shape)
     model, batch_size = run.inputs.baseline, config.dataset.batch_size
-    baseline = evaluate_baseline(store, model=model, dataset=dataset, batch_size=batch_size)
-    exports = export_baseline(
-        store, model=model, dataset=dataset, export=config.export_spec.dense(), sanity=None, quantized=None
+    baseline = run_stage(evaluate_baseline, store, model=model, dataset=dataset, batch_size=batch_size)
+    exports = run_stage(
+        export_baseline, store, model=model, dataset=dataset, export=config.export_spec.dense(), sanity=None,
+        quantized=None,
     )
-    assessed = evaluate_baseline_exports(
-        store, exported=exports, reference=model, quantized=None, dataset=dataset, batch_size=batch_size
+    assessed = run_stage(
+        evaluate_baseline_exports, store, exported=exports, reference=model, quantized=None, dataset=dataset,
+        batch_size=batch_size,
     )
     return Prepared(
         store=store, model=model, dataset=dataset, baseline=baseline, baseline_exports=exports,
@@ -90,24 +96,31 @@ def prepare(config: RunConfig, run: Run) -> Prepared:
 def prune_to(config: RunConfig, start: Prepared, schedule: Schedule) -> PruningOutcome:
     store, dataset = start.store, start.dataset
     training = prune_train.retrying(config.training.retries, config.training.retry_delay_seconds)
-    trained = training(store, dataset=dataset, baseline=start.model, schedule=schedule, training=config.training_spec)
-    stripped = strip(store, trained=trained, dataset=dataset)
-    sanity = sanity_check(
-        store, stripped=stripped, schedule=schedule, training=config.training_spec, tolerance=config.sanity_tolerance
+    trained = run_stage(
+        training, store, dataset=dataset, baseline=start.model, schedule=schedule, training=config.training_spec
     )
-    sizes = measure_size(store, baseline=start.model, pruned=stripped.file)
-    pruned = evaluate_pruned(store, model=stripped.file, dataset=dataset, batch_size=config.dataset.batch_size)
-    quantized = quantize_train(store, dataset=dataset, pruned=stripped.file, qat=config.qat_spec)
-    exports = export_pruned(
-        store, model=stripped.file, dataset=dataset, export=config.export_spec, sanity=sanity, quantized=quantized
+    stripped = run_stage(strip, store, trained=trained, dataset=dataset)
+    sanity = run_stage(
+        sanity_check, store, stripped=stripped, schedule=schedule, training=config.training_spec,
+        tolerance=config.sanity_tolerance,
     )
-    assessed = evaluate_pruned_exports(
-        store, exported=exports, reference=stripped.file, quantized=quantized, dataset=dataset,
-        batch_size=config.dataset.batch_size,
+    sizes = run_stage(measure_size, store, baseline=start.model, pruned=stripped.file)
+    pruned = run_stage(
+        evaluate_pruned, store, model=stripped.file, dataset=dataset, batch_size=config.dataset.batch_size
     )
-    latency = measure_latency(
-        store, baseline=start.model, baseline_exports=start.baseline_exports, pruned=stripped.file,
-        pruned_exports=exports, shape=config.dataset.shape, latency=config.latency_spec, machine=machine_description(),
+    quantized = run_stage(quantize_train, store, dataset=dataset, pruned=stripped.file, qat=config.qat_spec)
+    exports = run_stage(
+        export_pruned, store, model=stripped.file, dataset=dataset, export=config.export_spec, sanity=sanity,
+        quantized=quantized,
+    )
+    assessed = run_stage(
+        evaluate_pruned_exports, store, exported=exports, reference=stripped.file, quantized=quantized,
+        dataset=dataset, batch_size=config.dataset.batch_size,
+    )
+    latency = run_stage(
+        measure_latency, store, baseline=start.model, baseline_exports=start.baseline_exports,
+        pruned=stripped.file, pruned_exports=exports, shape=config.dataset.shape, latency=config.latency_spec,
+        machine=machine_description(),
     )
     return PruningOutcome(
         pruned_model=stripped.model, schedule=schedule, baseline=start.baseline, pruned=pruned,

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from prefect import flow
 
-from flows.graph import prepare, prune_to, start_run
-from tasks.config import RunConfig
-from tasks.report import RunSummary, publish_report
-from tasks.stage import stage_clock
+from pruneflow.flows.graph import prepare, prune_to, start_run
+from pruneflow.flows.running import stage_clock
+from pruneflow.tasks.report.summary import RunSummary, publish_report
+from pruneflow.tasks.specs.config import RunConfig
 
 
 @flow(name="prune")

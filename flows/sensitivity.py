@@ -20,15 +20,18 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import quote
 from pydantic import BaseModel, ConfigDict
 
-from flows.graph import start_run
-from flows.user_errors import quiet_user_errors
-from tasks.config import RunConfig
-from tasks.dataset import prepare_dataset
-from tasks.errors import PruneflowError
-from tasks.files import atomic_path, write_json
-from tasks.plot import plot_sensitivity
-from tasks.report import markdown_table
-from tasks.sensitivity import LayerSensitivity, Proposal, layer_sensitivity, propose, sensitivity_rows
+from pruneflow.flows.graph import start_run
+from pruneflow.flows.running import run_stage
+from pruneflow.flows.user_errors import quiet_user_errors
+from pruneflow.tasks.core.errors import PruneflowError
+from pruneflow.tasks.core.files import atomic_path, write_json
+from pruneflow.tasks.libs.artifacts import LayerSensitivity
+from pruneflow.tasks.libs.sensitivity import Proposal, propose, sensitivity_rows
+from pruneflow.tasks.report.plot import plot_sensitivity
+from pruneflow.tasks.report.summary import markdown_table
+from pruneflow.tasks.specs.config import RunConfig
+from pruneflow.tasks.stages.layer_sensitivity import layer_sensitivity
+from pruneflow.tasks.stages.prepare_dataset import prepare_dataset
 
 ARTIFACT_KEY = "pruneflow-sensitivity"
 
@@ -97,7 +100,7 @@ def sensitivity_flow(config: RunConfig, target: float | None = None) -> Sensitiv
         )
     run = start_run(config)
     store = run.layout.store
-    dataset = prepare_dataset(store, listing=quote(run.inputs.listing), shape=config.dataset.shape)
+    dataset = run_stage(prepare_dataset, store, listing=quote(run.inputs.listing), shape=config.dataset.shape)
     layers = list(run.inputs.plan.pruned)  # planned by check_inputs, in the model's order
     futures = layer_sensitivity.task.map(
         store=unmapped(store), model=unmapped(run.inputs.baseline), dataset=unmapped(dataset), layer=layers,

@@ -28,7 +28,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 
-from tasks.errors import PruneflowError
+from pruneflow.tasks.core.errors import PruneflowError
 
 STARTUP_TIMEOUT = 90.0  # seconds: 12-18 s on a busy 2-core machine, with the database to create
 
@@ -74,7 +74,7 @@ class TemporaryServer:
             "PYTHONSAFEPATH": "1",  # `python -m` must not import a uvicorn or flows folder of the working directory
         }
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "--factory", "flows.server:create_app",
+            [sys.executable, "-m", "uvicorn", "--factory", "pruneflow.flows.server:create_app",
              "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "error"],
             env=env, stdin=subprocess.DEVNULL, stdout=self.output, stderr=subprocess.STDOUT, start_new_session=True,
         )

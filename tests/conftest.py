@@ -20,8 +20,7 @@ from pathlib import Path  # noqa: E402
 import prefect.main  # noqa: E402,F401
 import pytest  # noqa: E402
 
-from tests.helpers import make_config_dict, write_tiny_dataset, train_tiny_baseline  # noqa: E402
-
+from tests.helpers import make_config_dict, train_tiny_baseline, write_tiny_dataset  # noqa: E402
 
 # Fixtures that start real services: a Prefect server (and, for `live`, a work pool, the
 # deployments and a worker), an MLflow server. A test using one is marked `services`, so `make test-fast` can
@@ -67,7 +66,8 @@ def mlflow_server(tmp_path_factory) -> str:
     PID at the end; its tracking URI. Tests keep apart by experiment and model names."""
     import urllib.request
 
-    from deployments.local import PREFECT, Process, free_port
+    from pruneflow.deployments.local import PREFECT, Process
+    from pruneflow.flows.server import free_port
 
     home, port = tmp_path_factory.mktemp("mlflow"), free_port()
     mlflow = str(Path(PREFECT).with_name("mlflow"))

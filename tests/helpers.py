@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.pipeline import STAGES as PIPELINE
+from pruneflow.flows.stages import STAGES as PIPELINE
 
 REPO = Path(__file__).parents[1]
 IMAGE_SIZE = 16
@@ -30,7 +30,7 @@ def write_tiny_dataset(folder: Path, seed: int = 0) -> Path:
 
     Each image is noise with one bright half, so a small CNN learns it in two epochs.
     """
-    from tasks.runtime import tf
+    from pruneflow.tasks.core.runtime import tf
 
     rng = np.random.default_rng(seed)
     (folder / "img").mkdir(parents=True, exist_ok=True)
@@ -58,7 +58,7 @@ PRUNABLE_KERNELS = 3
 
 
 def build_tiny_cnn(n_classes: int = 2, channels: int = 3, kind: str = "sequential"):
-    from tasks.runtime import keras
+    from pruneflow.tasks.core.runtime import keras
 
     layers = keras.layers
     shape = (IMAGE_SIZE, IMAGE_SIZE, channels)
@@ -83,8 +83,8 @@ def build_tiny_cnn(n_classes: int = 2, channels: int = 3, kind: str = "sequentia
 def train_tiny_baseline(data: Path, out_path: Path, kind: str = "sequential") -> Path:
     """Train build_tiny_cnn(kind=kind) on the tiny dataset for a few epochs and save it (the
     suffix of `out_path`, .h5 or .keras, picks the format)."""
-    from tasks.config import parse_config
-    from tasks.demo import train_baseline
+    from pruneflow.tasks.demo import train_baseline
+    from pruneflow.tasks.specs.config import parse_config
 
     config = parse_config(make_config_dict(data, out_path, out_path.parent / "unused"))
     return train_baseline(config, epochs=4, out_path=out_path, build_model=lambda: build_tiny_cnn(kind=kind))
@@ -252,15 +252,22 @@ def target_result(target: float, accuracy: float, zip_bytes: int, *, baseline_ac
         files: export format -> (accuracy, zip bytes, latency in ms) of the pruned model's file in
             that format; the baseline's files are 40,000 B zipped, with the baseline's accuracy.
     """
-    from tasks.config import ConstantSchedule
-    from tasks.evaluate import Evaluation
-    from tasks.export import ExportedFile, ExportedModels
-    from tasks.interpreter import ExportEvaluation, FileEvaluation
-    from tasks.latency import LatencyReport, Timing
-    from tasks.outcome import TargetResult
-    from tasks.prune import TrainedModel
-    from tasks.sparsity import SanityReport, TensorSparsity
-    from tasks.size import ModelSize, SizeReport
+    from pruneflow.tasks.libs.artifacts import (
+        Evaluation,
+        ExportedFile,
+        ExportedModels,
+        ExportEvaluation,
+        FileEvaluation,
+        LatencyReport,
+        ModelSize,
+        SanityReport,
+        SizeReport,
+        Timing,
+        TrainedModel,
+    )
+    from pruneflow.tasks.libs.outcome import TargetResult
+    from pruneflow.tasks.libs.sparsity import TensorSparsity
+    from pruneflow.tasks.specs.config import ConstantSchedule
 
     folder = model.parent
     size = 10_000
@@ -316,7 +323,7 @@ class Cli:
 
         environment = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PYTHONUNBUFFERED": "1", **env}
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "flows.cli", command, str(config_path)], cwd=REPO, env=environment,
+            [sys.executable, "-m", "pruneflow.flows.cli", command, str(config_path)], cwd=REPO, env=environment,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
         self.lines: list[str] = []

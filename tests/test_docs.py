@@ -21,7 +21,7 @@ def test_the_configuration_reference_is_generated_from_the_current_config_model(
 
 
 def test_every_field_of_the_config_is_in_the_reference():
-    from tasks.config import RunConfig
+    from pruneflow.tasks.specs.config import RunConfig
 
     text = (REPO / "docs" / "configuration.md").read_text()
 

@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from deployments.gpu import REPO, DeploymentSettings, apply
-from deployments.local import Process, free_port, server_env, start_server, start_worker
-from deployments.postgres import Postgres, bin_dir, start_postgres
-from tasks.confine import ROOTS_ENV
-from tasks.errors import PruneflowError
+from pruneflow.deployments.gpu import REPO, DeploymentSettings, apply
+from pruneflow.deployments.local import Process, server_env, start_server, start_worker
+from pruneflow.deployments.postgres import Postgres, bin_dir, start_postgres
+from pruneflow.flows.server import free_port
+from pruneflow.tasks.core.errors import PruneflowError
+from pruneflow.tasks.preflight.confine import ROOTS_ENV
 
 POOL = "pruneflow-gpu"
 # A dead worker's run is marked Crashed after a minute without heartbeats (two missed), not two.
@@ -92,7 +93,7 @@ class Live:
 
     def prepared_demo(self) -> Path:
         """The demo dataset and baseline in demo_dir, made on first use (about 25 s)."""
-        from tasks.demo import prepare_demo
+        from pruneflow.tasks.demo import prepare_demo
 
         prepare_demo(self.demo_dir)
         return self.demo_dir

@@ -13,7 +13,7 @@ from prefect.deployments import run_deployment
 from prefect.events.schemas.automations import AutomationCore
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from deployments.alerts import (
+from pruneflow.deployments.alerts import (
     FAILED,
     PREFIX,
     REGRESSED,
@@ -23,10 +23,10 @@ from deployments.alerts import (
     missing_name,
     remove_alerts,
 )
-from deployments.gpu import apply
-from deployments.recovery import PREFIX as RECOVERY
-from deployments.recovery import RESCHEDULE, SILENT
-from tasks.errors import PruneflowError
+from pruneflow.deployments.gpu import apply
+from pruneflow.deployments.recovery import PREFIX as RECOVERY
+from pruneflow.deployments.recovery import RESCHEDULE, SILENT
+from pruneflow.tasks.core.errors import PruneflowError
 from tests.deployments.test_server import wait_final
 
 NIGHTLY = ("prune/nightly", "sweep/nightly")
@@ -214,8 +214,8 @@ def test_a_nightly_without_a_completed_run_within_the_window_is_sent(live, recei
 
 
 def test_a_sweep_that_regressed_is_sent_with_its_name_and_figures(live, receiver, nightly, config_dict):
-    from flows.sweep import sweep_flow
-    from tasks.config import parse_config
+    from pruneflow.flows.sweep import sweep_flow
+    from pruneflow.tasks.specs.config import parse_config
 
     first = parse_config({**config_dict, "sweep": {"targets": [0.3, 0.6], "max_accuracy_drop": 100.0}})
     # The same line of runs (its `sweep` section aside), promoting the bigger 0.3 file: with the

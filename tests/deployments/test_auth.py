@@ -7,7 +7,8 @@ import urllib.request
 
 import pytest
 
-from deployments.local import free_port, server_env, start_server
+from pruneflow.deployments.local import server_env, start_server
+from pruneflow.flows.server import free_port
 
 PASSWORD = "admin:correct-horse"
 

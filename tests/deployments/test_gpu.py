@@ -9,7 +9,7 @@ from prefect.flows import load_flow_from_entrypoint
 from prefect.server.schemas.schedules import CronSchedule as ServerCronSchedule
 from prefect.utilities.templating import find_placeholders
 
-from deployments.gpu import (
+from pruneflow.deployments.gpu import (
     ENTRYPOINT,
     REPO,
     SWEEP_ENTRYPOINT,
@@ -18,7 +18,7 @@ from deployments.gpu import (
     default_config,
     kubernetes_base_job_template,
 )
-from tasks.config import RunConfig
+from pruneflow.tasks.specs.config import RunConfig
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +59,7 @@ def test_nightly_runs_at_two_in_the_configured_time_zone(deployments):
 def test_all_run_on_the_gpu_pool_with_their_devices(deployments):
     for deployment in deployments.values():
         assert deployment.work_pool_name == "pruneflow-gpu"
-        # Their runs send a heartbeat every 30 s: deployments.recovery marks them Crashed when it stops.
+        # Their runs send a heartbeat every 30 s: pruneflow.deployments.recovery marks them Crashed when it stops.
         assert deployment.job_variables == {"env": {"CUDA_VISIBLE_DEVICES": "0", "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30"}}
     # The UI's custom-run form is built from this schema.
     for name in ("prune/manual", "sweep/manual"):
@@ -70,7 +70,7 @@ def test_all_run_on_the_gpu_pool_with_their_devices(deployments):
 def test_process_template_lets_runs_choose_gpus_and_drills_only():
     from prefect.utilities.schema_tools import ValidationError, validate
 
-    from deployments.gpu import process_base_job_template
+    from pruneflow.deployments.gpu import process_base_job_template
 
     template = process_base_job_template()
     placeholders = {p.name for p in find_placeholders(template["job_configuration"])}

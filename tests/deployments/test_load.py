@@ -4,9 +4,9 @@ from pathlib import Path
 
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from deployments.gpu import REPO
-from deployments.load import create_at_once, most_at_once, task_intervals, wait_for
-from deployments.local import start_worker
+from pruneflow.deployments.gpu import REPO
+from pruneflow.deployments.load import create_at_once, most_at_once, task_intervals, wait_for
+from pruneflow.deployments.local import start_worker
 from tests.deployments.conftest import POOL
 from tests.helpers import task_runs
 

@@ -12,10 +12,10 @@ import pytest
 from prefect import flow, get_client
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from deployments import postgres as pg
-from deployments.local import free_port
-from deployments.postgres import Cluster, start_postgres
-from tasks.errors import PruneflowError
+from pruneflow.deployments import postgres as pg
+from pruneflow.deployments.postgres import Cluster, start_postgres
+from pruneflow.flows.server import free_port
+from pruneflow.tasks.core.errors import PruneflowError
 
 
 def family(pid: int) -> set[int]:

@@ -9,12 +9,12 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from deployments.gpu import REPO
-from deployments.local import start_worker
-from deployments.recovery import CRASH_MESSAGE
-from tasks.faults import FAULT_ENV, RELEASE_ENV
-from tasks.history import read_history
-from tasks.layout import OutputLayout
+from pruneflow.deployments.gpu import REPO
+from pruneflow.deployments.local import start_worker
+from pruneflow.deployments.recovery import CRASH_MESSAGE
+from pruneflow.tasks.core.layout import OutputLayout
+from pruneflow.tasks.decide.history import read_history
+from pruneflow.tasks.unkeyed.faults import FAULT_ENV, RELEASE_ENV
 from tests.deployments.conftest import POOL
 from tests.helpers import STAGES
 

@@ -1,4 +1,4 @@
-"""`python -m deployments.serve`: everything up for a user on one machine, on PostgreSQL, and all of it stopped."""
+"""`python -m pruneflow.deployments.serve`: everything up for a user on one machine, on PostgreSQL, and all of it stopped."""
 
 import os
 import re
@@ -7,8 +7,8 @@ import subprocess
 import sys
 import urllib.request
 
-from deployments.gpu import REPO
-from deployments.local import free_port
+from pruneflow.deployments.gpu import REPO
+from pruneflow.flows.server import free_port
 
 
 def alive(pid: int) -> bool:
@@ -24,7 +24,7 @@ def test_serve_starts_postgres_server_pool_deployments_and_worker_and_stops_them
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PYTHONUNBUFFERED": "1"}
     env.pop("PREFECT_API_URL", None)
     serve = subprocess.Popen(
-        [sys.executable, "-m", "deployments.serve", "--port", str(port), "--demo-dir", str(live.prepared_demo()),
+        [sys.executable, "-m", "pruneflow.deployments.serve", "--port", str(port), "--demo-dir", str(live.prepared_demo()),
          "--state-dir", str(cluster_folder)],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )

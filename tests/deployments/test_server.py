@@ -13,6 +13,7 @@ from prefect.states import AwaitingRetry
 
 from tests.helpers import STAGES, stage_states, task_runs
 
+
 def wait_final(flow_run_id, timeout: float = 300):
     with get_client(sync_client=True) as client:
         deadline = time.monotonic() + timeout
@@ -97,7 +98,7 @@ def test_a_failed_flow_run_retried_through_the_api_reuses_finished_stages(live, 
 def test_the_server_accepts_a_kubernetes_pool_with_the_gpu_template(live):
     from prefect.client.schemas.actions import WorkPoolCreate
 
-    from deployments.gpu import kubernetes_base_job_template
+    from pruneflow.deployments.gpu import kubernetes_base_job_template
 
     with temporary_settings(updates={PREFECT_API_URL: live.api}), get_client(sync_client=True) as client:
         client.create_work_pool(

@@ -10,8 +10,8 @@ from prefect import get_client
 from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from deployments.gpu import REPO
-from tasks.config import RunConfig
+from pruneflow.deployments.gpu import REPO
+from pruneflow.tasks.specs.config import RunConfig
 from tests.helpers import stage_states
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

@@ -4,11 +4,12 @@ import json
 import shutil
 
 import pytest
-from flows.prune import prune_flow
-from tasks.config import parse_config
-from tasks.errors import PruneflowError
-from tasks.stage import TRAINING_TAG
-from tasks.store import ArtifactStore
+
+from pruneflow.flows.prune import prune_flow
+from pruneflow.tasks.core.errors import PruneflowError
+from pruneflow.tasks.core.stage import TRAINING_TAG
+from pruneflow.tasks.core.store import ArtifactStore
+from pruneflow.tasks.specs.config import parse_config
 from tests.helpers import STAGES, make_config_dict, stage_states, task_runs
 
 UPSTREAM = STAGES[: STAGES.index("prune_train")]  # the dataset, and the baseline's evaluation and export
@@ -127,7 +128,7 @@ def test_export_settings_rerun_the_exports_and_latency_settings_the_latency_only
 
 
 def test_another_baseline_content_reruns_everything_after_the_dataset(seed, config_dict, tmp_path):
-    from tasks.models import load_model, save_model
+    from pruneflow.tasks.libs.models import load_model, save_model
 
     seed(config_dict)
     model = load_model(config_dict["model"]["baseline"])
@@ -144,7 +145,7 @@ def test_editing_one_image_invalidates_everything_downstream(seed, config_dict, 
     for split in ("train", "val", "test"):
         config_dict["dataset"][f"{split}_csv"] = str(data / f"{split}.csv")
     seed(config_dict)
-    from tasks.runtime import tf
+    from pruneflow.tasks.core.runtime import tf
 
     image = data / "img" / "train_007.jpg"
     pixels = tf.io.decode_jpeg(tf.io.read_file(str(image)))

@@ -5,7 +5,7 @@ import json
 import pytest
 import yaml
 
-from flows.cli import main
+from pruneflow.flows.cli import main
 from tests.helpers import latest_flow_run_id, stage_states
 
 
@@ -81,7 +81,7 @@ def test_a_user_error_shows_no_traceback_anywhere_in_the_terminal(prefect_server
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(config_dict))
     done = subprocess.run(
-        [sys.executable, "-m", "flows.cli", "run", str(path)], cwd=Path(__file__).parents[2],
+        [sys.executable, "-m", "pruneflow.flows.cli", "run", str(path)], cwd=Path(__file__).parents[2],
         env={**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}, capture_output=True, text=True, timeout=300,
     )
     assert done.returncode == 2
@@ -93,8 +93,8 @@ def test_a_user_error_shows_no_traceback_anywhere_in_the_terminal(prefect_server
 def test_a_model_with_layers_tfmot_cannot_prune_runs_end_to_end_and_reports_them(prefect_server, config_dict, tmp_path, capsys):
     """Rescaling first, BatchNorm and a depthwise convolution: pruned where TFMOT can, exported,
     each file's kernels checked, and every layer left dense reported by class."""
-    from tasks.models import save_model
-    from tasks.runtime import keras
+    from pruneflow.tasks.core.runtime import keras
+    from pruneflow.tasks.libs.models import save_model
     from tests.helpers import IMAGE_SIZE
 
     keras.backend.clear_session()
@@ -124,14 +124,14 @@ def test_a_run_whose_every_stage_is_stored_imports_no_tensorflow(prefect_server,
     import subprocess
     import sys
 
-    from deployments.gpu import REPO
+    from pruneflow.deployments.gpu import REPO
 
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(config_dict))
     assert main(["run", str(path)]) == 0  # stores every stage
     # The same command again, in a process of its own, on a temporary server of its own, as a user runs it.
     probe = (
-        "import sys\nfrom flows.cli import main\ncode = main(['run', sys.argv[1]])\n"
+        "import sys\nfrom pruneflow.flows.cli import main\ncode = main(['run', sys.argv[1]])\n"
         "print('tensorflow imported:', 'tensorflow' in sys.modules)\nsys.exit(code)"
     )
     env = {name: value for name, value in os.environ.items() if name != "PREFECT_API_URL"}
@@ -148,7 +148,7 @@ def test_a_run_whose_every_stage_is_stored_imports_no_tensorflow(prefect_server,
 def test_the_pruneflow_command_ends_with_its_exit_code_all_it_printed_and_its_server_stopped(
     prefect_server, config_dict, tmp_path
 ):
-    """The console script ends its process without Python's teardown (flows.cli.console)."""
+    """The console script ends its process without Python's teardown (pruneflow.flows.cli.console)."""
     import os
     import re
     import subprocess
@@ -157,7 +157,7 @@ def test_the_pruneflow_command_ends_with_its_exit_code_all_it_printed_and_its_se
     import urllib.request
     from pathlib import Path
 
-    from deployments.gpu import REPO
+    from pruneflow.deployments.gpu import REPO
 
     command = str(Path(sys.executable).with_name("pruneflow"))
     path = tmp_path / "run.yaml"

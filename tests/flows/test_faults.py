@@ -11,8 +11,8 @@ from pathlib import Path
 
 import yaml
 
-from flows.cli import main
-from tasks.store import ArtifactStore
+from pruneflow.flows.cli import main
+from pruneflow.tasks.core.store import ArtifactStore
 from tests.helpers import STAGES, Cli, fill_disk, read_only, small_disk
 
 

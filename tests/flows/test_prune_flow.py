@@ -4,13 +4,13 @@ import json
 
 import pytest
 
-from flows.prune import prune_flow
-from tasks.config import parse_config
-from tasks.errors import PruneflowError
-from tasks.outcome import FORMAT_NAMES, KERAS
-from tasks.progress import PROGRESS_KEY
-from tasks.report import ARTIFACT_KEY, RunSummary
-from tasks.store import ArtifactStore
+from pruneflow.flows.prune import prune_flow
+from pruneflow.tasks.core.errors import PruneflowError
+from pruneflow.tasks.core.store import ArtifactStore
+from pruneflow.tasks.libs.outcome import FORMAT_NAMES, KERAS
+from pruneflow.tasks.report.summary import ARTIFACT_KEY, RunSummary
+from pruneflow.tasks.specs.config import parse_config
+from pruneflow.tasks.unkeyed.progress import PROGRESS_KEY
 from tests.helpers import STAGES, artifacts_of, stage_states
 
 

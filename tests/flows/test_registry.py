@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flows.sweep import sweep_flow
-from tasks.config import parse_config
-from tasks.layout import OutputLayout
-from tasks.promote import recover
-from tasks.registry import CHAMPION
+from pruneflow.flows.sweep import sweep_flow
+from pruneflow.tasks.core.layout import OutputLayout
+from pruneflow.tasks.decide.promote import recover
+from pruneflow.tasks.decide.registry import CHAMPION
+from pruneflow.tasks.specs.config import parse_config
 from tests.helpers import Cli
 
 
@@ -87,9 +87,8 @@ def test_without_a_tracking_uri_nothing_is_logged(prefect_server, mlflow_server,
 
 
 def test_an_unreachable_registry_fails_the_sweep_before_any_training(prefect_server, config_dict, monkeypatch):
-    from deployments.local import free_port
-
-    from tasks.errors import PruneflowError
+    from pruneflow.flows.server import free_port
+    from pruneflow.tasks.core.errors import PruneflowError
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     uri = f"http://127.0.0.1:{free_port()}"

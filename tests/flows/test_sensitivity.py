@@ -6,8 +6,8 @@ import json
 import pytest
 import yaml
 
-from flows.cli import main
-from tasks.config import load_config
+from pruneflow.flows.cli import main
+from pruneflow.tasks.specs.config import load_config
 from tests.helpers import artifacts_of, latest_flow_run_id, task_runs
 
 

@@ -6,8 +6,8 @@ import urllib.request
 
 import pytest
 
-from flows.server import TemporaryServer, imports_without_gc
-from tasks.errors import PruneflowError
+from pruneflow.flows.server import TemporaryServer, imports_without_gc
+from pruneflow.tasks.core.errors import PruneflowError
 
 pytestmark = pytest.mark.services  # each test starts a server process by itself
 

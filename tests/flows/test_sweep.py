@@ -4,11 +4,11 @@ import json
 
 import pytest
 
-from flows.sweep import sweep_flow
-from tasks.config import parse_config
-from tasks.errors import PruneflowError
-from tasks.history import read_history, regressions, runs_summary
-from tasks.layout import OutputLayout
+from pruneflow.flows.sweep import sweep_flow
+from pruneflow.tasks.core.errors import PruneflowError
+from pruneflow.tasks.core.layout import OutputLayout
+from pruneflow.tasks.decide.history import read_history, regressions, runs_summary
+from pruneflow.tasks.specs.config import parse_config
 from tests.helpers import artifacts_of, task_runs
 
 
@@ -109,7 +109,7 @@ def test_no_target_within_the_gate_fails_the_run_and_keeps_the_promoted_model(pr
 def test_history_lists_runs_and_exits_1_when_the_latest_regressed(prefect_server, config_dict, tmp_path, capsys):
     import yaml
 
-    from flows.cli import main
+    from pruneflow.flows.cli import main
 
     loose = tmp_path / "loose.yaml"
     loose.write_text(yaml.safe_dump({**config_dict, "sweep": {"targets": [0.3, 0.6], "max_accuracy_drop": 100.0}}))
@@ -135,7 +135,7 @@ def test_a_sweep_on_a_local_dask_cluster_trains_targets_in_parallel_processes(
 ):
     from prefect.settings import PREFECT_API_URL
 
-    from flows.sweep import dask_runner
+    from pruneflow.flows.sweep import dask_runner
 
     # The cluster's worker processes read the server's address from their environment.
     monkeypatch.setenv("PREFECT_API_URL", PREFECT_API_URL.value())
@@ -161,7 +161,7 @@ def test_a_sweep_on_a_local_dask_cluster_trains_targets_in_parallel_processes(
 def test_a_dask_sweep_without_a_prefect_server_is_refused():
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from flows.sweep import dask_runner
+    from pruneflow.flows.sweep import dask_runner
 
     with temporary_settings(updates={PREFECT_API_URL: None}):
         with pytest.raises(PruneflowError, match="a sweep on Dask needs a Prefect server .* set PREFECT_API_URL"):
@@ -205,7 +205,7 @@ def test_a_challenger_replaces_the_champion_only_when_it_wins(prefect_server, co
 
 
 def test_a_sweep_run_again_as_the_same_flow_run_writes_its_history_and_promotion_once(prefect_server, config_dict):
-    # What a rescheduled run does (deployments.recovery): the same flow run executed a second time.
+    # What a rescheduled run does (pruneflow.deployments.recovery): the same flow run executed a second time.
     from prefect import get_client
     from prefect.flow_engine import run_flow
     from prefect.states import AwaitingRetry

@@ -13,13 +13,13 @@ import pandas as pd
 import pytest
 import yaml
 
-from flows.cli import main
-from tasks.confine import ROOTS_ENV
+from pruneflow.flows.cli import main
+from pruneflow.tasks.preflight.confine import ROOTS_ENV
 from tests.helpers import IMAGE_SIZE, build_tiny_cnn
 
 
 def save(model, path):
-    from tasks.models import save_model
+    from pruneflow.tasks.libs.models import save_model
 
     return str(save_model(model, path))
 
@@ -76,7 +76,7 @@ def image_missing(run):
 
 
 def image_png_named_jpg(run):
-    from tasks.runtime import tf
+    from pruneflow.tasks.core.runtime import tf
 
     pixels = tf.io.decode_jpeg(tf.io.read_file(str(image(run.data))))
     image(run.data).write_bytes(tf.io.encode_png(pixels).numpy())
@@ -126,7 +126,7 @@ def model_output_mismatch(run):
 
 
 def model_lambda(run):
-    from tasks.runtime import keras
+    from pruneflow.tasks.core.runtime import keras
 
     model = keras.Sequential([
         keras.Input(shape=(IMAGE_SIZE, IMAGE_SIZE, 3)), keras.layers.Lambda(lambda x: x * 2, name="times_two"),
@@ -136,7 +136,7 @@ def model_lambda(run):
 
 
 def model_subclassed(run, trusted=False):
-    from tasks.runtime import keras
+    from pruneflow.tasks.core.runtime import keras
 
     @keras.saving.register_keras_serializable(package="tests")
     class Net(keras.Model):

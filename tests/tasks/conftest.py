@@ -23,9 +23,9 @@ class Pruned:
 
     def sanity(self, tolerance: float = 0.02):
         """The stripped model measured against its plan, as the sanity check measures it."""
-        from tasks.models import load_model
-        from tasks.prune import plan_for
-        from tasks.sanity import measure_sparsity
+        from pruneflow.tasks.libs.models import load_model
+        from pruneflow.tasks.libs.selection import plan_for
+        from pruneflow.tasks.stages.sanity_check import measure_sparsity
 
         model = load_model(self.stripped.model)
         plan = plan_for(model, self.schedule, self.config.training_spec, self.stripped.model)
@@ -34,7 +34,7 @@ class Pruned:
 
 @pytest.fixture(scope="session")
 def tiny_config(tiny_data, tiny_baseline, tmp_path_factory):
-    from tasks.config import parse_config
+    from pruneflow.tasks.specs.config import parse_config
     from tests.helpers import make_config_dict
 
     return parse_config(make_config_dict(tiny_data, tiny_baseline, tmp_path_factory.mktemp("unused-outputs")))
@@ -43,7 +43,8 @@ def tiny_config(tiny_data, tiny_baseline, tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_prepared(tiny_config, tmp_path_factory):
     """The tiny dataset through prepare_dataset's build function."""
-    from tasks.dataset import list_dataset, write_prepared
+    from pruneflow.tasks.libs.dataset import list_dataset
+    from pruneflow.tasks.stages.prepare_dataset import write_prepared
 
     dataset = tiny_config.dataset
     return write_prepared(tmp_path_factory.mktemp("prepared"), list_dataset(dataset), dataset.shape)
@@ -52,9 +53,10 @@ def tiny_prepared(tiny_config, tmp_path_factory):
 @pytest.fixture(scope="session", params=MODEL_VARIANTS, ids=[f"{kind}{suffix}" for kind, suffix in MODEL_VARIANTS])
 def pruned_variant(request, tiny_data, tiny_config, tiny_prepared, tmp_path_factory) -> Pruned:
     """A baseline of one model shape, saved in one format, trained, then prune-trained to 0.5 and stripped."""
-    from tasks.models import ModelFile
-    from tasks.prune import strip_model, train_pruned
-    from tasks.schedule import resolve_schedule
+    from pruneflow.tasks.libs.models import ModelFile
+    from pruneflow.tasks.libs.schedule import resolve_schedule
+    from pruneflow.tasks.stages.prune_train import train_pruned
+    from pruneflow.tasks.stages.strip import strip_model
 
     kind, suffix = request.param
     folder = tmp_path_factory.mktemp(f"variant-{kind}-{suffix[1:]}")

@@ -2,8 +2,9 @@
 
 import pytest
 
-from tasks.champion import KEPT, ChampionEvaluation, challenge
-from tasks.config import SweepConfig
+from pruneflow.tasks.decide.champion import KEPT, challenge
+from pruneflow.tasks.libs.artifacts import ChampionEvaluation
+from pruneflow.tasks.specs.config import SweepConfig
 from tests.helpers import target_result
 
 MACHINE = "test machine"
@@ -69,8 +70,8 @@ def test_a_decision_superseded_by_another_promotion_keeps_the_champion_and_says_
 def test_the_champion_is_what_promoted_points_to_and_none_when_it_is_gone(tmp_path):
     import json
 
-    from tasks.champion import current_champion
-    from tasks.layout import OutputLayout
+    from pruneflow.tasks.core.layout import OutputLayout
+    from pruneflow.tasks.decide.champion import current_champion
 
     layout = OutputLayout(root=tmp_path)
     assert current_champion(layout) is None  # before the first promotion
@@ -89,11 +90,12 @@ def test_the_champion_is_what_promoted_points_to_and_none_when_it_is_gone(tmp_pa
 
 
 def test_a_champion_made_for_other_images_is_a_named_user_error(tiny_prepared, tmp_path):
-    from tasks.champion import Champion, measure_champion
-    from tasks.config import LatencySpec
-    from tasks.errors import PruneflowError
-    from tasks.models import ModelFile
-    from tasks.runtime import keras, tf
+    from pruneflow.tasks.core.errors import PruneflowError
+    from pruneflow.tasks.core.runtime import keras, tf
+    from pruneflow.tasks.libs.artifacts import Champion
+    from pruneflow.tasks.libs.models import ModelFile
+    from pruneflow.tasks.specs.config import LatencySpec
+    from pruneflow.tasks.stages.evaluate_champion import measure_champion
 
     model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Flatten(), keras.layers.Dense(2, activation="softmax")])
     path = tmp_path / "model.tflite"

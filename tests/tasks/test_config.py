@@ -5,8 +5,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks.config import ConstantSchedule, PolynomialDecaySchedule, RunConfig, load_config, parse_config
-from tasks.errors import PruneflowError
+from pruneflow.tasks.core.errors import PruneflowError
+from pruneflow.tasks.specs.config import (
+    ConstantSchedule,
+    PolynomialDecaySchedule,
+    RunConfig,
+    load_config,
+    parse_config,
+)
 
 DEMO_CONFIG = Path(__file__).parents[2] / "tasks" / "demo.yaml"
 
@@ -161,7 +167,7 @@ def test_every_field_has_a_description_for_the_ui_form():
 
 
 def test_export_formats_are_checked_and_named(config_dict):
-    from tasks.config import parse_config
+    from pruneflow.tasks.specs.config import parse_config
 
     with pytest.raises(PruneflowError, match=r"export.formats.0: Input should be 'float32'.*\(got 'float16'\)"):
         parse_config({**config_dict, "export": {"formats": ["float16"]}})

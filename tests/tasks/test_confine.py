@@ -4,8 +4,8 @@ import os
 
 import pytest
 
-from tasks.confine import ROOTS_ENV, Roots
-from tasks.errors import PruneflowError
+from pruneflow.tasks.core.errors import PruneflowError
+from pruneflow.tasks.preflight.confine import ROOTS_ENV, Roots
 
 
 def roots_for(data=None, models=None, outputs=None) -> Roots:

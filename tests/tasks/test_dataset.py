@@ -6,10 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.config import DatasetConfig
-from tasks.dataset import list_dataset, load_split, prepare_dataset, write_prepared
-from tasks.errors import PruneflowError
-from tasks.files import file_digest
+from pruneflow.tasks.core.errors import PruneflowError
+from pruneflow.tasks.core.files import file_digest
+from pruneflow.tasks.libs.dataset import list_dataset, load_split
+from pruneflow.tasks.specs.config import DatasetConfig
+from pruneflow.tasks.stages.prepare_dataset import prepare_dataset, write_prepared
 from tests.helpers import IMAGE_SIZE, SPLIT_SIZES
 
 
@@ -144,7 +145,7 @@ def test_test_split_keeps_csv_order_and_pixels(tiny_data, tmp_path):
 
 
 def test_train_split_is_shuffled_with_the_seed(tiny_data, tmp_path):
-    from tasks.runtime import tf
+    from pruneflow.tasks.core.runtime import tf
 
     config = dataset_config(tiny_data)
     prepared = prepare(config, tmp_path / "out")
@@ -162,7 +163,7 @@ def test_augmentation_flips_train_images_only_when_on(tiny_data, tmp_path):
     plain = dataset_config(tiny_data, augment=False)
     flipped = dataset_config(tiny_data, augment=True)
     prepared = prepare(plain, tmp_path / "out")
-    from tasks.runtime import tf
+    from pruneflow.tasks.core.runtime import tf
 
     tf.random.set_seed(0)
     without = images_of(split_of(prepared, "train", plain))
@@ -175,7 +176,7 @@ def test_augmentation_flips_train_images_only_when_on(tiny_data, tmp_path):
 
 
 def test_stored_images_equal_a_direct_decode(tiny_data, tmp_path):
-    from tasks.runtime import tf
+    from pruneflow.tasks.core.runtime import tf
 
     config = dataset_config(tiny_data)
     prepared = prepare(config, tmp_path / "out")
@@ -186,7 +187,7 @@ def test_stored_images_equal_a_direct_decode(tiny_data, tmp_path):
 
 
 def test_greyscale_among_rgb_images_is_decoded_to_the_configured_channels(tiny_data, tmp_path):
-    from tasks.runtime import tf
+    from pruneflow.tasks.core.runtime import tf
 
     data = copy_data(tiny_data, tmp_path)
     first = pd.read_csv(data / "test.csv")["filename"][0]
@@ -285,7 +286,7 @@ def test_a_class_in_val_but_not_in_test_is_only_a_warning(tiny_data, tmp_path):
 
 @pytest.mark.parametrize("damage", ["empty", "truncated", "png"])
 def test_zero_byte_truncated_and_png_images_are_refused(tiny_data, tmp_path, damage):
-    from tasks.runtime import tf
+    from pruneflow.tasks.core.runtime import tf
 
     data = copy_data(tiny_data, tmp_path)
     image = data / "img" / "test_005.jpg"

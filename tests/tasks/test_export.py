@@ -3,12 +3,15 @@
 import numpy as np
 import pytest
 
-from tasks.config import ExportSpec
-from tasks.errors import PruneflowError
-from tasks.export import WeightTensor, check_kernels, export_tflite, match_kernels, weight_tensors
-from tasks.interpreter import Predictor, evaluate_exports
-from tasks.models import ModelFile
-from tasks.sparsity import SanityReport, TensorSparsity
+from pruneflow.tasks.core.errors import PruneflowError
+from pruneflow.tasks.libs.artifacts import SanityReport, WeightTensor
+from pruneflow.tasks.libs.interpreter import Predictor
+from pruneflow.tasks.libs.models import ModelFile
+from pruneflow.tasks.libs.sparsity import TensorSparsity
+from pruneflow.tasks.libs.tflite import check_kernels, match_kernels, weight_tensors
+from pruneflow.tasks.specs.config import ExportSpec
+from pruneflow.tasks.stages.evaluate_exports import evaluate_exports
+from pruneflow.tasks.stages.export_tflite import export_tflite
 from tests.helpers import PRUNABLE_KERNELS
 
 ALL_FORMATS = ExportSpec(
@@ -52,8 +55,8 @@ def test_every_model_shape_exports_to_every_format_with_its_pruned_kernels_still
     assert [e.format for e in evaluation.files] == list(ALL_FORMATS.formats)
     assert evaluation.of("float32").agreement == 1.0 and evaluation.of("float32_sparse").agreement == 1.0
     assert all(e.examples == v.dataset.counts["test"] for e in evaluation.files)
-    from tasks.models import evaluate
-    from tasks.dataset import load_split
+    from pruneflow.tasks.libs.dataset import load_split
+    from pruneflow.tasks.libs.models import evaluate
 
     keras_accuracy, _ = evaluate(model, load_split(v.dataset, "test", 8))
     assert evaluation.of("float32").accuracy == pytest.approx(keras_accuracy)
@@ -151,9 +154,9 @@ def test_kernels_of_one_size_are_told_apart_by_shape_and_a_layer_named_like_its_
 def test_a_file_the_interpreter_cannot_run_is_named(tmp_path):
     """softsign converts to int8, but with these weights the int8 DIV it becomes divides by
     zero on an all-zero input: TFLite refuses to run the file."""
-    from tasks.export import convert
-    from tasks.interpreter import Predictor
-    from tasks.runtime import keras
+    from pruneflow.tasks.core.runtime import keras
+    from pruneflow.tasks.libs.interpreter import Predictor
+    from pruneflow.tasks.libs.tflite import convert
 
     layers = keras.layers
     inputs = keras.Input((16, 16, 3))

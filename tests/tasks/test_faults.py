@@ -2,8 +2,8 @@
 
 import pytest
 
-from tasks.errors import PruneflowError
-from tasks.faults import POINTS, fault_callbacks, fault_point, parse_fault
+from pruneflow.tasks.core.errors import PruneflowError
+from pruneflow.tasks.unkeyed.faults import POINTS, fault_callbacks, fault_point, parse_fault
 
 
 def test_a_fault_fires_at_an_epoch_or_at_a_promotion_point_and_anything_else_is_refused(monkeypatch):

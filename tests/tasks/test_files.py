@@ -2,17 +2,17 @@
 
 import os
 
-from tasks.files import DigestCache, file_digest
+from pruneflow.tasks.core.files import DigestCache, file_digest
 
 
 def test_a_settled_file_is_read_once_then_known_by_size_times_and_inode(tmp_path, monkeypatch):
-    import tasks.files
+    from pruneflow.tasks.core import files as files_module
 
     image, db = tmp_path / "a.jpg", tmp_path / "digests.sqlite"
     image.write_bytes(b"first")
     monkeypatch.setattr(DigestCache, "SETTLE_SECONDS", 0.0)
     reads = []
-    monkeypatch.setattr(tasks.files, "file_digest", lambda path: reads.append(path) or file_digest(path))
+    monkeypatch.setattr(files_module, "file_digest", lambda path: reads.append(path) or file_digest(path))
     with DigestCache(db) as cache:
         first = cache.digest(image)
     with DigestCache(db) as cache:
@@ -29,12 +29,12 @@ def test_a_settled_file_is_read_once_then_known_by_size_times_and_inode(tmp_path
 
 def test_a_file_modified_just_now_is_not_remembered(tmp_path, monkeypatch):
     """On a file system with coarse timestamps, a rewrite in the same tick would look unchanged."""
-    import tasks.files
+    from pruneflow.tasks.core import files as files_module
 
     image, db = tmp_path / "a.jpg", tmp_path / "digests.sqlite"
     image.write_bytes(b"first")  # modified now: within SETTLE_SECONDS of being hashed
     reads = []
-    monkeypatch.setattr(tasks.files, "file_digest", lambda path: reads.append(path) or file_digest(path))
+    monkeypatch.setattr(files_module, "file_digest", lambda path: reads.append(path) or file_digest(path))
     with DigestCache(db) as cache:
         cache.digest(image)
     with DigestCache(db) as cache:
@@ -53,7 +53,7 @@ def test_a_damaged_cache_file_only_costs_time(tmp_path):
 def test_a_failure_on_a_file_elsewhere_is_not_blamed_on_the_output_folder(tmp_path):
     import errno
 
-    from tasks.files import storage_problem
+    from pruneflow.tasks.core.files import storage_problem
 
     outputs = tmp_path / "outputs"
     outputs.mkdir()

@@ -2,9 +2,9 @@
 
 import pytest
 
-from tasks.config import SweepConfig
-from tasks.gate import best_candidate, candidates, choose, gate_problem
-from tasks.outcome import KERAS
+from pruneflow.tasks.decide.gate import best_candidate, candidates, choose, gate_problem
+from pruneflow.tasks.libs.outcome import KERAS
+from pruneflow.tasks.specs.config import SweepConfig
 from tests.helpers import target_result
 
 GATE = SweepConfig(max_accuracy_drop=1.0, min_sparsity=0.5)

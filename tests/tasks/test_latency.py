@@ -2,10 +2,11 @@
 
 import numpy as np
 
-from tasks.config import ExportSpec, ImageShape, LatencySpec
-from tasks.export import export_tflite
-from tasks.latency import sparse_kernels_note, time_models, time_side_by_side
-from tasks.models import ModelFile
+from pruneflow.tasks.libs.models import ModelFile
+from pruneflow.tasks.libs.timing import sparse_kernels_note, time_side_by_side
+from pruneflow.tasks.specs.config import ExportSpec, ImageShape, LatencySpec
+from pruneflow.tasks.stages.export_tflite import export_tflite
+from pruneflow.tasks.stages.measure_latency import time_models
 from tests.helpers import IMAGE_SIZE
 
 
@@ -46,7 +47,7 @@ def test_models_take_turns_so_each_gets_exactly_its_runs():
 
 def mobilenet_like(pointwise_zeros: float, stem: bool = True):
     """A stem XNNPACK's sparse subgraph accepts (or not), a 1x1 convolution, global pooling."""
-    from tasks.runtime import keras
+    from pruneflow.tasks.core.runtime import keras
 
     layers = keras.layers
     inputs = keras.Input((IMAGE_SIZE, IMAGE_SIZE, 3))
@@ -62,7 +63,7 @@ def mobilenet_like(pointwise_zeros: float, stem: bool = True):
 
 
 def test_sparse_kernels_are_said_to_apply_only_where_xnnpack_would_use_them(tmp_path):
-    from tasks.export import ExportedModels, ExportedFile
+    from pruneflow.tasks.libs.artifacts import ExportedFile, ExportedModels
 
     sparse_file = ExportedModels(folder=tmp_path, files=[ExportedFile(
         format="float32_sparse", file="m.tflite", raw_bytes=1, zip_bytes=1, xz_bytes=1, weights=[])])
@@ -75,8 +76,8 @@ def test_sparse_kernels_are_said_to_apply_only_where_xnnpack_would_use_them(tmp_
 
 def test_a_model_whose_input_size_is_left_open_is_timed_at_the_dataset_image_size(tiny_baseline, tiny_prepared, tmp_path):
     """A model whose input size is left open is timed at the dataset's image size."""
-    from tasks.models import save_model
-    from tasks.runtime import keras
+    from pruneflow.tasks.core.runtime import keras
+    from pruneflow.tasks.libs.models import save_model
 
     layers = keras.layers
     inputs = keras.Input((None, None, 3))

@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from tasks.config import ImageShape
-from tasks.errors import PruneflowError
-from tasks.evaluate import evaluate_on_test
-from tasks.models import ModelFile, check_compatible, load_model, outputs_probabilities
+from pruneflow.tasks.core.errors import PruneflowError
+from pruneflow.tasks.libs.models import ModelFile, check_compatible, load_model, outputs_probabilities
+from pruneflow.tasks.specs.config import ImageShape
+from pruneflow.tasks.stages.evaluate import evaluate_on_test
 from tests.helpers import IMAGE_SIZE, SPLIT_SIZES, build_tiny_cnn
 
 SHAPE = ImageShape(height=IMAGE_SIZE, width=IMAGE_SIZE, channels=3)
@@ -53,7 +53,7 @@ def test_missing_and_unreadable_model_files(tmp_path):
 
 
 def test_softmax_output_is_detected_through_the_pruning_wrapper():
-    from tasks.runtime import keras, tfmot
+    from pruneflow.tasks.core.runtime import keras, tfmot
 
     model = build_tiny_cnn()
     assert outputs_probabilities(model)
@@ -63,8 +63,8 @@ def test_softmax_output_is_detected_through_the_pruning_wrapper():
 
 
 def test_a_lambda_layer_is_refused_unless_trusted(tmp_path):
-    from tasks.models import save_model
-    from tasks.runtime import keras
+    from pruneflow.tasks.core.runtime import keras
+    from pruneflow.tasks.libs.models import save_model
 
     model = keras.Sequential(
         [keras.Input(shape=(4,)), keras.layers.Lambda(lambda x: x * 2, name="times_two"), keras.layers.Dense(2)]

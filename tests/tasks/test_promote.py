@@ -5,10 +5,10 @@ import threading
 
 import pytest
 
-from tasks.config import parse_config
-from tasks.layout import OutputLayout
-from tasks.promote import LINK_PREFIX, promote, remove_unlinked, switch_link, write_version
-from tasks.outcome import KERAS
+from pruneflow.tasks.core.layout import OutputLayout
+from pruneflow.tasks.decide.promote import LINK_PREFIX, promote, remove_unlinked, switch_link, write_version
+from pruneflow.tasks.libs.outcome import KERAS
+from pruneflow.tasks.specs.config import parse_config
 from tests.helpers import target_result
 
 
@@ -168,8 +168,8 @@ def test_a_promoted_keras_model_comes_without_a_tflite_file(setting):
 def test_promotions_at_once_with_a_registry_register_and_alias_the_winner_only(setting, mlflow_server):
     from mlflow import MlflowClient
 
-    from tasks.config import RegistryConfig
-    from tasks.registry import CHAMPION, SweepRun
+    from pruneflow.tasks.decide.registry import CHAMPION, SweepRun
+    from pruneflow.tasks.specs.config import RegistryConfig
 
     layout, config, (first, second) = setting
     spec = RegistryConfig(tracking_uri=mlflow_server, experiment="at-once", model_name="at-once")

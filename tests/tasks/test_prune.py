@@ -3,16 +3,18 @@
 import json
 
 import numpy as np
-
 import pytest
 
-from tasks.config import parse_config
-from tasks.dataset import list_dataset, load_split, write_prepared
-from tasks.errors import PruneflowError
-from tasks.models import ModelFile, load_model
-from tasks.prune import plan_for, pruning_step, train_pruned, wrap_for_pruning
-from tasks.runtime import PruneLowMagnitude
-from tasks.schedule import resolve_schedule
+from pruneflow.tasks.core.errors import PruneflowError
+from pruneflow.tasks.core.runtime import PruneLowMagnitude
+from pruneflow.tasks.libs.dataset import list_dataset, load_split
+from pruneflow.tasks.libs.models import ModelFile, load_model
+from pruneflow.tasks.libs.pruning import pruning_step, wrap_for_pruning
+from pruneflow.tasks.libs.schedule import resolve_schedule
+from pruneflow.tasks.libs.selection import plan_for
+from pruneflow.tasks.specs.config import parse_config
+from pruneflow.tasks.stages.prepare_dataset import write_prepared
+from pruneflow.tasks.stages.prune_train import train_pruned
 from tests.helpers import assert_kernels_sparse, assert_same_predictions
 
 
@@ -44,7 +46,7 @@ def test_strip_removes_wrappers_and_keeps_predictions_for_every_model_shape(prun
 
 def wrap(model, path, policy="all_layers", **layers):
     """The model wrapped as prune-training wraps it, under a constant 0.5 schedule."""
-    from tasks.config import ConstantSchedule, LayerSelection, TrainingSpec
+    from pruneflow.tasks.specs.config import ConstantSchedule, LayerSelection, TrainingSpec
 
     schedule = ConstantSchedule(target_sparsity=0.5, end_step=-1)
     spec = TrainingSpec(
@@ -55,7 +57,7 @@ def wrap(model, path, policy="all_layers", **layers):
 
 
 def test_a_subclassed_model_is_refused_with_an_explanation(tmp_path):
-    from tasks.runtime import keras
+    from pruneflow.tasks.core.runtime import keras
 
     class Net(keras.Model):
         def __init__(self):
@@ -106,7 +108,7 @@ def train(config, dataset, schedule, work, out):
 
 
 def test_a_failed_attempt_resumes_after_its_last_complete_epoch(config_dict, tmp_path, monkeypatch):
-    from tasks.runtime import tf
+    from pruneflow.tasks.core.runtime import tf
 
     config, dataset, schedule = prepared_run(config_dict, tmp_path, epochs=3)
     monkeypatch.setenv("PRUNEFLOW_INJECT_FAULT", "resource_exhausted@1")
@@ -141,10 +143,10 @@ def test_a_process_killed_mid_training_resumes_from_its_checkpoint(config_dict, 
         "import json, sys\n"
         "from pathlib import Path\n"
         "from pydantic import TypeAdapter\n"
-        "from tasks.config import RunConfig, Schedule\n"
-        "from tasks.dataset import PreparedDataset\n"
-        "from tasks.models import ModelFile\n"
-        "from tasks.prune import train_pruned\n"
+        "from pruneflow.tasks.specs.config import RunConfig, Schedule\n"
+        "from pruneflow.tasks.libs.artifacts import PreparedDataset\n"
+        "from pruneflow.tasks.libs.models import ModelFile\n"
+        "from pruneflow.tasks.stages.prune_train import train_pruned\n"
         "job = json.loads(Path(sys.argv[1]).read_text())\n"
         "config = RunConfig.model_validate(job['config'])\n"
         "Path(job['out']).mkdir()\n"
@@ -180,8 +182,8 @@ def test_a_process_killed_mid_training_resumes_from_its_checkpoint(config_dict, 
 
 
 def test_only_transient_failures_are_retried():
-    from tasks.prune import is_transient
-    from tasks.runtime import tf
+    from pruneflow.tasks.core.runtime import tf
+    from pruneflow.tasks.stages.prune_train import is_transient
 
     assert is_transient(tf.errors.ResourceExhaustedError(None, None, "OOM"))
     assert is_transient(OSError("disk went away"))

@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 
-from tasks.config import ExportSpec, parse_config
-from tasks.errors import PruneflowError
-from tasks.export import export_tflite
-from tasks.interpreter import evaluate_exports
-from tasks.qat import check_quantizable, train_quantized
+from pruneflow.tasks.core.errors import PruneflowError
+from pruneflow.tasks.specs.config import ExportSpec, parse_config
+from pruneflow.tasks.stages.evaluate_exports import evaluate_exports
+from pruneflow.tasks.stages.export_tflite import export_tflite
+from pruneflow.tasks.stages.quantize_train import check_quantizable, train_quantized
 
 QAT_FORMATS = ExportSpec(
     formats=("int8_qat", "int8_qat_sparse"), representative_images=16, int8_input_type="int8", int8_output_type="int8",
@@ -46,8 +46,8 @@ def test_without_an_int8_qat_format_nothing_is_trained(tiny_prepared, tiny_confi
 
 
 def test_a_model_tfmot_cannot_quantize_is_refused_before_any_work(config_dict, tmp_path):
-    from tasks.inputs import Preflight
-    from tasks.models import save_model
+    from pruneflow.tasks.libs.models import save_model
+    from pruneflow.tasks.libs.readings import Readings
     from tests.helpers import build_tiny_cnn
 
     save_model(build_tiny_cnn(kind="nested"), tmp_path / "nested.h5")
@@ -55,5 +55,5 @@ def test_a_model_tfmot_cannot_quantize_is_refused_before_any_work(config_dict, t
                            "export": {"formats": ["int8", "int8_qat"]}})
     with pytest.raises(PruneflowError, match=r"nested.h5: the int8_qat formats need quantization-aware training, which "
                                              r"TFMOT cannot apply .*inside another keras Model.*Leave int8_qat"):
-        check_quantizable(Preflight(config))
-    check_quantizable(Preflight(parse_config({**config_dict, "model": {"baseline": str(tmp_path / "nested.h5")}})))
+        check_quantizable(Readings(config))
+    check_quantizable(Readings(parse_config({**config_dict, "model": {"baseline": str(tmp_path / "nested.h5")}})))

@@ -14,7 +14,7 @@ def run_python(code: str) -> subprocess.CompletedProcess:
 
 
 def test_keras_in_use_is_tf_keras():
-    from tasks.runtime import keras, tf, tfmot
+    from pruneflow.tasks.core.runtime import keras, tf, tfmot
 
     assert keras.__name__ == "tf_keras"
     assert keras.__version__.startswith("2.")
@@ -26,20 +26,20 @@ def test_keras_in_use_is_tf_keras():
 
 def test_runtime_sets_legacy_keras_in_a_fresh_interpreter():
     result = run_python(
-        "import tasks.runtime as r, os; print(os.environ['TF_USE_LEGACY_KERAS'], r.tf.keras.Model.__module__)"
+        "import pruneflow.tasks.core.runtime as r, os; print(os.environ['TF_USE_LEGACY_KERAS'], r.tf.keras.Model.__module__)"
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["1", "tf_keras.src.engine.training"]
 
 
 def test_tensorflow_imported_first_without_legacy_keras_is_refused():
-    result = run_python("import tensorflow, tasks.runtime")
+    result = run_python("import tensorflow, pruneflow.tasks.core.runtime")
     assert result.returncode != 0
-    assert "tensorflow was imported before tasks.runtime" in result.stderr
+    assert "tensorflow was imported before pruneflow.tasks.core.runtime" in result.stderr
 
 
 def test_device_report_names_what_training_runs_on():
-    from tasks.runtime import configure_devices, tf
+    from pruneflow.tasks.core.runtime import configure_devices, tf
 
     report = configure_devices()
     if tf.config.list_physical_devices("GPU"):

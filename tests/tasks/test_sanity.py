@@ -3,15 +3,16 @@
 import json
 
 import numpy as np
-
 import pytest
 
-from tasks.errors import PruneflowError
-from tasks.models import ModelFile, load_model, save_model
-from tasks.prune import plan_for, strip_model, train_pruned
-from tasks.sanity import check_sparsity, measure_sparsity, measure_tensor, require_target_reached
-from tasks.selection import LayerPlan
-from tasks.sparsity import SanityReport
+from pruneflow.tasks.core.errors import PruneflowError
+from pruneflow.tasks.libs.artifacts import SanityReport
+from pruneflow.tasks.libs.models import ModelFile, load_model, save_model
+from pruneflow.tasks.libs.selection import LayerPlan, plan_for
+from pruneflow.tasks.libs.sparsity import measure_tensor
+from pruneflow.tasks.stages.prune_train import train_pruned
+from pruneflow.tasks.stages.sanity_check import check_sparsity, measure_sparsity, require_target_reached
+from pruneflow.tasks.stages.strip import strip_model
 from tests.helpers import IMAGE_SIZE, PRUNABLE_KERNELS
 
 
@@ -37,7 +38,7 @@ def test_every_model_shape_and_format_passes_with_each_kernel_measured(pruned_va
 
 def nested_model(training_flag):
     """A base model nested in an outer one, called with `training=training_flag`."""
-    from tasks.runtime import keras
+    from pruneflow.tasks.core.runtime import keras
 
     keras.utils.set_random_seed(0)
     base = keras.Sequential(
@@ -113,8 +114,8 @@ def test_a_small_tensor_passes_at_tfmots_rounding_of_the_target():
 def test_the_expected_zeros_are_tfmots_own_count(size, target, zeros, tiny_config, tmp_path):
     """TFMOT keeps max(round(size * (1 - target)), 1) weights, in float32: measured on a real
     prune_low_magnitude wrapper, and what the check expects."""
-    from tasks.runtime import keras, tfmot
-    from tasks.sparsity import tfmot_zeros
+    from pruneflow.tasks.core.runtime import keras, tfmot
+    from pruneflow.tasks.libs.sparsity import tfmot_zeros
 
     assert tfmot_zeros(size, target) == zeros
     layer = keras.layers.Dense(size, use_bias=False, kernel_initializer="glorot_uniform")

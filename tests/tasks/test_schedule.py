@@ -2,9 +2,9 @@
 
 import pytest
 
-from tasks.config import ConstantSchedule, PolynomialDecaySchedule
-from tasks.errors import PruneflowError
-from tasks.schedule import pruning_steps, resolve_schedule, sparsity_at, to_tfmot
+from pruneflow.tasks.core.errors import PruneflowError
+from pruneflow.tasks.libs.schedule import pruning_steps, resolve_schedule, sparsity_at, to_tfmot
+from pruneflow.tasks.specs.config import ConstantSchedule, PolynomialDecaySchedule
 
 
 def test_omitted_end_step_is_the_runs_last_step():
@@ -65,7 +65,7 @@ def test_polynomial_decay_that_stops_short_of_final_sparsity_is_refused():
 
 
 def test_sparsity_at_matches_tfmot():
-    from tasks.runtime import tf
+    from pruneflow.tasks.core.runtime import tf
 
     schedule = PolynomialDecaySchedule(initial_sparsity=0.1, final_sparsity=0.9, begin_step=5, end_step=105, power=2)
     tfmot_schedule = to_tfmot(schedule)
@@ -85,7 +85,7 @@ def test_to_tfmot_carries_every_parameter():
 
 
 def test_a_sweep_target_changes_only_the_final_sparsity():
-    from tasks.schedule import at_target
+    from pruneflow.tasks.libs.schedule import at_target
 
     constant = ConstantSchedule(target_sparsity=0.8, begin_step=5, end_step=50, frequency=5)
     assert at_target(constant, 0.5) == constant.model_copy(update={"target_sparsity": 0.5})

@@ -4,19 +4,22 @@ and reported; layers chosen by pattern; per-layer targets; 2:4 and block structu
 import numpy as np
 import pytest
 
-from tasks.config import ConstantSchedule, LayerSelection
-from tasks.errors import PruneflowError
-from tasks.models import ModelFile, load_model, save_model
-from tasks.prune import plan_for, strip_model, train_pruned, wrap_for_pruning
-from tasks.runtime import PruneLowMagnitude
-from tasks.sanity import check_sparsity, measure_sparsity
+from pruneflow.tasks.core.errors import PruneflowError
+from pruneflow.tasks.core.runtime import PruneLowMagnitude
+from pruneflow.tasks.libs.models import ModelFile, load_model, save_model
+from pruneflow.tasks.libs.pruning import wrap_for_pruning
+from pruneflow.tasks.libs.selection import plan_for
+from pruneflow.tasks.specs.config import ConstantSchedule, LayerSelection
+from pruneflow.tasks.stages.prune_train import train_pruned
+from pruneflow.tasks.stages.sanity_check import check_sparsity, measure_sparsity
+from pruneflow.tasks.stages.strip import strip_model
 from tests.helpers import IMAGE_SIZE, assert_same_predictions
 
 SHAPE = (IMAGE_SIZE, IMAGE_SIZE, 3)
 
 
 def rescaling_first():
-    from tasks.runtime import keras
+    from pruneflow.tasks.core.runtime import keras
 
     return keras.Sequential([
         keras.Input(SHAPE), keras.layers.Rescaling(2.0, offset=-1.0, name="to_signed"),
@@ -28,7 +31,7 @@ def rescaling_first():
 def mobilenet_backbone():
     """A keras.applications MobileNetV2 (alpha 0.35, weights=None) nested in a Sequential with a new
     head, behind a Resizing layer (MobileNetV2 takes 32 pixels or more)."""
-    from tasks.runtime import keras
+    from pruneflow.tasks.core.runtime import keras
 
     backbone = keras.applications.MobileNetV2(input_shape=(32, 32, 3), alpha=0.35, include_top=False, weights=None)
     return keras.Sequential([
@@ -38,7 +41,7 @@ def mobilenet_backbone():
 
 
 def depthwise_with_batchnorm():
-    from tasks.runtime import keras
+    from pruneflow.tasks.core.runtime import keras
 
     inputs = keras.Input(SHAPE)
     x = keras.layers.Conv2D(8, 3, use_bias=False, name="stem")(inputs)
@@ -50,7 +53,7 @@ def depthwise_with_batchnorm():
 
 
 def normalized():
-    from tasks.runtime import keras
+    from pruneflow.tasks.core.runtime import keras
 
     norm = keras.layers.Normalization(name="norm")
     norm.adapt(np.random.default_rng(0).random((20, *SHAPE), dtype="float32"))
@@ -63,7 +66,7 @@ def normalized():
 
 def prune_run(build, tiny_config, tiny_prepared, folder, target=0.5, **layers):
     """The baseline `build()` makes, through prune_train, strip and sanity_check's build functions."""
-    from tasks.runtime import keras
+    from pruneflow.tasks.core.runtime import keras
 
     keras.backend.clear_session()
     keras.utils.set_random_seed(0)
@@ -144,7 +147,7 @@ def test_a_mobilenet_v2_backbone_nested_in_a_sequential_is_pruned_layer_by_layer
 
 
 def plan(model, path, target=0.5, **layers):
-    from tasks.config import ConstantSchedule, TrainingSpec
+    from pruneflow.tasks.specs.config import ConstantSchedule, TrainingSpec
 
     spec = TrainingSpec(
         epochs=1, optimizer="adam", learning_rate=1e-3, batch_size=8, shuffle_seed=0, augment=False, seed=0,
@@ -163,7 +166,7 @@ def test_patterns_match_path_name_or_class_and_overrides_set_per_layer_targets(t
 
 
 def test_an_exact_path_in_layers_sparsity_wins_over_a_name_shared_with_a_nested_layer(tmp_path):
-    from tasks.runtime import keras
+    from pruneflow.tasks.core.runtime import keras
 
     inner = keras.Input((8,))
     head = keras.Model(inner, keras.layers.Dense(2, name="dense")(inner), name="head")
@@ -174,7 +177,7 @@ def test_an_exact_path_in_layers_sparsity_wins_over_a_name_shared_with_a_nested_
 
 
 def test_a_shared_layer_is_planned_and_wrapped_once(tmp_path):
-    from tasks.runtime import keras
+    from pruneflow.tasks.core.runtime import keras
 
     inputs = keras.Input((4,))
     shared = keras.layers.Dense(4, name="shared")
@@ -245,7 +248,7 @@ def test_a_block_run_passes_its_structure_check_and_a_tampered_model_fails_it(ti
 
 
 def test_a_2_by_4_run_resumed_from_a_checkpoint_keeps_its_structure(tiny_config, tiny_prepared, tmp_path, monkeypatch):
-    from tasks.runtime import tf
+    from pruneflow.tasks.core.runtime import tf
 
     monkeypatch.setenv("PRUNEFLOW_INJECT_FAULT", "resource_exhausted@1")
     with pytest.raises(tf.errors.ResourceExhaustedError):
@@ -262,7 +265,7 @@ def test_a_2_by_4_run_resumed_from_a_checkpoint_keeps_its_structure(tiny_config,
 def test_wrapping_saving_loading_and_stripping_without_training_leaves_every_weight_bit_identical(tmp_path):
     """The plan's unwrapped layers and the wrapped ones' weights survive the clone, the .h5 of the
     wrapped model (as prune-training saves it) and stripping, compared with the baseline file."""
-    from tasks.runtime import keras, tfmot
+    from pruneflow.tasks.core.runtime import keras, tfmot
 
     baseline = save_model(mobilenet_backbone(), tmp_path / "baseline.h5")
     model = load_model(baseline)

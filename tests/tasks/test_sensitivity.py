@@ -3,8 +3,10 @@
 import numpy as np
 import pytest
 
-from tasks.errors import PruneflowError
-from tasks.sensitivity import LayerSensitivity, magnitude_pruned, measure_layer, propose
+from pruneflow.tasks.core.errors import PruneflowError
+from pruneflow.tasks.libs.artifacts import LayerSensitivity
+from pruneflow.tasks.libs.sensitivity import magnitude_pruned, propose
+from pruneflow.tasks.stages.layer_sensitivity import measure_layer
 
 
 def test_magnitude_pruning_zeroes_the_smallest_weights_as_tfmot_counts_them():
@@ -49,8 +51,8 @@ def test_a_target_beyond_the_measured_sparsities_is_refused_with_what_is_reachab
 
 
 def test_a_layer_of_a_nested_model_is_pruned_alone_by_its_path(tiny_data, tiny_prepared, tmp_path):
-    from tasks.models import ModelFile
-    from tasks.selection import walk
+    from pruneflow.tasks.libs.models import ModelFile
+    from pruneflow.tasks.libs.selection import walk
     from tests.helpers import train_tiny_baseline
 
     baseline = ModelFile.of(train_tiny_baseline(tiny_data, tmp_path / "nested.h5", "nested"))

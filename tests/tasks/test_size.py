@@ -6,8 +6,9 @@ import zipfile
 
 import numpy as np
 
-from tasks.models import ModelFile
-from tasks.size import compare_sizes, xz_size, zip_size
+from pruneflow.tasks.libs.compression import xz_size, zip_size
+from pruneflow.tasks.libs.models import ModelFile
+from pruneflow.tasks.stages.measure_size import compare_sizes
 from tests.helpers import build_tiny_cnn
 
 
@@ -24,8 +25,8 @@ def test_zip_and_xz_sizes_are_the_real_archive_sizes(tmp_path):
 
 
 def test_sparse_model_compresses_smaller_than_its_dense_twin(tmp_path):
-    from tasks.models import save_model
-    from tasks.runtime import keras
+    from pruneflow.tasks.core.runtime import keras
+    from pruneflow.tasks.libs.models import save_model
 
     keras.utils.set_random_seed(0)
     dense = build_tiny_cnn()

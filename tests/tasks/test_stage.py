@@ -7,11 +7,10 @@ from typing import Literal, get_args, get_origin
 import pytest
 from pydantic import BaseModel
 
-from tasks.config import ConstantSchedule, PolynomialDecaySchedule, Schedule, parse_config
-from tasks.pipeline import STAGES
-from tasks.stage import Stage, code_closure, code_version, fingerprint
-from tasks.store import ArtifactStore, Content, StoredArtifact
-
+from pruneflow.flows.stages import STAGES
+from pruneflow.tasks.core.stage import Stage, code_closure, code_version, fingerprint
+from pruneflow.tasks.core.store import ArtifactStore, Content, StoredArtifact
+from pruneflow.tasks.specs.config import ConstantSchedule, PolynomialDecaySchedule, Schedule, parse_config
 
 FIXED = object()  # a field with a single possible value (a union's tag): nothing to change
 
@@ -102,7 +101,7 @@ def test_every_field_a_stage_receives_changes_its_key(stage, schedule, config_di
 
 
 def test_a_key_reads_content_at_any_depth_and_refuses_paths():
-    from tasks.models import ModelFile
+    from pruneflow.tasks.libs.models import ModelFile
 
     model = ModelFile(path=Path("/a/model.h5"), digest="d1")
     assert fingerprint({"models": [model, (model, 1.5)], "seed": None}) == {"models": ["d1", ["d1", 1.5]], "seed": None}
@@ -114,8 +113,8 @@ def test_a_key_reads_content_at_any_depth_and_refuses_paths():
 
 
 def test_the_same_artifact_at_another_path_gives_the_same_key(config_dict):
-    from tasks.models import ModelFile
-    from tasks.size import measure_size
+    from pruneflow.tasks.libs.models import ModelFile
+    from pruneflow.tasks.stages.measure_size import measure_size
 
     here = ModelFile(path=Path("/a/model.h5"), digest="d1")
     there = ModelFile(path=Path("/b/elsewhere.h5"), digest="d1", trust_code=True)
@@ -179,35 +178,62 @@ def test_produce_builds_once_then_reuses_the_stored_artifact(tmp_path):
 
 
 def test_a_stage_code_is_its_module_and_every_module_it_imports_even_lazily():
-    closure = code_closure("tasks.prune")
-    assert {"tasks.prune", "tasks.models", "tasks.dataset", "tasks.schedule", "tasks.stage"} <= set(closure)
-    assert "tasks.runtime" in closure  # imported inside functions only
-    assert "tasks.inputs" not in closure  # imported for type checking only
-    assert "tasks.sanity" not in closure and "tasks.report" not in closure  # later stages' code is not its code
+    closure = set(code_closure("pruneflow.tasks.stages.prune_train"))
+    assert {
+        "pruneflow.tasks.stages.prune_train", "pruneflow.tasks.libs.pruning", "pruneflow.tasks.libs.models",
+        "pruneflow.tasks.libs.dataset", "pruneflow.tasks.libs.schedule", "pruneflow.tasks.core.stage",
+    } <= closure
+    assert "pruneflow.tasks.core.runtime" in closure  # imported inside functions only
+    assert "pruneflow.tasks.libs.readings" not in closure  # imported for type checking only
+    assert not {"pruneflow.tasks.unkeyed.faults", "pruneflow.tasks.unkeyed.progress"} & closure  # unkeyed by rule
+    assert not {"pruneflow.tasks.stages.sanity_check", "pruneflow.tasks.report.summary"} & closure  # not its code
+    assert not any(name.startswith("pruneflow.flows") for name in closure)  # the clock, the GPU tag policy
 
 
-def test_editing_any_module_a_stage_imports_changes_its_code_version(tmp_path, monkeypatch):
+STAGE_SOURCE = '''"""A stage."""
+from typing import TYPE_CHECKING
+from pydantic import BaseModel, Field
+from .helper import VALUE
+from scratchpkg.unkeyed import drill
+if TYPE_CHECKING:
+    from scratchpkg import hints
+class Spec(BaseModel):
+    size: int = Field(1, description="How big.")
+def build():
+    """Build it."""
+    from scratchpkg import lazy
+    return VALUE + lazy.VALUE  # a comment
+'''
+
+
+def test_editing_any_module_a_stage_imports_changes_its_code_version_and_documenting_it_does_not(tmp_path, monkeypatch):
     package = tmp_path / "scratchpkg"
-    package.mkdir()
-    (package / "__init__.py").write_text("")
-    (package / "stage.py").write_text(
-        "from typing import TYPE_CHECKING\nfrom .helper import VALUE\nif TYPE_CHECKING:\n    from scratchpkg import hints\n"
-        "def build():\n    from scratchpkg import lazy\n    return VALUE + lazy.VALUE\n"
-    )
-    for name in ("helper", "lazy", "hints", "unrelated"):
+    (package / "unkeyed").mkdir(parents=True)
+    for init in (package / "__init__.py", package / "unkeyed" / "__init__.py"):
+        init.write_text("")
+    (package / "stage.py").write_text(STAGE_SOURCE)
+    for name in ("helper", "lazy", "hints", "unrelated", "unkeyed/drill"):
         (package / f"{name}.py").write_text("VALUE = 1\n")
     monkeypatch.syspath_prepend(str(tmp_path))
 
     def version():
         code_closure.cache_clear()
         code_version.cache_clear()
-        return code_version("scratchpkg.stage")
+        return code_version("scratchpkg.stage", keyed="scratchpkg", unkeyed="scratchpkg.unkeyed")
 
     before = version()
-    assert code_closure("scratchpkg.stage") == ("scratchpkg", "scratchpkg.helper", "scratchpkg.lazy", "scratchpkg.stage")
-    for name in ("unrelated", "hints"):  # not imported, or for type checking only
+    closure = code_closure("scratchpkg.stage", keyed="scratchpkg", unkeyed="scratchpkg.unkeyed")
+    assert closure == ("scratchpkg", "scratchpkg.helper", "scratchpkg.lazy", "scratchpkg.stage")
+    for name in ("unrelated", "hints", "unkeyed/drill"):  # not imported, for type checking only, or unkeyed
         (package / f"{name}.py").write_text("VALUE = 2\n")
         assert version() == before, name
+    documentation = (("How big.", "How large."), ("Build it.", "Make it."), ("a comment", "a remark"), ("A stage.", "The stage."))
+    for old, new in documentation:
+        (package / "stage.py").write_text(STAGE_SOURCE.replace(old, new))
+        assert version() == before, old
+    (package / "stage.py").write_text(STAGE_SOURCE.replace("Field(1,", "Field(2,"))
+    assert version() != before  # what the code does
+    (package / "stage.py").write_text(STAGE_SOURCE)
     for name in ("helper", "lazy"):  # imported relatively, and inside a function
         (package / f"{name}.py").write_text(f"VALUE = {name!r}\n")
         assert version() != before, name

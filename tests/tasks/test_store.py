@@ -4,8 +4,7 @@ import json
 
 import pytest
 
-from tasks.config import ConstantSchedule
-from tasks.store import DIGESTS, ArtifactStore, StoredArtifact, digest_of
+from pruneflow.tasks.core.store import DIGESTS, ArtifactStore, StoredArtifact, digest_of
 
 
 def write(store: ArtifactStore, key: str, text: str = "weights") -> None:
@@ -143,7 +142,7 @@ def test_leftovers_of_a_killed_writer_are_swept_when_its_key_is_produced_again(t
 
 
 def test_a_full_disk_is_a_clear_error_and_keeps_what_was_stored(tmp_path):
-    from tasks.errors import PruneflowError
+    from pruneflow.tasks.core.errors import PruneflowError
     from tests.helpers import fill_disk, small_disk
 
     with small_disk(tmp_path / "disk", 4 << 20) as disk:
@@ -164,7 +163,7 @@ def test_a_full_disk_is_a_clear_error_and_keeps_what_was_stored(tmp_path):
 
 
 def test_a_read_only_store_is_a_clear_error_and_keeps_what_was_stored(tmp_path):
-    from tasks.errors import PruneflowError
+    from pruneflow.tasks.core.errors import PruneflowError
     from tests.helpers import read_only
 
     store = ArtifactStore(root=tmp_path / "artifacts")

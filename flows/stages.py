@@ -1,0 +1,21 @@
+"""The stages of a pruning run, in the order a run reaches them.
+
+flows/graph.py wires them; check_inputs runs their pre-flight checks in this order.
+"""
+
+from pruneflow.tasks.stages.evaluate import evaluate_baseline, evaluate_pruned
+from pruneflow.tasks.stages.evaluate_exports import evaluate_baseline_exports, evaluate_pruned_exports
+from pruneflow.tasks.stages.export_tflite import export_baseline, export_pruned
+from pruneflow.tasks.stages.measure_latency import measure_latency
+from pruneflow.tasks.stages.measure_size import measure_size
+from pruneflow.tasks.stages.prepare_dataset import prepare_dataset
+from pruneflow.tasks.stages.prune_train import prune_train
+from pruneflow.tasks.stages.quantize_train import quantize_train
+from pruneflow.tasks.stages.sanity_check import sanity_check
+from pruneflow.tasks.stages.strip import strip
+
+STAGES = (
+    prepare_dataset, evaluate_baseline, export_baseline, evaluate_baseline_exports,
+    prune_train, strip, sanity_check, measure_size, evaluate_pruned,
+    quantize_train, export_pruned, evaluate_pruned_exports, measure_latency,
+)

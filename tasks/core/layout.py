@@ -1,0 +1,77 @@
+"""Where a run's outputs live under output_root: declared here, and nowhere else.
+
+    OUTPUT_ROOT/
+      artifacts/<stage>/<key>/         each stage's output (see pruneflow.tasks.core.store), and
+      artifacts/.file-digests.sqlite   the image digests check_inputs remembers
+      artifacts/.checked/<key>.json    what its stage checks concluded about inputs they checked
+      runs/<UTC time>-<flow run>/      one folder per run: summary.json, or a sweep's report
+      promoted -> promoted-versions/<version>/   the model a sweep promoted (a symlink)
+      .promotion.json                            a promotion under way (pruneflow.tasks.decide.promote)
+      history/<time>-<flow run>.parquet          one file per sweep
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+from pruneflow.tasks.core.files import storage_errors
+from pruneflow.tasks.core.store import ArtifactStore
+
+
+class OutputLayout(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    root: Path
+
+    @property
+    def artifacts(self) -> Path:
+        return self.root / "artifacts"
+
+    @property
+    def store(self) -> ArtifactStore:
+        return ArtifactStore(root=self.artifacts)
+
+    @property
+    def digest_cache(self) -> Path:
+        return self.artifacts / ".file-digests.sqlite"
+
+    @property
+    def checked(self) -> Path:
+        """What check_inputs concluded about inputs it checked (pruneflow.tasks.preflight.check_inputs), one file per inputs."""
+        return self.artifacts / ".checked"
+
+    @property
+    def runs(self) -> Path:
+        return self.root / "runs"
+
+    @property
+    def promoted(self) -> Path:
+        """A symlink to the promoted version's folder, switched atomically (see pruneflow.tasks.decide.promote)."""
+        return self.root / "promoted"
+
+    @property
+    def promoted_versions(self) -> Path:
+        return self.root / "promoted-versions"
+
+    @property
+    def promotion_lock(self) -> Path:
+        return self.root / ".promoted.lock"
+
+    @property
+    def promotion_journal(self) -> Path:
+        return self.root / ".promotion.json"
+
+    @property
+    def history(self) -> Path:
+        return self.root / "history"
+
+    def new_run_dir(self, run_name: str | None) -> Path:
+        """A fresh folder for one run's report: UTC time, then the flow run's name."""
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        run_dir = self.runs / f"{stamp}-{run_name or 'local'}"
+        with storage_errors(self.root, "the run's folder"):
+            run_dir.mkdir(parents=True, exist_ok=False)
+        return run_dir

@@ -1,0 +1,46 @@
+"""The sweep's accuracy gate, as pure functions: which deployable files may be promoted, and which one is.
+
+A candidate is one file of one target: the pruned Keras .h5 or one of its TFLite exports. It is
+judged by its own accuracy, measured on the file itself (in the interpreter for a TFLite file),
+against the baseline Keras model's.
+"""
+
+from __future__ import annotations
+
+from pruneflow.tasks.libs.outcome import Deployable, TargetResult
+from pruneflow.tasks.specs.config import SweepConfig
+
+EPSILON = 1e-9  # a result exactly on a bound passes, whatever the float rounding
+Candidate = tuple[TargetResult, Deployable]
+
+
+def candidates(results: list[TargetResult]) -> list[Candidate]:
+    """Every pruned file of every target, in target order, then format order."""
+    return [(result, file) for result in results for file in result.deployables if file.model == "pruned"]
+
+
+def accuracy_drop(result: TargetResult, file: Deployable) -> float:
+    """The baseline's test accuracy minus the file's, in points."""
+    return 100.0 * (result.baseline.accuracy - file.accuracy)
+
+
+def gate_problem(result: TargetResult, file: Deployable, gate: SweepConfig) -> str | None:
+    """Why this file may not be promoted, or None when it passes the gate."""
+    if result.target < gate.min_sparsity - EPSILON:
+        return f"sparsity {result.target} is below min_sparsity {gate.min_sparsity}"
+    if accuracy_drop(result, file) > gate.max_accuracy_drop + EPSILON:
+        return f"accuracy dropped {accuracy_drop(result, file):.2f} points (max_accuracy_drop {gate.max_accuracy_drop})"
+    return None
+
+
+def choose(results: list[TargetResult], gate: SweepConfig) -> Candidate | None:
+    """The smallest file (zip-deflated) among those that pass the gate; on a tie the sparser
+    target, then the earlier format; None if none passes."""
+    passing = [(i, c) for i, c in enumerate(candidates(results)) if gate_problem(*c, gate) is None]
+    best = min(passing, key=lambda item: (item[1][1].zip_bytes, -item[1][0].target, item[0]), default=None)
+    return best[1] if best else None
+
+
+def best_candidate(results: list[TargetResult]) -> Candidate | None:
+    """The most accurate file, then the smallest: what to report when nothing passes."""
+    return min(candidates(results), key=lambda c: (-c[1].accuracy, c[1].zip_bytes), default=None)

@@ -1,0 +1,135 @@
+"""What pruning a baseline to one schedule produced: a run's result, and each target's in a sweep."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, computed_field
+
+from pruneflow.tasks.libs.artifacts import (
+    PRUNED_H5,
+    Evaluation,
+    ExportedFile,
+    ExportedModels,
+    ExportEvaluation,
+    LatencyReport,
+    ModelSize,
+    SanityReport,
+    SizeReport,
+    TrainedModel,
+)
+from pruneflow.tasks.libs.tflite import file_name
+from pruneflow.tasks.specs.config import KERAS, Schedule, dense_counterpart
+
+FORMAT_NAMES = {
+    KERAS: "Keras .h5", "float32": "TFLite float32", "float32_sparse": "TFLite float32, sparse",
+    "int8": "TFLite int8", "int8_sparse": "TFLite int8, sparse",
+    "int8_qat": "TFLite int8, QAT", "int8_qat_sparse": "TFLite int8, QAT, sparse",
+}
+
+
+class Deployable(BaseModel):
+    """One file a user can deploy (the Keras .h5 or a TFLite file), with what was measured of it.
+
+    Ratios compare like with like: the baseline .h5's raw bytes over this file's raw bytes, its
+    zip-deflated bytes over this file's zip-deflated bytes, and so on (higher is smaller).
+    `speedup` is the baseline's median latency in the same format (its dense counterpart for a
+    sparse or QAT format: int8 for int8_qat_sparse) over this file's: above 1 is faster.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    model: Literal["baseline", "pruned"]
+    format: str
+    path: Path
+    raw_bytes: int
+    zip_bytes: int
+    xz_bytes: int
+    raw_ratio: float
+    zip_ratio: float
+    xz_ratio: float
+    accuracy: float
+    agreement: float  # with the Keras model it was made from
+    latency_median_ms: float
+    latency_p90_ms: float
+    speedup: float
+
+
+class PruningOutcome(BaseModel):
+    """A pruned model against its baseline: what a run, or one target of a sweep, produced."""
+
+    model_config = ConfigDict(frozen=True)
+
+    pruned_model: Path
+    schedule: Schedule
+    baseline: Evaluation
+    pruned: Evaluation
+    sanity: SanityReport
+    sizes: SizeReport
+    training: TrainedModel
+    baseline_exports: ExportedModels
+    baseline_export_evaluation: ExportEvaluation
+    exports: ExportedModels
+    export_evaluation: ExportEvaluation
+    latency: LatencyReport
+
+    @computed_field
+    @property
+    def accuracy_change(self) -> float:
+        """Pruned minus baseline test accuracy, in points (percent)."""
+        return 100.0 * (self.pruned.accuracy - self.baseline.accuracy)
+
+    @computed_field
+    @property
+    def measured_sparsity(self) -> float:
+        """Zeros over all prunable weights of the pruned model."""
+        size = sum(t.size for t in self.sanity.tensors)
+        return sum(t.zeros for t in self.sanity.tensors) / size if size else 0.0
+
+    @computed_field
+    @property
+    def deployables(self) -> list[Deployable]:
+        """Every file of the baseline, then of the pruned model: the Keras .h5 first, then each export."""
+        reference = self.sizes.baseline
+
+        def row(model, fmt, path, size: ModelSize | ExportedFile, accuracy, agreement) -> Deployable:
+            timing = self.latency.of(model, fmt)
+            dense = self.latency.of("baseline", dense_counterpart(fmt))
+            return Deployable(
+                model=model, format=fmt, path=path, raw_bytes=size.raw_bytes, zip_bytes=size.zip_bytes,
+                xz_bytes=size.xz_bytes, raw_ratio=reference.raw_bytes / size.raw_bytes,
+                zip_ratio=reference.zip_bytes / size.zip_bytes, xz_ratio=reference.xz_bytes / size.xz_bytes,
+                accuracy=accuracy, agreement=agreement, latency_median_ms=timing.median_ms,
+                latency_p90_ms=timing.p90_ms, speedup=dense.median_ms / timing.median_ms,
+            )
+
+        rows = []
+        for model, exports, evaluation, keras_path, keras_size, keras_accuracy in (
+            ("baseline", self.baseline_exports, self.baseline_export_evaluation, self.sizes.folder / reference.file,
+             reference, self.baseline.accuracy),
+            ("pruned", self.exports, self.export_evaluation, self.pruned_model, self.sizes.pruned, self.pruned.accuracy),
+        ):
+            rows.append(row(model, KERAS, keras_path, keras_size, keras_accuracy, 1.0))
+            for exported in exports.files:
+                measured = evaluation.of(exported.format)
+                rows.append(row(model, exported.format, exports.path(exported), exported, measured.accuracy,
+                                measured.agreement))
+        return rows
+
+    def deployable(self, fmt: str) -> Deployable:
+        """The pruned model's file in format `fmt`."""
+        return next(d for d in self.deployables if d.model == "pruned" and d.format == fmt)
+
+
+class TargetResult(PruningOutcome):
+    """What pruning to one target sparsity of a sweep gave, against the baseline."""
+
+    target: float
+
+
+def challenger_name(fmt: str) -> str:
+    """The file name of a challenger in format `fmt`: the export's, or the stripped Keras model's."""
+    return PRUNED_H5 if fmt == KERAS else file_name(fmt)
+
+

@@ -1,0 +1,107 @@
+"""Batch-1 latency measured side by side: the calls that time a Keras model and a TFLite file,
+the turns they take, and whether XNNPACK's sparse kernels can apply to a model."""
+
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from pruneflow.tasks.libs.artifacts import ExportedModels, Timing
+from pruneflow.tasks.libs.interpreter import available_cpus, open_interpreter, to_input
+from pruneflow.tasks.specs.config import LatencySpec
+
+SPARSE_SHARE = 2 / 3  # XNNPACK runs 1x1 convolutions sparse only when at least this share of their weights is zero
+INPUT_SEED = 0
+
+
+ROUND = 10  # invocations of one model before the next one's turn
+
+
+def machine_description() -> str:
+    """What latency depends on, besides the model: the processor, its core count, the OS."""
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            model = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), model)
+    except OSError:
+        pass
+    return f"{model}, {available_cpus()} cores, {platform.system()} {platform.machine()}"
+
+
+def keras_call(model, image: np.ndarray) -> Callable[[], object]:
+    from pruneflow.tasks.core.runtime import tf
+
+    predict = tf.function(lambda batch: model(batch, training=False))
+    batch = tf.constant(image)
+    return lambda: predict(batch).numpy()
+
+
+def tflite_call(path: Path, image: np.ndarray, threads: int) -> Callable[[], None]:
+    interpreter = open_interpreter(path, threads)
+    interpreter.allocate_tensors()
+    detail = interpreter.get_input_details()[0]
+    interpreter.set_tensor(detail["index"], to_input(image, detail))
+    return interpreter.invoke
+
+
+def time_side_by_side(calls: dict[tuple[str, str], Callable], spec: LatencySpec) -> list[Timing]:
+    """Warm each call up, then time them in turns of ROUND invocations until each has spec.runs."""
+    for call in calls.values():
+        for _ in range(spec.warmup):
+            call()
+    seconds = {name: [] for name in calls}
+    while any(len(times) < spec.runs for times in seconds.values()):
+        for name, call in calls.items():
+            for _ in range(min(ROUND, spec.runs - len(seconds[name]))):
+                started = time.perf_counter()
+                call()
+                seconds[name].append(time.perf_counter() - started)
+    return [
+        Timing(model=model, format=fmt, median_ms=float(np.median(times) * 1e3),
+               p90_ms=float(np.percentile(times, 90) * 1e3), runs=len(times))
+        for (model, fmt), times in seconds.items()
+    ]
+
+
+def one_by_one_kernels(model) -> list[np.ndarray]:
+    """The kernels of the model's 1x1 Conv2D layers (nested models' too)."""
+    from pruneflow.tasks.core.runtime import keras
+
+    found = []
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            found += one_by_one_kernels(layer)
+        elif type(layer) is keras.layers.Conv2D and tuple(layer.kernel_size) == (1, 1):
+            found.append(layer.kernel.numpy())
+    return found
+
+
+def sparse_kernels_note(model, exported: ExportedModels) -> str:
+    """Whether XNNPACK's sparse kernels can apply to this model, and if not, why."""
+    from pruneflow.tasks.core.runtime import tfmot
+
+    kernels = one_by_one_kernels(model)
+    if not kernels:
+        return "XNNPACK's sparse kernels cannot apply: they run 1x1 convolutions only, and this model has none."
+    share = sum(k.size - np.count_nonzero(k) for k in kernels) / sum(k.size for k in kernels)
+    if share < SPARSE_SHARE:
+        return (
+            f"XNNPACK's sparse kernels cannot apply: the model's 1x1 convolutions hold {share:.0%} zeros, "
+            f"under the {SPARSE_SHARE:.0%} they need."
+        )
+    try:
+        tfmot.sparsity.keras.PruneForLatencyOnXNNPack().ensure_model_supports_pruning(model)
+    except (ValueError, TypeError, AttributeError) as reason:  # TFMOT's refusal, or a shape it cannot walk
+        return (
+            f"XNNPACK's sparse kernels cannot apply: {reason}. Their subgraph starts with a 3x3 stride-2 convolution "
+            "of 3 channels after a ZeroPadding2D and ends with a global average pooling, as in MobileNet."
+        )
+    if "float32_sparse" not in {f.format for f in exported.files}:
+        return "XNNPACK's sparse kernels could apply to this model in the float32_sparse format, which was not exported."
+    return (
+        f"XNNPACK's sparse kernels can apply to the float32_sparse file (its 1x1 convolutions hold {share:.0%} zeros, "
+        "in a MobileNet-like graph); whether a delegate uses them depends on how TFLite was built: compare its "
+        "latency with float32's."
+    )

@@ -1,0 +1,93 @@
+"""The plots: a sweep's accuracy against compressed size (one point per file of each target, one
+series per format), and the sensitivity heatmap (layers against sparsities)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from pruneflow.tasks.core.files import atomic_path
+from pruneflow.tasks.decide.gate import candidates, gate_problem
+from pruneflow.tasks.libs.artifacts import LayerSensitivity
+from pruneflow.tasks.libs.outcome import FORMAT_NAMES, TargetResult
+from pruneflow.tasks.libs.sensitivity import Proposal
+from pruneflow.tasks.specs.config import SweepConfig
+
+MARKERS = "osD^vP*X"
+
+
+@contextlib.contextmanager
+def png_figure(path: Path, figsize: tuple[float, float]) -> Iterator[tuple[object, object]]:
+    """(figure, axes) to draw on; written to `path` as a PNG (whole or not at all) when the
+    block ends, and closed either way."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display on a worker
+    from matplotlib import pyplot as plt
+
+    figure, axes = plt.subplots(figsize=figsize, dpi=120)
+    try:
+        yield figure, axes
+        figure.tight_layout()
+        with atomic_path(path) as tmp:
+            figure.savefig(tmp, format="png")
+    finally:
+        plt.close(figure)
+
+
+def plot_sweep(results: list[TargetResult], gate: SweepConfig, path: Path) -> Path:
+    """Accuracy against zip-deflated size, one series per format (filled: passes the gate;
+    hollow: fails it), each point labelled with its target; the baseline .h5 and the gate drawn."""
+    from matplotlib import colormaps
+    from matplotlib.ticker import FuncFormatter
+
+    baseline, sizes = results[0].baseline, results[0].sizes
+    with png_figure(path, (8, 5)) as (_, axes):
+        formats = list(dict.fromkeys(file.format for _, file in candidates(results)))
+        for n, fmt in enumerate(formats):
+            points = [(r, f) for r, f in candidates(results) if f.format == fmt]
+            color = colormaps["tab10"](n)
+            kb = [f.zip_bytes / 1024 for _, f in points]
+            accuracy = [100 * f.accuracy for _, f in points]
+            passed = [gate_problem(r, f, gate) is None for r, f in points]
+            axes.plot(kb, accuracy, color=color, alpha=0.4, linewidth=1)
+            axes.scatter(kb, accuracy, marker=MARKERS[n % len(MARKERS)], s=40, zorder=3, label=FORMAT_NAMES.get(fmt, fmt),
+                         facecolors=[color if p else "none" for p in passed], edgecolors=[color] * len(points))
+            for k, a, (r, _) in zip(kb, accuracy, points):
+                axes.annotate(f"{r.target:.2f}", (k, a), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        axes.scatter([sizes.baseline.zip_bytes / 1024], [100 * baseline.accuracy], color="black", marker="*", s=120,
+                     label="baseline .h5", zorder=3)
+        axes.axhline(100 * baseline.accuracy - gate.max_accuracy_drop, color="tab:gray", linestyle="--",
+                     label=f"gate: at most {gate.max_accuracy_drop:g} points below the baseline")
+        axes.set_xscale("log")
+        plain = FuncFormatter(lambda value, _: f"{value:g}")
+        axes.xaxis.set_major_formatter(plain)
+        axes.xaxis.set_minor_formatter(plain)
+        axes.tick_params(axis="x", which="minor", labelsize=7)
+        axes.set_xlabel("file size, zip-deflated (KiB, log scale)")
+        axes.set_ylabel("test accuracy of the file (%)")
+        axes.set_title("Sparsity sweep: accuracy against compressed size (hollow: fails the gate)")
+        axes.grid(alpha=0.3, which="both")
+        axes.legend(fontsize=7)
+    return path
+
+
+def plot_sensitivity(results: list[LayerSensitivity], proposal: Proposal, path: Path) -> Path:
+    """A heatmap of validation accuracy lost (points) with each layer pruned alone to each
+    sparsity, the value in each cell, the proposed sparsity at the end of each row."""
+    sparsities = results[0].sparsities
+    drops = np.array([r.drops() for r in results])
+    with png_figure(path, (2.0 + 1.0 * len(sparsities), 1.5 + 0.32 * len(results))) as (figure, axes):
+        bound = max(1.0, float(np.abs(drops).max()))
+        image = axes.imshow(drops, cmap="RdYlGn_r", vmin=-bound, vmax=bound, aspect="auto")
+        for (row, column), drop in np.ndenumerate(drops):
+            axes.text(column, row, f"{drop:+.1f}", ha="center", va="center", fontsize=7)
+        axes.set_xticks(range(len(sparsities)), [f"{s:g}" for s in sparsities])
+        axes.set_yticks(range(len(results)), [f"{r.layer}  -> {proposal.sparsity[r.layer]:g}" for r in results], fontsize=7)
+        axes.set_xlabel("sparsity of the layer alone (no fine-tuning)")
+        axes.set_title(f"Validation accuracy lost, in points (-> proposed for {proposal.target:g} overall)", fontsize=9)
+        figure.colorbar(image, ax=axes, label="accuracy drop (points)")
+    return path

@@ -1,0 +1,239 @@
+"""Reports: a run's summary and a sweep's table, as files in the run's folder and as Prefect artifacts."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NONE
+
+from pruneflow.tasks.core.files import storage_errors, write_json, write_text
+from pruneflow.tasks.core.layout import OutputLayout
+from pruneflow.tasks.core.log import run_logger
+from pruneflow.tasks.decide.champion import Decision
+from pruneflow.tasks.decide.gate import Candidate, accuracy_drop, candidates, gate_problem
+from pruneflow.tasks.libs.artifacts import ChampionEvaluation
+from pruneflow.tasks.libs.outcome import FORMAT_NAMES, Deployable, PruningOutcome, TargetResult
+from pruneflow.tasks.report.plot import plot_sweep
+from pruneflow.tasks.specs.config import RunConfig, SweepConfig
+
+ARTIFACT_KEY = "pruneflow-summary"
+SWEEP_KEY = "pruneflow-sweep"
+
+
+class RunSummary(PruningOutcome):
+    """What one run produced, written as summary.json in the run's folder."""
+
+    run_dir: Path
+    config: RunConfig
+    classes: list[str]
+    counts: dict[str, int]
+    stage_seconds: dict[str, float]
+
+
+def comparison_rows(summary: RunSummary) -> list[dict[str, str]]:
+    """Baseline against pruned, one metric a row, formatted for people."""
+    sizes, shares = summary.sizes, summary.sanity.shares()
+    return [
+        {"metric": "test accuracy", "baseline": f"{summary.baseline.accuracy:.4f}",
+         "pruned": f"{summary.pruned.accuracy:.4f}", "change": f"{summary.accuracy_change:+.2f} points"},
+        {"metric": "test loss", "baseline": f"{summary.baseline.loss:.4f}",
+         "pruned": f"{summary.pruned.loss:.4f}", "change": f"{summary.pruned.loss - summary.baseline.loss:+.4f}"},
+        {"metric": "sparsity of the pruned weights", "baseline": "-",
+         "pruned": f"{summary.measured_sparsity:.4f}", "change": f"target {target_text(summary)}"},
+        {"metric": "share of the weights pruning reaches", "baseline": "-",
+         "pruned": f"{shares['pruned']:.1%}",
+         "change": f"{shares['dense_by_choice']:.1%} dense by choice, {shares['cannot_prune']:.1%} TFMOT cannot prune"},
+        {"metric": "size on disk (.h5, bytes)", "baseline": f"{sizes.baseline.raw_bytes:,}",
+         "pruned": f"{sizes.pruned.raw_bytes:,}", "change": f"{sizes.raw_ratio:.2f}x smaller"},
+        {"metric": "zip-deflated (bytes)", "baseline": f"{sizes.baseline.zip_bytes:,}",
+         "pruned": f"{sizes.pruned.zip_bytes:,}", "change": f"{sizes.zip_ratio:.2f}x smaller"},
+        {"metric": "xz-compressed (bytes)", "baseline": f"{sizes.baseline.xz_bytes:,}",
+         "pruned": f"{sizes.pruned.xz_bytes:,}", "change": f"{sizes.xz_ratio:.2f}x smaller"},
+        {"metric": "floor: non-zero weights x 4 (bytes)", "baseline": f"{sizes.baseline.floor_bytes:,}",
+         "pruned": f"{sizes.pruned.floor_bytes:,}", "change": ""},
+    ]
+
+
+def target_text(outcome: PruningOutcome) -> str:
+    """The target sparsity (a range when layers have their own), and the structure if any."""
+    sanity = outcome.sanity
+    targets = sorted({t.target for t in sanity.tensors}) or [sanity.expected]
+    text = f"{targets[0]:g}" if len(targets) == 1 else f"{targets[0]:g} to {targets[-1]:g} per layer"
+    return text + (f", {sanity.structure}" if sanity.structure else "")
+
+
+def file_rows(outcome: PruningOutcome) -> list[dict[str, str]]:
+    """One row per deployable file of the baseline and of the pruned model, formatted for people.
+
+    Sizes are followed by how many times smaller the file is than the baseline .h5, compressed
+    alike; speed-up is against the baseline in the same format (a sparse format's dense one).
+    """
+    return [
+        {
+            "model": file.model,
+            "format": FORMAT_NAMES.get(file.format, file.format),
+            "bytes": f"{file.raw_bytes:,} ({file.raw_ratio:.2f}x)",
+            "zip-deflated": f"{file.zip_bytes:,} ({file.zip_ratio:.2f}x)",
+            "xz": f"{file.xz_bytes:,} ({file.xz_ratio:.2f}x)",
+            "accuracy": f"{file.accuracy:.4f}",
+            "agreement": f"{file.agreement:.2%}",
+            "latency median / p90 (ms)": f"{file.latency_median_ms:.3f} / {file.latency_p90_ms:.3f}",
+            "speed-up": f"{file.speedup:.2f}x",
+        }
+        for file in outcome.deployables
+    ]
+
+
+def latency_note(outcome: PruningOutcome) -> str:
+    latency = outcome.latency
+    return (
+        f"Latency: batch 1, median and 90th percentile of {latency.timings[0].runs} runs after warm-up, TFLite files in "
+        f"tf.lite.Interpreter (XNNPACK) on {latency.threads} thread(s), Keras as a tf.function; on {latency.machine}. "
+        f"{latency.sparse_kernels}"
+    )
+
+
+def markdown_table(rows: list[dict[str, str]]) -> str:
+    """Rows (all with the same keys, in column order) as an aligned Markdown table, readable as plain text."""
+    columns = list(rows[0])
+    widths = {c: max(len(c), *(len(row[c]) for row in rows)) for c in columns}
+    line = lambda cells: "| " + " | ".join(cells[c].ljust(widths[c]) for c in columns) + " |"  # noqa: E731
+    return "\n".join(
+        [line({c: c for c in columns}), line({c: "-" * widths[c] for c in columns}), *(line(r) for r in rows)]
+    )
+
+
+def render_table(summary: RunSummary) -> str:
+    """The comparison of the baseline and the pruned model as a Markdown table."""
+    return markdown_table(comparison_rows(summary))
+
+
+def render_files(outcome: PruningOutcome) -> str:
+    """The deployable files as a Markdown table, and how latency was measured."""
+    return f"{markdown_table(file_rows(outcome))}\n\n{latency_note(outcome)}"
+
+
+def render_markdown(summary: RunSummary) -> str:
+    stages = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in summary.stage_seconds.items())
+    return (
+        f"# Pruning run\n\n{render_table(summary)}\n\n## Deployable files\n\n{render_files(summary)}\n\n"
+        f"## Weights by group\n\nLayers: {summary.sanity.layer_counts()}.\n\n```\n{summary.sanity.group_table()}\n```\n\n"
+        f"- Schedule: `{summary.schedule.model_dump_json()}`\n"
+        f"- Test images: {summary.pruned.examples}; classes: {', '.join(summary.classes)}\n"
+        f"- Pruned model: `{summary.pruned_model}`\n"
+        f"- TensorBoard logs of prune-training (loss, accuracy, each layer's sparsity): "
+        f"`{summary.training.tensorboard_logs}`; open them with "
+        f"`tensorboard --logdir {summary.training.tensorboard_logs}` (installed in the venv) and http://localhost:6006\n"
+        f"- Outputs: `{summary.run_dir}`\n"
+        f"- Stage wall times: {stages}\n"
+    )
+
+
+@task(cache_policy=NONE)
+def publish_report(summary: RunSummary) -> RunSummary:
+    """Publish the comparison as Prefect artifacts, then write summary.json.
+
+    Returns:
+        The summary as written: its stage_seconds end with the report's own time (all of it
+        but the writing of summary.json).
+    """
+    started = time.perf_counter()
+    create_markdown_artifact(key=ARTIFACT_KEY, markdown=render_markdown(summary), description="Baseline vs pruned")
+    create_table_artifact(key=f"{ARTIFACT_KEY}-table", table=comparison_rows(summary), description="Baseline vs pruned")
+    create_table_artifact(key=f"{ARTIFACT_KEY}-files", table=file_rows(summary), description="Deployable files")
+    seconds = {**summary.stage_seconds, "report": round(time.perf_counter() - started, 3)}
+    summary = summary.model_copy(update={"stage_seconds": seconds})
+    with storage_errors(summary.run_dir, "the run's summary"):
+        path = write_json(summary.run_dir / "summary.json", summary.model_dump(mode="json"))
+    run_logger().info("Summary written to %s", path)
+    return summary
+
+
+def sweep_row(result: TargetResult, file: Deployable, gate: SweepConfig) -> dict[str, str]:
+    """One line of the sweep's table, one deployable file of one target, formatted for people."""
+    problem = gate_problem(result, file, gate)
+    return {
+        "target": f"{result.target:.2f}",
+        "format": FORMAT_NAMES.get(file.format, file.format),
+        "measured sparsity": f"{result.measured_sparsity:.4f}",
+        "test accuracy": f"{file.accuracy:.4f}",
+        "change": f"{-accuracy_drop(result, file):+.2f} points",
+        "bytes": f"{file.raw_bytes:,}",
+        "zip-deflated": f"{file.zip_bytes:,} ({file.zip_ratio:.2f}x)",
+        "latency (ms)": f"{file.latency_median_ms:.3f}",
+        "gate": "pass" if problem is None else f"fail: {problem}",
+    }
+
+
+def describe_champion(champion: ChampionEvaluation) -> str:
+    return (
+        f"{FORMAT_NAMES.get(champion.format, champion.format)}, test accuracy {champion.accuracy:.4f}, "
+        f"{champion.zip_bytes:,} B zip-deflated, {champion.latency_ms:.3f} ms"
+    )
+
+
+def describe_candidate(candidate: Candidate | None) -> str:
+    if candidate is None:
+        return "none"
+    result, file = candidate
+    return f"sparsity {result.target}, {FORMAT_NAMES.get(file.format, file.format)} ({file.zip_bytes:,} B zip-deflated)"
+
+
+def render_decision(chosen: Candidate | None, decision: Decision) -> str:
+    """The gate's choice against the champion: what was decided, and why."""
+    lines = [f"Challenger (the gate's choice): {describe_candidate(chosen)}."]
+    if decision.champion is not None:
+        lines.append(f"Champion (the promoted file, measured in this run): {describe_champion(decision.champion)}.")
+    lines.append(f"Decision: {decision.verdict}.")
+    lines += [f"- {reason}" for reason in decision.reasons]
+    return "\n".join(lines)
+
+
+def render_sweep(results: list[TargetResult], chosen: Candidate | None, config: RunConfig, decision: Decision) -> str:
+    """The sweep's table as Markdown, the decision against the champion, and what was promoted."""
+    if not results:
+        return "No target completed."
+    table = markdown_table([sweep_row(result, file, config.sweep) for result, file in candidates(results)])
+    promoted = OutputLayout(root=config.output_root).promoted
+    line = f"Promoted: {describe_candidate(chosen)}, to `{promoted}`" if decision.promote else "Promoted: none"
+    return (
+        f"Baseline test accuracy {results[0].baseline.accuracy:.4f} (Keras).\n\n{table}\n\n"
+        f"{render_decision(chosen, decision)}\n\n{line}"
+    )
+
+
+@task(cache_policy=NONE)
+def publish_sweep(
+    results: list[TargetResult], chosen: Candidate | None, failures: dict[float, str], config: RunConfig, run_dir: Path,
+    decision: Decision,
+) -> None:
+    """sweep.json, sweep.md and sweep.png in the run's folder, and the table as Prefect artifacts.
+
+    Args:
+        failures: target -> why it failed.
+    """
+    with storage_errors(run_dir, "the sweep's report"):
+        write_json(run_dir / "sweep.json", {
+            "results": [result.model_dump(mode="json") for result in results],
+            "challenger": {"target": chosen[0].target, "format": chosen[1].format} if chosen else None,
+            "decision": {**decision.model_dump(mode="json", exclude={"champion": {"folder", "digest"}}),
+                         "verdict": decision.verdict},
+            "promoted": {"target": chosen[0].target, "format": chosen[1].format} if decision.promote else None,
+            "failed": {str(target): why for target, why in failures.items()},
+            "gate": config.sweep.model_dump(mode="json"),
+        })
+        plot = plot_sweep(results, config.sweep, run_dir / "sweep.png") if results else None
+        markdown = render_sweep(results, chosen, config, decision)
+        write_text(run_dir / "sweep.md", f"# Sparsity sweep\n\n{markdown}\n")
+    where = f"- Run folder: `{run_dir}` (sweep.json, sweep.md)\n"
+    if results:
+        models = ", ".join(f"{r.target:.2f}: `{r.pruned_model}` and TFLite files in `{r.exports.folder}`" for r in results)
+        where += f"- Plot: `{plot}`\n- Models: {models}\n"
+    create_markdown_artifact(key=SWEEP_KEY, markdown=f"# Sparsity sweep\n\n{markdown}\n\n{where}", description="Sweep")
+    if results:
+        rows = [sweep_row(result, file, config.sweep) for result, file in candidates(results)]
+        create_table_artifact(key=f"{SWEEP_KEY}-table", table=rows, description="Sweep")
+    run_logger().info("Sweep:\n%s", markdown)

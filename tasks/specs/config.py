@@ -1,0 +1,559 @@
+"""The run configuration: one frozen, strict model per run, loaded from YAML."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    model_validator,
+)
+
+from pruneflow.tasks.core.errors import PruneflowError
+
+
+def _resolve_path(value: Path, info: ValidationInfo) -> Path:
+    """Make a relative path absolute against the config file's folder, when loaded from one."""
+    base = (info.context or {}).get("base_dir")
+    if base is not None and not value.is_absolute():
+        value = Path(base) / value
+    return value
+
+
+ConfigPath = Annotated[Path, AfterValidator(_resolve_path)]
+# TFMOT's own range: sparsity 1.0 would zero a whole tensor.
+Sparsity = Annotated[float, Field(ge=0.0, lt=1.0)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ImageShape(_Strict):
+    """The size images are decoded and resized to: what the prepared dataset holds."""
+
+    height: int = Field(gt=0)
+    width: int = Field(gt=0)
+    channels: Literal[1, 3]
+
+
+class DatasetConfig(_Strict):
+    """Where the images are and how they are fed to the model."""
+
+    train_csv: ConfigPath = Field(
+        description="The training split: a CSV with the header filename,label and one row per JPEG, "
+        "filenames relative to the CSV's folder. Its sorted labels are the classes."
+    )
+    val_csv: ConfigPath = Field(description="The validation split, same columns: validation accuracy during fine-tuning.")
+    test_csv: ConfigPath = Field(
+        description="The test split, same columns: every reported accuracy is measured on it, in CSV order."
+    )
+    image_height: int = Field(gt=0, description="Height in pixels each image is resized to; the model's input height.")
+    image_width: int = Field(gt=0, description="Width in pixels each image is resized to; the model's input width.")
+    channels: Literal[1, 3] = Field(
+        3, description="1 for greyscale, 3 for RGB: each JPEG is decoded to this many channels."
+    )
+    batch_size: int = Field(
+        32, gt=0, description="Images per step of fine-tuning and of evaluation; a run has "
+        "ceil(train images / batch_size) steps per epoch."
+    )
+    shuffle_seed: int = Field(42, description="Seed of the training split's shuffle; val and test are never shuffled.")
+    augment: bool = Field(
+        False, description="Random left-right flips of the training images (never val or test images)."
+    )
+
+    @property
+    def shape(self) -> ImageShape:
+        return ImageShape(height=self.image_height, width=self.image_width, channels=self.channels)
+
+
+class ModelConfig(_Strict):
+    """The unpruned model to start from."""
+
+    baseline: ConfigPath = Field(
+        description="The trained model, saved with tf_keras as .h5 or .keras: Sequential or functional "
+        "(nested models too), taking images scaled to [0, 1], with one output per class (softmax or logits)."
+    )
+    trust_custom_code: bool = Field(
+        False, description="Load a baseline whose loading runs code (Lambda layers, custom classes). A run from "
+        "a deployment may set it only where the worker sets PRUNEFLOW_ALLOW_CUSTOM_CODE=1."
+    )
+
+    @model_validator(mode="after")
+    def _known_format(self) -> ModelConfig:
+        if self.baseline.suffix not in (".h5", ".keras"):
+            raise ValueError(f"baseline {self.baseline} must be a .h5 or .keras file")
+        return self
+
+
+class _ScheduleSteps(_Strict):
+    begin_step: int = Field(0, ge=0, description="First training step at which pruning may happen (steps count from 1).")
+    frequency: int = Field(
+        1, ge=1, description="Prune every `frequency` steps. A schedule under which no pruning step falls "
+        "inside the run (TFMOT's default of 100, in a short run) is refused."
+    )
+
+
+class ConstantSchedule(_ScheduleSteps):
+    """Prune to one sparsity at every pruning step."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", title="Constant sparsity")
+
+    kind: Literal["constant"] = Field("constant", description="Schedule type.")
+    target_sparsity: Sparsity = Field(description="Fraction of each prunable tensor set to zero, in [0, 1).")
+    end_step: int | None = Field(
+        None, ge=-1, description="Last pruning step; -1 prunes until the end of training; omitted: the last step of "
+        "the run (steps per epoch x epochs) at which pruning happens (begin_step plus a multiple of frequency)."
+    )
+
+    @property
+    def final_sparsity(self) -> float:
+        return self.target_sparsity
+
+    @model_validator(mode="after")
+    def _ordered_steps(self) -> ConstantSchedule:
+        if self.end_step is not None and self.end_step != -1 and self.end_step < self.begin_step:
+            raise ValueError(
+                f"end_step ({self.end_step}) is before begin_step ({self.begin_step}); "
+                "use -1 to prune until the end of training"
+            )
+        return self
+
+
+class PolynomialDecaySchedule(_ScheduleSteps):
+    """Raise sparsity from initial to final along a polynomial, as in Zhu & Gupta (2017)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", title="Polynomial decay")
+
+    kind: Literal["polynomial_decay"] = Field("polynomial_decay", description="Schedule type.")
+    initial_sparsity: Sparsity = Field(0.0, description="Sparsity at begin_step, in [0, 1).")
+    final_sparsity: Sparsity = Field(description="Sparsity reached at end_step and kept after, in [0, 1).")
+    end_step: int | None = Field(
+        None, ge=0, description="Step at which final_sparsity is reached: at most the run's last step, and "
+        "begin_step plus a multiple of frequency (or final_sparsity is never reached, and the run is refused); "
+        "omitted: the last such step of the run, so that final_sparsity is reached."
+    )
+    power: float = Field(3.0, gt=0, description="Exponent of the decay: 3 prunes fast early, then slowly.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> PolynomialDecaySchedule:
+        if self.initial_sparsity > self.final_sparsity:
+            raise ValueError(
+                f"initial_sparsity ({self.initial_sparsity}) is above final_sparsity ({self.final_sparsity})"
+            )
+        if self.end_step is not None and self.end_step <= self.begin_step:
+            raise ValueError(f"end_step ({self.end_step}) must be after begin_step ({self.begin_step})")
+        return self
+
+
+Schedule = Annotated[Union[ConstantSchedule, PolynomialDecaySchedule], Field(discriminator="kind")]
+
+
+class TrainingConfig(_Strict):
+    """How the pruned model is fine-tuned."""
+
+    epochs: int = Field(gt=0, description="Epochs of fine-tuning under the pruning schedule.")
+    optimizer: Literal["adam", "sgd", "rmsprop"] = Field("adam", description="Fine-tuning optimizer.")
+    learning_rate: float = Field(
+        1e-4, gt=0, description="Fine-tuning learning rate; lower it if the loss becomes NaN, which stops the run."
+    )
+    retries: int = Field(
+        2, ge=0, description="Retries of prune-training after a transient failure (out of memory, I/O, a lost "
+        "device), each resuming after the last complete epoch; never after a user error."
+    )
+    retry_delay_seconds: float = Field(
+        10.0, ge=0, description="Seconds before the first retry; doubled for each later one."
+    )
+    pruning_policy: Literal["all_layers", "xnnpack_latency"] = Field(
+        "all_layers", description="all_layers: prune every Conv and Dense kernel. xnnpack_latency: TFMOT's "
+        "PruneForLatencyOnXNNPack, which prunes only the 1x1 convolutions, the ones XNNPACK's sparse kernels "
+        "can speed up; it needs a MobileNet-like model (a ZeroPadding2D then a 3x3 stride-2 convolution of 3 "
+        "channels first, a GlobalAveragePooling2D with keepdims last) and is refused, with TFMOT's reason, "
+        "for any other.",
+    )
+
+
+class LayerSelection(_Strict):
+    """Which layers are pruned, to what sparsity, in what structure. A pattern is a shell-style
+    pattern (*, ?, [..], case-sensitive) matched against a layer's path (nested models' names
+    first: backbone/conv1), its name, or its class name (Conv2D)."""
+
+    include: list[str] = Field(
+        [], description="Prune only the layers matching one of these patterns; empty: every layer TFMOT can prune. "
+        "A pattern that matches no layer TFMOT can prune is refused, naming it.",
+    )
+    exclude: list[str] = Field(
+        [], description="Leave the layers matching one of these patterns dense (after include). A pattern that "
+        "matches no layer is refused, naming it.",
+    )
+    keep_first_conv: bool = Field(
+        False, description="Leave the model's first convolution dense: it sees the raw image and holds few weights.",
+    )
+    keep_classifier: bool = Field(False, description="Leave the model's last Dense layer (the classifier) dense.")
+    sparsity: dict[str, Sparsity] = Field(
+        {}, description="Per-layer target sparsity: pattern -> sparsity, the first matching pattern wins; other "
+        "pruned layers take the schedule's. `pruneflow sensitivity` proposes these. A pattern that matches no "
+        "pruned layer is refused, naming it.",
+    )
+    m_by_n: tuple[int, int] | None = Field(
+        None, description="Structured sparsity [m, n] (TFMOT's sparsity_m_by_n): m of every n consecutive weights "
+        "along the input-channel axis are zero, e.g. [2, 4], which sparse tensor cores run fast. The sparsity is "
+        "then m/n, so the schedule's must be m/n. Each pruned layer's input channels must be a multiple of n.",
+    )
+    block_size: tuple[int, int] | None = Field(
+        None, description="Block sparsity [rows, columns] (TFMOT's block_size): weights are zeroed in whole "
+        "blocks of a 2-D kernel: Dense layers only (TFMOT refuses convolution kernels, 1x1 ones included).",
+    )
+
+    @model_validator(mode="after")
+    def _one_structure(self) -> LayerSelection:
+        if self.m_by_n is not None:
+            m, n = self.m_by_n
+            if not 0 < m < n:
+                raise ValueError(f"m_by_n {list(self.m_by_n)} must be [m, n] with 0 < m < n, e.g. [2, 4]")
+            if self.block_size is not None:
+                raise ValueError("m_by_n and block_size are two structures: set one of them")
+            if self.sparsity:
+                raise ValueError("m_by_n fixes every pruned layer's sparsity at m/n: per-layer sparsity cannot be set")
+        if self.block_size is not None and min(self.block_size) < 1:
+            raise ValueError(f"block_size {list(self.block_size)} must be two positive numbers of rows and columns")
+        return self
+
+    @property
+    def structured_sparsity(self) -> float | None:
+        """The sparsity an m_by_n structure gives (None without one)."""
+        return None if self.m_by_n is None else self.m_by_n[0] / self.m_by_n[1]
+
+
+class TrainingSpec(_Strict):
+    """What prune-training does with the data, the baseline and the schedule: the part of the
+    config its result depends on (RunConfig.training_spec). The stage receives only this, so its
+    key covers every field it can read. Retries, which do not change the result, are not in it."""
+
+    epochs: int = Field(gt=0)
+    optimizer: Literal["adam", "sgd", "rmsprop"]
+    learning_rate: float = Field(gt=0)
+    batch_size: int = Field(gt=0)
+    shuffle_seed: int
+    augment: bool
+    seed: int
+    pruning_policy: Literal["all_layers", "xnnpack_latency"]
+    layers: LayerSelection
+
+    def steps_per_epoch(self, n_train: int) -> int:
+        return math.ceil(n_train / self.batch_size)
+
+
+ExportFormat = Literal["float32", "float32_sparse", "int8", "int8_sparse", "int8_qat", "int8_qat_sparse"]
+IOType = Literal["float32", "int8", "uint8"]
+
+
+KERAS = "keras_h5"  # the Keras model itself, among the deployable files and the timed models
+
+
+def from_qat(fmt: str) -> bool:
+    """Whether the format is converted from the quantization-aware model (pruneflow.tasks.stages.quantize_train)."""
+    return "_qat" in fmt
+
+
+def dense_counterpart(fmt: str) -> str:
+    """The format a dense, untrained-for-quantization model (the baseline) is compared in."""
+    return fmt.removesuffix("_sparse").removesuffix("_qat")
+
+
+class ExportConfig(_Strict):
+    """The TFLite files made of the pruned model (and of the baseline, for comparison), and how
+    their latency is measured."""
+
+    formats: list[ExportFormat] = Field(
+        ["float32", "float32_sparse", "int8", "int8_sparse"],
+        description="TFLite files to make: float32; float32_sparse (pruned kernels stored sparse, "
+        "EXPERIMENTAL_SPARSITY); int8 (full-integer post-training quantization); int8_sparse (both); "
+        "int8_qat and int8_qat_sparse (int8 after qat_epochs of pruning-preserving quantization-aware training, "
+        "for a model that loses too much accuracy in int8; Sequential or functional models without nested models). "
+        "The baseline is exported in the dense counterpart of each, for comparison. An empty list exports nothing: "
+        "the Keras .h5 is then the only deployable file.",
+    )
+    representative_images: int = Field(
+        100, gt=0, description="Training images (a fixed sample of the train split) that calibrate int8 "
+        "quantization: the range of every activation is measured on them.",
+    )
+    int8_input_type: IOType = Field(
+        "int8", description="Input type of the int8 files: int8 or uint8 (the caller quantizes images with the "
+        "file's own scale and zero point), or float32 (the file quantizes them itself).",
+    )
+    int8_output_type: IOType = Field("int8", description="Output type of the int8 files, as int8_input_type.")
+    qat_epochs: int = Field(
+        1, ge=1, description="Epochs of pruning-preserving quantization-aware training (TFMOT's "
+        "Default8BitPrunePreserveQuantizeScheme) of the pruned model, for the int8_qat formats only.",
+    )
+    qat_learning_rate: float = Field(
+        1e-5, gt=0, description="Learning rate of quantization-aware training (with training.optimizer): low, "
+        "since it starts from the fine-tuned model.",
+    )
+    latency_runs: int = Field(
+        200, ge=5, description="Timed batch-1 invocations of each model file, after the warm-up; the files take "
+        "turns, a few invocations at a time. The median and the 90th percentile are reported.",
+    )
+    latency_warmup: int = Field(20, ge=0, description="Untimed invocations of each model file before the timed ones.")
+    threads: int = Field(
+        1, ge=1, description="CPU threads of the TFLite interpreter (XNNPACK) when latency is measured. The Keras "
+        "models, timed for reference, use TensorFlow's own thread settings.",
+    )
+
+    @model_validator(mode="after")
+    def _distinct_formats(self) -> ExportConfig:
+        if len(set(self.formats)) != len(self.formats):
+            raise ValueError(f"formats {self.formats} repeat a format; list each once")
+        return self
+
+
+class ExportSpec(_Strict):
+    """What the export stage reads (RunConfig.export_spec): the latency settings are not in it."""
+
+    formats: tuple[ExportFormat, ...]
+    representative_images: int = Field(gt=0)
+    int8_input_type: IOType
+    int8_output_type: IOType
+
+    def dense(self) -> ExportSpec:
+        """What a dense model (the baseline) is exported as: each format's dense counterpart, once."""
+        return self.model_copy(update={"formats": tuple(dict.fromkeys(dense_counterpart(f) for f in self.formats))})
+
+    @property
+    def wants_qat(self) -> bool:
+        return any(from_qat(fmt) for fmt in self.formats)
+
+
+class QATSpec(_Strict):
+    """What quantization-aware training reads (RunConfig.qat_spec): the data feed and seed of the
+    fine-tuning, its optimizer, and the export's QAT settings."""
+
+    epochs: int = Field(gt=0)
+    learning_rate: float = Field(gt=0)
+    optimizer: Literal["adam", "sgd", "rmsprop"]
+    batch_size: int = Field(gt=0)
+    shuffle_seed: int
+    augment: bool
+    seed: int
+
+
+class LatencySpec(_Strict):
+    """How latency is measured (RunConfig.latency_spec)."""
+
+    runs: int = Field(ge=5)
+    warmup: int = Field(ge=0)
+    threads: int = Field(ge=1)
+
+
+class SweepConfig(_Strict):
+    """A sweep: one baseline pruned to several sparsities, and the gate that picks one to promote."""
+
+    targets: list[Sparsity] = Field(
+        [0.5, 0.7, 0.8, 0.9, 0.95], min_length=1,
+        description="Target sparsities, each pruned from the baseline under the run's schedule, its final sparsity "
+        "set to the target. Layers with their own layers.sparsity keep it at every target.",
+    )
+    max_accuracy_drop: float = Field(
+        1.0, ge=0.0, le=100.0,
+        description="Largest drop in test accuracy from the baseline Keras model's that a promoted file may have, in "
+        "points (percent), its own accuracy measured on the file itself (in the interpreter for a TFLite file); a "
+        "drop exactly this large passes.",
+    )
+    min_sparsity: Sparsity = Field(0.5, description="Smallest target sparsity worth promoting (included).")
+    max_parallel: int = Field(
+        1, ge=1, description="Targets pruned at once: the number of Dask workers, or threads of one process "
+        "without Dask (keep 1 there: trainings in one process share TensorFlow's state)."
+    )
+    champion_max_accuracy_loss: float = Field(
+        0.5, ge=0.0, le=100.0, description="Largest loss of test accuracy, in points, of the gate's choice (the "
+        "challenger) against the promoted file (the champion), both measured in this run on its test split.",
+    )
+    champion_max_relative_accuracy_loss: float = Field(
+        0.01, ge=0.0, le=1.0, description="Largest loss of test accuracy against the champion as a share of the "
+        "champion's accuracy (0.01: 1 %); the challenger must keep within both this and champion_max_accuracy_loss.",
+    )
+    champion_min_size_gain: float = Field(
+        0.0, ge=0.0, lt=1.0, description="Share of the champion's zip-deflated size that the challenger must save "
+        "to count as smaller (0: any byte).",
+    )
+    champion_min_size_gain_bytes: int = Field(
+        0, ge=0, description="Bytes (zip-deflated) the challenger must save to count as smaller, as well.",
+    )
+    champion_min_speedup: float = Field(
+        0.1, ge=0.0, lt=1.0, description="Share of the champion's batch-1 latency the challenger must save to count "
+        "as faster (0.1: 10 %, above the noise of a shared machine); compared only when both were timed on the same "
+        "kind of machine. A challenger that holds its accuracy and is smaller or faster replaces the champion.",
+    )
+
+    @model_validator(mode="after")
+    def _distinct_targets(self) -> SweepConfig:
+        if len(set(self.targets)) != len(self.targets):
+            raise ValueError(f"targets {self.targets} repeat a sparsity; list each once")
+        return self
+
+
+class RegistryConfig(_Strict):
+    """Where sweeps log their runs and register their promotions (MLflow); nothing without a tracking URI."""
+
+    tracking_uri: str | None = Field(
+        None, min_length=1,
+        description="MLflow tracking server (http://127.0.0.1:5000) that also holds the model registry; unset: no "
+        "registry, nothing is logged. Needs the `registry` extra (pip install 'pruneflow[registry]').",
+    )
+    experiment: str = Field("pruneflow", min_length=1, description="MLflow experiment each sweep logs a run in.")
+    model_name: str = Field(
+        "pruneflow", min_length=1,
+        description="Registered model each promotion adds a version to; its `champion` alias marks the promoted one.",
+    )
+
+
+class SensitivityConfig(_Strict):
+    """Used by `pruneflow sensitivity` only: how far each layer is pruned alone."""
+
+    sparsities: list[Sparsity] = Field(
+        [0.3, 0.5, 0.7, 0.8, 0.9, 0.95], min_length=1,
+        description="Sparsities each selected layer is pruned to alone, by magnitude and without fine-tuning, its "
+        "validation accuracy measured at each. The proposal never goes past the highest.",
+    )
+
+    @model_validator(mode="after")
+    def _ascending(self) -> SensitivityConfig:
+        if sorted(set(self.sparsities)) != self.sparsities:
+            raise ValueError(f"sparsities {self.sparsities} must be ascending, each listed once")
+        return self
+
+
+def _schedule_as_choice(schema: dict) -> None:
+    """Publish the schedule as `anyOf`, which Prefect's UI form renders as a choice of type.
+
+    Validation still uses the discriminated union (one clear error per field); only the JSON
+    schema that the UI reads changes.
+    """
+    pruning = schema["properties"]["pruning"]
+    pruning["anyOf"] = pruning.pop("oneOf")
+    pruning.pop("discriminator", None)
+
+
+class RunConfig(_Strict):
+    """Everything one pruning run needs: the flow's only parameter."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", json_schema_extra=_schedule_as_choice)
+
+    dataset: DatasetConfig = Field(description="The images: a CSV per split, the size they are decoded to, batching.")
+    model: ModelConfig = Field(description="The trained model to prune.")
+    pruning: Schedule = Field(description="When and how far to prune: the pruning schedule.")
+    training: TrainingConfig = Field(description="Fine-tuning under the schedule, and its retries.")
+    layers: LayerSelection = Field(
+        default_factory=LayerSelection,
+        description="Which layers are pruned (default: every layer TFMOT can prune), per-layer sparsity, structure.",
+    )
+    sanity_tolerance: float = Field(
+        0.01, ge=0.0, lt=1.0,
+        description="Largest gap allowed between a prunable tensor's fraction of zeros and the target sparsity.",
+    )
+    output_root: ConfigPath = Field(
+        description="Folder under which runs store their artifacts and summaries, and sweeps the promoted model "
+        "and the history."
+    )
+    seed: int = Field(42, description="Seed of fine-tuning: the same seed on the same machine gives the same model.")
+    export: ExportConfig = Field(
+        default_factory=ExportConfig,
+        description="The deployable TFLite files, their accuracy in the interpreter, and latency measurement.",
+    )
+    sweep: SweepConfig = Field(
+        default_factory=SweepConfig,
+        description="Used by `pruneflow sweep` only: the targets, the accuracy gate, parallelism.",
+    )
+    sensitivity: SensitivityConfig = Field(
+        default_factory=SensitivityConfig,
+        description="Used by `pruneflow sensitivity` only: the sparsities each layer is pruned to alone.",
+    )
+    registry: RegistryConfig = Field(
+        default_factory=RegistryConfig,
+        description="Used by `pruneflow sweep` only: the MLflow server its runs and promotions are recorded in.",
+    )
+
+    @model_validator(mode="after")
+    def _schedule_fits_structure(self) -> RunConfig:
+        structured = self.layers.structured_sparsity
+        if structured is not None and not math.isclose(self.pruning.final_sparsity, structured):
+            field = "target_sparsity" if isinstance(self.pruning, ConstantSchedule) else "final_sparsity"
+            raise ValueError(
+                f"pruning.{field} is {self.pruning.final_sparsity}, but layers.m_by_n {list(self.layers.m_by_n)} "
+                f"zeroes exactly {structured:g} of the weights: set pruning.{field} to {structured:g}"
+            )
+        return self
+
+    @property
+    def training_spec(self) -> TrainingSpec:
+        """TrainingSpec's fields, each read from the section that holds it."""
+        sections = {**self.training.model_dump(), **self.dataset.model_dump(), "seed": self.seed, "layers": self.layers}
+        return TrainingSpec(**{name: sections[name] for name in TrainingSpec.model_fields})
+
+    @property
+    def export_spec(self) -> ExportSpec:
+        return ExportSpec(**{name: getattr(self.export, name) for name in ExportSpec.model_fields})
+
+    @property
+    def qat_spec(self) -> QATSpec | None:
+        """None when no format asks for quantization-aware training."""
+        if not self.export_spec.wants_qat:
+            return None
+        training = self.training_spec
+        return QATSpec(
+            epochs=self.export.qat_epochs, learning_rate=self.export.qat_learning_rate, optimizer=training.optimizer,
+            batch_size=training.batch_size, shuffle_seed=training.shuffle_seed, augment=training.augment,
+            seed=training.seed,
+        )
+
+    @property
+    def latency_spec(self) -> LatencySpec:
+        return LatencySpec(runs=self.export.latency_runs, warmup=self.export.latency_warmup, threads=self.export.threads)
+
+
+def format_validation_error(error: ValidationError, source: str) -> str:
+    """One line per problem, each naming the field as its dotted path in the YAML."""
+    lines = [f"{source}: invalid configuration:"]
+    for item in error.errors():
+        # Drop pydantic's internal steps, e.g. the union tag and validator names.
+        loc = ".".join(str(part) for part in item["loc"] if part not in ("constant", "polynomial_decay"))
+        message = item["msg"].removeprefix("Value error, ")
+        shown = "" if item["type"] in ("missing", "extra_forbidden") else f" (got {item['input']!r})"
+        lines.append(f"  {loc or '(top level)'}: {message}{shown}")
+    return "\n".join(lines)
+
+
+def parse_config(data: Any, source: str = "config", base_dir: Path | None = None) -> RunConfig:
+    """Validate a mapping into a RunConfig, raising PruneflowError that names each bad field."""
+    try:
+        return RunConfig.model_validate(data, context={"base_dir": base_dir})
+    except ValidationError as error:
+        raise PruneflowError(format_validation_error(error, source)) from None
+
+
+def load_config(path: Path) -> RunConfig:
+    """Load a YAML config; relative paths in it are taken from the YAML file's folder."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise PruneflowError(f"{path}: config file not found") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or str(error)
+        raise PruneflowError(f"{path}: not valid YAML{where}: {problem}") from None
+    if not isinstance(data, dict):
+        raise PruneflowError(f"{path}: expected a mapping of sections (dataset, model, ...), got {type(data).__name__}")
+    return parse_config(data, source=str(path), base_dir=path.resolve().parent)

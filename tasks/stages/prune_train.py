@@ -1,0 +1,179 @@
+"""The prune_train stage: wrap the baseline, fine-tune it under the schedule.
+
+Prune-training checkpoints the wrapped model at every epoch end. A retry, or a re-run after a
+crash, resumes after the last complete epoch: an epoch-end .h5 loaded under prune_scope keeps
+the pruning step, the masks and the optimizer state.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pruneflow.tasks.core.errors import PruneflowError
+from pruneflow.tasks.core.files import write_json
+from pruneflow.tasks.core.log import run_logger
+from pruneflow.tasks.core.stage import TRAINING_TAG, Stage
+from pruneflow.tasks.libs.artifacts import PreparedDataset
+from pruneflow.tasks.libs.dataset import load_split
+from pruneflow.tasks.libs.models import (
+    ModelFile,
+    compile_model,
+    load_model,
+    make_optimizer,
+    save_model,
+)
+from pruneflow.tasks.libs.selection import plan_table
+from pruneflow.tasks.specs.config import Schedule, TrainingSpec
+from pruneflow.tasks.unkeyed.faults import fault_callbacks
+from pruneflow.tasks.unkeyed.progress import epoch_progress
+
+if TYPE_CHECKING:
+    from pruneflow.tasks.libs.readings import Readings
+from pruneflow.tasks.libs.artifacts import TrainedModel
+from pruneflow.tasks.libs.pruning import pruning_step, restore_structure, wrap_for_pruning
+from pruneflow.tasks.libs.selection import plan_for
+
+
+def epoch_checkpoint(work_dir: Path, history: dict[str, list[float]]):
+    """A callback that saves the wrapped model and the history so far at each epoch end.
+
+    It must come after UpdatePruningStep, which re-applies the masks at epoch end, so that
+    each checkpoint is exactly sparse.
+    """
+    from pruneflow.tasks.core.runtime import keras
+
+    class EpochCheckpoint(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if not math.isfinite((logs or {}).get("loss", 0.0)):
+                return  # diverged: keep the last good checkpoint, never a NaN model
+            save_model(self.model, work_dir / "checkpoint.h5", include_optimizer=True)
+            for name, value in (logs or {}).items():
+                history.setdefault(name, []).append(float(value))
+            write_json(work_dir / "history.json", history)
+
+    return EpochCheckpoint()
+
+
+def start_or_resume(
+    baseline: ModelFile, schedule: Schedule, training: TrainingSpec, steps_per_epoch: int, work: Path
+):
+    """The compiled wrapped model and the number of epochs it has done: from the last epoch-end
+    checkpoint in `work` when there is one, else freshly wrapped from the baseline."""
+    checkpoint = work / "checkpoint.h5"
+    if checkpoint.is_file():
+        wrapped = load_model(checkpoint, pruning_wrappers=True, compile=True)
+        restore_structure(wrapped, training.layers.m_by_n)
+        return wrapped, pruning_step(wrapped) // steps_per_epoch
+    model = baseline.load()
+    plan = plan_for(model, schedule, training, baseline.path)
+    run_logger().info("Layer plan:\n%s", plan_table(plan))
+    wrapped = wrap_for_pruning(model, plan, schedule, baseline.path)
+    compile_model(wrapped, make_optimizer(training))
+    return wrapped, 0
+
+
+def train_pruned(
+    out: Path, work: Path, dataset: PreparedDataset, baseline: ModelFile, schedule: Schedule, training: TrainingSpec
+) -> TrainedModel:
+    """Fine-tune the baseline under the pruning schedule; write the wrapped model to `out`.
+
+    Callbacks: UpdatePruningStep (required: it advances the pruning step and re-applies the
+    masks at each epoch end), PruningSummaries (per-layer sparsity in TensorBoard logs), an
+    epoch-end checkpoint into `work`, from which a later attempt resumes, and, in a Prefect run,
+    a progress artifact updated at each epoch end.
+    """
+    from pruneflow.tasks.core.runtime import configure_devices, keras, tfmot
+
+    logger = run_logger()
+    logger.info("Training on %s", configure_devices())
+    logger.info("Prune-training for %d epochs under %s", training.epochs, schedule.model_dump())
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(training.seed)
+    work.mkdir(parents=True, exist_ok=True)
+    steps_per_epoch = training.steps_per_epoch(dataset.counts["train"])
+    wrapped, done = start_or_resume(baseline, schedule, training, steps_per_epoch, work)
+    history_path = work / "history.json"
+    history = json.loads(history_path.read_text()) if done and history_path.is_file() else {}
+    history = {name: values[:done] for name, values in history.items()}
+    if done:
+        print(f"Resuming prune-training after epoch {done} of {training.epochs}", flush=True)
+
+    callbacks = [
+        tfmot.sparsity.keras.UpdatePruningStep(),
+        tfmot.sparsity.keras.PruningSummaries(log_dir=str(work / "logs")),
+        keras.callbacks.TerminateOnNaN(),
+        epoch_checkpoint(work, history),
+        epoch_progress("Prune-training", training.epochs, done),
+        *fault_callbacks(schedule.final_sparsity),
+    ]
+    started = time.perf_counter()
+    if done < training.epochs:
+        fitted = wrapped.fit(
+            load_split(dataset, "train", training.batch_size, shuffle_seed=training.shuffle_seed, augment=training.augment),
+            validation_data=load_split(dataset, "val", training.batch_size),
+            initial_epoch=done,
+            epochs=training.epochs,
+            callbacks=callbacks,
+            # A progress bar per batch in a terminal; one line per epoch in a log file.
+            verbose=1 if sys.stdout.isatty() else 2,
+        )
+        losses = fitted.history.get("loss", [])
+        if losses and not math.isfinite(losses[-1]):
+            raise PruneflowError(
+                f"prune-training diverged: the loss became {losses[-1]} in epoch {done + len(losses)} of "
+                f"{training.epochs}, so no model was saved. Lower training.learning_rate "
+                f"(now {training.learning_rate}) or check the data."
+            )
+    seconds = time.perf_counter() - started
+
+    # With its optimizer state: the pruning step and masks live in the wrapped model's weights.
+    save_model(wrapped, out / "wrapped.h5", include_optimizer=True)
+    write_json(out / "history.json", history)
+    shutil.copytree(work / "logs", out / "logs")
+    return TrainedModel(
+        folder=out,
+        epochs=training.epochs,
+        resumed_from_epoch=done,
+        steps=steps_per_epoch * training.epochs,
+        seconds=seconds,
+        final_val_accuracy=history["val_accuracy"][-1],
+    )
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Failures worth a retry: out of memory, I/O, a lost device. Never a user error."""
+    from pruneflow.tasks.core.runtime import tf
+
+    if isinstance(exc, PruneflowError):
+        return False
+    transient = (
+        tf.errors.ResourceExhaustedError, tf.errors.UnavailableError, tf.errors.AbortedError,
+        MemoryError, OSError,
+    )
+    return isinstance(exc, transient)
+
+
+def check_prunable(readings: Readings) -> None:
+    """The schedule prunes inside the run, and the layer selection fits the baseline (patterns that
+    match, layers that can take the structure, something left to prune)."""
+    readings.plan  # noqa: B018 (planning is the check)
+
+
+def describe_training(trained: TrainedModel) -> str:
+    resumed = f", resumed after epoch {trained.resumed_from_epoch}" if trained.resumed_from_epoch else ""
+    return (
+        f"{trained.seconds:.1f} s of training ({trained.steps} steps{resumed}); "
+        f"final val accuracy {trained.final_val_accuracy:.4f}"
+    )
+
+
+prune_train = Stage(
+    "prune_train", train_pruned, check=check_prunable, describe=describe_training, resumable=True,
+    retry_if=is_transient, tags=(TRAINING_TAG,),
+)
