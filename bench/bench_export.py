@@ -29,9 +29,9 @@ def main() -> int:
     ))
     from pruneflow.flows.cli import run_settings
     from pruneflow.flows.prune import prune_flow
-    from pruneflow.tasks.libs.outcome import FORMAT_NAMES
     from pruneflow.tasks.libs.timing import machine_description
-    from pruneflow.tasks.specs.config import LatencySpec, dense_counterpart, load_config
+    from pruneflow.tasks.specs.config import LatencySpec, load_config
+    from pruneflow.tasks.specs.formats import FORMATS
     from pruneflow.tasks.stages.measure_latency import time_models
 
     config = load_config(args.config) if args.config else demo_config(args.workdir)
@@ -60,9 +60,9 @@ def main() -> int:
     print("-" * len(header))
     for file in summary.deployables:
         times = medians[file.model, file.format]
-        dense = latency("baseline", dense_counterpart(file.format))
+        dense = latency("baseline", FORMATS[file.format].dense)
         spread = f"{statistics.median(times):.4f} ({min(times):.4f}-{max(times):.4f})"
-        print(f"{file.model:<9} {FORMAT_NAMES[file.format]:<25} {file.raw_bytes:>9,} {file.raw_ratio:>5.2f}x "
+        print(f"{file.model:<9} {FORMATS[file.format].display:<25} {file.raw_bytes:>9,} {file.raw_ratio:>5.2f}x "
               f"{file.zip_bytes:>9,} {file.zip_ratio:>5.2f}x {file.xz_bytes:>9,} {file.xz_ratio:>5.2f}x "
               f"{file.accuracy:>8.4f} {file.agreement:>7.2%} {spread:>26} {dense / statistics.median(times):>7.2f}x")
     print(f"\nBaseline test accuracy (Keras) {summary.baseline.accuracy:.4f}; pruned to "

@@ -173,7 +173,8 @@ def _run_flow(config_path: Path, refresh: bool = False) -> None:
     typer.echo(
         f"\n{render_table(summary)}\n\n{render_files(summary)}\n\nLayers: {summary.sanity.layer_counts()}\n"
         f"Pruned model: {summary.pruned_model}\n"
-        f"TFLite files: {summary.exports.folder}\nSummary: {summary.run_dir / 'summary.json'}\n"
+        f"Exported files: {', '.join(str(exported.folder) for exported in summary.exports)}\n"
+        f"Summary: {summary.run_dir / 'summary.json'}\n"
         f"{time_line(summary.stage_seconds, begun.seconds['flow'])}"
     )
 

@@ -59,7 +59,7 @@ class Prepared(BaseModel):
     model: ModelFile
     dataset: PreparedDataset
     baseline: Evaluation
-    baseline_exports: ExportedModels
+    baseline_exports: list[ExportedModels]
     baseline_export_evaluation: ExportEvaluation
 
 
@@ -79,12 +79,13 @@ def prepare(config: RunConfig, run: Run) -> Prepared:
     dataset = run_stage(prepare_dataset, store, listing=quote(run.inputs.listing), shape=config.dataset.shape)
     model, batch_size = run.inputs.baseline, config.dataset.batch_size
     baseline = run_stage(evaluate_baseline, store, model=model, dataset=dataset, batch_size=batch_size)
-    exports = run_stage(
-        export_baseline, store, model=model, dataset=dataset, export=config.export_spec.dense(), sanity=None,
-        quantized=None,
-    )
+    dense = config.export_spec.dense()
+    exports = [
+        run_stage(export_baseline, store, model=model, dataset=dataset, export=dense.made_by("tflite"), sanity=None,
+                  quantized=None),
+    ]
     assessed = run_stage(
-        evaluate_baseline_exports, store, exported=exports, reference=model, quantized=None, dataset=dataset,
+        evaluate_baseline_exports, store, exports=exports, reference=model, quantized=None, dataset=dataset,
         batch_size=batch_size,
     )
     return Prepared(
@@ -109,12 +110,13 @@ def prune_to(config: RunConfig, start: Prepared, schedule: Schedule) -> PruningO
         evaluate_pruned, store, model=stripped.file, dataset=dataset, batch_size=config.dataset.batch_size
     )
     quantized = run_stage(quantize_train, store, dataset=dataset, pruned=stripped.file, qat=config.qat_spec)
-    exports = run_stage(
-        export_pruned, store, model=stripped.file, dataset=dataset, export=config.export_spec, sanity=sanity,
-        quantized=quantized,
-    )
+    export = config.export_spec
+    exports = [
+        run_stage(export_pruned, store, model=stripped.file, dataset=dataset, export=export.made_by("tflite"),
+                  sanity=sanity, quantized=quantized),
+    ]
     assessed = run_stage(
-        evaluate_pruned_exports, store, exported=exports, reference=stripped.file, quantized=quantized,
+        evaluate_pruned_exports, store, exports=exports, reference=stripped.file, quantized=quantized,
         dataset=dataset, batch_size=config.dataset.batch_size,
     )
     latency = run_stage(

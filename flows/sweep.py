@@ -37,11 +37,12 @@ from pruneflow.tasks.decide.history import history_rows, read_history, record_hi
 from pruneflow.tasks.decide.promote import promote_model, recover
 from pruneflow.tasks.decide.registry import sweep_run
 from pruneflow.tasks.libs.artifacts import ChampionEvaluation
-from pruneflow.tasks.libs.outcome import FORMAT_NAMES, Deployable, TargetResult
+from pruneflow.tasks.libs.outcome import Deployable, TargetResult
 from pruneflow.tasks.libs.schedule import at_target, resolve_schedule
 from pruneflow.tasks.libs.timing import machine_description
 from pruneflow.tasks.report.summary import publish_sweep
 from pruneflow.tasks.specs.config import RunConfig, Schedule
+from pruneflow.tasks.specs.formats import display_name
 from pruneflow.tasks.stages.evaluate_champion import evaluate_champion
 from pruneflow.tasks.stages.prune_train import prune_train
 
@@ -174,7 +175,7 @@ def sweep_flow(config: RunConfig) -> SweepOutcome:
         result, file = best_candidate(results)
         raise PruneflowError(
             f"sweep: no file passed the gate (max_accuracy_drop {gate.max_accuracy_drop} points, min_sparsity "
-            f"{gate.min_sparsity}); the best candidate, sparsity {result.target} as {FORMAT_NAMES[file.format]}, has "
+            f"{gate.min_sparsity}); the best candidate, sparsity {result.target} as {display_name(file.format)}, has "
             f"test accuracy {file.accuracy:.4f} ({-accuracy_drop(result, file):+.2f} points) at {file.zip_bytes:,} bytes "
             f"zipped. The previously promoted model, if any, is kept in {run.layout.promoted}."
         )

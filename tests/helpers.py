@@ -16,11 +16,28 @@ import pandas as pd
 import pytest
 
 from pruneflow.flows.stages import STAGES as PIPELINE
+from pruneflow.tasks.specs.formats import FORMATS, KERAS
 
 REPO = Path(__file__).parents[1]
 IMAGE_SIZE = 16
 # The stages' names in order: each stores an artifact and is cached. publish_report follows them.
 STAGES = [stage.name for stage in PIPELINE]
+# What flows.graph.prepare runs once per run (a sweep's included), and what prune_to runs per target.
+PREPARED = STAGES[: STAGES.index("prune_train")]
+PER_TARGET = STAGES[STAGES.index("prune_train") :]
+
+
+def takes(*inputs: str) -> set[str]:
+    """The stages whose build function takes one of these inputs (by its parameter's name)."""
+    return {stage.name for stage in PIPELINE if set(stage.inputs) & set(inputs)}
+
+
+def deployable_files(formats) -> set[tuple[str, str]]:
+    """(model, format) of every file a run that exports `formats` can deploy: each model's Keras
+    .h5, the pruned model's file in each format, the baseline's in each dense counterpart."""
+    return {("baseline", KERAS), ("pruned", KERAS)} | {("pruned", fmt) for fmt in formats} | {
+        ("baseline", FORMATS[fmt].dense) for fmt in formats
+    }
 CLASSES = ("bottom", "top")  # which half of the image is bright
 SPLIT_SIZES = {"train": 40, "val": 12, "test": 12}
 
@@ -273,7 +290,7 @@ def target_result(target: float, accuracy: float, zip_bytes: int, *, baseline_ac
     size = 10_000
     zeros = round(size * target)
     files = files or {}
-    dense = list(dict.fromkeys(fmt.removesuffix("_sparse") for fmt in files))
+    dense = list(dict.fromkeys(FORMATS[fmt].dense for fmt in files))
 
     def exported(fmt: str, zipped: int) -> ExportedFile:
         return ExportedFile(format=fmt, file=f"model_{fmt}.tflite", raw_bytes=2 * zipped, zip_bytes=zipped,
@@ -298,11 +315,11 @@ def target_result(target: float, accuracy: float, zip_bytes: int, *, baseline_ac
         ),
         training=TrainedModel(folder=folder, epochs=2, resumed_from_epoch=0, steps=10, seconds=seconds,
                               final_val_accuracy=accuracy),
-        baseline_exports=ExportedModels(folder=folder, files=[exported(fmt, 40_000) for fmt in dense]),
+        baseline_exports=[ExportedModels(folder=folder, files=[exported(fmt, 40_000) for fmt in dense])],
         baseline_export_evaluation=ExportEvaluation(folder=folder, files=[
             FileEvaluation(format=fmt, accuracy=baseline_accuracy, agreement=1.0, examples=100) for fmt in dense
         ]),
-        exports=ExportedModels(folder=folder, files=[exported(fmt, z) for fmt, (_, z, _) in files.items()]),
+        exports=[ExportedModels(folder=folder, files=[exported(fmt, z) for fmt, (_, z, _) in files.items()])],
         export_evaluation=ExportEvaluation(folder=folder, files=[
             FileEvaluation(format=fmt, accuracy=a, agreement=1.0, examples=100) for fmt, (a, _, _) in files.items()
         ]),

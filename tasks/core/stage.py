@@ -224,6 +224,8 @@ class Stage(Generic[A]):
             see `retrying`).
         retries, retry_delay_seconds: of the stage's task; the delay doubles at each retry.
         tags: of the stage's task runs (TRAINING_TAG for the stages that train).
+        packages: distributions besides RUNTIME_PACKAGES whose versions change what it builds
+            (the runtimes it runs files in): in its code version.
     """
 
     name: str
@@ -235,6 +237,7 @@ class Stage(Generic[A]):
     retries: int = 0
     retry_delay_seconds: float = 0.0
     tags: tuple[str, ...] = ()
+    packages: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         params = list(inspect.signature(self.build).parameters)
@@ -265,7 +268,10 @@ class Stage(Generic[A]):
 
     @property
     def code(self) -> str:
-        return code_version(self.build.__module__)
+        if not self.packages:
+            return code_version(self.build.__module__)
+        packages = {name: _installed(name) for name in self.packages}
+        return digest_of({"module": code_version(self.build.__module__), "packages": packages})[:16]
 
     def key(self, **inputs: Any) -> str:
         """The content address of what `build` makes of these inputs (see the module docstring)."""

@@ -19,12 +19,12 @@ from pruneflow.tasks.core.log import run_logger
 from pruneflow.tasks.decide.gate import EPSILON, Candidate
 from pruneflow.tasks.libs.artifacts import Champion, ChampionEvaluation
 from pruneflow.tasks.libs.models import ModelFile
-from pruneflow.tasks.libs.outcome import KERAS
 from pruneflow.tasks.specs.config import SweepConfig
+from pruneflow.tasks.specs.formats import FORMATS, KERAS
 
 
 def current_champion(layout: OutputLayout) -> Champion | None:
-    """The file `promoted` points to now (model.tflite, or model.h5 for a Keras promotion); None
+    """The file `promoted` points to now (its metrics.json names it: model.tflite, model.h5...); None
     before the first promotion, or when what it points to is gone (removed by hand): the
     challenger then has nothing to beat, and the log says why."""
     if not layout.promoted.is_symlink():
@@ -33,7 +33,7 @@ def current_champion(layout: OutputLayout) -> Champion | None:
     try:
         metrics = json.loads((version / "metrics.json").read_text())
         # A version promoted before TFLite files were made holds its Keras model only.
-        path, fmt = version / metrics.get("file", "model.h5"), metrics.get("format", KERAS)
+        path, fmt = version / metrics.get("file", FORMATS[KERAS].promoted_file), metrics.get("format", KERAS)
         return Champion(file=ModelFile.of(path, trust_code=True), format=fmt, version=version.name)
     except (OSError, ValueError) as error:
         run_logger().warning("No champion to measure: %s cannot be read (%s)", layout.promoted, error)

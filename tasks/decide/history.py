@@ -14,8 +14,9 @@ from prefect.cache_policies import NONE
 from pruneflow.tasks.core.files import atomic_path, storage_errors
 from pruneflow.tasks.decide.champion import KEPT
 from pruneflow.tasks.decide.gate import EPSILON, Candidate, accuracy_drop, candidates, gate_problem
-from pruneflow.tasks.libs.outcome import KERAS, TargetResult
+from pruneflow.tasks.libs.outcome import TargetResult
 from pruneflow.tasks.specs.config import SweepConfig
+from pruneflow.tasks.specs.formats import KERAS
 
 # What counts as a regression by default, for `pruneflow history` and the sweep's event.
 REGRESSION_TOLERANCE = 0.5  # accuracy points

@@ -42,39 +42,39 @@ from pruneflow.tasks.core.log import run_logger
 from pruneflow.tasks.decide.champion import Decision
 from pruneflow.tasks.decide.gate import Candidate
 from pruneflow.tasks.decide.registry import CHAMPION, SweepRun, champion_version, mark_rolled_back, move_champion
-from pruneflow.tasks.libs.outcome import FORMAT_NAMES, KERAS
 from pruneflow.tasks.specs.config import RegistryConfig, RunConfig
+from pruneflow.tasks.specs.formats import FORMATS, KERAS, display_name
 from pruneflow.tasks.unkeyed.faults import fault_point
 
 LINK_PREFIX = ".promoted-link-"  # a new link, before it replaces `promoted`
-DEPLOYABLE = "model.tflite"  # the promoted TFLite file, whatever its format (metrics.json says which)
 
 
 def write_version(chosen: Candidate, config: RunConfig, flow_run_id: str, layout: OutputLayout) -> Path:
-    """A complete new version folder: the Keras model, the deployable file when it is a TFLite
-    file (model.tflite), the config that made them, and their figures."""
+    """A complete new version folder: the Keras model (model.h5), the deployable file when it is
+    another format (named as its format promotes it: model.tflite), the config that
+    made them, and their figures."""
     result, file = chosen
     stamp = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}"
     version = layout.promoted_versions / f"{stamp}-{flow_run_id}-{uuid.uuid4().hex[:6]}"
     with atomic_path(version) as tmp:
         tmp.mkdir()
-        shutil.copy2(result.pruned_model, tmp / "model.h5")
+        shutil.copy2(result.pruned_model, tmp / FORMATS[KERAS].promoted_file)
         if file.format != KERAS:
-            shutil.copy2(file.path, tmp / DEPLOYABLE)
+            shutil.copy2(file.path, tmp / FORMATS[file.format].promoted_file)
         write_json(tmp / "config.json", config.model_copy(update={"pruning": result.schedule}).model_dump(mode="json"))
         write_json(tmp / "metrics.json", {
             "flow_run_id": flow_run_id,
             "promoted_at": datetime.now().astimezone().isoformat(timespec="seconds"),
             **json.loads(result.model_dump_json(include={"target", "measured_sparsity"})),
             "baseline_accuracy": result.baseline.accuracy,
-            # The promoted file's own figures (the TFLite file's, when it is one).
-            "file": "model.h5" if file.format == KERAS else DEPLOYABLE,
+            # The promoted file's own figures (the exported file's, when it is one).
+            "file": FORMATS[file.format].promoted_file,
             "accuracy_change": 100.0 * (file.accuracy - result.baseline.accuracy),
             **file.model_dump(mode="json", exclude={"model", "path"}),
             "source": str(file.path),
             # The Keras model beside it, always model.h5.
             "keras": {
-                "file": "model.h5", "source": str(result.pruned_model), "accuracy": result.pruned.accuracy,
+                "file": FORMATS[KERAS].promoted_file, "source": str(result.pruned_model), "accuracy": result.pruned.accuracy,
                 "zip_bytes": result.sizes.pruned.zip_bytes, "zip_ratio": result.sizes.zip_ratio,
             },
         })
@@ -235,7 +235,7 @@ def promote_model(
         return decision
     result, file = chosen
     run_logger().info(
-        "Promoted the %.2f-sparsity model, as %s, to %s%s", result.target, FORMAT_NAMES[file.format], layout.promoted,
+        "Promoted the %.2f-sparsity model, as %s, to %s%s", result.target, display_name(file.format), layout.promoted,
         f" and as version {champion_version(registry.spec)} ({CHAMPION}) of {registry.spec.model_name!r}" if registry else "",
     )
     return decision

@@ -159,9 +159,6 @@ class SizeReport(StoredArtifact):
         return self.baseline.raw_bytes / self.pruned.raw_bytes
 
 
-PRUNED_H5 = "pruned.h5"  # the pruned model's file as measured (its name is part of its zip-deflated size)
-
-
 class WeightTensor(BaseModel):
     """A constant tensor of two or more dimensions in a TFLite file, and its zeros."""
 

@@ -22,6 +22,8 @@ from pruneflow.tasks.specs.config import DatasetConfig, ImageShape
 
 if TYPE_CHECKING:
     pass
+import numpy as np
+
 from pruneflow.tasks.libs.artifacts import PreparedDataset
 
 SPLITS = ("train", "val", "test")
@@ -308,3 +310,22 @@ def load_split(
             num_parallel_calls=tf.data.AUTOTUNE,
         )
     return data.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+REPRESENTATIVE_SEED = 0  # which training images calibrate int8: the same ones in every run
+
+
+def representative_images(dataset: PreparedDataset, count: int) -> np.ndarray:
+    """`count` training images (all of them if there are fewer), the same ones in every run;
+    only those are kept in memory."""
+    total = dataset.counts["train"]
+    chosen = set(np.random.default_rng(REPRESENTATIVE_SEED).permutation(total)[:count].tolist())
+    kept, seen = [], 0
+    for batch, _ in load_split(dataset, "train", 256).as_numpy_iterator():
+        kept += [image for offset, image in enumerate(batch) if seen + offset in chosen]
+        seen += len(batch)
+        if len(kept) == len(chosen):
+            break
+    return np.stack(kept)
+
+

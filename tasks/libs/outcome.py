@@ -8,7 +8,6 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, computed_field
 
 from pruneflow.tasks.libs.artifacts import (
-    PRUNED_H5,
     Evaluation,
     ExportedFile,
     ExportedModels,
@@ -19,18 +18,12 @@ from pruneflow.tasks.libs.artifacts import (
     SizeReport,
     TrainedModel,
 )
-from pruneflow.tasks.libs.tflite import file_name
-from pruneflow.tasks.specs.config import KERAS, Schedule, dense_counterpart
-
-FORMAT_NAMES = {
-    KERAS: "Keras .h5", "float32": "TFLite float32", "float32_sparse": "TFLite float32, sparse",
-    "int8": "TFLite int8", "int8_sparse": "TFLite int8, sparse",
-    "int8_qat": "TFLite int8, QAT", "int8_qat_sparse": "TFLite int8, QAT, sparse",
-}
+from pruneflow.tasks.specs.config import Schedule
+from pruneflow.tasks.specs.formats import FORMATS, KERAS
 
 
 class Deployable(BaseModel):
-    """One file a user can deploy (the Keras .h5 or a TFLite file), with what was measured of it.
+    """One file a user can deploy (the Keras .h5 or an exported file), with what was measured of it.
 
     Ratios compare like with like: the baseline .h5's raw bytes over this file's raw bytes, its
     zip-deflated bytes over this file's zip-deflated bytes, and so on (higher is smaller).
@@ -68,9 +61,9 @@ class PruningOutcome(BaseModel):
     sanity: SanityReport
     sizes: SizeReport
     training: TrainedModel
-    baseline_exports: ExportedModels
+    baseline_exports: list[ExportedModels]  # one per conversion stage
     baseline_export_evaluation: ExportEvaluation
-    exports: ExportedModels
+    exports: list[ExportedModels]
     export_evaluation: ExportEvaluation
     latency: LatencyReport
 
@@ -95,7 +88,7 @@ class PruningOutcome(BaseModel):
 
         def row(model, fmt, path, size: ModelSize | ExportedFile, accuracy, agreement) -> Deployable:
             timing = self.latency.of(model, fmt)
-            dense = self.latency.of("baseline", dense_counterpart(fmt))
+            dense = self.latency.of("baseline", FORMATS[fmt].dense)
             return Deployable(
                 model=model, format=fmt, path=path, raw_bytes=size.raw_bytes, zip_bytes=size.zip_bytes,
                 xz_bytes=size.xz_bytes, raw_ratio=reference.raw_bytes / size.raw_bytes,
@@ -111,10 +104,10 @@ class PruningOutcome(BaseModel):
             ("pruned", self.exports, self.export_evaluation, self.pruned_model, self.sizes.pruned, self.pruned.accuracy),
         ):
             rows.append(row(model, KERAS, keras_path, keras_size, keras_accuracy, 1.0))
-            for exported in exports.files:
-                measured = evaluation.of(exported.format)
-                rows.append(row(model, exported.format, exports.path(exported), exported, measured.accuracy,
-                                measured.agreement))
+            for exported in exports:
+                for file in exported.files:
+                    measured = evaluation.of(file.format)
+                    rows.append(row(model, file.format, exported.path(file), file, measured.accuracy, measured.agreement))
         return rows
 
     def deployable(self, fmt: str) -> Deployable:
@@ -126,10 +119,3 @@ class TargetResult(PruningOutcome):
     """What pruning to one target sparsity of a sweep gave, against the baseline."""
 
     target: float
-
-
-def challenger_name(fmt: str) -> str:
-    """The file name of a challenger in format `fmt`: the export's, or the stripped Keras model's."""
-    return PRUNED_H5 if fmt == KERAS else file_name(fmt)
-
-

@@ -1,22 +1,30 @@
-"""Batch-1 latency measured side by side: the calls that time a Keras model and a TFLite file,
-the turns they take, and whether XNNPACK's sparse kernels can apply to a model."""
+"""Batch-1 latency measured side by side: the machine it depends on, the call that times a Keras
+model, the turns the calls take, and whether XNNPACK's sparse kernels can apply to a model."""
 
+import os
 import platform
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 
 from pruneflow.tasks.libs.artifacts import ExportedModels, Timing
-from pruneflow.tasks.libs.interpreter import available_cpus, open_interpreter, to_input
 from pruneflow.tasks.specs.config import LatencySpec
+from pruneflow.tasks.specs.formats import FORMATS
 
 SPARSE_SHARE = 2 / 3  # XNNPACK runs 1x1 convolutions sparse only when at least this share of their weights is zero
 INPUT_SEED = 0
 
 
 ROUND = 10  # invocations of one model before the next one's turn
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (a container's or a worker's share, not the machine's)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def machine_description() -> str:
@@ -36,14 +44,6 @@ def keras_call(model, image: np.ndarray) -> Callable[[], object]:
     predict = tf.function(lambda batch: model(batch, training=False))
     batch = tf.constant(image)
     return lambda: predict(batch).numpy()
-
-
-def tflite_call(path: Path, image: np.ndarray, threads: int) -> Callable[[], None]:
-    interpreter = open_interpreter(path, threads)
-    interpreter.allocate_tensors()
-    detail = interpreter.get_input_details()[0]
-    interpreter.set_tensor(detail["index"], to_input(image, detail))
-    return interpreter.invoke
 
 
 def time_side_by_side(calls: dict[tuple[str, str], Callable], spec: LatencySpec) -> list[Timing]:
@@ -78,7 +78,7 @@ def one_by_one_kernels(model) -> list[np.ndarray]:
     return found
 
 
-def sparse_kernels_note(model, exported: ExportedModels) -> str:
+def sparse_kernels_note(model, exports: list[ExportedModels]) -> str:
     """Whether XNNPACK's sparse kernels can apply to this model, and if not, why."""
     from pruneflow.tasks.core.runtime import tfmot
 
@@ -98,10 +98,12 @@ def sparse_kernels_note(model, exported: ExportedModels) -> str:
             f"XNNPACK's sparse kernels cannot apply: {reason}. Their subgraph starts with a 3x3 stride-2 convolution "
             "of 3 channels after a ZeroPadding2D and ends with a global average pooling, as in MobileNet."
         )
-    if "float32_sparse" not in {f.format for f in exported.files}:
-        return "XNNPACK's sparse kernels could apply to this model in the float32_sparse format, which was not exported."
+    files = [file for exported in exports for file in exported.files]
+    sparse = [f.format for f in files if FORMATS[f.format].sparse and not FORMATS[f.format].int8]
+    if not sparse:
+        return "XNNPACK's sparse kernels could apply to this model in a float format stored sparse, which was not exported."
     return (
-        f"XNNPACK's sparse kernels can apply to the float32_sparse file (its 1x1 convolutions hold {share:.0%} zeros, "
+        f"XNNPACK's sparse kernels can apply to the {sparse[0]} file (its 1x1 convolutions hold {share:.0%} zeros, "
         "in a MobileNet-like graph); whether a delegate uses them depends on how TFLite was built: compare its "
-        "latency with float32's."
+        f"latency with {FORMATS[sparse[0]].dense}'s."
     )

@@ -12,9 +12,10 @@ import numpy as np
 from pruneflow.tasks.core.files import atomic_path
 from pruneflow.tasks.decide.gate import candidates, gate_problem
 from pruneflow.tasks.libs.artifacts import LayerSensitivity
-from pruneflow.tasks.libs.outcome import FORMAT_NAMES, TargetResult
+from pruneflow.tasks.libs.outcome import TargetResult
 from pruneflow.tasks.libs.sensitivity import Proposal
 from pruneflow.tasks.specs.config import SweepConfig
+from pruneflow.tasks.specs.formats import display_name
 
 MARKERS = "osD^vP*X"
 
@@ -54,7 +55,7 @@ def plot_sweep(results: list[TargetResult], gate: SweepConfig, path: Path) -> Pa
             accuracy = [100 * f.accuracy for _, f in points]
             passed = [gate_problem(r, f, gate) is None for r, f in points]
             axes.plot(kb, accuracy, color=color, alpha=0.4, linewidth=1)
-            axes.scatter(kb, accuracy, marker=MARKERS[n % len(MARKERS)], s=40, zorder=3, label=FORMAT_NAMES.get(fmt, fmt),
+            axes.scatter(kb, accuracy, marker=MARKERS[n % len(MARKERS)], s=40, zorder=3, label=display_name(fmt),
                          facecolors=[color if p else "none" for p in passed], edgecolors=[color] * len(points))
             for k, a, (r, _) in zip(kb, accuracy, points):
                 axes.annotate(f"{r.target:.2f}", (k, a), textcoords="offset points", xytext=(4, 4), fontsize=7)

@@ -15,9 +15,10 @@ from pruneflow.tasks.core.log import run_logger
 from pruneflow.tasks.decide.champion import Decision
 from pruneflow.tasks.decide.gate import Candidate, accuracy_drop, candidates, gate_problem
 from pruneflow.tasks.libs.artifacts import ChampionEvaluation
-from pruneflow.tasks.libs.outcome import FORMAT_NAMES, Deployable, PruningOutcome, TargetResult
+from pruneflow.tasks.libs.outcome import Deployable, PruningOutcome, TargetResult
 from pruneflow.tasks.report.plot import plot_sweep
 from pruneflow.tasks.specs.config import RunConfig, SweepConfig
+from pruneflow.tasks.specs.formats import display_name
 
 ARTIFACT_KEY = "pruneflow-summary"
 SWEEP_KEY = "pruneflow-sweep"
@@ -74,7 +75,7 @@ def file_rows(outcome: PruningOutcome) -> list[dict[str, str]]:
     return [
         {
             "model": file.model,
-            "format": FORMAT_NAMES.get(file.format, file.format),
+            "format": display_name(file.format),
             "bytes": f"{file.raw_bytes:,} ({file.raw_ratio:.2f}x)",
             "zip-deflated": f"{file.zip_bytes:,} ({file.zip_ratio:.2f}x)",
             "xz": f"{file.xz_bytes:,} ({file.xz_ratio:.2f}x)",
@@ -157,7 +158,7 @@ def sweep_row(result: TargetResult, file: Deployable, gate: SweepConfig) -> dict
     problem = gate_problem(result, file, gate)
     return {
         "target": f"{result.target:.2f}",
-        "format": FORMAT_NAMES.get(file.format, file.format),
+        "format": display_name(file.format),
         "measured sparsity": f"{result.measured_sparsity:.4f}",
         "test accuracy": f"{file.accuracy:.4f}",
         "change": f"{-accuracy_drop(result, file):+.2f} points",
@@ -170,7 +171,7 @@ def sweep_row(result: TargetResult, file: Deployable, gate: SweepConfig) -> dict
 
 def describe_champion(champion: ChampionEvaluation) -> str:
     return (
-        f"{FORMAT_NAMES.get(champion.format, champion.format)}, test accuracy {champion.accuracy:.4f}, "
+        f"{display_name(champion.format)}, test accuracy {champion.accuracy:.4f}, "
         f"{champion.zip_bytes:,} B zip-deflated, {champion.latency_ms:.3f} ms"
     )
 
@@ -179,7 +180,7 @@ def describe_candidate(candidate: Candidate | None) -> str:
     if candidate is None:
         return "none"
     result, file = candidate
-    return f"sparsity {result.target}, {FORMAT_NAMES.get(file.format, file.format)} ({file.zip_bytes:,} B zip-deflated)"
+    return f"sparsity {result.target}, {display_name(file.format)} ({file.zip_bytes:,} B zip-deflated)"
 
 
 def render_decision(chosen: Candidate | None, decision: Decision) -> str:
@@ -230,7 +231,11 @@ def publish_sweep(
         write_text(run_dir / "sweep.md", f"# Sparsity sweep\n\n{markdown}\n")
     where = f"- Run folder: `{run_dir}` (sweep.json, sweep.md)\n"
     if results:
-        models = ", ".join(f"{r.target:.2f}: `{r.pruned_model}` and TFLite files in `{r.exports.folder}`" for r in results)
+        models = ", ".join(
+            f"{r.target:.2f}: `{r.pruned_model}` and exported files in "
+            + ", ".join(f"`{exported.folder}`" for exported in r.exports)
+            for r in results
+        )
         where += f"- Plot: `{plot}`\n- Models: {models}\n"
     create_markdown_artifact(key=SWEEP_KEY, markdown=f"# Sparsity sweep\n\n{markdown}\n\n{where}", description="Sweep")
     if results:

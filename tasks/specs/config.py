@@ -18,6 +18,7 @@ from pydantic import (
 )
 
 from pruneflow.tasks.core.errors import PruneflowError
+from pruneflow.tasks.specs.formats import FORMATS, ExportFormat, made_by
 
 
 def _resolve_path(value: Path, info: ValidationInfo) -> Path:
@@ -252,30 +253,16 @@ class TrainingSpec(_Strict):
         return math.ceil(n_train / self.batch_size)
 
 
-ExportFormat = Literal["float32", "float32_sparse", "int8", "int8_sparse", "int8_qat", "int8_qat_sparse"]
 IOType = Literal["float32", "int8", "uint8"]
 
 
-KERAS = "keras_h5"  # the Keras model itself, among the deployable files and the timed models
-
-
-def from_qat(fmt: str) -> bool:
-    """Whether the format is converted from the quantization-aware model (pruneflow.tasks.stages.quantize_train)."""
-    return "_qat" in fmt
-
-
-def dense_counterpart(fmt: str) -> str:
-    """The format a dense, untrained-for-quantization model (the baseline) is compared in."""
-    return fmt.removesuffix("_sparse").removesuffix("_qat")
-
-
 class ExportConfig(_Strict):
-    """The TFLite files made of the pruned model (and of the baseline, for comparison), and how
-    their latency is measured."""
+    """The deployable files made of the pruned model (and of the baseline, for comparison), and
+    how their latency is measured."""
 
     formats: list[ExportFormat] = Field(
         ["float32", "float32_sparse", "int8", "int8_sparse"],
-        description="TFLite files to make: float32; float32_sparse (pruned kernels stored sparse, "
+        description="Files to make. TFLite, run in LiteRT: float32; float32_sparse (pruned kernels stored sparse, "
         "EXPERIMENTAL_SPARSITY); int8 (full-integer post-training quantization); int8_sparse (both); "
         "int8_qat and int8_qat_sparse (int8 after qat_epochs of pruning-preserving quantization-aware training, "
         "for a model that loses too much accuracy in int8; Sequential or functional models without nested models). "
@@ -326,11 +313,17 @@ class ExportSpec(_Strict):
 
     def dense(self) -> ExportSpec:
         """What a dense model (the baseline) is exported as: each format's dense counterpart, once."""
-        return self.model_copy(update={"formats": tuple(dict.fromkeys(dense_counterpart(f) for f in self.formats))})
+        return self.model_copy(update={"formats": tuple(dict.fromkeys(FORMATS[f].dense for f in self.formats))})
+
+    def made_by(self, maker: str) -> ExportSpec:
+        """The part of this spec that one conversion stage makes (its formats only, so that its key
+        does not change with the others')."""
+        return self.model_copy(update={"formats": made_by(maker, self.formats)})
 
     @property
     def wants_qat(self) -> bool:
-        return any(from_qat(fmt) for fmt in self.formats)
+        """Whether a format is converted from quantize_train's quantization-aware model."""
+        return any(FORMATS[fmt].source == "qat" for fmt in self.formats)
 
 
 class QATSpec(_Strict):
@@ -467,7 +460,7 @@ class RunConfig(_Strict):
     seed: int = Field(42, description="Seed of fine-tuning: the same seed on the same machine gives the same model.")
     export: ExportConfig = Field(
         default_factory=ExportConfig,
-        description="The deployable TFLite files, their accuracy in the interpreter, and latency measurement.",
+        description="The deployable files, their accuracy in their runtime, and latency measurement.",
     )
     sweep: SweepConfig = Field(
         default_factory=SweepConfig,

@@ -1,11 +1,11 @@
-"""The evaluate_*_exports stages: each TFLite file run in tf.lite.Interpreter on the test split.
+"""The evaluate_*_exports stages: every exported file run in its format's runtime on the test split.
 
 A file is judged by what it does, not by the Keras model it came from: its accuracy on the
 test split (in CSV order, never shuffled or augmented), and its agreement with the Keras model
 it was converted from (the share of test images on which both give the same top-1 class; for
-an int8_qat file, the quantization-aware model). An integer input is
-quantized with the scale and zero point the file itself declares; an integer output is
-dequantized the same way.
+a file converted from the quantization-aware model, that model). Each format names its runtime
+(LiteRT for TFLite files, pruneflow.tasks.libs.runtimes); an integer input is quantized with the
+scale and zero point the file itself declares, an integer output dequantized the same way.
 """
 
 from __future__ import annotations
@@ -24,37 +24,48 @@ from pruneflow.tasks.libs.artifacts import (
     QuantizedModel,
 )
 from pruneflow.tasks.libs.dataset import load_split
-from pruneflow.tasks.libs.interpreter import Predictor, available_cpus, top1
 from pruneflow.tasks.libs.models import ModelFile
-from pruneflow.tasks.specs.config import from_qat
+from pruneflow.tasks.libs.runtimes import RUNTIMES, runtime_packages
+from pruneflow.tasks.libs.timing import available_cpus
+from pruneflow.tasks.specs.formats import FORMATS
+
+
+def top1(model, dataset: PreparedDataset, batch_size: int) -> np.ndarray:
+    """A Keras model's top-1 class for every test image, in order."""
+    return np.concatenate([
+        model(images, training=False).numpy().argmax(axis=-1)
+        for images, _ in load_split(dataset, "test", batch_size).as_numpy_iterator()
+    ])
 
 
 def evaluate_exports(
-    out: Path, exported: ExportedModels, reference: ModelFile, quantized: QuantizedModel | None,
+    out: Path, exports: list[ExportedModels], reference: ModelFile, quantized: QuantizedModel | None,
     dataset: PreparedDataset, batch_size: int,
 ) -> ExportEvaluation:
-    """Accuracy of each exported file in the interpreter, and its agreement with the Keras model
-    it was converted from: `reference`, or `quantized` (the quantization-aware model) for the
-    int8_qat formats. One file at a time, one batch of images at a time, in memory."""
+    """Accuracy of each exported file in its runtime, and its agreement with the Keras model it
+    was converted from: `reference`, or `quantized` (the quantization-aware model). One file at a
+    time, one batch of images at a time, in memory."""
     from pruneflow.tasks.core.runtime import keras
 
     keras.backend.clear_session()
+    files = [(exported.path(file), file.format) for exported in exports for file in exported.files]
+    sources = {FORMATS[fmt].source for _, fmt in files}
     expected = {}
-    if not all(from_qat(f.format) for f in exported.files):
-        expected["plain"] = top1(reference.load(), dataset, batch_size)
-    if any(from_qat(f.format) for f in exported.files):
+    if "stripped" in sources:
+        expected["stripped"] = top1(reference.load(), dataset, batch_size)
+    if "qat" in sources:
         expected["qat"] = top1(quantized.load(), dataset, batch_size)
     evaluations = []
-    for exported_file in exported.files:
-        predictor = Predictor(exported.path(exported_file), available_cpus(), batch_size)
+    for path, fmt in files:
+        predictor = RUNTIMES[FORMATS[fmt].runtime].predictor(path, available_cpus(), batch_size)
         predicted, labels = [], []
         for images, batch_labels in load_split(dataset, "test", batch_size).as_numpy_iterator():
             predicted.append(predictor(images).argmax(axis=-1))
             labels.append(batch_labels)
         predicted, labels = np.concatenate(predicted), np.concatenate(labels)
-        agreed = predicted == expected["qat" if from_qat(exported_file.format) else "plain"]
+        agreed = predicted == expected[FORMATS[fmt].source]
         evaluations.append(FileEvaluation(
-            format=exported_file.format, accuracy=float(np.mean(predicted == labels)), agreement=float(np.mean(agreed)),
+            format=fmt, accuracy=float(np.mean(predicted == labels)), agreement=float(np.mean(agreed)),
             examples=len(labels),
         ))
     result = ExportEvaluation(folder=out, files=evaluations)
@@ -68,5 +79,7 @@ def describe(result: ExportEvaluation) -> str:
     return ", ".join(f"{e.format} accuracy {e.accuracy:.4f} (agrees {e.agreement:.1%})" for e in result.files)
 
 
-evaluate_baseline_exports = Stage("evaluate_baseline_exports", evaluate_exports, describe=describe)
-evaluate_pruned_exports = Stage("evaluate_pruned_exports", evaluate_exports, describe=describe)
+evaluate_baseline_exports = Stage(
+    "evaluate_baseline_exports", evaluate_exports, describe=describe, packages=runtime_packages()
+)
+evaluate_pruned_exports = Stage("evaluate_pruned_exports", evaluate_exports, describe=describe, packages=runtime_packages())

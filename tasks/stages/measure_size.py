@@ -9,9 +9,10 @@ import numpy as np
 
 from pruneflow.tasks.core.files import write_json
 from pruneflow.tasks.core.stage import Stage
-from pruneflow.tasks.libs.artifacts import PRUNED_H5, ModelSize, SizeReport
+from pruneflow.tasks.libs.artifacts import ModelSize, SizeReport
 from pruneflow.tasks.libs.compression import xz_size, zip_size
 from pruneflow.tasks.libs.models import ModelFile, save_model
+from pruneflow.tasks.specs.formats import FORMATS, KERAS
 
 
 def save_and_count(model_file: ModelFile, out_path: Path) -> tuple[int, int]:
@@ -32,7 +33,8 @@ def compare_sizes(out: Path, baseline: ModelFile, pruned: ModelFile) -> SizeRepo
     from pruneflow.tasks.core.runtime import keras
 
     keras.backend.clear_session()
-    files = {"baseline": out / "baseline.h5", "pruned": out / PRUNED_H5}
+    # The pruned model's file is named as its format names it: the name is part of its zip-deflated size.
+    files = {"baseline": out / "baseline.h5", "pruned": out / FORMATS[KERAS].file}
     counts = {"baseline": save_and_count(baseline, files["baseline"]), "pruned": save_and_count(pruned, files["pruned"])}
     with ThreadPoolExecutor(max_workers=4) as pool:
         zipped = {name: pool.submit(zip_size, path) for name, path in files.items()}

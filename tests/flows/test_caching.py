@@ -10,11 +10,19 @@ from pruneflow.tasks.core.errors import PruneflowError
 from pruneflow.tasks.core.stage import TRAINING_TAG
 from pruneflow.tasks.core.store import ArtifactStore
 from pruneflow.tasks.specs.config import parse_config
-from tests.helpers import STAGES, make_config_dict, stage_states, task_runs
+from tests.helpers import (
+    PER_TARGET,
+    PREPARED,
+    STAGES,
+    deployable_files,
+    make_config_dict,
+    stage_states,
+    takes,
+    task_runs,
+)
 
-UPSTREAM = STAGES[: STAGES.index("prune_train")]  # the dataset, and the baseline's evaluation and export
-TRAINING_AND_AFTER = STAGES[STAGES.index("prune_train") :]
-EXPORTS = ["export_baseline", "evaluate_baseline_exports", "export_pruned", "evaluate_pruned_exports", "measure_latency"]
+# The stages that make, evaluate or time the exported files: what a change of formats reruns.
+EXPORTS = takes("export", "exports", "baseline_exports", "pruned_exports")
 
 
 def states(state) -> dict[str, str]:
@@ -79,8 +87,8 @@ def test_new_sparsity_reruns_training_and_after_but_not_data_or_baseline(seed, c
     config_dict["pruning"] = {**config_dict["pruning"], "target_sparsity": 0.7}
     state = run(config_dict)
     got = states(state)
-    assert {s: got[s] for s in UPSTREAM} == {s: "Cached" for s in UPSTREAM}
-    assert {s: got[s] for s in TRAINING_AND_AFTER} == {s: "Completed" for s in TRAINING_AND_AFTER}
+    assert {s: got[s] for s in PREPARED} == {s: "Cached" for s in PREPARED}
+    assert {s: got[s] for s in PER_TARGET} == {s: "Completed" for s in PER_TARGET}
     assert state.result().measured_sparsity == pytest.approx(0.7, abs=0.02)
 
 
@@ -102,15 +110,20 @@ def test_a_new_batch_size_reruns_what_batches_but_not_the_dataset(seed, config_d
     seed(config_dict)
     config_dict["dataset"] = {**config_dict["dataset"], "batch_size": 4}
     got = states(run(config_dict))
-    unbatched = {"prepare_dataset", "export_baseline"}  # converting a model reads no batches
+    # Before training, the stages that take no batch size (converting a model reads no batches);
+    # training and everything after it change.
+    unbatched = set(PREPARED) - takes("batch_size")
+    assert unbatched >= {"prepare_dataset", "export_baseline"}
     assert {s: got[s] for s in STAGES} == {s: "Cached" if s in unbatched else "Completed" for s in STAGES}
 
 
 def test_a_new_sanity_tolerance_reruns_the_sanity_checks_only(seed, config_dict):
     seed(config_dict)
     got = states(run({**config_dict, "sanity_tolerance": 0.02}))
-    # export_pruned checks its files against the sanity report; the files it makes are the same.
-    checks = {"sanity_check", "export_pruned"}
+    # The pruned model's exports check their files against the sanity report (the baseline's take
+    # none); the files they make are the same, so nothing after them reruns.
+    checks = takes("tolerance", "sanity") & set(PER_TARGET)
+    assert checks >= {"sanity_check", "export_pruned"}
     assert {s: got[s] for s in STAGES} == {s: "Completed" if s in checks else "Cached" for s in STAGES}
 
 
@@ -118,13 +131,13 @@ def test_export_settings_rerun_the_exports_and_latency_settings_the_latency_only
     seed(config_dict)
     export = {**config_dict["export"], "latency_runs": 7}
     got = states(run({**config_dict, "export": export}))
-    assert {s: got[s] for s in STAGES} == {s: "Completed" if s == "measure_latency" else "Cached" for s in STAGES}
-    state = run({**config_dict, "export": {**export, "formats": ["float32_sparse"]}})
+    assert {s: got[s] for s in STAGES} == {s: "Completed" if s in takes("latency") else "Cached" for s in STAGES}
+    formats = ["float32_sparse"]
+    state = run({**config_dict, "export": {**export, "formats": formats}})
     got = states(state)
     assert {s: got[s] for s in STAGES} == {s: "Completed" if s in EXPORTS else "Cached" for s in STAGES}
-    assert [(f.model, f.format) for f in state.result().deployables] == [
-        ("baseline", "keras_h5"), ("baseline", "float32"), ("pruned", "keras_h5"), ("pruned", "float32_sparse"),
-    ]
+    files = [(f.model, f.format) for f in state.result().deployables]
+    assert set(files) == deployable_files(formats) and len(files) == len(set(files))
 
 
 def test_another_baseline_content_reruns_everything_after_the_dataset(seed, config_dict, tmp_path):
@@ -204,7 +217,7 @@ def test_flow_retry_reuses_finished_stages_and_resumes_training(prefect_server, 
     by_stage = {}
     for name, state_name, _ in runs:
         by_stage.setdefault(name, []).append(state_name)
-    assert {s: by_stage[s] for s in UPSTREAM} == {s: ["Completed", "Cached"] for s in UPSTREAM}
+    assert {s: by_stage[s] for s in PREPARED} == {s: ["Completed", "Cached"] for s in PREPARED}
     assert by_stage["prune_train"] == ["Failed", "Completed"]
     after = STAGES[STAGES.index("prune_train") + 1 :]
     assert {s: by_stage[s] for s in after} == {s: ["Completed"] for s in after}

@@ -7,11 +7,11 @@ import pytest
 from pruneflow.flows.prune import prune_flow
 from pruneflow.tasks.core.errors import PruneflowError
 from pruneflow.tasks.core.store import ArtifactStore
-from pruneflow.tasks.libs.outcome import FORMAT_NAMES, KERAS
 from pruneflow.tasks.report.summary import ARTIFACT_KEY, RunSummary
 from pruneflow.tasks.specs.config import parse_config
+from pruneflow.tasks.specs.formats import KERAS, display_name
 from pruneflow.tasks.unkeyed.progress import PROGRESS_KEY
-from tests.helpers import STAGES, artifacts_of, stage_states
+from tests.helpers import STAGES, artifacts_of, deployable_files, stage_states
 
 
 def test_flow_prunes_strips_checks_measures_and_reports(prefect_server, config_dict):
@@ -59,9 +59,10 @@ def test_flow_prunes_strips_checks_measures_and_reports(prefect_server, config_d
     # The deployable files: the Keras .h5 and every TFLite format of the pruned model, the
     # dense ones of the baseline; each measured on the file itself and timed.
     files = [(f.model, f.format) for f in summary.deployables]
-    assert files == [("baseline", fmt) for fmt in (KERAS, "float32", "int8")] + [
-        ("pruned", fmt) for fmt in (KERAS, "float32", "float32_sparse", "int8", "int8_sparse")
-    ]
+    assert set(files) == deployable_files(config.export.formats) and len(files) == len(set(files))
+    first_pruned = [model for model, _ in files].index("pruned")  # the baseline's files, then the pruned model's
+    assert files[0] == ("baseline", KERAS) and files[first_pruned] == ("pruned", KERAS)  # each model's .h5 first
+    assert all(model == "pruned" for model, _ in files[first_pruned:])
     for file in summary.deployables:
         assert file.path.stat().st_size == file.raw_bytes, file.format
         assert 0 < file.latency_median_ms <= file.latency_p90_ms and 0 <= file.accuracy <= 1
@@ -70,11 +71,11 @@ def test_flow_prunes_strips_checks_measures_and_reports(prefect_server, config_d
     assert pruned["float32"].accuracy == pytest.approx(summary.pruned.accuracy)
     assert pruned["float32_sparse"].raw_bytes < pruned["float32"].raw_bytes
     assert pruned["int8"].zip_bytes < pruned["float32"].zip_bytes and pruned["int8"].zip_ratio > summary.sizes.zip_ratio
-    assert all(t.sparsity >= 0.49 for f in summary.exports.files for t in f.sparsity)
-    assert len(summary.latency.timings) == 8 and summary.latency.machine
+    assert all(t.sparsity >= 0.49 for e in summary.exports for f in e.files for t in f.sparsity)
+    assert len(summary.latency.timings) == len(files) and summary.latency.machine
     assert "XNNPACK's sparse kernels cannot apply" in summary.latency.sparse_kernels
     rows = json.loads(artifacts[f"{ARTIFACT_KEY}-files"].data)
-    assert [row["format"] for row in rows] == [FORMAT_NAMES[fmt] for _, fmt in files]
+    assert [row["format"] for row in rows] == [display_name(fmt) for _, fmt in files]
     assert f"{pruned['int8'].zip_bytes:,} ({pruned['int8'].zip_ratio:.2f}x)" in artifacts[ARTIFACT_KEY].data
 
 

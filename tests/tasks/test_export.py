@@ -5,10 +5,11 @@ import pytest
 
 from pruneflow.tasks.core.errors import PruneflowError
 from pruneflow.tasks.libs.artifacts import SanityReport, WeightTensor
-from pruneflow.tasks.libs.interpreter import Predictor
+from pruneflow.tasks.libs.file_kernels import check_kernels, match_kernels
+from pruneflow.tasks.libs.litert import Predictor
 from pruneflow.tasks.libs.models import ModelFile
 from pruneflow.tasks.libs.sparsity import TensorSparsity
-from pruneflow.tasks.libs.tflite import check_kernels, match_kernels, weight_tensors
+from pruneflow.tasks.libs.tflite import weight_tensors
 from pruneflow.tasks.specs.config import ExportSpec
 from pruneflow.tasks.stages.evaluate_exports import evaluate_exports
 from pruneflow.tasks.stages.export_tflite import export_tflite
@@ -51,7 +52,7 @@ def test_every_model_shape_exports_to_every_format_with_its_pruned_kernels_still
     assert int8.input["dtype"] == np.int8 and int8.input["quantization"][0] > 0
 
     (tmp_path / "evaluation").mkdir()
-    evaluation = evaluate_exports(tmp_path / "evaluation", exported, v.stripped.file, None, v.dataset, batch_size=5)
+    evaluation = evaluate_exports(tmp_path / "evaluation", [exported], v.stripped.file, None, v.dataset, batch_size=5)
     assert [e.format for e in evaluation.files] == list(ALL_FORMATS.formats)
     assert evaluation.of("float32").agreement == 1.0 and evaluation.of("float32_sparse").agreement == 1.0
     assert all(e.examples == v.dataset.counts["test"] for e in evaluation.files)
@@ -73,7 +74,7 @@ def test_an_int8_file_is_fed_as_its_own_input_details_say(io_type, tiny_baseline
     assert predictor.input["dtype"] == np.dtype(io_type) and predictor.output["dtype"] == np.dtype(io_type)
     assert exported.files[0].sparsity == []  # a dense model's export is measured, not checked
     (tmp_path / "evaluation").mkdir()
-    evaluation = evaluate_exports(tmp_path / "evaluation", exported, baseline, None, tiny_prepared, batch_size=8)
+    evaluation = evaluate_exports(tmp_path / "evaluation", [exported], baseline, None, tiny_prepared, batch_size=8)
     assert evaluation.files[0].agreement >= 0.9
 
 
@@ -152,23 +153,16 @@ def test_kernels_of_one_size_are_told_apart_by_shape_and_a_layer_named_like_its_
 
 
 def test_a_file_the_interpreter_cannot_run_is_named(tmp_path):
-    """softsign converts to int8, but with these weights the int8 DIV it becomes divides by
-    zero on an all-zero input: TFLite refuses to run the file."""
-    from pruneflow.tasks.core.runtime import keras
-    from pruneflow.tasks.libs.interpreter import Predictor
-    from pruneflow.tasks.libs.tflite import convert
+    """A TFLite file holding a TensorFlow op (a Select TF op, here MatrixDeterminant) needs the Flex
+    delegate, which LiteRT does not bundle: it refuses to run the file."""
+    from pruneflow.tasks.core.runtime import keras, tf
+    from pruneflow.tasks.libs.litert import Predictor
 
-    layers = keras.layers
-    inputs = keras.Input((16, 16, 3))
-    hidden = layers.Flatten()(layers.Activation("softsign")(layers.Conv2D(4, 3)(inputs)))
-    model = keras.Model(inputs, layers.Dense(2)(hidden))
-    rng = np.random.default_rng(13)
-    model.set_weights([rng.normal(0, 0.3, w.shape).astype(np.float32) for w in model.get_weights()])
-    spec = ALL_FORMATS.model_copy(update={"formats": ("int8",), "representative_images": 4})
-    path = tmp_path / "model_int8.tflite"
-    path.write_bytes(convert(model, "int8", spec, np.random.default_rng(0).random((4, 16, 16, 3), dtype=np.float32)))
-    predictor = Predictor(path, threads=1, batch=1)
-    scale, zero_point = predictor.input["quantization"]
-    zeros = np.full((1, 16, 16, 3), -zero_point * scale, np.float32)  # what the file quantizes to int8 zeros
-    with pytest.raises(PruneflowError, match=r"model_int8\.tflite: tf.lite.Interpreter cannot run it: .*DIV.*Leave this "):
-        predictor(zeros)
+    inputs = keras.Input((4, 4, 1))
+    determinant = keras.layers.Lambda(lambda x: tf.reshape(tf.linalg.det(tf.reshape(x, (-1, 4, 4))), (-1, 1)))(inputs)
+    converter = tf.lite.TFLiteConverter.from_keras_model(keras.Model(inputs, keras.layers.Dense(2)(determinant)))
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS, tf.lite.OpsSet.SELECT_TF_OPS]
+    path = tmp_path / "model_float32.tflite"
+    path.write_bytes(converter.convert())
+    with pytest.raises(PruneflowError, match=r"model_float32\.tflite: LiteRT cannot run it: .*Flex.*Leave this format out"):
+        Predictor(path, threads=1, batch=4)

@@ -5,8 +5,8 @@ from datetime import datetime, timedelta, timezone
 import pandas as pd
 
 from pruneflow.tasks.decide.history import append_history, history_rows, read_history, regressions, runs_summary
-from pruneflow.tasks.libs.outcome import KERAS
 from pruneflow.tasks.specs.config import SweepConfig
+from pruneflow.tasks.specs.formats import KERAS
 from tests.helpers import target_result
 
 START = datetime(2026, 11, 1, 2, tzinfo=timezone.utc)

@@ -4,8 +4,8 @@ import os
 
 import pytest
 
-from pruneflow.tasks.core.errors import PruneflowError
 from pruneflow.flows.stages import STAGES
+from pruneflow.tasks.core.errors import PruneflowError
 from pruneflow.tasks.preflight.check_inputs import check_inputs, check_run_inputs, checked_before
 from pruneflow.tasks.preflight.confine import ROOTS_ENV, Roots
 from pruneflow.tasks.specs.config import parse_config

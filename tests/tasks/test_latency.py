@@ -20,7 +20,7 @@ def test_every_keras_model_and_file_is_timed_with_the_configured_runs(tiny_basel
     baseline = export_tflite(folders["baseline"], model, tiny_prepared, spec, None, None)
     pruned = export_tflite(folders["pruned"], model, tiny_prepared, spec, None, None)
     report = time_models(
-        folders["latency"], model, baseline, model, pruned,
+        folders["latency"], model, [baseline], model, [pruned],
         ImageShape(height=IMAGE_SIZE, width=IMAGE_SIZE, channels=3), LatencySpec(runs=23, warmup=2, threads=1),
         machine="the test machine",
     )
@@ -68,10 +68,10 @@ def test_sparse_kernels_are_said_to_apply_only_where_xnnpack_would_use_them(tmp_
     sparse_file = ExportedModels(folder=tmp_path, files=[ExportedFile(
         format="float32_sparse", file="m.tflite", raw_bytes=1, zip_bytes=1, xz_bytes=1, weights=[])])
     dense_only = ExportedModels(folder=tmp_path, files=[])
-    assert "hold 50% zeros, under the 67%" in sparse_kernels_note(mobilenet_like(0.5), sparse_file)
-    assert "Could not find `Conv2D 3x3`" in sparse_kernels_note(mobilenet_like(0.8, stem=False), sparse_file)
-    assert sparse_kernels_note(mobilenet_like(0.8), sparse_file).startswith("XNNPACK's sparse kernels can apply")
-    assert "not exported" in sparse_kernels_note(mobilenet_like(0.8), dense_only)
+    assert "hold 50% zeros, under the 67%" in sparse_kernels_note(mobilenet_like(0.5), [sparse_file])
+    assert "Could not find `Conv2D 3x3`" in sparse_kernels_note(mobilenet_like(0.8, stem=False), [sparse_file])
+    assert sparse_kernels_note(mobilenet_like(0.8), [sparse_file]).startswith("XNNPACK's sparse kernels can apply")
+    assert "not exported" in sparse_kernels_note(mobilenet_like(0.8), [dense_only])
 
 
 def test_a_model_whose_input_size_is_left_open_is_timed_at_the_dataset_image_size(tiny_baseline, tiny_prepared, tmp_path):
@@ -87,6 +87,6 @@ def test_a_model_whose_input_size_is_left_open_is_timed_at_the_dataset_image_siz
     empty = export_tflite(tmp_path, file, tiny_prepared, ExportSpec(
         formats=(), representative_images=1, int8_input_type="int8", int8_output_type="int8"), None, None)
     (tmp_path / "latency").mkdir()
-    report = time_models(tmp_path / "latency", file, empty, file, empty, ImageShape(height=12, width=20, channels=3),
+    report = time_models(tmp_path / "latency", file, [empty], file, [empty], ImageShape(height=12, width=20, channels=3),
                          LatencySpec(runs=5, warmup=0, threads=1), machine="m")
     assert [t.format for t in report.timings] == ["keras_h5", "keras_h5"] and np.isfinite(report.timings[0].median_ms)

@@ -7,8 +7,8 @@ import pytest
 
 from pruneflow.tasks.core.layout import OutputLayout
 from pruneflow.tasks.decide.promote import LINK_PREFIX, promote, remove_unlinked, switch_link, write_version
-from pruneflow.tasks.libs.outcome import KERAS
 from pruneflow.tasks.specs.config import parse_config
+from pruneflow.tasks.specs.formats import KERAS
 from tests.helpers import target_result
 
 

@@ -35,7 +35,7 @@ def test_quantization_aware_training_keeps_the_zeros_into_the_int8_files(pruned_
         assert [t.layer for t in f.sparsity] == [t.layer for t in sanity.tensors]
         assert all(t.sparsity >= 0.48 for t in f.sparsity)
     (tmp_path / "evaluation").mkdir()
-    evaluation = evaluate_exports(tmp_path / "evaluation", exported, v.stripped.file, quantized, v.dataset, batch_size=8)
+    evaluation = evaluate_exports(tmp_path / "evaluation", [exported], v.stripped.file, quantized, v.dataset, batch_size=8)
     assert all(e.agreement >= 0.9 for e in evaluation.files)  # with the quantization-aware model they came from
 
 

@@ -1,0 +1,65 @@
+"""The runtimes that run deployable files, one entry each: how a file is run on batches of images
+for its accuracy, and how one invocation on a single image is made for its latency.
+
+A format names its runtime (pruneflow.tasks.specs.formats); evaluation, latency and the champion
+look the runtime up here instead of branching on the format.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from pruneflow.tasks.libs import litert
+from pruneflow.tasks.libs.models import load_model
+from pruneflow.tasks.libs.timing import keras_call
+
+# (path, threads, batch) -> a function from images (float32 in [0, 1]) to one row of outputs per image
+PredictorFactory = Callable[[Path, int, int], Callable[[np.ndarray], np.ndarray]]
+# (path, image, threads) -> one invocation on that image, to be timed
+Batch1Factory = Callable[[Path, np.ndarray, int], Callable[[], object]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Runtime:
+    """One runtime.
+
+    Attributes:
+        name: the name formats give in their `runtime`.
+        predictor: runs a file on batches of images, for accuracy and agreement.
+        batch1: one invocation of a file on one image, for latency.
+        packages: the distributions whose versions change what it computes: they are in the key of
+            every stage that runs it.
+    """
+
+    name: str
+    predictor: PredictorFactory
+    batch1: Batch1Factory
+    packages: tuple[str, ...] = ()
+
+
+def _keras_predictor(path: Path, threads: int, batch: int) -> Callable[[np.ndarray], np.ndarray]:
+    model = load_model(path)  # a file pruneflow wrote (the stripped model, a promoted one)
+    return lambda images: model(images, training=False).numpy()
+
+
+def _keras_batch1(path: Path, image: np.ndarray, threads: int) -> Callable[[], object]:
+    return keras_call(load_model(path), image)
+
+
+RUNTIMES: dict[str, Runtime] = {
+    runtime.name: runtime
+    for runtime in (
+        # TensorFlow's own threads; `threads` is the interpreters' setting.
+        Runtime("keras", _keras_predictor, _keras_batch1),
+        Runtime("litert", litert.Predictor, litert.batch1_call, packages=("ai-edge-litert",)),
+    )
+}
+
+
+def runtime_packages() -> tuple[str, ...]:
+    """Every runtime's packages: what a stage that may run any format has in its key."""
+    return tuple(dict.fromkeys(package for runtime in RUNTIMES.values() for package in runtime.packages))

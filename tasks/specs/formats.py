@@ -1,0 +1,96 @@
+"""The deployable formats, one entry each: what `export.formats` accepts, and all that the export
+stages, evaluation, latency, the champion, promotion and the reports need to know of a format.
+
+An entry says what the file is called, how it is made (which stage converts which Keras model,
+with which options), which runtime runs it for accuracy and times it (pruneflow.tasks.libs.runtimes),
+how the reports name it, and which format the baseline is compared in (its dense counterpart).
+Adding a format is an entry here; a new kind of file is also a conversion stage and, for a new
+runtime, an entry in the runtimes' registry.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+KERAS = "keras_h5"  # the Keras model itself, among the deployable files and the timed models
+
+
+class Format(BaseModel):
+    """One deployable format.
+
+    Attributes:
+        name: its value in export.formats (KERAS for the Keras model itself).
+        display: how the reports name it.
+        file: the file's name in its export folder (its zip-deflated size counts the name too).
+        suffix: the promoted file's extension: a promotion stores it as `model<suffix>`.
+        made_by: which conversion makes it: "keras" (none: the Keras model), "tflite".
+        source: the Keras model it is converted from: the stripped one, or quantize_train's
+            quantization-aware one.
+        runtime: what runs the file for accuracy and latency (a name in libs.runtimes.RUNTIMES).
+        dense: the format the baseline (a dense model, not trained for quantization) is exported
+            in for comparison; itself for a format that needs neither sparsity nor training.
+        sparse: its pruned kernels are stored sparse (TFLite's EXPERIMENTAL_SPARSITY).
+        int8: full-integer post-training quantization, calibrated on representative images.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    display: str
+    file: str
+    suffix: str
+    made_by: Literal["keras", "tflite"]
+    source: Literal["stripped", "qat"] = "stripped"
+    runtime: Literal["keras", "litert"]
+    dense: str
+    sparse: bool = False
+    int8: bool = False
+
+    @property
+    def promoted_file(self) -> str:
+        """The file's name in a promoted version's folder."""
+        return f"model{self.suffix}"
+
+
+def _tflite(name: str, display: str, dense: str, **options) -> Format:
+    return Format(
+        name=name, display=f"TFLite {display}", file=f"model_{name}.tflite", suffix=".tflite", made_by="tflite",
+        runtime="litert", dense=dense, **options,
+    )
+
+
+FORMATS: dict[str, Format] = {
+    entry.name: entry
+    for entry in (
+        Format(name=KERAS, display="Keras .h5", file="pruned.h5", suffix=".h5", made_by="keras", runtime="keras", dense=KERAS),
+        _tflite("float32", "float32", "float32"),
+        _tflite("float32_sparse", "float32, sparse", "float32", sparse=True),
+        _tflite("int8", "int8", "int8", int8=True),
+        _tflite("int8_sparse", "int8, sparse", "int8", int8=True, sparse=True),
+        _tflite("int8_qat", "int8, QAT", "int8", int8=True, source="qat"),
+        _tflite("int8_qat_sparse", "int8, QAT, sparse", "int8", int8=True, sparse=True, source="qat"),
+    )
+}
+
+# The formats export.formats accepts: every one but the Keras model, which is always deployable.
+ExportFormat = Literal[tuple(name for name in FORMATS if name != KERAS)]  # type: ignore[valid-type]
+
+
+def display_name(name: str) -> str:
+    """How the reports name a format; its name itself for one no entry has (a history row written
+    by another version)."""
+    return FORMATS[name].display if name in FORMATS else name
+
+
+def made_by(maker: str, names) -> tuple[str, ...]:
+    """Those of `names` that the conversion `maker` makes, in order."""
+    return tuple(name for name in names if FORMATS[name].made_by == maker)
+
+
+def variants_of(name: str) -> list[str]:
+    """The formats built on `name`'s dense counterpart, with the same conversion: what to leave out
+    when it cannot be made."""
+    entry = FORMATS[name]
+    return [f for f, other in FORMATS.items() if other.dense == entry.dense and other.made_by == entry.made_by]
