@@ -18,7 +18,7 @@ from pydantic import (
 )
 
 from pruneflow.tasks.core.errors import PruneflowError
-from pruneflow.tasks.specs.formats import FORMATS, ExportFormat, made_by
+from pruneflow.tasks.specs.formats import FORMATS, ExportFormat, formats_described, made_by
 
 
 def _resolve_path(value: Path, info: ValidationInfo) -> Path:
@@ -262,12 +262,8 @@ class ExportConfig(_Strict):
 
     formats: list[ExportFormat] = Field(
         ["float32", "float32_sparse", "int8", "int8_sparse"],
-        description="Files to make. TFLite, run in LiteRT: float32; float32_sparse (pruned kernels stored sparse, "
-        "EXPERIMENTAL_SPARSITY); int8 (full-integer post-training quantization); int8_sparse (both); "
-        "int8_qat and int8_qat_sparse (int8 after qat_epochs of pruning-preserving quantization-aware training, "
-        "for a model that loses too much accuracy in int8; Sequential or functional models without nested models). "
-        "The baseline is exported in the dense counterpart of each, for comparison. An empty list exports nothing: "
-        "the Keras .h5 is then the only deployable file.",
+        description=f"Files to make: {formats_described()}. The baseline is exported in the dense counterpart of "
+        "each, for comparison. An empty list exports nothing: the Keras .h5 is then the only deployable file.",
     )
     representative_images: int = Field(
         100, gt=0, description="Training images (a fixed sample of the train split) that calibrate int8 "

@@ -33,6 +33,7 @@ class Format(BaseModel):
             in for comparison; itself for a format that needs neither sparsity nor training.
         sparse: its pruned kernels are stored sparse (TFLite's EXPERIMENTAL_SPARSITY).
         int8: full-integer post-training quantization, calibrated on representative images.
+        description: what the file is, for the config's reference and the UI form.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -47,6 +48,7 @@ class Format(BaseModel):
     dense: str
     sparse: bool = False
     int8: bool = False
+    description: str = ""
 
     @property
     def promoted_file(self) -> str:
@@ -65,17 +67,26 @@ FORMATS: dict[str, Format] = {
     entry.name: entry
     for entry in (
         Format(name=KERAS, display="Keras .h5", file="pruned.h5", suffix=".h5", made_by="keras", runtime="keras", dense=KERAS),
-        _tflite("float32", "float32", "float32"),
-        _tflite("float32_sparse", "float32, sparse", "float32", sparse=True),
-        _tflite("int8", "int8", "int8", int8=True),
-        _tflite("int8_sparse", "int8, sparse", "int8", int8=True, sparse=True),
-        _tflite("int8_qat", "int8, QAT", "int8", int8=True, source="qat"),
-        _tflite("int8_qat_sparse", "int8, QAT, sparse", "int8", int8=True, sparse=True, source="qat"),
+        _tflite("float32", "float32", "float32", description="TFLite, run in LiteRT"),
+        _tflite("float32_sparse", "float32, sparse", "float32", sparse=True,
+                description="float32 with the pruned kernels stored sparse, EXPERIMENTAL_SPARSITY"),
+        _tflite("int8", "int8", "int8", int8=True, description="full-integer post-training quantization"),
+        _tflite("int8_sparse", "int8, sparse", "int8", int8=True, sparse=True, description="int8 stored sparse"),
+        _tflite("int8_qat", "int8, QAT", "int8", int8=True, source="qat",
+                description="int8 after qat_epochs of pruning-preserving quantization-aware training, for a model that "
+                "loses too much accuracy in int8; Sequential or functional models without nested models"),
+        _tflite("int8_qat_sparse", "int8, QAT, sparse", "int8", int8=True, sparse=True, source="qat",
+                description="int8_qat stored sparse"),
     )
 }
 
 # The formats export.formats accepts: every one but the Keras model, which is always deployable.
 ExportFormat = Literal[tuple(name for name in FORMATS if name != KERAS)]  # type: ignore[valid-type]
+
+
+def formats_described() -> str:
+    """Every format export.formats accepts, each with its description: the field's documentation."""
+    return "; ".join(f"{name} ({fmt.description})" for name, fmt in FORMATS.items() if name != KERAS)
 
 
 def display_name(name: str) -> str:
