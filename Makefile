@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,registry]'
+	$(BIN)/python -m pip install --quiet -e '.[test,registry,onnx]'
 	touch $(STAMP)
 
 demo: $(STAMP)

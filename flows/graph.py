@@ -30,6 +30,7 @@ from pruneflow.tasks.preflight.check_inputs import RunInputs, check_inputs
 from pruneflow.tasks.specs.config import RunConfig, Schedule
 from pruneflow.tasks.stages.evaluate import evaluate_baseline, evaluate_pruned
 from pruneflow.tasks.stages.evaluate_exports import evaluate_baseline_exports, evaluate_pruned_exports
+from pruneflow.tasks.stages.export_onnx import export_onnx_baseline, export_onnx_pruned
 from pruneflow.tasks.stages.export_tflite import export_baseline, export_pruned
 from pruneflow.tasks.stages.measure_latency import measure_latency
 from pruneflow.tasks.stages.measure_size import measure_size
@@ -83,6 +84,8 @@ def prepare(config: RunConfig, run: Run) -> Prepared:
     exports = [
         run_stage(export_baseline, store, model=model, dataset=dataset, export=dense.made_by("tflite"), sanity=None,
                   quantized=None),
+        run_stage(export_onnx_baseline, store, model=model, dataset=dataset, export=dense.made_by("onnx"),
+                  sanity=None, quantized=None),
     ]
     assessed = run_stage(
         evaluate_baseline_exports, store, exports=exports, reference=model, quantized=None, dataset=dataset,
@@ -113,6 +116,8 @@ def prune_to(config: RunConfig, start: Prepared, schedule: Schedule) -> PruningO
     export = config.export_spec
     exports = [
         run_stage(export_pruned, store, model=stripped.file, dataset=dataset, export=export.made_by("tflite"),
+                  sanity=sanity, quantized=quantized),
+        run_stage(export_onnx_pruned, store, model=stripped.file, dataset=dataset, export=export.made_by("onnx"),
                   sanity=sanity, quantized=quantized),
     ]
     assessed = run_stage(

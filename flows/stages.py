@@ -5,6 +5,7 @@ flows/graph.py wires them; check_inputs runs their pre-flight checks in this ord
 
 from pruneflow.tasks.stages.evaluate import evaluate_baseline, evaluate_pruned
 from pruneflow.tasks.stages.evaluate_exports import evaluate_baseline_exports, evaluate_pruned_exports
+from pruneflow.tasks.stages.export_onnx import export_onnx_baseline, export_onnx_pruned
 from pruneflow.tasks.stages.export_tflite import export_baseline, export_pruned
 from pruneflow.tasks.stages.measure_latency import measure_latency
 from pruneflow.tasks.stages.measure_size import measure_size
@@ -15,7 +16,7 @@ from pruneflow.tasks.stages.sanity_check import sanity_check
 from pruneflow.tasks.stages.strip import strip
 
 STAGES = (
-    prepare_dataset, evaluate_baseline, export_baseline, evaluate_baseline_exports,
+    prepare_dataset, evaluate_baseline, export_baseline, export_onnx_baseline, evaluate_baseline_exports,
     prune_train, strip, sanity_check, measure_size, evaluate_pruned,
-    quantize_train, export_pruned, evaluate_pruned_exports, measure_latency,
+    quantize_train, export_pruned, export_onnx_pruned, evaluate_pruned_exports, measure_latency,
 )

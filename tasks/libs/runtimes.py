@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pruneflow.tasks.libs import litert
+from pruneflow.tasks.libs import litert, onnx
 from pruneflow.tasks.libs.models import load_model
 from pruneflow.tasks.libs.timing import keras_call
 
@@ -56,6 +56,7 @@ RUNTIMES: dict[str, Runtime] = {
         # TensorFlow's own threads; `threads` is the interpreters' setting.
         Runtime("keras", _keras_predictor, _keras_batch1),
         Runtime("litert", litert.Predictor, litert.batch1_call, packages=("ai-edge-litert",)),
+        Runtime("onnxruntime", onnx.predictor, onnx.batch1_call, packages=("onnxruntime",)),
     )
 }
 

@@ -25,7 +25,7 @@ class Format(BaseModel):
         display: how the reports name it.
         file: the file's name in its export folder (its zip-deflated size counts the name too).
         suffix: the promoted file's extension: a promotion stores it as `model<suffix>`.
-        made_by: which conversion makes it: "keras" (none: the Keras model), "tflite".
+        made_by: which conversion makes it: "keras" (none: the Keras model), "tflite", "onnx".
         source: the Keras model it is converted from: the stripped one, or quantize_train's
             quantization-aware one.
         runtime: what runs the file for accuracy and latency (a name in libs.runtimes.RUNTIMES).
@@ -42,9 +42,9 @@ class Format(BaseModel):
     display: str
     file: str
     suffix: str
-    made_by: Literal["keras", "tflite"]
+    made_by: Literal["keras", "tflite", "onnx"]
     source: Literal["stripped", "qat"] = "stripped"
-    runtime: Literal["keras", "litert"]
+    runtime: Literal["keras", "litert", "onnxruntime"]
     dense: str
     sparse: bool = False
     int8: bool = False
@@ -63,6 +63,13 @@ def _tflite(name: str, display: str, dense: str, **options) -> Format:
     )
 
 
+def _onnx(name: str, display: str, **options) -> Format:
+    return Format(
+        name=name, display=f"ONNX {display}", file=f"model_{name}.onnx", suffix=".onnx", made_by="onnx",
+        runtime="onnxruntime", dense=name, **options,
+    )
+
+
 FORMATS: dict[str, Format] = {
     entry.name: entry
     for entry in (
@@ -77,6 +84,10 @@ FORMATS: dict[str, Format] = {
                 "loses too much accuracy in int8; Sequential or functional models without nested models"),
         _tflite("int8_qat_sparse", "int8, QAT, sparse", "int8", int8=True, sparse=True, source="qat",
                 description="int8_qat stored sparse"),
+        _onnx("onnx", "float32", description="ONNX (tf2onnx), run in onnxruntime; needs the onnx extra, "
+              "pip install 'pruneflow[onnx]'"),
+        _onnx("onnx_int8", "int8", int8=True, description="ONNX int8: onnxruntime's static quantization, calibrated "
+              "like int8"),
     )
 }
 

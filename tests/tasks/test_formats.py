@@ -26,11 +26,12 @@ def test_the_config_accepts_every_format_but_the_keras_model_and_nothing_else(co
 
 
 def test_a_spec_splits_by_conversion_and_the_baseline_takes_the_dense_counterparts():
-    spec = ExportSpec(formats=("int8_qat_sparse", "float32_sparse"), representative_images=4,
+    spec = ExportSpec(formats=("int8_qat_sparse", "onnx_int8", "float32_sparse", "onnx"), representative_images=4,
                       int8_input_type="int8", int8_output_type="int8")
     assert spec.made_by("tflite").formats == ("int8_qat_sparse", "float32_sparse") == made_by("tflite", spec.formats)
-    assert spec.dense().formats == ("int8", "float32")
-    assert spec.wants_qat and not spec.model_copy(update={"formats": ("float32_sparse",)}).wants_qat
+    assert spec.made_by("onnx").formats == ("onnx_int8", "onnx")
+    assert spec.dense().formats == ("int8", "onnx_int8", "float32", "onnx")
+    assert spec.wants_qat and not spec.made_by("onnx").wants_qat
     assert variants_of("int8_sparse") == ["int8", "int8_sparse", "int8_qat", "int8_qat_sparse"]
 
 
