@@ -234,6 +234,7 @@ class LatencyReport(StoredArtifact):
     threads: int
     timings: list[Timing]
     sparse_kernels: str  # whether XNNPACK's sparse kernels can apply to the pruned model, and why not
+    notes: list[str] = []  # how a file ran, where not as usual (a TFLite file XNNPACK cannot prepare)
 
     def of(self, model: str, fmt: str) -> Timing:
         """The timing of `model`'s file in format `fmt` (KERAS for the Keras model)."""

@@ -3,13 +3,13 @@ images quantized to its input type, outputs dequantized, batches fed at the size
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from pruneflow.tasks.core.errors import PruneflowError
 from pruneflow.tasks.core.log import run_logger
+from pruneflow.tasks.libs.timing import Invocation
 
 
 def open_interpreter(path: Path, threads: int, delegate: bool = True):
@@ -26,16 +26,17 @@ def open_interpreter(path: Path, threads: int, delegate: bool = True):
 
 def allocated(path: Path, threads: int, shape: list[int] | None = None):
     """An interpreter on the file with its tensors allocated (its input resized to `shape`, if
-    given). A node XNNPACK accepts but then cannot prepare (LiteRT 2.3's XNNPACK refuses int8
-    fully-connected weights stored sparse) fails the whole delegate: the file then runs on
-    LiteRT's built-in kernels, as tf.lite.Interpreter ran such nodes."""
+    given), and whether XNNPACK runs it. A node XNNPACK accepts but then cannot prepare (LiteRT
+    2.3's XNNPACK refuses int8 fully-connected weights stored sparse, which tf.lite.Interpreter
+    left to its built-in kernels) fails the whole delegate: the file then runs on LiteRT's
+    built-in kernels alone."""
     for delegate in (True, False):
         interpreter = open_interpreter(path, threads, delegate)
         if shape is not None:
             interpreter.resize_tensor_input(interpreter.get_input_details()[0]["index"], shape)
         try:
             interpreter.allocate_tensors()
-            return interpreter
+            return interpreter, delegate
         except RuntimeError as error:
             if not delegate or "delegate" not in str(error).lower():
                 raise PruneflowError(
@@ -72,13 +73,13 @@ class Predictor:
 
     def __init__(self, path: Path, threads: int, batch: int):
         self.path = path
-        self.interpreter = allocated(path, threads)
+        self.interpreter, _ = allocated(path, threads)
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]
         self.batch = 1
         if batch > 1:
             try:
-                batched = allocated(path, threads, [batch, *self.input["shape"][1:]])
+                batched, _ = allocated(path, threads, [batch, *self.input["shape"][1:]])
                 rows = self._invoke(np.zeros([batch, *self.input["shape"][1:]], np.float32), batched).shape[0]
                 if rows != batch:
                     raise ValueError(f"{rows} output rows for {batch} images")
@@ -108,9 +109,10 @@ class Predictor:
         return np.concatenate(rows).reshape(len(images), -1)
 
 
-def batch1_call(path: Path, image: np.ndarray, threads: int) -> Callable[[], None]:
+def batch1_call(path: Path, image: np.ndarray, threads: int) -> Invocation:
     """One invocation of the file on `image` (a batch of one), its input set once: what latency times."""
-    interpreter = allocated(path, threads)
+    interpreter, delegated = allocated(path, threads)
     detail = interpreter.get_input_details()[0]
     interpreter.set_tensor(detail["index"], to_input(image, detail))
-    return interpreter.invoke
+    note = "" if delegated else f"{path.name} runs on LiteRT's built-in kernels: XNNPACK cannot prepare it"
+    return Invocation(interpreter.invoke, note)

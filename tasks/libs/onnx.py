@@ -11,6 +11,7 @@ import numpy as np
 
 from pruneflow.tasks.core.errors import PruneflowError
 from pruneflow.tasks.libs.artifacts import WeightTensor
+from pruneflow.tasks.libs.timing import Invocation
 from pruneflow.tasks.specs.config import ExportSpec
 from pruneflow.tasks.specs.formats import Format
 
@@ -113,7 +114,7 @@ def batch1_call(path: Path, image: np.ndarray, threads: int):
     """One onnxruntime invocation of the file on `image` (a batch of one): what latency times."""
     session = _session(path, threads)
     feed = {INPUT_NAME: image.astype(np.float32)}
-    return lambda: session.run(None, feed)
+    return Invocation(lambda: session.run(None, feed))
 
 
 def _session(path: Path, threads: int):

@@ -15,12 +15,12 @@ import numpy as np
 
 from pruneflow.tasks.libs import litert, onnx
 from pruneflow.tasks.libs.models import load_model
-from pruneflow.tasks.libs.timing import keras_call
+from pruneflow.tasks.libs.timing import Invocation, keras_call
 
 # (path, threads, batch) -> a function from images (float32 in [0, 1]) to one row of outputs per image
 PredictorFactory = Callable[[Path, int, int], Callable[[np.ndarray], np.ndarray]]
 # (path, image, threads) -> one invocation on that image, to be timed
-Batch1Factory = Callable[[Path, np.ndarray, int], Callable[[], object]]
+Batch1Factory = Callable[[Path, np.ndarray, int], Invocation]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,8 +46,8 @@ def _keras_predictor(path: Path, threads: int, batch: int) -> Callable[[np.ndarr
     return lambda images: model(images, training=False).numpy()
 
 
-def _keras_batch1(path: Path, image: np.ndarray, threads: int) -> Callable[[], object]:
-    return keras_call(load_model(path), image)
+def _keras_batch1(path: Path, image: np.ndarray, threads: int) -> Invocation:
+    return Invocation(keras_call(load_model(path), image))
 
 
 RUNTIMES: dict[str, Runtime] = {

@@ -1,6 +1,7 @@
 """Batch-1 latency measured side by side: the machine it depends on, the call that times a Keras
 model, the turns the calls take, and whether XNNPACK's sparse kernels can apply to a model."""
 
+import dataclasses
 import os
 import platform
 import time
@@ -36,6 +37,17 @@ def machine_description() -> str:
     except OSError:
         pass
     return f"{model}, {available_cpus()} cores, {platform.system()} {platform.machine()}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Invocation:
+    """One call to time, and what the report should say of how it ran ("" when as usual)."""
+
+    call: Callable[[], object]
+    note: str = ""
+
+    def __call__(self) -> object:
+        return self.call()
 
 
 def keras_call(model, image: np.ndarray) -> Callable[[], object]:

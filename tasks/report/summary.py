@@ -91,9 +91,10 @@ def file_rows(outcome: PruningOutcome) -> list[dict[str, str]]:
 def latency_note(outcome: PruningOutcome) -> str:
     latency = outcome.latency
     return (
-        f"Latency: batch 1, median and 90th percentile of {latency.timings[0].runs} runs after warm-up, TFLite files in "
-        f"tf.lite.Interpreter (XNNPACK) on {latency.threads} thread(s), Keras as a tf.function; on {latency.machine}. "
-        f"{latency.sparse_kernels}"
+        f"Latency: batch 1, median and 90th percentile of {latency.timings[0].runs} runs after warm-up, each file in "
+        f"its runtime (TFLite files in LiteRT with XNNPACK, ONNX files in onnxruntime) on {latency.threads} thread(s), "
+        f"Keras as a tf.function; on {latency.machine}. {latency.sparse_kernels}"
+        + "".join(f" {note}." for note in latency.notes)
     )
 
 

@@ -21,7 +21,7 @@ from pruneflow.tasks.core.stage import Stage
 from pruneflow.tasks.libs.artifacts import ExportedModels, LatencyReport
 from pruneflow.tasks.libs.models import ModelFile
 from pruneflow.tasks.libs.runtimes import RUNTIMES, runtime_packages
-from pruneflow.tasks.libs.timing import INPUT_SEED, keras_call, sparse_kernels_note, time_side_by_side
+from pruneflow.tasks.libs.timing import INPUT_SEED, Invocation, keras_call, sparse_kernels_note, time_side_by_side
 from pruneflow.tasks.specs.config import ImageShape, LatencySpec
 from pruneflow.tasks.specs.formats import FORMATS, KERAS
 
@@ -39,7 +39,7 @@ def time_models(
     models = {"baseline": (baseline.load(), baseline_exports), "pruned": (pruned.load(), pruned_exports)}
     calls = {}
     for name, (keras_model, exports) in models.items():
-        calls[name, KERAS] = keras_call(keras_model, image)
+        calls[name, KERAS] = Invocation(keras_call(keras_model, image))
         for exported in exports:
             for file in exported.files:
                 runtime = RUNTIMES[FORMATS[file.format].runtime]
@@ -47,6 +47,7 @@ def time_models(
     report = LatencyReport(
         folder=out, machine=machine, threads=latency.threads, timings=time_side_by_side(calls, latency),
         sparse_kernels=sparse_kernels_note(models["pruned"][0], pruned_exports),
+        notes=[f"{model}: {call.note}" for (model, _), call in calls.items() if call.note],
     )
     write_json(out / "latency.json", report.model_dump(mode="json", exclude={"folder", "digest"}))
     return report
