@@ -27,7 +27,7 @@ from pruneflow.tasks.libs.models import ModelFile
 from pruneflow.tasks.libs.outcome import PruningOutcome, TargetResult
 from pruneflow.tasks.libs.timing import machine_description
 from pruneflow.tasks.preflight.check_inputs import RunInputs, check_inputs
-from pruneflow.tasks.specs.config import RunConfig, Schedule
+from pruneflow.tasks.specs.config import ExportSpec, RunConfig, Schedule
 from pruneflow.tasks.stages.evaluate import evaluate_baseline, evaluate_pruned
 from pruneflow.tasks.stages.evaluate_exports import evaluate_baseline_exports, evaluate_pruned_exports
 from pruneflow.tasks.stages.export_onnx import export_onnx_baseline, export_onnx_pruned
@@ -113,16 +113,20 @@ def prune_to(config: RunConfig, start: Prepared, schedule: Schedule) -> PruningO
         evaluate_pruned, store, model=stripped.file, dataset=dataset, batch_size=config.dataset.batch_size
     )
     quantized = run_stage(quantize_train, store, dataset=dataset, pruned=stripped.file, qat=config.qat_spec)
-    export = config.export_spec
+    tflite, onnx = config.export_spec.made_by("tflite"), config.export_spec.made_by("onnx")
+
+    def qat_for(spec: ExportSpec):  # only a stage with a format made from it takes the QAT model
+        return quantized if spec.wants_qat else None
+
     exports = [
-        run_stage(export_pruned, store, model=stripped.file, dataset=dataset, export=export.made_by("tflite"),
-                  sanity=sanity, quantized=quantized),
-        run_stage(export_onnx_pruned, store, model=stripped.file, dataset=dataset, export=export.made_by("onnx"),
-                  sanity=sanity, quantized=quantized),
+        run_stage(export_pruned, store, model=stripped.file, dataset=dataset, export=tflite, sanity=sanity,
+                  quantized=qat_for(tflite)),
+        run_stage(export_onnx_pruned, store, model=stripped.file, dataset=dataset, export=onnx, sanity=sanity,
+                  quantized=qat_for(onnx)),
     ]
     assessed = run_stage(
-        evaluate_pruned_exports, store, exports=exports, reference=stripped.file, quantized=quantized,
-        dataset=dataset, batch_size=config.dataset.batch_size,
+        evaluate_pruned_exports, store, exports=exports, reference=stripped.file,
+        quantized=qat_for(config.export_spec), dataset=dataset, batch_size=config.dataset.batch_size,
     )
     latency = run_stage(
         measure_latency, store, baseline=start.model, baseline_exports=start.baseline_exports,
