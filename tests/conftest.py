@@ -2,7 +2,6 @@
 
 import os
 import tempfile
-import time
 
 # Before prefect is imported anywhere: keep its database, results and telemetry out of the
 # user's home and off the network.
@@ -20,7 +19,8 @@ from pathlib import Path  # noqa: E402
 import prefect.main  # noqa: E402,F401
 import pytest  # noqa: E402
 
-from tests.helpers import make_config_dict, train_tiny_baseline, write_tiny_dataset  # noqa: E402
+from tests.helpers.data import make_config_dict, write_tiny_dataset  # noqa: E402
+from tests.helpers.models import train_tiny_baseline  # noqa: E402
 
 # Fixtures that start real services: a Prefect server (and, for `live`, a work pool, the
 # deployments and a worker), an MLflow server. A test using one is marked `services`, so `make test-fast` can
@@ -68,6 +68,7 @@ def mlflow_server(tmp_path_factory) -> str:
 
     from pruneflow.deployments.local import PREFECT, Process
     from pruneflow.flows.server import free_port
+    from tests.helpers.polling import wait_until
 
     home, port = tmp_path_factory.mktemp("mlflow"), free_port()
     mlflow = str(Path(PREFECT).with_name("mlflow"))
@@ -77,15 +78,19 @@ def mlflow_server(tmp_path_factory) -> str:
     ], dict(os.environ), home / "server.log").start()
     uri = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
+        def healthy() -> bool:
             try:
                 with urllib.request.urlopen(f"{uri}/health", timeout=2):
-                    break
+                    return True
             except OSError:
-                if not server.running() or time.monotonic() > deadline:
-                    pytest.fail(f"mlflow server did not start:\n{(home / 'server.log').read_text()[-3000:]}")
-                time.sleep(0.5)
+                if not server.running():
+                    raise TimeoutError("the server exited") from None
+                return False
+
+        try:
+            wait_until(healthy, 120, "mlflow server's /health")
+        except TimeoutError as error:
+            pytest.fail(f"mlflow server did not start ({error}):\n{(home / 'server.log').read_text()[-3000:]}")
         yield uri
     finally:
         server.stop()

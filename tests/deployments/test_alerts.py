@@ -28,6 +28,7 @@ from pruneflow.deployments.recovery import PREFIX as RECOVERY
 from pruneflow.deployments.recovery import RESCHEDULE, SILENT
 from pruneflow.tasks.core.errors import PruneflowError
 from tests.deployments.test_server import wait_final
+from tests.helpers.polling import wait_until
 
 NIGHTLY = ("prune/nightly", "sweep/nightly")
 
@@ -60,12 +61,10 @@ class Receiver:
 
     def wait_for(self, text: str, timeout: float = 60) -> dict:
         """The first message whose subject or body holds `text`, once it came."""
-        deadline = time.monotonic() + timeout
-        while not self.mentioning(text):
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no message mentioning {text!r} in {timeout} s; received: {self.messages}")
-            time.sleep(0.5)
-        return self.mentioning(text)[0]
+        try:
+            return wait_until(lambda: self.mentioning(text), timeout, f"a message mentioning {text!r}")[0]
+        except TimeoutError as error:
+            raise AssertionError(f"{error}; received: {self.messages}") from None
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ import os
 import re
 import signal
 import stat
-import time
 import uuid
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from pruneflow.deployments import postgres as pg
 from pruneflow.deployments.postgres import Cluster, start_postgres
 from pruneflow.flows.server import free_port
 from pruneflow.tasks.core.errors import PruneflowError
+from tests.helpers.polling import wait_until
 
 
 def family(pid: int) -> set[int]:
@@ -41,10 +41,11 @@ def alive(pid: int) -> bool:
 
 def wait_gone(pids: set[int], timeout: float = 10) -> set[int]:
     """Those of `pids` still running after up to `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while (left := {pid for pid in pids if alive(pid)}) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    return left
+    try:
+        wait_until(lambda: not any(alive(pid) for pid in pids), timeout, f"processes {sorted(pids)} gone", every=0.1)
+    except TimeoutError:
+        pass
+    return {pid for pid in pids if alive(pid)}
 
 
 @flow

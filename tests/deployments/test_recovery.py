@@ -16,50 +16,50 @@ from pruneflow.tasks.core.layout import OutputLayout
 from pruneflow.tasks.decide.history import read_history
 from pruneflow.tasks.unkeyed.faults import FAULT_ENV, RELEASE_ENV
 from tests.deployments.conftest import POOL
-from tests.helpers import STAGES
+from tests.helpers.graph import STAGES
+from tests.helpers.polling import wait_until
 
 
 def flow_run_process(flow_run_id, timeout: float = 120) -> tuple[int, int]:
     """(PID, parent PID) of the process running the flow run, found by the run id in its environment."""
     wanted = f"PREFECT__FLOW_RUN_ID={flow_run_id}".encode()
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def process() -> tuple[int, int] | None:
         for entry in Path("/proc").iterdir():
             try:
                 if entry.name.isdigit() and wanted in (entry / "environ").read_bytes().split(b"\0"):
                     return int(entry.name), int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
             except OSError:
                 continue
-        time.sleep(0.5)
-    raise TimeoutError(f"no process runs flow run {flow_run_id}")
+        return None
+
+    return wait_until(process, timeout, f"a process running flow run {flow_run_id}")
 
 
 def wait_for_text(paths: list[Path], text: str, timeout: float) -> Path:
     """The first of `paths` in which `text` appears."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for path in paths:
-            if path.exists() and text in path.read_text(errors="replace"):
-                return path
-        time.sleep(0.5)
-    raise TimeoutError(f"{text!r} in none of {[str(p) for p in paths]} after {timeout} s")
+    return wait_until(
+        lambda: next((path for path in paths if path.exists() and text in path.read_text(errors="replace")), None),
+        timeout, f"{text!r} in one of {[str(p) for p in paths]}",
+    )
 
 
 def wait_state(flow_run_id, name: str, timeout: float):
     """The flow run once its state is `name`; fails early if it ends otherwise (a Crashed run may
     come back, so only Completed, Failed and Cancelled end the wait). A state that lasts less than
     the 1 s between reads (Crashed, before the automation reschedules it) may be missed."""
-    deadline = time.monotonic() + timeout
     with get_client(sync_client=True) as client:
-        while time.monotonic() < deadline:
+
+        def reached():
             flow_run = client.read_flow_run(flow_run_id)
             if flow_run.state and flow_run.state.name == name:
                 return flow_run
             assert flow_run.state is None or flow_run.state.name not in {"Completed", "Failed", "Cancelled"} - {name}, (
                 flow_run.state
             )
-            time.sleep(1)
-    raise TimeoutError(f"flow run {flow_run_id} not {name} after {timeout} s: {flow_run.state}")
+            return None
+
+        return wait_until(reached, timeout, f"flow run {flow_run_id} {name}", every=1)
 
 
 def attempt_task_states(flow_run_id, attempt: int) -> list[tuple[str, str]]:

@@ -1,7 +1,6 @@
 """The deployments against a real Prefect server and worker, started here on 127.0.0.1."""
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -11,18 +10,17 @@ from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.states import AwaitingRetry
 
-from tests.helpers import STAGES, stage_states, task_runs
+from tests.helpers.graph import STAGES
+from tests.helpers.polling import wait_until
+from tests.helpers.prefect import stage_states, task_runs
 
 
 def wait_final(flow_run_id, timeout: float = 300):
     with get_client(sync_client=True) as client:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            flow_run = client.read_flow_run(flow_run_id)
-            if flow_run.state and flow_run.state.is_final():
-                return flow_run
-            time.sleep(1)
-    raise TimeoutError(f"flow run {flow_run_id} did not finish in {timeout} s")
+        return wait_until(
+            lambda: (run := client.read_flow_run(flow_run_id)).state and run.state.is_final() and run,
+            timeout, f"flow run {flow_run_id} final", every=1,
+        )
 
 
 def trigger(config_dict, env=None):
@@ -37,14 +35,15 @@ def flow_run_logs(live, flow_run_id, until: str, timeout: float = 30) -> str:
     """The flow run's logs on the server, once one contains `until` (the worker ships them late)."""
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
-    deadline = time.monotonic() + timeout
     with temporary_settings(updates={PREFECT_API_URL: live.api}), get_client(sync_client=True) as client:
-        while True:
+        def text() -> str:
             logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
-            text = "\n".join(log.message for log in logs)
-            if until in text or time.monotonic() > deadline:
-                return text
-            time.sleep(1)
+            return "\n".join(log.message for log in logs)
+
+        try:
+            return wait_until(lambda: until in (found := text()) and found, timeout, f"{until!r} in the logs", every=1)
+        except TimeoutError:
+            return text()
 
 
 def summary_of(config_dict) -> dict:

@@ -2,7 +2,6 @@
 
 import os
 import shutil
-import time
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,8 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from pruneflow.deployments.gpu import REPO
 from pruneflow.tasks.specs.config import RunConfig
-from tests.helpers import stage_states
+from tests.helpers.polling import wait_until
+from tests.helpers.prefect import stage_states
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SCREENSHOTS = REPO / "test-outputs"
@@ -68,9 +68,10 @@ def test_custom_run_form_starts_a_run_that_completes(live, browser):
         page.get_by_role("button", name="Submit").click()  # waits until the button is enabled
         # One press makes one run, once the server has it. (On SQLite the server sometimes
         # answered 503 under load, and the test pressed again; on PostgreSQL it must not need to.)
-        deadline = time.monotonic() + 60
-        while not (started := flow_run_ids(deployment.id) - before) and time.monotonic() < deadline:
-            time.sleep(0.5)
+        try:
+            started = wait_until(lambda: flow_run_ids(deployment.id) - before, 60, "a flow run of the deployment")
+        except TimeoutError:
+            started = set()
         if not started:
             SCREENSHOTS.mkdir(exist_ok=True)
             page.screenshot(path=str(SCREENSHOTS / "ui-submit-no-run.png"), full_page=True)
@@ -78,10 +79,10 @@ def test_custom_run_form_starts_a_run_that_completes(live, browser):
         assert len(started) == 1, started
         assert not [failed for failed in failed_requests if failed.startswith("5")], failed_requests
         [flow_run_id] = started
-        deadline = time.monotonic() + 300
-        while not (flow_run := client.read_flow_run(flow_run_id)).state.is_final():
-            assert time.monotonic() < deadline, "the run started from the UI did not finish"
-            time.sleep(1)
+        flow_run = wait_until(
+            lambda: (run := client.read_flow_run(flow_run_id)).state.is_final() and run, 300,
+            "the run started from the UI final", every=1,
+        )
         assert flow_run.state.is_completed(), flow_run.state.message
         assert stage_states(flow_run_id)["prune_train"] == "Completed"
 

@@ -10,16 +10,9 @@ from pruneflow.tasks.core.errors import PruneflowError
 from pruneflow.tasks.core.stage import TRAINING_TAG
 from pruneflow.tasks.core.store import ArtifactStore
 from pruneflow.tasks.specs.config import parse_config
-from tests.helpers import (
-    PER_TARGET,
-    PREPARED,
-    STAGES,
-    deployable_files,
-    make_config_dict,
-    stage_states,
-    takes,
-    task_runs,
-)
+from tests.helpers.data import make_config_dict
+from tests.helpers.graph import PER_TARGET, PREPARED, STAGES, deployable_files, takes
+from tests.helpers.prefect import stage_states, task_runs
 
 # The stages that make, evaluate or time the exported files: what a change of formats reruns.
 EXPORTS = takes("export", "exports", "baseline_exports", "pruned_exports")

@@ -13,7 +13,9 @@ import yaml
 
 from pruneflow.flows.cli import main
 from pruneflow.tasks.core.store import ArtifactStore
-from tests.helpers import STAGES, Cli, fill_disk, read_only, small_disk
+from tests.helpers.cli import Cli
+from tests.helpers.disks import fill_disk, read_only, small_disk
+from tests.helpers.graph import STAGES
 
 
 def write_config(config_dict, tmp_path, name="run.yaml", **changes) -> Path:

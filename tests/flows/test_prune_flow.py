@@ -11,7 +11,8 @@ from pruneflow.tasks.report.summary import ARTIFACT_KEY, RunSummary
 from pruneflow.tasks.specs.config import parse_config
 from pruneflow.tasks.specs.formats import KERAS, display_name
 from pruneflow.tasks.unkeyed.progress import PROGRESS_KEY
-from tests.helpers import STAGES, artifacts_of, deployable_files, stage_states
+from tests.helpers.graph import STAGES, deployable_files
+from tests.helpers.prefect import artifacts_of, stage_states
 
 
 def test_flow_prunes_strips_checks_measures_and_reports(prefect_server, config_dict):

@@ -15,7 +15,7 @@ from pruneflow.tasks.core.layout import OutputLayout
 from pruneflow.tasks.decide.promote import recover
 from pruneflow.tasks.decide.registry import CHAMPION
 from pruneflow.tasks.specs.config import parse_config
-from tests.helpers import Cli
+from tests.helpers.cli import Cli
 
 
 def registry_config(config_dict, uri: str, targets, **gate) -> dict:
@@ -110,7 +110,7 @@ def test_a_promotion_killed_between_its_steps_leaves_the_previous_champion_every
 
     rolled_back = []
     # The link switched but not the alias; both switched, the journal not yet removed. (Killed
-    # before any switch, nothing changed: tests/tasks/test_promote.py.)
+    # before any switch, nothing changed: tests/tasks/decide/test_promote.py.)
     for point in ("promote:linked", "promote:aliased"):
         killed = Cli(path, "sweep", PRUNEFLOW_INJECT_FAULT=f"hang@{point}")
         try:

@@ -8,7 +8,7 @@ import yaml
 
 from pruneflow.flows.cli import main
 from pruneflow.tasks.specs.config import load_config
-from tests.helpers import artifacts_of, latest_flow_run_id, task_runs
+from tests.helpers.prefect import artifacts_of, latest_flow_run_id, task_runs
 
 
 def test_sensitivity_measures_each_selected_layer_and_its_proposal_runs(prefect_server, config_dict, tmp_path, capsys):

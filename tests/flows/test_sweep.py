@@ -9,7 +9,8 @@ from pruneflow.tasks.core.errors import PruneflowError
 from pruneflow.tasks.core.layout import OutputLayout
 from pruneflow.tasks.decide.history import read_history, regressions, runs_summary
 from pruneflow.tasks.specs.config import parse_config
-from tests.helpers import PER_TARGET, PREPARED, artifacts_of, task_runs
+from tests.helpers.graph import PER_TARGET, PREPARED
+from tests.helpers.prefect import artifacts_of, task_runs
 
 
 def sweep_config(config_dict, **gate):

@@ -15,7 +15,8 @@ import yaml
 
 from pruneflow.flows.cli import main
 from pruneflow.tasks.preflight.confine import ROOTS_ENV
-from tests.helpers import IMAGE_SIZE, build_tiny_cnn
+from tests.helpers.data import IMAGE_SIZE
+from tests.helpers.models import build_tiny_cnn
 
 
 def save(model, path):
@@ -261,7 +262,7 @@ class Run:
 def test_a_user_error_exits_2_with_a_message_and_stores_nothing(
     prefect_server, config_dict, tiny_data, tmp_path, monkeypatch, capsys, change, expected
 ):
-    from tests.helpers import make_config_dict
+    from tests.helpers.data import make_config_dict
 
     for name in ROOTS_ENV.values():
         monkeypatch.delenv(name, raising=False)

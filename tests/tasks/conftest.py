@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import MODEL_VARIANTS, train_tiny_baseline
+from tests.helpers.models import MODEL_VARIANTS, train_tiny_baseline
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class Pruned:
 @pytest.fixture(scope="session")
 def tiny_config(tiny_data, tiny_baseline, tmp_path_factory):
     from pruneflow.tasks.specs.config import parse_config
-    from tests.helpers import make_config_dict
+    from tests.helpers.data import make_config_dict
 
     return parse_config(make_config_dict(tiny_data, tiny_baseline, tmp_path_factory.mktemp("unused-outputs")))
 

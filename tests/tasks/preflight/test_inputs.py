@@ -9,7 +9,7 @@ from pruneflow.tasks.core.errors import PruneflowError
 from pruneflow.tasks.preflight.check_inputs import check_inputs, check_run_inputs, checked_before
 from pruneflow.tasks.preflight.confine import ROOTS_ENV, Roots
 from pruneflow.tasks.specs.config import parse_config
-from tests.tasks.test_confine import roots_for
+from tests.tasks.preflight.test_confine import roots_for
 
 
 @pytest.fixture
@@ -106,7 +106,7 @@ def test_a_file_that_is_not_a_model_is_refused_before_any_stage(config_dict, tmp
 
 
 def test_a_read_only_output_folder_is_refused_before_any_stage(config_dict, tmp_path):
-    from tests.helpers import read_only
+    from tests.helpers.disks import read_only
 
     config_dict["output_root"] = str(tmp_path / "outputs")
     (tmp_path / "outputs").mkdir()

@@ -13,7 +13,8 @@ from pruneflow.tasks.specs.config import ConstantSchedule, LayerSelection
 from pruneflow.tasks.stages.prune_train import train_pruned
 from pruneflow.tasks.stages.sanity_check import check_sparsity, measure_sparsity
 from pruneflow.tasks.stages.strip import strip_model
-from tests.helpers import IMAGE_SIZE, assert_same_predictions
+from tests.helpers.data import IMAGE_SIZE
+from tests.helpers.models import assert_same_predictions
 
 SHAPE = (IMAGE_SIZE, IMAGE_SIZE, 3)
 

@@ -13,7 +13,7 @@ from pruneflow.tasks.libs.tflite import weight_tensors
 from pruneflow.tasks.specs.config import ExportSpec
 from pruneflow.tasks.stages.evaluate_exports import evaluate_exports
 from pruneflow.tasks.stages.export_tflite import export_tflite
-from tests.helpers import PRUNABLE_KERNELS
+from tests.helpers.models import PRUNABLE_KERNELS
 
 ALL_FORMATS = ExportSpec(
     formats=("float32", "float32_sparse", "int8", "int8_sparse"), representative_images=16,

@@ -7,7 +7,7 @@ from pruneflow.tasks.libs.timing import sparse_kernels_note, time_side_by_side
 from pruneflow.tasks.specs.config import ExportSpec, ImageShape, LatencySpec
 from pruneflow.tasks.stages.export_tflite import export_tflite
 from pruneflow.tasks.stages.measure_latency import time_models
-from tests.helpers import IMAGE_SIZE
+from tests.helpers.data import IMAGE_SIZE
 
 
 def test_every_keras_model_and_file_is_timed_with_the_configured_runs(tiny_baseline, tiny_prepared, tmp_path):

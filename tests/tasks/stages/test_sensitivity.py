@@ -53,7 +53,7 @@ def test_a_target_beyond_the_measured_sparsities_is_refused_with_what_is_reachab
 def test_a_layer_of_a_nested_model_is_pruned_alone_by_its_path(tiny_data, tiny_prepared, tmp_path):
     from pruneflow.tasks.libs.models import ModelFile
     from pruneflow.tasks.libs.selection import walk
-    from tests.helpers import train_tiny_baseline
+    from tests.helpers.models import train_tiny_baseline
 
     baseline = ModelFile.of(train_tiny_baseline(tiny_data, tmp_path / "nested.h5", "nested"))
     conv = next(path for path, layer in walk(baseline.load()) if type(layer).__name__ == "Conv2D")

@@ -5,7 +5,7 @@ import pytest
 from pruneflow.tasks.decide.champion import KEPT, challenge
 from pruneflow.tasks.libs.artifacts import ChampionEvaluation
 from pruneflow.tasks.specs.config import SweepConfig
-from tests.helpers import target_result
+from tests.helpers.models import target_result
 
 MACHINE = "test machine"
 

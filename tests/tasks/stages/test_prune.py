@@ -15,7 +15,7 @@ from pruneflow.tasks.libs.selection import plan_for
 from pruneflow.tasks.specs.config import parse_config
 from pruneflow.tasks.stages.prepare_dataset import write_prepared
 from pruneflow.tasks.stages.prune_train import train_pruned
-from tests.helpers import assert_kernels_sparse, assert_same_predictions
+from tests.helpers.models import assert_kernels_sparse, assert_same_predictions
 
 
 def test_every_model_shape_and_format_is_prune_trained_to_the_target(pruned_variant):
@@ -74,7 +74,7 @@ def test_a_subclassed_model_is_refused_with_an_explanation(tmp_path):
 
 
 def test_the_xnnpack_policy_refuses_a_plain_cnn_with_tfmots_reason(tmp_path):
-    from tests.helpers import build_tiny_cnn
+    from tests.helpers.models import build_tiny_cnn
 
     with pytest.raises(PruneflowError, match=r"m.h5: training.pruning_policy xnnpack_latency does not fit this model: "
                                              r"TFMOT says: Could not find `Conv2D 3x3`.*MobileNet-like"):
@@ -82,7 +82,7 @@ def test_the_xnnpack_policy_refuses_a_plain_cnn_with_tfmots_reason(tmp_path):
 
 
 def test_the_xnnpack_policy_wraps_only_the_1x1_convolutions_of_a_mobilenet_like_model(tmp_path):
-    from tests.tasks.test_latency import mobilenet_like
+    from tests.tasks.stages.test_latency import mobilenet_like
 
     wrapped = wrap(mobilenet_like(0.0), tmp_path / "m.h5", "xnnpack_latency")
     pruned = [layer.layer for layer in wrapped.layers if isinstance(layer, PruneLowMagnitude)]
@@ -155,7 +155,7 @@ def test_a_process_killed_mid_training_resumes_from_its_checkpoint(config_dict, 
         "             config.training_spec)\n"
     )
     env = {**os.environ, "PRUNEFLOW_INJECT_FAULT": "hang@2", "PYTHONUNBUFFERED": "1"}
-    root = Path(__file__).parents[2]
+    root = Path(__file__).parents[3]
     process = subprocess.Popen(
         [sys.executable, "-c", script, str(job)], cwd=root, env=env,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

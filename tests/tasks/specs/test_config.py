@@ -14,7 +14,7 @@ from pruneflow.tasks.specs.config import (
     parse_config,
 )
 
-DEMO_CONFIG = Path(__file__).parents[2] / "tasks" / "demo.yaml"
+DEMO_CONFIG = Path(__file__).parents[3] / "tasks" / "demo.yaml"
 
 
 def base() -> dict:

@@ -143,7 +143,7 @@ def test_leftovers_of_a_killed_writer_are_swept_when_its_key_is_produced_again(t
 
 def test_a_full_disk_is_a_clear_error_and_keeps_what_was_stored(tmp_path):
     from pruneflow.tasks.core.errors import PruneflowError
-    from tests.helpers import fill_disk, small_disk
+    from tests.helpers.disks import fill_disk, small_disk
 
     with small_disk(tmp_path / "disk", 4 << 20) as disk:
         store = ArtifactStore(root=disk / "artifacts")
@@ -164,7 +164,7 @@ def test_a_full_disk_is_a_clear_error_and_keeps_what_was_stored(tmp_path):
 
 def test_a_read_only_store_is_a_clear_error_and_keeps_what_was_stored(tmp_path):
     from pruneflow.tasks.core.errors import PruneflowError
-    from tests.helpers import read_only
+    from tests.helpers.disks import read_only
 
     store = ArtifactStore(root=tmp_path / "artifacts")
     kept, _ = store.produce("stage", "k1", Note, note("kept"))

@@ -9,7 +9,7 @@ from pruneflow.tasks.core.layout import OutputLayout
 from pruneflow.tasks.decide.promote import LINK_PREFIX, promote, remove_unlinked, switch_link, write_version
 from pruneflow.tasks.specs.config import parse_config
 from pruneflow.tasks.specs.formats import KERAS
-from tests.helpers import target_result
+from tests.helpers.models import target_result
 
 
 @pytest.fixture

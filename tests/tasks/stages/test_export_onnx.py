@@ -13,7 +13,7 @@ from pruneflow.tasks.specs.formats import FORMATS
 from pruneflow.tasks.stages.evaluate_exports import evaluate_exports
 from pruneflow.tasks.stages.export_onnx import check_onnx_installed, export_onnx
 from pruneflow.tasks.stages.export_tflite import export_tflite
-from tests.helpers import PRUNABLE_KERNELS
+from tests.helpers.models import PRUNABLE_KERNELS
 
 ONNX_FORMATS = ExportSpec(formats=("onnx", "onnx_int8"), representative_images=16, int8_input_type="int8",
                           int8_output_type="int8")

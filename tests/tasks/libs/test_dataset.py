@@ -11,7 +11,7 @@ from pruneflow.tasks.core.files import file_digest
 from pruneflow.tasks.libs.dataset import list_dataset, load_split
 from pruneflow.tasks.specs.config import DatasetConfig
 from pruneflow.tasks.stages.prepare_dataset import prepare_dataset, write_prepared
-from tests.helpers import IMAGE_SIZE, SPLIT_SIZES
+from tests.helpers.data import IMAGE_SIZE, SPLIT_SIZES
 
 
 def prepare(config: DatasetConfig, out):

@@ -13,7 +13,8 @@ from pruneflow.tasks.libs.sparsity import measure_tensor
 from pruneflow.tasks.stages.prune_train import train_pruned
 from pruneflow.tasks.stages.sanity_check import check_sparsity, measure_sparsity, require_target_reached
 from pruneflow.tasks.stages.strip import strip_model
-from tests.helpers import IMAGE_SIZE, PRUNABLE_KERNELS
+from tests.helpers.data import IMAGE_SIZE
+from tests.helpers.models import PRUNABLE_KERNELS
 
 
 def check(variant, folder, target):

@@ -48,7 +48,7 @@ def test_without_an_int8_qat_format_nothing_is_trained(tiny_prepared, tiny_confi
 def test_a_model_tfmot_cannot_quantize_is_refused_before_any_work(config_dict, tmp_path):
     from pruneflow.tasks.libs.models import save_model
     from pruneflow.tasks.libs.readings import Readings
-    from tests.helpers import build_tiny_cnn
+    from tests.helpers.models import build_tiny_cnn
 
     save_model(build_tiny_cnn(kind="nested"), tmp_path / "nested.h5")
     config = parse_config({**config_dict, "model": {"baseline": str(tmp_path / "nested.h5")},

@@ -9,7 +9,7 @@ import numpy as np
 from pruneflow.tasks.libs.compression import xz_size, zip_size
 from pruneflow.tasks.libs.models import ModelFile
 from pruneflow.tasks.stages.measure_size import compare_sizes
-from tests.helpers import build_tiny_cnn
+from tests.helpers.models import build_tiny_cnn
 
 
 def test_zip_and_xz_sizes_are_the_real_archive_sizes(tmp_path):

@@ -7,7 +7,7 @@ import pandas as pd
 from pruneflow.tasks.decide.history import append_history, history_rows, read_history, regressions, runs_summary
 from pruneflow.tasks.specs.config import SweepConfig
 from pruneflow.tasks.specs.formats import KERAS
-from tests.helpers import target_result
+from tests.helpers.models import target_result
 
 START = datetime(2026, 11, 1, 2, tzinfo=timezone.utc)
 

@@ -5,7 +5,7 @@ import pytest
 from pruneflow.tasks.decide.gate import best_candidate, candidates, choose, gate_problem
 from pruneflow.tasks.specs.config import SweepConfig
 from pruneflow.tasks.specs.formats import KERAS
-from tests.helpers import target_result
+from tests.helpers.models import target_result
 
 GATE = SweepConfig(max_accuracy_drop=1.0, min_sparsity=0.5)
 

@@ -8,7 +8,8 @@ from pruneflow.tasks.core.errors import PruneflowError
 from pruneflow.tasks.libs.models import ModelFile, check_compatible, load_model, outputs_probabilities
 from pruneflow.tasks.specs.config import ImageShape
 from pruneflow.tasks.stages.evaluate import evaluate_on_test
-from tests.helpers import IMAGE_SIZE, SPLIT_SIZES, build_tiny_cnn
+from tests.helpers.data import IMAGE_SIZE, SPLIT_SIZES
+from tests.helpers.models import build_tiny_cnn
 
 SHAPE = ImageShape(height=IMAGE_SIZE, width=IMAGE_SIZE, channels=3)
 

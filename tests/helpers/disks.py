@@ -1,0 +1,66 @@
+"""Disks that fail as production ones do: full, small, read-only (loop mounts; root, as in CI)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+
+def _mount(*args: str) -> None:
+    done = subprocess.run(["mount", *args], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount here ({done.stderr.strip()}); this test needs root, as in CI")
+
+
+@contextlib.contextmanager
+def small_disk(folder: Path, size: int) -> Iterator[Path]:
+    """A real file system of `size` bytes (a tmpfs) mounted on `folder`; unmounted afterwards."""
+    folder.mkdir(parents=True, exist_ok=True)
+    _mount("-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder))
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=True)
+
+
+def fill_disk(folder: Path, leave: int = 0) -> None:
+    """Write a filler file until fewer than `leave` bytes are free on `folder`'s file system."""
+    import shutil
+
+    chunk = b"\0" * 65536
+    with open(folder / "filler", "wb") as out:
+        try:
+            while shutil.disk_usage(folder).free > leave:
+                out.write(chunk[: max(1, min(len(chunk), shutil.disk_usage(folder).free - leave))])
+                out.flush()
+        except OSError:
+            pass
+
+
+@contextlib.contextmanager
+def read_only(folder: Path) -> Iterator[Path]:
+    """`folder` made read-only for real: as root (whom permissions do not stop), a read-only
+    bind mount of itself; otherwise, its write permissions removed."""
+    if os.geteuid() != 0:
+        modes = {path: path.stat().st_mode for path in [folder, *folder.rglob("*")]}
+        for path, mode in modes.items():
+            path.chmod(mode & ~0o222)
+        try:
+            yield folder
+        finally:
+            for path, mode in modes.items():
+                path.chmod(mode)
+        return
+    _mount("--bind", str(folder), str(folder))
+    try:
+        done = subprocess.run(["mount", "-o", "remount,bind,ro", str(folder)], capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot remount read-only here ({done.stderr.strip()})")
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)

@@ -1,0 +1,28 @@
+"""The stage graph and the formats as the tests read them: stage sets and file lists derived from
+pruneflow.flows.stages and the formats registry, never written out by hand."""
+
+from __future__ import annotations
+
+from pruneflow.flows.stages import STAGES as PIPELINE
+from pruneflow.tasks.specs.formats import FORMATS, KERAS
+
+# The stages' names in order: each stores an artifact and is cached. publish_report follows them.
+STAGES = [stage.name for stage in PIPELINE]
+
+# What flows.graph.prepare runs once per run (a sweep's included), and what prune_to runs per target.
+PREPARED = STAGES[: STAGES.index("prune_train")]
+
+PER_TARGET = STAGES[STAGES.index("prune_train") :]
+
+
+def takes(*inputs: str) -> set[str]:
+    """The stages whose build function takes one of these inputs (by its parameter's name)."""
+    return {stage.name for stage in PIPELINE if set(stage.inputs) & set(inputs)}
+
+
+def deployable_files(formats) -> set[tuple[str, str]]:
+    """(model, format) of every file a run that exports `formats` can deploy: each model's Keras
+    .h5, the pruned model's file in each format, the baseline's in each dense counterpart."""
+    return {("baseline", KERAS), ("pruned", KERAS)} | {("pruned", fmt) for fmt in formats} | {
+        ("baseline", FORMATS[fmt].dense) for fmt in formats
+    }
