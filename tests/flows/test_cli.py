@@ -6,7 +6,9 @@ import pytest
 import yaml
 
 from pruneflow.flows.cli import main
-from tests.helpers import latest_flow_run_id, stage_states
+from pruneflow.tasks.specs.config import load_config
+from pruneflow.tasks.specs.formats import KERAS
+from tests.helpers.prefect import latest_flow_run_id, stage_states
 
 
 def test_invalid_config_exits_2_naming_the_field(tmp_path, capsys):
@@ -58,13 +60,14 @@ def test_demo_prunes_mnist_to_80_percent_and_ships_int8_files_10x_smaller_within
     assert abs(summary["accuracy_change"]) <= 2.0
     assert summary["baseline"]["accuracy"] >= 0.9
     # The files to deploy: int8 after quantization-aware training, at least 10x smaller than the
-    # baseline .h5 compressed alike, its own accuracy in the interpreter within a point of the
-    # baseline's; int8 after post-training quantization, 10x smaller with xz.
+    # baseline .h5 compressed alike, its own accuracy in its runtime within a point of the
+    # baseline's; int8 after post-training quantization, in TFLite and in ONNX, 10x smaller with xz.
     files = {f["format"]: f for f in summary["deployables"] if f["model"] == "pruned"}
-    assert set(files) == {"keras_h5", "float32", "float32_sparse", "int8", "int8_sparse", "int8_qat", "int8_qat_sparse"}
-    qat, ptq = files["int8_qat"], files["int8"]
-    assert qat["zip_ratio"] >= 10.0 and ptq["xz_ratio"] >= 10.0
-    for file in (qat, ptq):
+    demo = load_config(workdir / "pruneflow.yaml")
+    assert set(files) == {KERAS, *demo.export.formats} and {"int8_qat", "onnx_int8"} <= set(files)
+    qat, ptq, onnx = files["int8_qat"], files["int8"], files["onnx_int8"]
+    assert qat["zip_ratio"] >= 10.0 and ptq["xz_ratio"] >= 10.0 and onnx["xz_ratio"] >= 10.0
+    for file in (qat, ptq, onnx):
         assert 100 * (summary["baseline"]["accuracy"] - file["accuracy"]) <= 1.0 and file["agreement"] >= 0.99
 
 
@@ -95,7 +98,7 @@ def test_a_model_with_layers_tfmot_cannot_prune_runs_end_to_end_and_reports_them
     each file's kernels checked, and every layer left dense reported by class."""
     from pruneflow.tasks.core.runtime import keras
     from pruneflow.tasks.libs.models import save_model
-    from tests.helpers import IMAGE_SIZE
+    from tests.helpers.data import IMAGE_SIZE
 
     keras.backend.clear_session()
     keras.utils.set_random_seed(0)
