@@ -288,8 +288,8 @@ class ExportConfig(_Strict):
     )
     latency_warmup: int = Field(20, ge=0, description="Untimed invocations of each model file before the timed ones.")
     threads: int = Field(
-        1, ge=1, description="CPU threads of the TFLite interpreter (XNNPACK) when latency is measured. The Keras "
-        "models, timed for reference, use TensorFlow's own thread settings.",
+        1, ge=1, description="CPU threads of each file's runtime (LiteRT with XNNPACK, onnxruntime) when latency "
+        "is measured. The Keras models, timed for reference, use TensorFlow's own thread settings.",
     )
 
     @model_validator(mode="after")
@@ -354,7 +354,7 @@ class SweepConfig(_Strict):
     max_accuracy_drop: float = Field(
         1.0, ge=0.0, le=100.0,
         description="Largest drop in test accuracy from the baseline Keras model's that a promoted file may have, in "
-        "points (percent), its own accuracy measured on the file itself (in the interpreter for a TFLite file); a "
+        "points (percent), its own accuracy measured on the file itself (in its runtime for an exported file); a "
         "drop exactly this large passes.",
     )
     min_sparsity: Sparsity = Field(0.5, description="Smallest target sparsity worth promoting (included).")
