@@ -73,10 +73,9 @@ class Predictor:
 
     def __init__(self, path: Path, threads: int, batch: int):
         self.path = path
-        self.interpreter, _ = allocated(path, threads)
-        self.input = self.interpreter.get_input_details()[0]
-        self.output = self.interpreter.get_output_details()[0]
-        self.batch = 1
+        details = open_interpreter(path, threads)  # its tensors' details only: never allocated
+        self.input, self.output = details.get_input_details()[0], details.get_output_details()[0]
+        self.interpreter, self.batch = None, 1
         if batch > 1:
             try:
                 batched, _ = allocated(path, threads, [batch, *self.input["shape"][1:]])
@@ -86,6 +85,8 @@ class Predictor:
                 self.interpreter, self.batch = batched, batch
             except (ValueError, RuntimeError, PruneflowError):  # a reshape inside the file fixes the batch to 1
                 pass
+        if self.interpreter is None:
+            self.interpreter, _ = allocated(path, threads)
 
     def _invoke(self, images: np.ndarray, interpreter=None) -> np.ndarray:
         interpreter = interpreter or self.interpreter
