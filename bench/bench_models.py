@@ -136,7 +136,7 @@ def mobilenet(workdir: Path) -> None:
             ])
 
         started = time.perf_counter()
-        train_baseline(config, epochs=6, out_path=config.model.baseline, build_model=build)
+        train_baseline(config, epochs=6, out_path=config.model.baseline, build_model=build, library="tf_keras")
         print(f"baseline trained in {time.perf_counter() - started:.1f} s")
     print_run("Rescaling + MobileNetV2 0.35 at 224x224x3", *timed_command("run", str(config_path)))
 

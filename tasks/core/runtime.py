@@ -47,3 +47,12 @@ def configure_devices() -> str:
         tf.config.experimental.get_device_details(gpu).get("device_name", gpu.name) for gpu in gpus
     )
     return f"{len(gpus)} GPU(s), memory growth on: {names}"
+
+
+def keras_3():
+    """Keras 3, the `keras` package (what `import keras` gives users), for reading and writing the
+    models they saved with it. Imported through here so that TensorFlow is first imported with
+    TF_USE_LEGACY_KERAS=1, as TFMOT needs."""
+    import keras
+
+    return keras

@@ -43,17 +43,18 @@ from pruneflow.tasks.decide.champion import Decision
 from pruneflow.tasks.decide.gate import Candidate
 from pruneflow.tasks.decide.registry import CHAMPION, SweepRun, champion_version, mark_rolled_back, move_champion
 from pruneflow.tasks.specs.config import RegistryConfig, RunConfig
-from pruneflow.tasks.specs.formats import FORMATS, KERAS, display_name
+from pruneflow.tasks.specs.formats import FORMATS, KERAS, KERAS3, display_name
 from pruneflow.tasks.unkeyed.faults import fault_point
 
 LINK_PREFIX = ".promoted-link-"  # a new link, before it replaces `promoted`
 
 
 def write_version(chosen: Candidate, config: RunConfig, flow_run_id: str, layout: OutputLayout) -> Path:
-    """A complete new version folder: the Keras model (model.h5), the deployable file when it is
-    another format (named as its format promotes it: model.tflite), the config that
-    made them, and their figures."""
+    """A complete new version folder: the Keras model (model.h5), for a Keras 3 baseline the Keras 3
+    model handed back (model.keras), the deployable file when it is another format (named as its
+    format promotes it: model.tflite), the config that made them, and their figures."""
     result, file = chosen
+    keras3 = next((d for d in result.deployables if d.model == "pruned" and d.format == KERAS3), None)
     stamp = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}"
     version = layout.promoted_versions / f"{stamp}-{flow_run_id}-{uuid.uuid4().hex[:6]}"
     with atomic_path(version) as tmp:
@@ -61,6 +62,8 @@ def write_version(chosen: Candidate, config: RunConfig, flow_run_id: str, layout
         shutil.copy2(result.pruned_model, tmp / FORMATS[KERAS].promoted_file)
         if file.format != KERAS:
             shutil.copy2(file.path, tmp / FORMATS[file.format].promoted_file)
+        if keras3 is not None and file.format != KERAS3:
+            shutil.copy2(keras3.path, tmp / FORMATS[KERAS3].promoted_file)
         write_json(tmp / "config.json", config.model_copy(update={"pruning": result.schedule}).model_dump(mode="json"))
         write_json(tmp / "metrics.json", {
             "flow_run_id": flow_run_id,
@@ -77,6 +80,11 @@ def write_version(chosen: Candidate, config: RunConfig, flow_run_id: str, layout
                 "file": FORMATS[KERAS].promoted_file, "source": str(result.pruned_model), "accuracy": result.pruned.accuracy,
                 "zip_bytes": result.sizes.pruned.zip_bytes, "zip_ratio": result.sizes.zip_ratio,
             },
+            # The Keras 3 model beside it, for a Keras 3 baseline: model.keras.
+            **({"keras3": {
+                "file": FORMATS[KERAS3].promoted_file, "source": str(keras3.path), "accuracy": keras3.accuracy,
+                "zip_bytes": keras3.zip_bytes, "zip_ratio": keras3.zip_ratio,
+            }} if keras3 is not None else {}),
         })
     return version
 

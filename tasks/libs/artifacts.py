@@ -25,9 +25,7 @@ from pruneflow.tasks.libs.selection import (
     PlannedLayer,
 )
 from pruneflow.tasks.libs.sparsity import DenseTensor, TensorSparsity, sparsity_table
-from pruneflow.tasks.specs.config import (
-    ExportFormat,
-)
+from pruneflow.tasks.specs.formats import FormatName
 
 
 class PreparedDataset(StoredArtifact):
@@ -176,7 +174,7 @@ class ExportedFile(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    format: ExportFormat
+    format: FormatName
     file: str  # its name in the export's folder
     raw_bytes: int
     zip_bytes: int
@@ -269,6 +267,24 @@ class TrainedModel(StoredArtifact):
     @property
     def tensorboard_logs(self) -> Path:
         return self.folder / "logs"
+
+
+class TranslatedModel(StoredArtifact):
+    """A Keras 3 baseline rebuilt in tf_keras (pruneflow.tasks.libs.keras3), checked on the run's
+    own images: what every later stage reads as the baseline."""
+
+    keras_version: str  # the Keras that wrote the baseline file
+    max_abs_diff: float  # between the two models' outputs on the checked images
+    images: int
+
+    @property
+    def model(self) -> Path:
+        return self.folder / "baseline.h5"
+
+    @property
+    def file(self) -> ModelFile:
+        """The translated baseline as a later stage's input, known by this artifact's digest."""
+        return ModelFile(path=self.model, digest=self.digest, trust_code=True)
 
 
 class StrippedModel(StoredArtifact):

@@ -28,7 +28,7 @@ from pruneflow.tasks.libs.artifacts import PreparedDataset
 
 SPLITS = ("train", "val", "test")
 COLUMNS = ("filename", "label")
-MAX_LISTED = 20  # bad files named in one error; the rest are counted
+MAX_LISTED = 5  # bad files named in one error, the rest counted: a user error stays within MESSAGE_LIMIT characters
 # What tools write for a missing value (pandas, Excel, SQL exports); never a real label or file.
 MISSING_MARKERS = {"nan", "NaN", "NAN", "<NA>", "#N/A", "null", "NULL"}
 

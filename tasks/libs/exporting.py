@@ -59,6 +59,8 @@ def export_files(
         path = out / fmt.file
         try:
             data = convert(models[fmt.source], fmt, export, calibration)
+        except PruneflowError:
+            raise
         except Exception as error:  # each converter raises its own errors
             first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise PruneflowError(

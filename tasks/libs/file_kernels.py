@@ -9,7 +9,7 @@ from pathlib import Path
 from pruneflow.tasks.core.errors import PruneflowError
 from pruneflow.tasks.libs.artifacts import SanityReport, WeightTensor
 from pruneflow.tasks.libs.sparsity import TensorSparsity
-from pruneflow.tasks.specs.formats import ExportFormat
+from pruneflow.tasks.specs.formats import FormatName
 
 
 def _names_layer(tensor_name: str, layer_path: str) -> bool:
@@ -73,7 +73,7 @@ def _lost_weights(sanity: SanityReport, kernel: TensorSparsity, sparsity: float)
     return sparsity > kernel.sparsity + sanity.tolerance
 
 
-def check_kernels(fmt: ExportFormat, sanity: SanityReport, weights: list[WeightTensor], model_path: Path) -> list[TensorSparsity]:
+def check_kernels(fmt: FormatName, sanity: SanityReport, weights: list[WeightTensor], model_path: Path) -> list[TensorSparsity]:
     """The pruned kernels as found in the file; raise unless each is there with its zeros and its weights."""
     matched = match_kernels(sanity, weights)
     missing = [f"{k.layer} {k.weight}" for k, m in zip(sanity.tensors, matched) if m is None]

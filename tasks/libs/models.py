@@ -7,7 +7,7 @@ import logging
 import warnings
 from pathlib import Path
 
-from pruneflow.tasks.core.errors import PruneflowError
+from pruneflow.tasks.core.errors import PruneflowError, short_cause
 from pruneflow.tasks.core.files import atomic_path, file_digest
 from pruneflow.tasks.core.store import Content
 from pruneflow.tasks.specs.config import ImageShape, QATSpec, TrainingSpec
@@ -65,20 +65,23 @@ def load_model(
             return keras.models.load_model(path, compile=compile)
     except (OSError, ValueError, TypeError, KeyError) as error:
         raise PruneflowError(
-            f"{path}: cannot be loaded as a tf_keras model ({type(error).__name__}: {error}). "
+            f"{path}: cannot be loaded as a tf_keras model ({short_cause(error)}). "
             "Save the model with tf_keras (TF_USE_LEGACY_KERAS=1) as .h5 or .keras."
         ) from None
 
 
 def stored_config(path: Path) -> dict:
-    """A model file's architecture, read as JSON without deserialising (so without running) it."""
+    """A model file's architecture, read as JSON without deserialising (so without running) it: from
+    a `.keras` archive's config.json or an HDF5 file's model_config, told apart by content."""
     import json
     import zipfile
 
     import h5py
 
     try:
-        if path.suffix == ".keras":
+        with path.open("rb") as stream:
+            archive = stream.read(4) == b"PK\x03\x04"
+        if archive or zipfile.is_zipfile(path):
             with zipfile.ZipFile(path) as archive:
                 return json.loads(archive.read("config.json"))
         with h5py.File(path, "r") as h5:
@@ -86,8 +89,8 @@ def stored_config(path: Path) -> dict:
         return json.loads(raw.decode() if isinstance(raw, bytes) else raw)
     except (OSError, KeyError, ValueError, zipfile.BadZipFile) as error:
         raise PruneflowError(
-            f"{path}: no Keras model architecture found in it ({type(error).__name__}: {error}); "
-            "save the model with tf_keras as .h5 or .keras"
+            f"{path}: no Keras model architecture found in it ({short_cause(error)}); save the whole model "
+            "(model.save) as .h5 or .keras"
         ) from None
 
 

@@ -6,6 +6,7 @@ import functools
 
 import pandas as pd
 
+from pruneflow.tasks.libs import keras3
 from pruneflow.tasks.libs.dataset import csv_paths_of, encode_labels, read_splits
 from pruneflow.tasks.libs.models import load_model
 from pruneflow.tasks.libs.schedule import resolve_schedule
@@ -34,11 +35,16 @@ class Readings:
 
     @functools.cached_property
     def baseline_model(self):
-        """The baseline, loaded once; refused if loading it would run code, unless trusted."""
+        """The baseline, loaded once; refused if loading it would run code, unless trusted. A baseline
+        that Keras 3 wrote is translated into tf_keras (what translate_baseline will store), so a
+        layer that cannot be rebuilt is refused here, before any stage."""
         from pruneflow.tasks.core.runtime import keras
 
         keras.backend.clear_session()
-        return load_model(self.config.model.baseline, trusted=self.config.model.trust_custom_code)
+        path = self.config.model.baseline
+        if path.is_file() and keras3.written_by_keras3(path):
+            return keras3.translate(keras3.load_keras3(path), path)
+        return load_model(path, trusted=self.config.model.trust_custom_code)
 
     @functools.cached_property
     def schedule(self) -> Schedule:

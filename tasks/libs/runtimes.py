@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pruneflow.tasks.libs import litert, onnx
+from pruneflow.tasks.libs import keras3, litert, onnx
 from pruneflow.tasks.libs.models import load_model
 from pruneflow.tasks.libs.timing import Invocation, keras_call
 
@@ -57,6 +57,7 @@ RUNTIMES: dict[str, Runtime] = {
         Runtime("keras", _keras_predictor, _keras_batch1),
         Runtime("litert", litert.Predictor, litert.batch1_call, packages=("ai-edge-litert",)),
         Runtime("onnxruntime", onnx.predictor, onnx.batch1_call, packages=("onnxruntime",)),
+        Runtime("keras3", keras3.predictor, keras3.batch1_call, packages=("keras",)),
     )
 }
 

@@ -26,6 +26,7 @@ from pruneflow.tasks.core.files import DigestCache, file_digest, storage_errors,
 from pruneflow.tasks.core.layout import OutputLayout
 from pruneflow.tasks.core.stage import Stage, code_version
 from pruneflow.tasks.core.store import digest_of
+from pruneflow.tasks.libs import keras3
 from pruneflow.tasks.libs.dataset import DatasetListing, csv_paths_of, list_images
 from pruneflow.tasks.libs.models import ModelFile
 from pruneflow.tasks.libs.readings import Readings
@@ -43,6 +44,7 @@ class RunInputs(BaseModel):
 
     listing: DatasetListing
     baseline: ModelFile
+    baseline_keras3: bool  # Keras 3 wrote it: translate_baseline rebuilds it in tf_keras, a Keras 3 file is handed back
     schedule: Schedule
     plan: LayerPlan
 
@@ -75,7 +77,10 @@ def check_run_inputs(config: RunConfig, roots: Roots, stages: Sequence[Stage]) -
         if record is not None:
             with storage_errors(layout.root, "the record of the checked inputs"):
                 write_json(record, checked.model_dump(mode="json"))
-    return RunInputs(listing=listing, baseline=baseline, schedule=checked.schedule, plan=checked.plan)
+    return RunInputs(
+        listing=listing, baseline=baseline, baseline_keras3=keras3.written_by_keras3(baseline.path),
+        schedule=checked.schedule, plan=checked.plan,
+    )
 
 
 class Checked(BaseModel):

@@ -18,7 +18,7 @@ from pydantic import (
 )
 
 from pruneflow.tasks.core.errors import PruneflowError
-from pruneflow.tasks.specs.formats import FORMATS, ExportFormat, formats_described, made_by
+from pruneflow.tasks.specs.formats import FORMATS, KERAS3, ExportFormat, FormatName, formats_described, made_by
 
 
 def _resolve_path(value: Path, info: ValidationInfo) -> Path:
@@ -302,7 +302,7 @@ class ExportConfig(_Strict):
 class ExportSpec(_Strict):
     """What the export stage reads (RunConfig.export_spec): the latency settings are not in it."""
 
-    formats: tuple[ExportFormat, ...]
+    formats: tuple[FormatName, ...]
     representative_images: int = Field(gt=0)
     int8_input_type: IOType
     int8_output_type: IOType
@@ -315,6 +315,10 @@ class ExportSpec(_Strict):
         """The part of this spec that one conversion stage makes (its formats only, so that its key
         does not change with the others')."""
         return self.model_copy(update={"formats": made_by(maker, self.formats)})
+
+    def with_keras3(self) -> ExportSpec:
+        """This spec and the Keras 3 file, made for a baseline that Keras 3 wrote."""
+        return self.model_copy(update={"formats": tuple(dict.fromkeys((*self.formats, KERAS3)))})
 
     @property
     def wants_qat(self) -> bool:

@@ -15,6 +15,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 KERAS = "keras_h5"  # the Keras model itself, among the deployable files and the timed models
+KERAS3 = "keras3"  # the pruned model handed back in a Keras 3 baseline's own architecture: made for those only
 
 
 class Format(BaseModel):
@@ -25,7 +26,8 @@ class Format(BaseModel):
         display: how the reports name it.
         file: the file's name in its export folder (its zip-deflated size counts the name too).
         suffix: the promoted file's extension: a promotion stores it as `model<suffix>`.
-        made_by: which conversion makes it: "keras" (none: the Keras model), "tflite", "onnx".
+        made_by: which conversion makes it: "keras" (none: the Keras model), "tflite", "onnx",
+            "keras3" (the tf_keras weights handed back to the Keras 3 baseline's architecture).
         source: the Keras model it is converted from: the stripped one, or quantize_train's
             quantization-aware one.
         runtime: what runs the file for accuracy and latency (a name in libs.runtimes.RUNTIMES).
@@ -42,9 +44,9 @@ class Format(BaseModel):
     display: str
     file: str
     suffix: str
-    made_by: Literal["keras", "tflite", "onnx"]
+    made_by: Literal["keras", "tflite", "onnx", "keras3"]
     source: Literal["stripped", "qat"] = "stripped"
-    runtime: Literal["keras", "litert", "onnxruntime"]
+    runtime: Literal["keras", "litert", "onnxruntime", "keras3"]
     dense: str
     sparse: bool = False
     int8: bool = False
@@ -88,16 +90,23 @@ FORMATS: dict[str, Format] = {
               "pip install 'pruneflow[onnx]'"),
         _onnx("onnx_int8", "int8", int8=True, description="ONNX int8: onnxruntime's static quantization, calibrated "
               "like int8"),
+        Format(name=KERAS3, display="Keras 3 .keras", file="model.keras", suffix=".keras", made_by="keras3",
+               runtime="keras3", dense=KERAS3, description="the pruned model in the Keras 3 baseline's own "
+               "architecture, run in Keras 3; made, always, for a baseline that Keras 3 wrote"),
     )
 }
 
-# The formats export.formats accepts: every one but the Keras model, which is always deployable.
-ExportFormat = Literal[tuple(name for name in FORMATS if name != KERAS)]  # type: ignore[valid-type]
+# The formats export.formats accepts: every one but the Keras model, which is always deployable, and
+# the Keras 3 model, which is made whenever the baseline is a Keras 3 model.
+AUTOMATIC = (KERAS, KERAS3)
+ExportFormat = Literal[tuple(name for name in FORMATS if name not in AUTOMATIC)]  # type: ignore[valid-type]
+# The formats an export makes: those, and the automatic Keras 3 file.
+FormatName = Literal[tuple(name for name in FORMATS if name != KERAS)]  # type: ignore[valid-type]
 
 
 def formats_described() -> str:
     """Every format export.formats accepts, each with its description: the field's documentation."""
-    return "; ".join(f"{name} ({fmt.description})" for name, fmt in FORMATS.items() if name != KERAS)
+    return "; ".join(f"{name} ({fmt.description})" for name, fmt in FORMATS.items() if name not in AUTOMATIC)
 
 
 def display_name(name: str) -> str:

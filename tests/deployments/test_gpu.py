@@ -103,5 +103,5 @@ def test_kubernetes_template_requests_gpus():
 
 def test_default_config_is_the_demo_under_the_given_folder(tmp_path):
     config = default_config(tmp_path)
-    assert config.model.baseline == tmp_path.resolve() / "baseline.h5"
+    assert config.model.baseline == tmp_path.resolve() / "baseline.keras"
     assert config.pruning.final_sparsity == 0.8

@@ -16,6 +16,9 @@ from tests.helpers.prefect import stage_states, task_runs
 
 # The stages that make, evaluate or time the exported files: what a change of formats reruns.
 EXPORTS = takes("export", "exports", "baseline_exports", "pruned_exports")
+# The Keras 3 hand-back (it takes the `original` Keras 3 file): for a tf_keras baseline its part of
+# the export spec is empty whatever export.formats says, so its key never changes with them.
+HAND_BACK = takes("original")
 
 
 def states(state) -> dict[str, str]:
@@ -129,7 +132,7 @@ def test_export_settings_rerun_the_exports_and_latency_settings_the_latency_only
     formats = ["float32_sparse", "onnx"]
     state = run({**config_dict, "export": {**export, "formats": formats}})
     got = states(state)
-    assert {s: got[s] for s in STAGES} == {s: "Completed" if s in EXPORTS else "Cached" for s in STAGES}
+    assert {s: got[s] for s in STAGES} == {s: "Completed" if s in EXPORTS - HAND_BACK else "Cached" for s in STAGES}
     files = [(f.model, f.format) for f in state.result().deployables]
     assert set(files) == deployable_files(formats) and len(files) == len(set(files))
 

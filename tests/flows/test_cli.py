@@ -6,8 +6,9 @@ import pytest
 import yaml
 
 from pruneflow.flows.cli import main
+from pruneflow.tasks.libs import keras3
 from pruneflow.tasks.specs.config import load_config
-from pruneflow.tasks.specs.formats import KERAS
+from pruneflow.tasks.specs.formats import KERAS, KERAS3
 from tests.helpers.prefect import latest_flow_run_id, stage_states
 
 
@@ -51,7 +52,7 @@ def test_demo_prunes_mnist_to_80_percent_and_ships_int8_files_10x_smaller_within
     workdir = tmp_path / "demo"
     assert main(["demo", "--workdir", str(workdir)]) == 0
     assert len(list((workdir / "data" / "images").glob("*.jpg"))) == 5000
-    assert (workdir / "baseline.h5").is_file() and (workdir / "pruneflow.yaml").is_file()
+    assert keras3.written_by_keras3(workdir / "baseline.keras") and (workdir / "pruneflow.yaml").is_file()
     [summary_path] = (workdir / "outputs" / "runs").glob("*/summary.json")
     summary = json.loads(summary_path.read_text())
     assert summary["counts"] == {"train": 3500, "val": 750, "test": 750}
@@ -64,7 +65,9 @@ def test_demo_prunes_mnist_to_80_percent_and_ships_int8_files_10x_smaller_within
     # baseline's; int8 after post-training quantization, in TFLite and in ONNX, 10x smaller with xz.
     files = {f["format"]: f for f in summary["deployables"] if f["model"] == "pruned"}
     demo = load_config(workdir / "pruneflow.yaml")
-    assert set(files) == {KERAS, *demo.export.formats} and {"int8_qat", "onnx_int8"} <= set(files)
+    assert set(files) == {KERAS, KERAS3, *demo.export.formats} and {"int8_qat", "onnx_int8"} <= set(files)
+    # The Keras 3 baseline comes back as a Keras 3 file: the pruned model's accuracy, its zeros kept.
+    assert files[KERAS3]["accuracy"] == pytest.approx(summary["pruned"]["accuracy"]) and files[KERAS3]["agreement"] == 1.0
     qat, ptq, onnx = files["int8_qat"], files["int8"], files["onnx_int8"]
     assert qat["zip_ratio"] >= 10.0 and ptq["xz_ratio"] >= 10.0 and onnx["xz_ratio"] >= 10.0
     for file in (qat, ptq, onnx):

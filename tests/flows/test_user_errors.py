@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from pruneflow.flows.cli import main
+from pruneflow.tasks.core.errors import MESSAGE_LIMIT
 from pruneflow.tasks.preflight.confine import ROOTS_ENV
 from tests.helpers.data import IMAGE_SIZE
 from tests.helpers.models import build_tiny_cnn
@@ -136,6 +137,61 @@ def model_lambda(run):
     run.config["model"]["baseline"] = save(model, run.tmp / "lambda.h5")
 
 
+def _keras3(run, name, build):
+    from pruneflow.tasks.core.runtime import keras_3
+
+    keras = keras_3()
+    inputs = keras.Input((IMAGE_SIZE, IMAGE_SIZE, 3))
+    model = keras.Model(inputs, build(keras, inputs))
+    model.save(run.tmp / name)
+    run.config["model"]["baseline"] = str(run.tmp / name)
+    return run.tmp / name
+
+
+def keras3_lambda(run):
+    _keras3(run, "lambda3.keras", lambda keras, x: keras.layers.Dense(2)(
+        keras.layers.Flatten()(keras.layers.Lambda(lambda t: t * 2, name="doubling")(x))))
+
+
+def keras3_custom_layer(run):
+    from pruneflow.tasks.core.runtime import keras_3
+
+    keras = keras_3()
+
+    @keras.saving.register_keras_serializable(package="someone")
+    class Twice(keras.layers.Layer):
+        def call(self, x):
+            return x * 2
+
+    _keras3(run, "custom3.keras", lambda keras, x: keras.layers.Dense(2)(keras.layers.Flatten()(Twice(name="twice")(x))))
+
+
+def keras3_truncated(run):
+    path = _keras3(run, "cut.keras", lambda keras, x: keras.layers.Dense(2)(keras.layers.Flatten()(x)))
+    path.write_bytes(path.read_bytes()[:400])
+
+
+def keras3_unknown_option(run):
+    import json
+    import zipfile
+
+    path = _keras3(run, "newer.keras", lambda keras, x: keras.layers.Dense(2, name="head")(keras.layers.Flatten()(x)))
+    with zipfile.ZipFile(path) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    config = json.loads(members["config.json"])
+    [head] = [layer for layer in config["config"]["layers"] if layer["config"]["name"] == "head"]
+    head["config"]["future_option"] = 3
+    members["config.json"] = json.dumps(config).encode()
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+
+
+def keras3_activation_tf_keras_lacks(run):
+    _keras3(run, "tanh3.keras", lambda keras, x: keras.layers.Dense(2)(keras.layers.Flatten()(
+        keras.layers.Conv2D(4, 3, activation="hard_tanh", name="clipped_conv")(x))))
+
+
 def model_subclassed(run, trusted=False):
     from pruneflow.tasks.core.runtime import keras
 
@@ -226,7 +282,7 @@ CASES = [
     (image_text_named_jpg, r"test_005.jpg: not a readable JPEG \(the file is not an image\)"),
     (image_truncated, r"test_005.jpg: not a readable JPEG \(.*\)"),
     (image_zero_bytes, r"test_005.jpg: not a readable JPEG \(the file is empty\)"),
-    (images_many_missing, r"25 image\(s\) listed in the dataset CSVs cannot be read:(\n  .*: file not found){20}\n  ... and 5 more"),
+    (images_many_missing, r"25 image\(s\) listed in the dataset CSVs cannot be read:(\n  .*: file not found){5}\n  ... and 20 more"),
     (label_unseen_in_train, r"test.csv: label\(s\) sideways never appear in the train split"),
     (label_single_class, r"train.csv: the train split has a single class \(top\)"),
     (model_missing, r"gone.h5: model file not found; check model.baseline"),
@@ -234,6 +290,12 @@ CASES = [
     (model_input_mismatch, r"grey.h5: the model expects input \(16, 16, 1\), but the config's .* give \(16, 16, 3\)"),
     (model_output_mismatch, r"three.h5: the model has 3 outputs, but the train split has 2 classes"),
     (model_lambda, r"lambda.h5: loading this model would run code .*times_two \(Lambda\).*trust_custom_code: true"),
+    (keras3_lambda, r"lambda3.keras: layers whose loading would run code .*: doubling \(Lambda\)"),
+    (keras3_custom_layer, r"custom3.keras: layers whose loading would run code .*: twice \(Twice\)"),
+    (keras3_truncated, r"cut.keras: no Keras model architecture found in it \(BadZipFile: "),
+    (keras3_unknown_option, r"newer.keras: Keras 3 cannot read this model file \(options this Keras \(3\.[0-9.]+\) does not "
+                            r"know: head \(Dense\): future_option\)"),
+    (keras3_activation_tf_keras_lacks, r"tanh3.keras: layer clipped_conv \(Conv2D\) cannot be rebuilt in tf_keras: .*'hard_tanh'"),
     (model_subclassed, r"net.keras: loading this model would run code .*: net \(Net\)\. If you trust the file"),
     (model_subclassed_trusted, r"net.keras: a subclassed model \(Net\) cannot be pruned: TFMOT prunes Sequential and functional"),
     (layers_pattern_matches_nothing, r"baseline.h5: these patterns match nothing: layers.exclude 'dense_9' \(no layer\); "
@@ -278,6 +340,7 @@ def test_a_user_error_exits_2_with_a_message_and_stores_nothing(
     assert err.startswith("pruneflow: error: "), err
     assert "Traceback" not in err
     assert re.search(expected, err), f"expected /{expected}/ in:\n{err}"
+    assert len(err.strip()) <= len("pruneflow: error: ") + MESSAGE_LIMIT, err  # no serialized config, no long causes
     artifacts = tmp_path / "outputs" / "artifacts"
     # The stages' folders; not what check_inputs keeps (.checked/, .file-digests.sqlite).
     stored = [key for key in artifacts.glob("[!.]*/*") if not key.name.startswith(".")] if artifacts.exists() else []

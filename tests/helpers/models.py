@@ -52,7 +52,9 @@ def train_tiny_baseline(data: Path, out_path: Path, kind: str = "sequential") ->
     from pruneflow.tasks.specs.config import parse_config
 
     config = parse_config(make_config_dict(data, out_path, out_path.parent / "unused"))
-    return train_baseline(config, epochs=4, out_path=out_path, build_model=lambda: build_tiny_cnn(kind=kind))
+    return train_baseline(
+        config, epochs=4, out_path=out_path, build_model=lambda: build_tiny_cnn(kind=kind), library="tf_keras"
+    )
 
 
 def sparsity(values: np.ndarray) -> float:

@@ -5,7 +5,7 @@ import pytest
 from pruneflow.tasks.core.errors import PruneflowError
 from pruneflow.tasks.libs.runtimes import RUNTIMES
 from pruneflow.tasks.specs.config import ExportSpec, parse_config
-from pruneflow.tasks.specs.formats import FORMATS, KERAS, display_name, made_by, variants_of
+from pruneflow.tasks.specs.formats import AUTOMATIC, FORMATS, KERAS, KERAS3, display_name, made_by, variants_of
 
 
 def test_every_format_names_a_runtime_and_a_dense_counterpart_that_exist():
@@ -17,10 +17,10 @@ def test_every_format_names_a_runtime_and_a_dense_counterpart_that_exist():
     assert len({fmt.file for fmt in FORMATS.values()}) == len(FORMATS)  # one folder holds a model's files
 
 
-def test_the_config_accepts_every_format_but_the_keras_model_and_nothing_else(config_dict):
-    exportable = [name for name in FORMATS if name != KERAS]
+def test_the_config_accepts_every_format_but_the_automatic_ones_and_nothing_else(config_dict):
+    exportable = [name for name in FORMATS if name not in AUTOMATIC]
     assert parse_config({**config_dict, "export": {"formats": exportable}}).export.formats == exportable
-    for wrong in (KERAS, "float16"):
+    for wrong in (KERAS, KERAS3, "float16"):
         with pytest.raises(PruneflowError, match=r"export.formats.0: Input should be"):
             parse_config({**config_dict, "export": {"formats": [wrong]}})
 
@@ -32,6 +32,8 @@ def test_a_spec_splits_by_conversion_and_the_baseline_takes_the_dense_counterpar
     assert spec.made_by("onnx").formats == ("onnx_int8", "onnx")
     assert spec.dense().formats == ("int8", "onnx_int8", "float32", "onnx")
     assert spec.wants_qat and not spec.made_by("onnx").wants_qat
+    keras3 = spec.with_keras3()
+    assert keras3.made_by("keras3").formats == (KERAS3,) == keras3.dense().made_by("keras3").formats
     assert variants_of("int8_sparse") == ["int8", "int8_sparse", "int8_qat", "int8_qat_sparse"]
 
 

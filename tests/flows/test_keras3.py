@@ -1,0 +1,92 @@
+"""A baseline that Keras 3 wrote, pruned end to end: translated once, pruned in tf_keras, handed back
+as a Keras 3 file that plain Keras loads with the pruned model's outputs and zeros."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from pruneflow.flows.prune import prune_flow
+from pruneflow.flows.sweep import sweep_flow
+from pruneflow.tasks.core.layout import OutputLayout
+from pruneflow.tasks.core.store import ArtifactStore
+from pruneflow.tasks.demo import train_baseline
+from pruneflow.tasks.libs import keras3
+from pruneflow.tasks.specs.config import parse_config
+from pruneflow.tasks.specs.formats import FORMATS, KERAS3
+from tests.helpers.data import make_config_dict
+from tests.helpers.graph import KERAS3_STAGES
+from tests.helpers.keras3_models import build_keras3
+from tests.helpers.prefect import stage_states
+
+
+@pytest.fixture(scope="module")
+def keras3_baseline(tiny_data, tmp_path_factory):
+    """The tiny dataset's classifier, built, trained and saved by Keras 3 as users do: a functional
+    model with Keras 3's own operations and activations (hard_silu, `x * 2.0`)."""
+    path = tmp_path_factory.mktemp("keras3") / "baseline.keras"
+    config = parse_config(make_config_dict(tiny_data, path, path.parent / "unused"))
+    return train_baseline(config, epochs=4, out_path=path, build_model=lambda: build_keras3("functional_with_ops"))
+
+
+def test_a_keras_3_baseline_is_pruned_handed_back_as_a_keras_3_file_and_promoted_with_it(
+    prefect_server, keras3_baseline, tiny_data, tmp_path
+):
+    config = parse_config(make_config_dict(tiny_data, keras3_baseline, tmp_path / "outputs"))
+    state = prune_flow(config, return_state=True)
+    assert state.is_completed(), state.message
+    summary = state.result()
+    assert stage_states(state.state_details.flow_run_id) == {
+        stage: "Completed" for stage in ["check_inputs", *KERAS3_STAGES, "publish_report"]
+    }
+    assert all(t.passed for t in summary.sanity.tensors) and len(summary.sanity.tensors) == 5  # three Conv2D, two Dense
+
+    handed = {(f.model, f.format): f for f in summary.deployables if f.format == KERAS3}
+    assert set(handed) == {("baseline", KERAS3), ("pruned", KERAS3)}
+    pruned_file = handed[("pruned", KERAS3)]
+    assert pruned_file.path.name == FORMATS[KERAS3].file and pruned_file.agreement == 1.0
+    assert pruned_file.accuracy == pytest.approx(summary.pruned.accuracy)
+    kernels = [t for e in summary.exports for f in e.files if f.format == KERAS3 for t in f.sparsity]
+    assert len(kernels) == 5 and all(t.passed and t.sparsity >= 0.49 for t in kernels)
+    assert keras3.written_by_keras3(pruned_file.path)
+    assert KERAS3 in (summary.run_dir / "summary.json").read_text()
+
+    # A sweep of the same target reuses every stage, the translation included, and promotes the
+    # Keras 3 file beside the Keras model and the chosen file.
+    sweep = parse_config({**make_config_dict(tiny_data, keras3_baseline, tmp_path / "outputs"),
+                          "sweep": {"targets": [0.5], "max_accuracy_drop": 100.0, "min_sparsity": 0.0}})
+    outcome = sweep_flow(sweep)
+    assert outcome.decision.promote, outcome.decision
+    store = ArtifactStore(root=config.output_root / "artifacts")
+    assert len([entry for entry in (store.root / "translate_baseline").iterdir() if not entry.name.startswith(".")]) == 1
+    promoted = OutputLayout(root=config.output_root).promoted
+    assert {FORMATS[KERAS3].promoted_file, "model.h5"} <= {entry.name for entry in promoted.iterdir()}
+    metrics = json.loads((promoted / "metrics.json").read_text())
+    assert metrics["keras3"]["file"] == "model.keras" and metrics["keras3"]["accuracy"] == pytest.approx(
+        summary.pruned.accuracy)
+    assert keras3.written_by_keras3(promoted / "model.keras")
+
+    # In a fresh process, plain Keras 3 loads the file; it holds the zeros and gives the tf_keras
+    # pruned model's outputs.
+    from pruneflow.tasks.libs.models import load_model
+
+    batch = np.random.default_rng(0).uniform(0, 1, (8, 16, 16, 3)).astype("float32")
+    np.save(tmp_path / "batch.npy", batch)
+    np.save(tmp_path / "expected.npy", load_model(summary.pruned_model)(batch, training=False).numpy())
+    script = (
+        "import sys, numpy as np, keras\n"
+        "m = keras.saving.load_model(sys.argv[1])\n"
+        "print(float(np.max(np.abs(np.asarray(m(np.load(sys.argv[2]))) - np.load(sys.argv[3])))))\n"
+        "k = [w.numpy() for l in m.layers for w in l.weights if w.name == 'kernel']\n"
+        "print(min(float(np.mean(v == 0)) for v in k), len(k))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(pruned_file.path), str(tmp_path / "batch.npy"), str(tmp_path / "expected.npy")],
+        capture_output=True, text=True, check=True,
+    )
+    difference, kernel_line = done.stdout.strip().splitlines()[-2:]
+    assert float(difference) <= keras3.OUTPUT_ATOL
+    least, count = kernel_line.split()
+    assert float(least) >= 0.49 and int(count) == 5
