@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_cache.py
 	$(BIN)/python bench/bench_export.py
 	$(BIN)/python bench/bench_overhead.py
+	$(BIN)/python bench/bench_keras3.py
 
 clean:
 	rm -rf $(VENV) demo

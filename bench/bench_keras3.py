@@ -1,6 +1,13 @@
 """Benchmark: translating a Keras 3 model into tf_keras, and handing the weights back, at 224x224.
 
     .venv/bin/python bench/bench_keras3.py [--repeats 5] [--models MobileNetV3Small,EfficientNetB0]
+    .venv/bin/python bench/bench_keras3.py --end-to-end [--models MobileNetV2,...] [--workdir bench-keras3]
+
+--end-to-end instead prunes each backbone whole: a Keras 3 classifier (the keras.applications
+backbone, weights=None, nested in a functional model with a Dense head, 32x32 RGB images of two
+learnable classes), trained 2 epochs and saved as .keras by Keras 3, then `pruneflow run` on it
+(constant 0.5, 2 epochs, int8): prints the translation's check, the sanity check, each file's
+accuracy, the Keras 3 file handed back and the run's seconds.
 
 Each model (keras.applications, weights=None, 1,000 classes) is built and saved as .keras by Keras 3
 in a child process of its own; the child loads it (pruneflow.tasks.libs.keras3.load_keras3), then
@@ -56,11 +63,63 @@ print(json.dumps({"translate": translate, "hand_back": hand_back, "params": orig
 """
 
 
+APPLICATIONS = "MobileNetV2,MobileNetV3Small,MobileNetV3Large,EfficientNetB0,ResNet50"
+
+
+def end_to_end(names: list[str], workdir: Path) -> int:
+    """Each backbone pruned by a whole run; one line of figures per backbone."""
+    import time
+
+    from pruneflow.flows.cli import run_settings
+    from pruneflow.flows.prune import prune_flow
+    from pruneflow.tasks.core.runtime import keras_3
+    from pruneflow.tasks.demo import train_baseline
+    from pruneflow.tasks.specs.config import parse_config
+    from pruneflow.tasks.specs.formats import KERAS3
+
+    sys.path.insert(0, str(Path(__file__).parents[1]))
+    from tests.helpers import data
+
+    images = workdir / "data"
+    if not images.exists():
+        data.write_tiny_dataset(images, size=32)  # the applications take 32x32 at least
+    keras = keras_3()
+    print(f"{'backbone':<18} {'translated':>10} {'tensors':>7} {'sparsity':>8} {'keras acc':>9} {'int8 acc':>8} "
+          f"{'keras3 acc':>10} {'keras3 zeros ok':>15} {'run s':>6}")
+    for name in names:
+        def build(name=name):
+            inputs = keras.Input((32, 32, 3))
+            backbone = getattr(keras.applications, name)(input_shape=(32, 32, 3), weights=None, include_top=False,
+                                                         pooling="avg")
+            return keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(backbone(inputs)))
+
+        config_dict = data.make_config_dict(images, workdir / f"{name}.keras", workdir / f"outputs-{name}")
+        config_dict["dataset"]["image_height"] = config_dict["dataset"]["image_width"] = 32
+        config = parse_config(config_dict)
+        if not config.model.baseline.exists():
+            train_baseline(config, epochs=2, out_path=config.model.baseline, build_model=build)
+        started = time.perf_counter()
+        with run_settings():
+            summary = prune_flow(config)
+        seconds = time.perf_counter() - started
+        files = {(f.model, f.format): f for f in summary.deployables}
+        handed = [t for e in summary.exports for f in e.files if f.format == KERAS3 for t in f.sparsity]
+        print(f"{name:<18} {'yes':>10} {len(summary.sanity.tensors):>7} {summary.measured_sparsity:>8.4f} "
+              f"{summary.pruned.accuracy:>9.4f} {files['pruned', 'int8'].accuracy:>8.4f} "
+              f"{files['pruned', KERAS3].accuracy:>10.4f} {str(all(t.passed for t in handed)) + f' ({len(handed)})':>15} "
+              f"{seconds:>6.0f}", flush=True)
+    return 0
+
+
 def main() -> int:
     args = parse_args(__doc__, extra=lambda parser: (
-        parser.add_argument("--models", default="MobileNetV3Small,EfficientNetB0"),
-        parser.set_defaults(repeats=5),
+        parser.add_argument("--models", default=None),
+        parser.add_argument("--end-to-end", action="store_true"),
+        parser.set_defaults(repeats=5, workdir=Path("bench-keras3")),
     ))
+    if args.end_to_end:
+        return end_to_end((args.models or APPLICATIONS).split(","), args.workdir)
+    args.models = args.models or "MobileNetV3Small,EfficientNetB0"
     from pruneflow.tasks.libs.timing import machine_description
 
     print(f"{machine_description()}; {args.repeats} repeats per model, each in one child process\n")

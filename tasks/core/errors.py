@@ -1,6 +1,8 @@
 """The one exception type for errors a user can cause and fix, and how a library's error is cut
 down to fit in one."""
 
+import logging
+
 MESSAGE_LIMIT = 1000  # characters: a user error longer than this is cut in its middle
 KEPT_TAIL = 300  # characters kept of a cut message's end, where it says what to do
 CAUSE_LIMIT = 300  # characters of a library error's first line quoted in a user error
@@ -23,7 +25,9 @@ class PruneflowError(Exception):
 
 def short_cause(error: BaseException) -> str:
     """A library's exception as its class and the first line of its message, cut to CAUSE_LIMIT: a
-    Keras error can carry a model's whole serialized config."""
+    Keras error can carry a model's whole serialized config. The whole of it goes to the `pruneflow`
+    logger at debug level."""
+    logging.getLogger("pruneflow").debug("cause in full", exc_info=error)
     text = str(error).strip()
     first = text.splitlines()[0] if text else ""
     if len(first) > CAUSE_LIMIT:

@@ -16,7 +16,7 @@ CLASSES = ("bottom", "top")  # which half of the image is bright
 SPLIT_SIZES = {"train": 40, "val": 12, "test": 12}
 
 
-def write_tiny_dataset(folder: Path, seed: int = 0) -> Path:
+def write_tiny_dataset(folder: Path, seed: int = 0, size: int = IMAGE_SIZE) -> Path:
     """Write JPEGs and train/val/test CSVs (paths relative to the CSVs' folder).
 
     Each image is noise with one bright half, so a small CNN learns it in two epochs.
@@ -29,8 +29,8 @@ def write_tiny_dataset(folder: Path, seed: int = 0) -> Path:
         rows = []
         for i in range(count):
             label = CLASSES[i % 2]
-            image = rng.integers(0, 80, size=(IMAGE_SIZE, IMAGE_SIZE, 3))
-            half = slice(0, IMAGE_SIZE // 2) if label == "top" else slice(IMAGE_SIZE // 2, IMAGE_SIZE)
+            image = rng.integers(0, 80, size=(size, size, 3))
+            half = slice(0, size // 2) if label == "top" else slice(size // 2, size)
             image[half] += 170
             name = f"img/{split}_{i:03d}.jpg"
             tf.io.write_file(str(folder / name), tf.io.encode_jpeg(image.astype(np.uint8), quality=95))
