@@ -17,6 +17,7 @@ from pruneflow.flows.cli import main
 from pruneflow.tasks.core.errors import MESSAGE_LIMIT
 from pruneflow.tasks.preflight.confine import ROOTS_ENV
 from tests.helpers.data import IMAGE_SIZE
+from tests.helpers.keras3_models import add_unknown_option, someones_layer
 from tests.helpers.models import build_tiny_cnn
 
 
@@ -154,16 +155,7 @@ def keras3_lambda(run):
 
 
 def keras3_custom_layer(run):
-    from pruneflow.tasks.core.runtime import keras_3
-
-    keras = keras_3()
-
-    @keras.saving.register_keras_serializable(package="someone")
-    class Twice(keras.layers.Layer):
-        def call(self, x):
-            return x * 2
-
-    _keras3(run, "custom3.keras", lambda keras, x: keras.layers.Dense(2)(keras.layers.Flatten()(Twice(name="twice")(x))))
+    _keras3(run, "custom3.keras", lambda keras, x: keras.layers.Dense(2)(keras.layers.Flatten()(someones_layer("twice")(x))))
 
 
 def keras3_truncated(run):
@@ -172,19 +164,8 @@ def keras3_truncated(run):
 
 
 def keras3_unknown_option(run):
-    import json
-    import zipfile
-
     path = _keras3(run, "newer.keras", lambda keras, x: keras.layers.Dense(2, name="head")(keras.layers.Flatten()(x)))
-    with zipfile.ZipFile(path) as archive:
-        members = {name: archive.read(name) for name in archive.namelist()}
-    config = json.loads(members["config.json"])
-    [head] = [layer for layer in config["config"]["layers"] if layer["config"]["name"] == "head"]
-    head["config"]["future_option"] = 3
-    members["config.json"] = json.dumps(config).encode()
-    with zipfile.ZipFile(path, "w") as archive:
-        for name, data in members.items():
-            archive.writestr(name, data)
+    add_unknown_option(path, "head", "future_option", 3)
 
 
 def keras3_activation_tf_keras_lacks(run):

@@ -81,3 +81,35 @@ def save_keras3(model, path: Path) -> Path:
 def images(count: int = 8, size: int = IMAGE_SIZE, seed: int = 1) -> np.ndarray:
     """Pixel values in [0, 1], as the prepared dataset gives them."""
     return np.random.default_rng(seed).uniform(0, 1, (count, size, size, 3)).astype("float32")
+
+
+def someones_layer(name: str):
+    """A layer of a class that someone's code registered with Keras (package "someone"): loading a
+    model that holds it would run that code."""
+    from pruneflow.tasks.core.runtime import keras_3
+
+    keras = keras_3()
+
+    @keras.saving.register_keras_serializable(package="someone")
+    class Twice(keras.layers.Layer):
+        def call(self, x):
+            return x * 2
+
+    return Twice(name=name)
+
+
+def add_unknown_option(path: Path, layer: str, key: str, value) -> None:
+    """Write an option this Keras does not know into layer `layer` of a `.keras` archive's config,
+    as a newer Keras (or a hand edit) would."""
+    import json
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    config = json.loads(members["config.json"])
+    [entry] = [entry for entry in config["config"]["layers"] if entry["config"]["name"] == layer]
+    entry["config"][key] = value
+    members["config.json"] = json.dumps(config).encode()
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)

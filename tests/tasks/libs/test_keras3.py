@@ -1,16 +1,22 @@
 """Keras 3 models translated into tf_keras and handed back: real Keras 3 files, real TensorFlow."""
 
-import json
 import subprocess
 import sys
-import zipfile
 
 import numpy as np
 import pytest
 
 from pruneflow.tasks.core.errors import MESSAGE_LIMIT, PruneflowError
 from pruneflow.tasks.libs import keras3
-from tests.helpers.keras3_models import KERAS3_VARIANTS, build_keras3, images, save_keras3, shake_weights
+from tests.helpers.keras3_models import (
+    KERAS3_VARIANTS,
+    add_unknown_option,
+    build_keras3,
+    images,
+    save_keras3,
+    shake_weights,
+    someones_layer,
+)
 
 
 def _outputs(model, batch):
@@ -162,14 +168,8 @@ def test_an_unregistered_custom_layer_is_refused_by_name(tmp_path):
     from pruneflow.tasks.core.runtime import keras_3
 
     keras = keras_3()
-
-    @keras.saving.register_keras_serializable(package="someone")
-    class Twice(keras.layers.Layer):
-        def call(self, x):
-            return x * 2
-
     inputs = keras.Input((4,))
-    path = save_keras3(keras.Model(inputs, keras.layers.Dense(2)(Twice(name="twice")(inputs))), tmp_path / "custom.keras")
+    path = save_keras3(keras.Model(inputs, keras.layers.Dense(2)(someones_layer("twice")(inputs))), tmp_path / "custom.keras")
     message = _refusal(path)
     assert "twice (Twice)" in message
 
@@ -183,17 +183,11 @@ def test_a_truncated_archive_is_refused(tmp_path):
 
 
 def test_an_archive_whose_config_has_keys_this_keras_does_not_know_is_refused(tmp_path):
-    path = save_keras3(build_keras3("sequential"), tmp_path / "model.keras")
-    with zipfile.ZipFile(path) as archive:
-        members = {name: archive.read(name) for name in archive.namelist()}
-    config = json.loads(members["config.json"])
-    config["config"]["layers"][2]["config"]["future_option"] = 3
-    members["config.json"] = json.dumps(config).encode()
-    with zipfile.ZipFile(path, "w") as archive:
-        for name, data in members.items():
-            archive.writestr(name, data)
+    model = build_keras3("sequential")
+    path = save_keras3(model, tmp_path / "model.keras")
+    add_unknown_option(path, model.layers[1].name, "future_option", 3)
     message = _refusal(path)
-    assert "future_option" in message
+    assert f"{model.layers[1].name} (Conv2D): future_option" in message
 
 
 def test_a_layer_tf_keras_does_not_have_is_refused_naming_the_layer_and_its_class(tmp_path):
