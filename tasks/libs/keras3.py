@@ -23,8 +23,10 @@ from pathlib import Path
 import numpy as np
 
 from pruneflow.tasks.core.errors import PruneflowError, short_cause
+from pruneflow.tasks.libs.models import stored_config
 
 OUTPUT_ATOL = 1e-5  # both models' outputs agree within this on the check's images (see `within`)
+CHECK_IMAGES = 32  # training images (the calibration draw's) on which a translation and a hand-back are checked
 
 ZIP_MAGIC = b"PK\x03\x04"
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
@@ -79,13 +81,6 @@ def written_by_keras3(path: Path) -> bool:
 
 # --- loading -----------------------------------------------------------------------------------
 
-def keras3_config(path: Path) -> dict:
-    """The model's architecture as Keras 3 stored it, read as JSON (nothing deserialised or run)."""
-    from pruneflow.tasks.libs.models import stored_config
-
-    return stored_config(path)
-
-
 def code_carrying_layers3(config: dict, prefix: str = "") -> list[str]:
     """'path (Class)' of each layer in a Keras 3 config whose loading would run code from the file
     or from outside Keras: Lambda layers, and classes that are not Keras's own (a `.keras` archive
@@ -93,7 +88,6 @@ def code_carrying_layers3(config: dict, prefix: str = "") -> list[str]:
     from pruneflow.tasks.core.runtime import keras_3
 
     keras = keras_3()
-
     found = []
     for layer in config.get("config", {}).get("layers", []):
         class_name, name = layer.get("class_name", ""), layer.get("config", {}).get("name", layer.get("name", "?"))
@@ -120,7 +114,7 @@ def load_keras3(path: Path):
     keras = keras_3()
 
     path = Path(path)
-    config = keras3_config(path)
+    config = stored_config(path)  # read as JSON: nothing deserialised or run
     if config.get("class_name") not in _MODELS:
         raise PruneflowError(
             f"{path}: a subclassed Keras 3 model ({config.get('class_name')}) cannot be pruned: only Sequential and "

@@ -20,7 +20,6 @@ from pruneflow.tasks.libs.exporting import describe, export_files
 from pruneflow.tasks.libs.models import ModelFile
 from pruneflow.tasks.specs.config import ExportSpec
 
-CHECK_IMAGES = 32  # training images (the calibration draw's) on which the two models must agree
 
 
 def export_keras3(
@@ -31,7 +30,7 @@ def export_keras3(
 
     def hand_back(tf_keras_model, fmt, spec, calibration) -> bytes:
         handed = keras3.hand_back(tf_keras_model, keras3.load_keras3(original.path))
-        images = representative_images(dataset, CHECK_IMAGES)
+        images = representative_images(dataset, keras3.CHECK_IMAGES)
         keras3.compare_outputs(handed, tf_keras_model, images, original.path, handing_back=True)
         return keras3.archive_bytes(handed)
 

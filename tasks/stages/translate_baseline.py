@@ -14,14 +14,13 @@ from pruneflow.tasks.libs.artifacts import PreparedDataset, TranslatedModel
 from pruneflow.tasks.libs.dataset import representative_images
 from pruneflow.tasks.libs.models import ModelFile, save_model
 
-CHECK_IMAGES = 32  # training images (the calibration draw's) on which both models must agree
 
 
 def translate_to_tf_keras(out: Path, baseline: ModelFile, dataset: PreparedDataset) -> TranslatedModel:
     """Rebuild the Keras 3 baseline in tf_keras, check it on the run's images, save it."""
     original = keras3.load_keras3(baseline.path)
     translated = keras3.translate(original, baseline.path)
-    images = representative_images(dataset, CHECK_IMAGES)
+    images = representative_images(dataset, keras3.CHECK_IMAGES)
     difference = keras3.compare_outputs(original, translated, images, baseline.path)
     save_model(translated, out / "baseline.h5")
     return TranslatedModel(
