@@ -77,8 +77,7 @@ def end_to_end(names: list[str], workdir: Path) -> int:
     from pruneflow.tasks.specs.config import parse_config
     from pruneflow.tasks.specs.formats import KERAS3
 
-    sys.path.insert(0, str(Path(__file__).parents[1]))
-    from tests.helpers import data
+    from tests.helpers import data  # the repository is on sys.path (common.py)
 
     images = workdir / "data"
     if not images.exists():

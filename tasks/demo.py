@@ -122,7 +122,7 @@ def train_baseline(
             default: the demo CNN sized for the config's images and the train split's classes.
     """
     from pruneflow.tasks.core.runtime import keras as tf_keras
-    from pruneflow.tasks.libs.models import save_model
+    from pruneflow.tasks.libs.models import outputs_probabilities, save_model
 
     if library == "keras3":
         from pruneflow.tasks.core.runtime import keras_3
@@ -142,10 +142,9 @@ def train_baseline(
             )
         else:
             model = build_model()
-        softmax = getattr(getattr(model.layers[-1], "activation", None), "__name__", "") == "softmax"
-        model.compile(
+        model.compile(  # the loss compile_model picks, in the model's own Keras
             optimizer=keras.optimizers.Adam(learning_rate=1e-3), metrics=["accuracy"],
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=not softmax),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=not outputs_probabilities(model)),
         )
         model.fit(
             load_split(dataset, "train", spec.batch_size, shuffle_seed=spec.shuffle_seed, augment=spec.augment),

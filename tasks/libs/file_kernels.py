@@ -79,7 +79,7 @@ def check_kernels(fmt: FormatName, sanity: SanityReport, weights: list[WeightTen
     missing = [f"{k.layer} {k.weight}" for k, m in zip(sanity.tensors, matched) if m is None]
     if missing:
         raise PruneflowError(
-            f"export {fmt} of {model_path}: no single tensor of the TFLite file matches {', '.join(missing)} (by "
+            f"export {fmt} of {model_path}: no single tensor of the file matches {', '.join(missing)} (by "
             f"layer name and shape), so its sparsity cannot be checked. Leave {fmt} out of export.formats."
         )
     lost_zeros = [m for k, m in zip(sanity.tensors, matched) if _lost_zeros(sanity, k, m.sparsity)]

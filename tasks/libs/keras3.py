@@ -15,9 +15,13 @@ so the layer plan's paths, the hand-back and the diagnosis can pair layers by na
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import inspect
 import json
+import tempfile
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -112,7 +116,6 @@ def load_keras3(path: Path):
     from pruneflow.tasks.core.runtime import keras_3
 
     keras = keras_3()
-
     path = Path(path)
     config = stored_config(path)  # read as JSON: nothing deserialised or run
     if config.get("class_name") not in _MODELS:
@@ -158,29 +161,19 @@ def unknown_options(config: dict, keras, prefix: str = "") -> list[str]:
     return found
 
 
-class _suffixed:
-    """The file under a name whose suffix matches its content (Keras 3 picks its reader by the
+@contextlib.contextmanager
+def _suffixed(path: Path) -> Iterator[Path]:
+    """The file under a name whose suffix Keras 3 reads its content by (it picks its reader by the
     suffix): itself, or a symbolic link in a temporary folder."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.folder = None
-
-    def __enter__(self) -> Path:
-        import tempfile
-
-        with self.path.open("rb") as stream:
-            is_zip = stream.read(4) == ZIP_MAGIC
-        if (self.path.suffix == ".keras") == is_zip:
-            return self.path
-        self.folder = tempfile.TemporaryDirectory(prefix="pruneflow-keras3-")
-        link = Path(self.folder.name) / ("model.keras" if is_zip else "model.h5")
-        link.symlink_to(self.path.resolve())
-        return link
-
-    def __exit__(self, *exc) -> None:
-        if self.folder is not None:
-            self.folder.cleanup()
+    with path.open("rb") as stream:
+        is_zip = stream.read(4) == ZIP_MAGIC
+    if path.suffix in ((".keras",) if is_zip else (".h5", ".hdf5")):
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="pruneflow-keras3-") as folder:
+        link = Path(folder) / ("model.keras" if is_zip else "model.h5")
+        link.symlink_to(path.resolve())
+        yield link
 
 
 # --- translating -------------------------------------------------------------------------------
@@ -208,6 +201,15 @@ class _Translator:
         # path -> the tf_keras layer (or model) rebuilt for it, and what follows it: a layer that
         # the Keras 3 graph calls several times is one layer, its weights shared, here too
         self.built: dict[str, tuple] = {}
+        self.operations: dict[int, dict] = {}  # id of a Keras 3 model -> its layers and operations by name
+
+    def _named(self, model3, name: str):
+        """The layer or operation of this name in a Keras 3 model (its config does not always say
+        which: an `.h5` file records the operation `x + y` as class Add, like the layer)."""
+        if id(model3) not in self.operations:
+            found = model3.operations if hasattr(model3, "operations") else model3.layers
+            self.operations[id(model3)] = {operation.name: operation for operation in found}
+        return self.operations[id(model3)].get(name) or model3.get_layer(name)
 
     def refuse(self, path: str, class_name: str, why: str) -> PruneflowError:
         return PruneflowError(
@@ -287,7 +289,7 @@ class _Translator:
         class_name, config = entry["class_name"], entry.get("config", {})
         name = entry.get("name") or config.get("name")
         path = prefix + name
-        layer3 = _operation_named(model3, name)
+        layer3 = self._named(model3, name)
         if not isinstance(layer3, keras3.layers.Layer):  # an operation on tensors, as `x + 3.0` records
             return self._operation(path, class_name, name, args)
         if class_name in _MODELS:
@@ -374,16 +376,6 @@ class _Translator:
             raise self.refuse(path, class_name, short_cause(error)) from None
 
 
-def _operation_named(model3, name: str):
-    """The layer or operation of this name in a Keras 3 model (its config does not always say
-    which: an `.h5` file records the operation `x + y` as class Add, like the layer)."""
-    operations = model3.operations if hasattr(model3, "operations") else model3.layers
-    for operation in operations:
-        if operation.name == name:
-            return operation
-    return model3.get_layer(name)
-
-
 class RebuiltActivation:
     """Keras 3's activation `name`, from tf_keras layers made once (the last one named layer_name),
     applied to any number of tensors."""
@@ -431,14 +423,17 @@ def _weight_name(weight) -> str:
     return weight.name.split("/")[-1].split(":")[0]
 
 
-def _accepted_options(cls) -> set[str]:
+@functools.cache
+def _accepted_options(cls) -> frozenset[str]:
+    """The keyword arguments a layer class takes: its and its bases' __init__ parameters, and the
+    ones the base Layer takes through **kwargs."""
     options = set()
     for klass in cls.__mro__:
         init = klass.__dict__.get("__init__")
         if init is not None:
             options |= {name for name in inspect.signature(init).parameters if name not in ("self", "kwargs")}
-    return options | {"name", "dtype", "trainable", "dynamic", "input_dim", "input_shape", "batch_input_shape",
-                      "batch_size", "weights", "activity_regularizer", "autocast"}
+    return frozenset(options | {"name", "dtype", "trainable", "dynamic", "input_dim", "input_shape",
+                                "batch_input_shape", "batch_size", "weights", "activity_regularizer", "autocast"})
 
 
 def _dtype(dtype):

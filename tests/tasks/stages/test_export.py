@@ -134,7 +134,7 @@ def test_weights_lost_in_a_file_fail_too():
 
 def test_a_kernel_missing_from_the_file_is_named():
     weights = [weight("m/conv/Conv2D", 100, 80), weight("m/backbone/dense/MatMul", 400, 330)]
-    with pytest.raises(PruneflowError, match="no single tensor of the TFLite file matches conv_1 kernel"):
+    with pytest.raises(PruneflowError, match="no single tensor of the file matches conv_1 kernel"):
         check_kernels("float32", SANITY, weights, model_path="x.h5")
 
 
