@@ -173,9 +173,11 @@ class _Documentation(ast.NodeTransformer):
         return node
 
 
+@functools.cache
 def code_digest(path: Path) -> str:
     """Digest of what a module's source does: its syntax tree, without comments, docstrings and
-    descriptions (_Documentation), so that editing those changes no stage's key."""
+    descriptions (_Documentation), so that editing those changes no stage's key. Once per module
+    and process: the stages' closures share most of their modules."""
     tree = _Documentation().visit(ast.parse(path.read_text()))
     return digest_of(ast.dump(tree))
 

@@ -8,7 +8,7 @@ import pytest
 from pydantic import BaseModel
 
 from pruneflow.flows.stages import STAGES
-from pruneflow.tasks.core.stage import Stage, code_closure, code_version, fingerprint
+from pruneflow.tasks.core.stage import Stage, code_closure, code_digest, code_version, fingerprint
 from pruneflow.tasks.core.store import ArtifactStore, Content, StoredArtifact
 from pruneflow.tasks.specs.config import ConstantSchedule, PolynomialDecaySchedule, Schedule, parse_config
 
@@ -217,8 +217,8 @@ def test_editing_any_module_a_stage_imports_changes_its_code_version_and_documen
     monkeypatch.syspath_prepend(str(tmp_path))
 
     def version():
-        code_closure.cache_clear()
-        code_version.cache_clear()
+        for cached in (code_closure, code_digest, code_version):
+            cached.cache_clear()
         return code_version("scratchpkg.stage", keyed="scratchpkg", unkeyed="scratchpkg.unkeyed")
 
     before = version()
