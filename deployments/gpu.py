@@ -5,8 +5,9 @@ for GPU workers:
 - `nightly`, on a cron schedule (02:00 for prune, 03:00 for sweep by default, in a
   configurable time zone);
 - `manual`, without a schedule, for runs started from the UI with custom parameters.
-Their default parameters run the bundled demo dataset, prepared by `pruneflow demo` under
-`demo_dir` on the worker's machine. Training stages take a slot of a concurrency limit,
+Their default parameters (the UI form's defaults) are the run of `config`, a pruneflow.yaml, or
+without one the bundled demo, prepared by `pruneflow demo` under `demo_dir` on the worker's
+machine. Training stages take a slot of a concurrency limit,
 `gpu_slots` wide (one training per GPU, however many runs and workers). A run whose worker dies
 is marked Crashed when its heartbeats stop and scheduled again (pruneflow.deployments.recovery). With an
 alert webhook or block, the nightly deployments also get alerts (pruneflow.deployments.alerts).
@@ -15,6 +16,7 @@ alert webhook or block, the nightly deployments also get alerts (pruneflow.deplo
 from __future__ import annotations
 
 import json
+import sys
 from datetime import timedelta
 from pathlib import Path
 
@@ -24,9 +26,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from pruneflow.deployments.alerts import MISSING_NIGHTLY_AFTER, ensure_alerts
 from pruneflow.deployments.recovery import HEARTBEAT, HEARTBEAT_ENV, RESCHEDULES, SILENT_AFTER, ensure_recovery
+from pruneflow.tasks.core.errors import PruneflowError
 from pruneflow.tasks.core.stage import TRAINING_TAG
 from pruneflow.tasks.demo import demo_config_text
-from pruneflow.tasks.specs.config import RunConfig, parse_config
+from pruneflow.tasks.specs.config import RunConfig, load_config, parse_config
 
 REPO = Path(__file__).resolve().parents[1]
 ENTRYPOINT = "flows/prune.py:prune_flow"
@@ -60,6 +63,11 @@ class DeploymentSettings(BaseModel):
         RESCHEDULES, ge=0, description="How many times a run whose worker died is scheduled again (0: never).",
     )
     demo_dir: Path = Field(REPO / "demo", description="Where `pruneflow demo` put the demo dataset.")
+    config: Path | None = Field(
+        None,
+        description="A pruneflow.yaml whose run the deployments make by default (the nightly's run, the UI form's "
+        "defaults), its relative paths taken from its folder; without it, the demo under demo_dir.",
+    )
     alert_webhook: str | None = Field(
         None,
         description="URL to post alerts to as JSON {subject, body} (docs/alerts.md); without it or alert_block, no alerts.",
@@ -105,8 +113,11 @@ class DeploymentSettings(BaseModel):
         return self
 
 
-def default_config(demo_dir: Path) -> RunConfig:
-    """The demo config with its paths taken from `demo_dir`: the deployments' default run."""
+def default_config(demo_dir: Path, config: Path | None = None) -> RunConfig:
+    """The deployments' default run: the config file `config`, or the demo config with its
+    paths taken from `demo_dir`."""
+    if config is not None:
+        return load_config(config)
     return parse_config(yaml.safe_load(demo_config_text()), source="tasks/demo.yaml", base_dir=demo_dir.resolve())
 
 
@@ -160,7 +171,7 @@ def build_deployments(settings: DeploymentSettings | None = None, flow=None, swe
         from pruneflow.flows.sweep import sweep_flow
 
         sweep = sweep_flow.from_source(source=str(REPO), entrypoint=SWEEP_ENTRYPOINT)
-    parameters = {"config": default_config(settings.demo_dir).model_dump(mode="json")}
+    parameters = {"config": default_config(settings.demo_dir, settings.config).model_dump(mode="json")}
     common = dict(
         parameters=parameters, work_pool_name=settings.work_pool,
         job_variables=process_job_variables(settings), tags=["pruneflow"],
@@ -229,9 +240,9 @@ def apply(settings: DeploymentSettings | None = None) -> list:
     from prefect.deployments.runner import deploy
 
     settings = settings or DeploymentSettings()
+    deployments = build_deployments(settings)  # first: a config file that does not load changes nothing
     ensure_process_pool(settings.work_pool)
     ensure_training_limit(settings.gpu_slots)
-    deployments = build_deployments(settings)
     ids = deploy(
         *deployments, work_pool_name=settings.work_pool,
         build=False, push=False, print_next_steps_message=False, ignore_warnings=True,
@@ -259,7 +270,11 @@ def main(argv: list[str] | None = None) -> int:
     for name, field in DeploymentSettings.model_fields.items():
         parser.add_argument(f"--{name.replace('_', '-')}", default=field.default, help=field.description)
     settings = DeploymentSettings(**vars(parser.parse_args(argv)))
-    apply(settings)
+    try:
+        apply(settings)
+    except PruneflowError as error:
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -1,9 +1,10 @@
 """Try pruneflow's deployments on one machine: PostgreSQL, a server, the GPU work pool, the deployments, a worker.
 
     .venv/bin/python -m pruneflow.deployments.serve [--port 4200] [--timezone UTC] [--demo-dir demo] [--state-dir .state]
-                                          [--alert-webhook URL]
+                                          [--config pruneflow.yaml] [--alert-webhook URL]
 
-Prepares the demo (its data are the deployments' default parameters), starts a PostgreSQL
+Prepares the demo (its data are the deployments' default parameters), or with --config takes
+that run as the deployments' default instead (no demo is made), starts a PostgreSQL
 cluster of its own in STATE_DIR/postgres (made on first use, reused after, so runs are kept)
 on a free port of 127.0.0.1, starts `prefect server` on 127.0.0.1 with its database there,
 creates the process work pool, applies the `nightly` and `manual` deployments of both flows,
@@ -15,6 +16,7 @@ Ctrl-C stops the worker, the server and PostgreSQL, by their PIDs.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import time
@@ -26,10 +28,28 @@ from pruneflow.deployments.postgres import start_postgres
 from pruneflow.flows.server import free_port
 from pruneflow.tasks.core.errors import PruneflowError
 from pruneflow.tasks.preflight.confine import ROOTS_ENV
+from pruneflow.tasks.specs.config import load_config
 
 
 def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
+
+
+def run_roots(config: Path | None, demo_dir: Path) -> dict[str, str]:
+    """PRUNEFLOW_*_ROOTS for the worker: the folders of the config file's CSVs, baseline and
+    output root; without a config file, the demo's folder (the demo prepared there first)."""
+    if config is None:
+        from pruneflow.tasks.demo import prepare_demo
+
+        prepare_demo(demo_dir)
+        return {name: str(demo_dir.resolve()) for name in ROOTS_ENV.values()}
+    run = load_config(config)
+    csvs = (run.dataset.train_csv, run.dataset.val_csv, run.dataset.test_csv)
+    folders = {
+        "data": {str(path.parent) for path in csvs}, "models": {str(run.model.baseline.parent)},
+        "outputs": {str(run.output_root)},
+    }
+    return {ROOTS_ENV[kind]: os.pathsep.join(sorted(paths)) for kind, paths in folders.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,6 +62,11 @@ def main(argv: list[str] | None = None) -> int:
         "--state-dir", type=Path, default=REPO / ".state",
         help="where the server's PostgreSQL cluster lives (STATE_DIR/postgres), kept from one start to the next",
     )
+    parser.add_argument(
+        "--config", type=Path,
+        help="a pruneflow.yaml: the deployments' default run instead of the demo; the worker's runs may read and write "
+        "the folders its paths name",
+    )
     parser.add_argument("--alert-webhook", help="URL to post alerts to as JSON {subject, body} (docs/alerts.md)")
     args = parser.parse_args(argv)
 
@@ -50,22 +75,20 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM (a service manager, `timeout`) must stop the children too, as Ctrl-C does.
     signal.signal(signal.SIGTERM, _interrupt)
 
-    from pruneflow.tasks.demo import prepare_demo
-
-    prepare_demo(args.demo_dir)
     env = server_env(args.port)
-    # Runs started from the UI may read and write the demo's folder only.
-    env.update({name: str(args.demo_dir.resolve()) for name in ROOTS_ENV.values()})
-    logs = args.demo_dir / "logs"
+    logs = args.state_dir / "logs"
     postgres = server = worker = None
     try:
+        # Runs started from the UI may read and write the default run's folders only.
+        env.update(run_roots(args.config, args.demo_dir))
         print(f"Starting PostgreSQL in {args.state_dir / 'postgres'} (log: {logs / 'postgres.log'})", flush=True)
         postgres = start_postgres(args.state_dir / "postgres", free_port(), logs / "postgres.log")
         print(f"Starting the Prefect server on 127.0.0.1:{args.port} (log: {logs / 'server.log'})", flush=True)
         # The database URL goes to the server only: the worker and its flow runs need none.
         server = start_server(args.port, server_env(args.port, env, postgres.url()), logs / "server.log")
         settings = DeploymentSettings(
-            work_pool=args.pool, timezone=args.timezone, demo_dir=args.demo_dir, alert_webhook=args.alert_webhook
+            work_pool=args.pool, timezone=args.timezone, demo_dir=args.demo_dir, config=args.config,
+            alert_webhook=args.alert_webhook,
         )
         with temporary_settings(updates={PREFECT_API_URL: env["PREFECT_API_URL"]}):
             apply(settings)

@@ -8,6 +8,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+import yaml
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from pruneflow.deployments.gpu import REPO, DeploymentSettings, apply
@@ -16,6 +17,7 @@ from pruneflow.deployments.postgres import Postgres, bin_dir, start_postgres
 from pruneflow.flows.server import free_port
 from pruneflow.tasks.core.errors import PruneflowError
 from pruneflow.tasks.preflight.confine import ROOTS_ENV
+from tests.helpers.data import make_config_dict
 
 POOL = "pruneflow-gpu"
 # A dead worker's run is marked Crashed after a minute without heartbeats (two missed), not two.
@@ -62,6 +64,7 @@ class Live:
     worker: Process | None = None  # a test that kills it starts another in its place
     server: Process | None = None
     server_env: dict[str, str] = field(default_factory=dict)
+    config: Path | None = None  # the deployments' default run: the tiny config (the UI form's defaults)
 
     def restart_server(self) -> float:
         """Stop the server by its PID and start it again on the same port and database; the
@@ -84,26 +87,17 @@ class Live:
 
     def settings(self, **changes) -> DeploymentSettings:
         """The deployments' settings on this server, with `changes` (e.g. where alerts go)."""
-        return DeploymentSettings(work_pool=POOL, demo_dir=self.demo_dir, silent_after=SILENT_AFTER, **changes)
-
-    @property
-    def demo_dir(self) -> Path:
-        """Where the deployments' default parameters expect the demo dataset."""
-        return self.home / "demo"
-
-    def prepared_demo(self) -> Path:
-        """The demo dataset and baseline in demo_dir, made on first use (about 25 s)."""
-        from pruneflow.tasks.demo import prepare_demo
-
-        prepare_demo(self.demo_dir)
-        return self.demo_dir
+        return DeploymentSettings(work_pool=POOL, config=self.config, silent_after=SILENT_AFTER, **changes)
 
 
 @pytest.fixture(scope="package")
-def live(tmp_path_factory):
-    """PostgreSQL, a server on it, the work pool, the deployments and a process worker; all stopped by
-    PID at the end, the server before its database."""
+def live(tmp_path_factory, tiny_data, tiny_baseline):
+    """PostgreSQL, a server on it, the work pool, the deployments (their default run: the tiny
+    config, written as a pruneflow.yaml) and a process worker; all stopped by PID at the end, the
+    server before its database."""
     home = tmp_path_factory.mktemp("prefect-live")
+    config = home / "pruneflow.yaml"
+    config.write_text(yaml.safe_dump(make_config_dict(tiny_data, tiny_baseline, home / "default-outputs")))
     port = free_port()
     env = server_env(port)
     env.update(
@@ -122,7 +116,9 @@ def live(tmp_path_factory):
         database_env = server_env(port, env, postgres.url())
         server = start_server(port, database_env, home / "server.log")
         with temporary_settings(updates={PREFECT_API_URL: env["PREFECT_API_URL"]}):
-            live = Live(port=port, home=home, postgres=postgres, env=env, server=server, server_env=database_env)
+            live = Live(
+                port=port, home=home, postgres=postgres, env=env, server=server, server_env=database_env, config=config
+            )
             apply(live.settings())
             live.ensure_worker()
             yield live

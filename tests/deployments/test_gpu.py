@@ -5,8 +5,10 @@ from datetime import datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
 import pytest
+import yaml
 from prefect.flows import load_flow_from_entrypoint
 from prefect.server.schemas.schedules import CronSchedule as ServerCronSchedule
+from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.utilities.templating import find_placeholders
 
 from pruneflow.deployments.gpu import (
@@ -17,6 +19,7 @@ from pruneflow.deployments.gpu import (
     build_deployments,
     default_config,
     kubernetes_base_job_template,
+    main,
 )
 from pruneflow.tasks.specs.config import RunConfig
 
@@ -105,3 +108,20 @@ def test_default_config_is_the_demo_under_the_given_folder(tmp_path):
     config = default_config(tmp_path)
     assert config.model.baseline == tmp_path.resolve() / "baseline.keras"
     assert config.pruning.final_sparsity == 0.8
+
+
+def test_a_config_file_is_the_default_run_with_its_paths_from_its_folder(tmp_path, config_dict):
+    (tmp_path / "team").mkdir()
+    path = tmp_path / "team" / "pruneflow.yaml"
+    path.write_text(yaml.safe_dump({**config_dict, "output_root": "outputs"}))
+    config = default_config(tmp_path / "unused-demo", path)
+    assert config.output_root == (tmp_path / "team" / "outputs").resolve()
+    assert str(config.dataset.train_csv) == config_dict["dataset"]["train_csv"]
+
+
+def test_a_config_file_that_does_not_load_is_named_before_the_server_is_called(tmp_path, capsys):
+    missing = tmp_path / "nowhere.yaml"
+    # No server is running at this URL: the error comes before any call to it.
+    with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:9/api"}):
+        assert main(["--config", str(missing)]) == 2
+    assert capsys.readouterr().err == f"python -m pruneflow.deployments.gpu: error: {missing}: config file not found\n"

@@ -6,9 +6,12 @@ import signal
 import subprocess
 import sys
 import urllib.request
+from pathlib import Path
 
 from pruneflow.deployments.gpu import REPO
 from pruneflow.flows.server import free_port
+from pruneflow.tasks.preflight.confine import ROOTS_ENV
+from pruneflow.tasks.specs.config import load_config
 
 
 def alive(pid: int) -> bool:
@@ -24,7 +27,7 @@ def test_serve_starts_postgres_server_pool_deployments_and_worker_and_stops_them
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PYTHONUNBUFFERED": "1"}
     env.pop("PREFECT_API_URL", None)
     serve = subprocess.Popen(
-        [sys.executable, "-m", "pruneflow.deployments.serve", "--port", str(port), "--demo-dir", str(live.prepared_demo()),
+        [sys.executable, "-m", "pruneflow.deployments.serve", "--port", str(port), "--config", str(live.config),
          "--state-dir", str(cluster_folder)],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )
@@ -40,6 +43,14 @@ def test_serve_starts_postgres_server_pool_deployments_and_worker_and_stops_them
             int, re.search(r"server PID (\d+), worker PID (\d+), PostgreSQL PID (\d+)", line).groups()
         )
         assert alive(server_pid) and alive(worker_pid) and alive(postgres_pid)
+        # The worker's runs may read and write the default run's folders, and nothing else.
+        config = load_config(live.config)
+        environ = dict(
+            entry.split("=", 1) for entry in Path(f"/proc/{worker_pid}/environ").read_text().split("\0") if "=" in entry
+        )
+        assert environ[ROOTS_ENV["data"]] == str(config.dataset.train_csv.parent)
+        assert environ[ROOTS_ENV["models"]] == str(config.model.baseline.parent)
+        assert environ[ROOTS_ENV["outputs"]] == str(config.output_root)
         url = f"http://127.0.0.1:{port}/api/deployments/name/prune/manual"
         with urllib.request.urlopen(url, timeout=10) as response:
             assert response.status == 200

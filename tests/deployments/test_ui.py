@@ -10,7 +10,7 @@ from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from pruneflow.deployments.gpu import REPO
-from pruneflow.tasks.specs.config import RunConfig
+from pruneflow.tasks.specs.config import RunConfig, load_config, parse_config
 from tests.helpers.polling import wait_until
 from tests.helpers.prefect import stage_states
 
@@ -44,7 +44,7 @@ def flow_run_ids(deployment_id) -> set:
 
 
 def test_custom_run_form_starts_a_run_that_completes(live, browser):
-    live.prepared_demo()  # what the deployments' default parameters point at
+    defaults = load_config(live.config)  # the deployments' default run: the form's defaults
     with temporary_settings(updates={PREFECT_API_URL: live.api}), get_client(sync_client=True) as client:
         deployment = client.read_deployment_by_name("prune/manual")
         before = flow_run_ids(deployment.id)
@@ -85,6 +85,8 @@ def test_custom_run_form_starts_a_run_that_completes(live, browser):
         )
         assert flow_run.state.is_completed(), flow_run.state.message
         assert stage_states(flow_run_id)["prune_train"] == "Completed"
+        # What ran is the config file the deployments were applied with, as the form sent it.
+        assert parse_config(flow_run.parameters["config"]) == defaults
 
         page.goto(f"http://127.0.0.1:{live.port}/runs/flow-run/{flow_run_id}", wait_until="networkidle")
         page.get_by_text("Completed").first.wait_for()
