@@ -34,6 +34,7 @@ SERVICE_FIXTURES = {"prefect_server", "live", "mlflow_server"}
 DEPLOYMENTS = Path(__file__).with_name("deployments")
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's, which reads the group marks into the test ids
 def pytest_collection_modifyitems(items):
     for item in items:
         if SERVICE_FIXTURES & set(item.fixturenames):

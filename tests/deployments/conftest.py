@@ -130,3 +130,11 @@ def live(tmp_path_factory, tiny_data, tiny_baseline):
             process.stop()
         shutil.rmtree(folder, ignore_errors=True)
         assert not any(process.running() for process in started)
+
+
+@pytest.fixture(autouse=True)
+def in_the_deployments_group(request):
+    """Under `make test` (pytest-xdist, --dist loadgroup) the tests here share one server and run in
+    one process, in order: each must carry the `deployments` group (tests/conftest.py)."""
+    if request.config.getoption("dist", "no") == "loadgroup":
+        assert request.node.nodeid.endswith("@deployments"), request.node.nodeid
