@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import warnings
 from pathlib import Path
@@ -32,6 +33,40 @@ class ModelFile(Content):
         return load_model(self.path, trusted=self.trust_code, **options)
 
 
+@functools.cache
+def quantize_objects() -> dict[str, type]:
+    """pruneflow's own QuantizeConfig classes by name, for TFMOT's quantize_scope:
+    OutputOnlyQuantizeConfig, for a weightless layer TFMOT has no rule for (a Rescaling, as a Keras
+    3 model's `x * 2.0` or hard_sigmoid is translated): its output quantized to int8 as an
+    activation's is, its computation left as it is."""
+    from pruneflow.tasks.core.runtime import tfmot
+
+    quantization = tfmot.quantization.keras
+
+    class OutputOnlyQuantizeConfig(quantization.QuantizeConfig):
+        def get_weights_and_quantizers(self, layer):
+            return []
+
+        def get_activations_and_quantizers(self, layer):
+            return []
+
+        def set_quantize_weights(self, layer, quantize_weights):
+            pass
+
+        def set_quantize_activations(self, layer, quantize_activations):
+            pass
+
+        def get_output_quantizers(self, layer):
+            # As TFMOT quantizes an activation layer's output: 8 bits, per tensor, asymmetric.
+            return [quantization.quantizers.MovingAverageQuantizer(num_bits=8, per_axis=False, symmetric=False,
+                                                                   narrow_range=False)]
+
+        def get_config(self):
+            return {}
+
+    return {OutputOnlyQuantizeConfig.__name__: OutputOnlyQuantizeConfig}
+
+
 def load_model(
     path: Path, *, pruning_wrappers: bool = False, quantization_wrappers: bool = False, compile: bool = False,
     trusted: bool = True,
@@ -59,7 +94,7 @@ def load_model(
     if pruning_wrappers:
         scope.enter_context(tfmot.sparsity.keras.prune_scope())
     if quantization_wrappers:
-        scope.enter_context(tfmot.quantization.keras.quantize_scope())
+        scope.enter_context(tfmot.quantization.keras.quantize_scope(quantize_objects()))
     try:
         with scope:
             return keras.models.load_model(path, compile=compile)

@@ -7,7 +7,9 @@ import sys
 
 import numpy as np
 import pytest
+import yaml
 
+from pruneflow.flows.cli import main
 from pruneflow.flows.prune import prune_flow
 from pruneflow.flows.sweep import sweep_flow
 from pruneflow.tasks.core.layout import OutputLayout
@@ -90,3 +92,29 @@ def test_a_keras_3_baseline_is_pruned_handed_back_as_a_keras_3_file_and_promoted
     assert float(difference) <= keras3.OUTPUT_ATOL
     least, count = kernel_line.split()
     assert float(least) >= 0.49 and int(count) == 5
+
+
+def test_sensitivity_2_by_4_and_quantization_aware_training_work_on_a_keras_3_baseline(
+    prefect_server, keras3_baseline, tiny_data, tmp_path, capsys
+):
+    # Sensitivity: each prunable layer of the translated model measured, its proposal written.
+    config = {**make_config_dict(tiny_data, keras3_baseline, tmp_path / "outputs"), "sensitivity": {"sparsities": [0.5]}}
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["sensitivity", str(path), "--target", "0.3"]) == 0
+    (folder,) = [p for p in (tmp_path / "outputs" / "runs").iterdir() if (p / "sensitivity.json").is_file()]
+    report = json.loads((folder / "sensitivity.json").read_text())
+    assert len(report["layers"]) == 5 and report["proposal"]["reached"] >= 0.3  # three Conv2D, two Dense
+
+    # 2:4 on every pruned layer (the first convolution, 3 input channels, left dense), then
+    # quantization-aware training into int8: the zeros survive in the int8 file and in the Keras 3
+    # file handed back.
+    structured = {**config, "layers": {"m_by_n": [2, 4], "keep_first_conv": True},
+                  "export": {**config["export"], "formats": ["int8_qat"], "qat_epochs": 1}}
+    summary = prune_flow(parse_config(structured))
+    assert all(t.passed and t.sparsity == pytest.approx(0.5, abs=0.01) for t in summary.sanity.tensors)
+    assert len(summary.sanity.tensors) == 4
+    files = {f.format: f for f in summary.deployables if f.model == "pruned"}
+    assert {"int8_qat", KERAS3} <= set(files) and files[KERAS3].agreement == 1.0
+    kernels = [t for e in summary.exports for f in e.files if f.format in ("int8_qat", KERAS3) for t in f.sparsity]
+    assert len(kernels) == 8 and all(t.passed for t in kernels)
