@@ -136,5 +136,5 @@ def live(tmp_path_factory, tiny_data, tiny_baseline):
 def in_the_deployments_group(request):
     """Under `make test` (pytest-xdist, --dist loadgroup) the tests here share one server and run in
     one process, in order: each must carry the `deployments` group (tests/conftest.py)."""
-    if request.config.getoption("dist", "no") == "loadgroup":
+    if getattr(request.config.option, "loadgroup", False):  # set in each xdist worker under --dist loadgroup
         assert request.node.nodeid.endswith("@deployments"), request.node.nodeid
