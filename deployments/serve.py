@@ -16,7 +16,6 @@ Ctrl-C stops the worker, the server and PostgreSQL, by their PIDs.
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 import time
@@ -27,7 +26,7 @@ from pruneflow.deployments.local import server_env, start_server, start_worker
 from pruneflow.deployments.postgres import start_postgres
 from pruneflow.flows.server import free_port
 from pruneflow.tasks.core.errors import PruneflowError
-from pruneflow.tasks.preflight.confine import ROOTS_ENV
+from pruneflow.tasks.preflight.confine import ROOTS_ENV, roots_env_of
 from pruneflow.tasks.specs.config import load_config
 
 
@@ -43,13 +42,7 @@ def run_roots(config: Path | None, demo_dir: Path) -> dict[str, str]:
 
         prepare_demo(demo_dir)
         return {name: str(demo_dir.resolve()) for name in ROOTS_ENV.values()}
-    run = load_config(config)
-    csvs = (run.dataset.train_csv, run.dataset.val_csv, run.dataset.test_csv)
-    folders = {
-        "data": {str(path.parent) for path in csvs}, "models": {str(run.model.baseline.parent)},
-        "outputs": {str(run.output_root)},
-    }
-    return {ROOTS_ENV[kind]: os.pathsep.join(sorted(paths)) for kind, paths in folders.items()}
+    return roots_env_of(load_config(config))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,7 +23,7 @@ def quantization_aware(model, model_path: Path):
     require_graph_model(model, model_path)
     quantization = tfmot.quantization.keras
     registry = quantization.default_8bit.Default8BitQuantizeRegistry()
-    (output_only,) = quantize_objects().values()
+    output_only = quantize_objects()["OutputOnlyQuantizeConfig"]
 
     def annotate(layer):
         """The layer itself (clone_model keeps it, weights and all), annotated if TFMOT has no rule for it."""

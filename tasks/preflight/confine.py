@@ -95,6 +95,17 @@ def confine_config(config: RunConfig, roots: Roots) -> None:
     roots.confine("outputs", config.output_root, "output_root")
 
 
+def roots_env_of(config: RunConfig) -> dict[str, str]:
+    """PRUNEFLOW_*_ROOTS that allow this config's own folders and nothing else: those of its CSVs,
+    of its baseline and its output root (what confine_config checks)."""
+    folders = {
+        "data": {str(path.parent) for path in csv_paths_of(config.dataset).values()},
+        "models": {str(config.model.baseline.parent)},
+        "outputs": {str(config.output_root)},
+    }
+    return {ROOTS_ENV[kind]: os.pathsep.join(sorted(paths)) for kind, paths in folders.items()}
+
+
 def confine_images(frames: dict[str, pd.DataFrame], csv_paths: dict[str, Path], roots: Roots) -> None:
     """Refuse, listing them by CSV line, the images that lie outside the data roots."""
     outside = [

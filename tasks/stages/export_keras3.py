@@ -21,7 +21,6 @@ from pruneflow.tasks.libs.models import ModelFile
 from pruneflow.tasks.specs.config import ExportSpec
 
 
-
 def export_keras3(
     out: Path, model: ModelFile, original: ModelFile, dataset: PreparedDataset, export: ExportSpec,
     sanity: SanityReport | None,

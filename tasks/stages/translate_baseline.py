@@ -15,7 +15,6 @@ from pruneflow.tasks.libs.dataset import representative_images
 from pruneflow.tasks.libs.models import ModelFile, save_model
 
 
-
 def translate_to_tf_keras(out: Path, baseline: ModelFile, dataset: PreparedDataset) -> TranslatedModel:
     """Rebuild the Keras 3 baseline in tf_keras, check it on the run's images, save it."""
     original = keras3.load_keras3(baseline.path)

@@ -95,7 +95,7 @@ def test_a_keras_3_baseline_is_pruned_handed_back_as_a_keras_3_file_and_promoted
 
 
 def test_sensitivity_2_by_4_and_quantization_aware_training_work_on_a_keras_3_baseline(
-    prefect_server, keras3_baseline, tiny_data, tmp_path, capsys
+    prefect_server, keras3_baseline, tiny_data, tmp_path
 ):
     # Sensitivity: each prunable layer of the translated model measured, its proposal written.
     config = {**make_config_dict(tiny_data, keras3_baseline, tmp_path / "outputs"), "sensitivity": {"sparsities": [0.5]}}
