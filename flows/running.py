@@ -58,24 +58,42 @@ _UNSHARED = False
 
 def unshared_server() -> None:
     """Say that this process's flows run on a Prefect server of their own (a `pruneflow` command's
-    temporary one): no other run can want the GPU there, so the training stages take no slot of
-    TRAINING_TAG's limit (which only a shared server has, pruneflow.deployments.gpu)."""
+    temporary one): no other run can want the GPU there, so the training stages take no slot
+    (and need not ask the server whether it has any)."""
     global _UNSHARED
     _UNSHARED = True
+
+
+def limits_any(tags: tuple[str, ...]) -> bool:
+    """Whether the current Prefect server has a concurrency limit on one of these task tags: the
+    GPU slots that pruneflow.deployments.gpu sets on TRAINING_TAG. A read, which takes no lock."""
+    from prefect import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        for tag in tags:
+            try:
+                client.read_concurrency_limit_by_tag(tag)
+            except ObjectNotFound:
+                continue
+            return True
+    return False
 
 
 def run_stage(stage: Stage[A], store: ArtifactStore, /, **inputs: Any) -> A:
     """Run the stage's task (in a flow), timed in the enclosing stage_clock, and return its artifact.
 
-    A training stage runs untagged, so that it takes no GPU slot (taking one costs about 2 s,
-    and waits for any training that holds it), on a server no other run shares, or when what it
-    would build is stored: it will not train (were the folder deleted in between, it would train
-    without a slot).
+    A training stage takes a GPU slot (it runs with its tag) only where there is one to take: on a
+    shared server that has GPU slots, when it will train. It runs untagged on a server no other
+    run shares, on a server without slots, and when what it would build is stored (it will not
+    train; were the folder deleted in between, it would train without a slot). A tag without a
+    limit buys nothing, yet Prefect still asks the server for a slot: a write, which a SQLite
+    server refuses while it records events ("database is locked"), each refusal a 2 s retry.
     """
     from prefect.states import State
 
     with timed(stage.name):
-        untagged = stage.tags and (_UNSHARED or stage.stored(store, **inputs))
+        untagged = stage.tags and (_UNSHARED or stage.stored(store, **inputs) or not limits_any(stage.tags))
         task = stage.task.with_options(tags=[]) if untagged else stage.task
         result = task(store=store, **inputs)
     # A task called directly returns what its function returned: the Cached state, when reused.

@@ -1,5 +1,6 @@
 """Caching and retries: a re-run does only what changed; a failed stage resumes where it stopped."""
 
+import contextlib
 import json
 import shutil
 
@@ -8,9 +9,7 @@ import pytest
 from pruneflow.flows.prune import prune_flow
 from pruneflow.tasks.core.errors import PruneflowError
 from pruneflow.tasks.core.stage import TRAINING_TAG
-from pruneflow.tasks.core.store import ArtifactStore
 from pruneflow.tasks.specs.config import parse_config
-from tests.helpers.data import make_config_dict
 from tests.helpers.graph import PER_TARGET, PREPARED, STAGES, deployable_files, takes
 from tests.helpers.prefect import stage_states, task_runs
 
@@ -31,38 +30,32 @@ def run(config_dict):
     return state
 
 
-@pytest.fixture(scope="module")
-def stored(prefect_server, tiny_data, tiny_baseline, tmp_path_factory):
-    """The artifact store of one complete run of the default test config, made once for this module."""
-    config_dict = make_config_dict(tiny_data, tiny_baseline, tmp_path_factory.mktemp("stored") / "outputs")
-    run(config_dict)
-    return parse_config(config_dict).output_root / "artifacts"
+@contextlib.contextmanager
+def gpu_slots():
+    """The server given one GPU slot, as `python -m pruneflow.deployments.gpu` gives it, for the block."""
+    from prefect import get_client
 
+    from pruneflow.deployments.gpu import ensure_training_limit
 
-@pytest.fixture
-def seed(stored):
-    """Give a config's output root what a first run of the default test config stored: the stores
-    are content-addressed, so a re-run of that config in it finds every stage's artifact (and a
-    test need not train once more to have a first run)."""
-
-    def seed(config_dict) -> ArtifactStore:
-        root = parse_config(config_dict).output_root / "artifacts"
-        shutil.copytree(stored, root, ignore=shutil.ignore_patterns(".lock-*", ".work-*", ".file-digests*"))
-        return ArtifactStore(root=root)
-
-    return seed
+    ensure_training_limit(1)
+    try:
+        yield
+    finally:
+        with get_client(sync_client=True) as client:
+            client.delete_concurrency_limit_by_tag(TRAINING_TAG)
 
 
 def test_identical_rerun_is_all_cached_and_trains_nothing(prefect_server, config_dict):
-    first = run(config_dict)
-    got = states(first)
-    assert all(got[stage] == "Completed" for stage in STAGES)
-    second = run(config_dict)
+    with gpu_slots():
+        first = run(config_dict)
+        got = states(first)
+        assert all(got[stage] == "Completed" for stage in STAGES)
+        second = run(config_dict)
     got = states(second)
     assert {stage: got[stage] for stage in STAGES} == {stage: "Cached" for stage in STAGES}
     assert got["publish_report"] == "Completed"  # each run publishes its own report
     assert second.result().pruned == first.result().pruned
-    # On a shared server a training stage takes a GPU slot (its tag), unless what it would train is stored.
+    # On a server with GPU slots a training stage takes one (its tag), unless what it would train is stored.
     assert training_tags(first) == {"prune_train": [TRAINING_TAG], "quantize_train": [TRAINING_TAG]}
     assert training_tags(second) == {"prune_train": [], "quantize_train": []}
 
@@ -86,6 +79,8 @@ def test_new_sparsity_reruns_training_and_after_but_not_data_or_baseline(seed, c
     assert {s: got[s] for s in PREPARED} == {s: "Cached" for s in PREPARED}
     assert {s: got[s] for s in PER_TARGET} == {s: "Completed" for s in PER_TARGET}
     assert state.result().measured_sparsity == pytest.approx(0.7, abs=0.02)
+    # A server without GPU slots has none to give: the trainings ran untagged.
+    assert training_tags(state) == {"prune_train": [], "quantize_train": []}
 
 
 def test_what_shapes_no_artifact_reruns_nothing_even_with_the_data_and_model_moved(
