@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from pruneflow.flows.server import TemporaryServer, imports_without_gc
+from pruneflow.flows.server import TemporaryServer
+from pruneflow.tasks.core.imports import imports_without_gc
 from pruneflow.flows.user_errors import quiet_user_errors
 from pruneflow.tasks.core.errors import PruneflowError
 

@@ -16,8 +16,6 @@ while the command is still importing, so the flow's own first request does not w
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import os
 import socket
 import subprocess
@@ -26,9 +24,9 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
 
 from pruneflow.tasks.core.errors import PruneflowError
+from pruneflow.tasks.core.imports import imports_without_gc
 
 STARTUP_TIMEOUT = 90.0  # seconds: 12-18 s on a busy 2-core machine, with the database to create
 
@@ -37,20 +35,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-@contextlib.contextmanager
-def imports_without_gc() -> Iterator[None]:
-    """Python's cyclic garbage collector off while a process imports what it runs, then its
-    objects frozen out of later collections: the objects an import makes live as long as the
-    process, and collecting among them made imports about a third slower on 2 cores
-    (TensorFlow's 4.3 s against 3.1 s; Prefect's server app 3.2 s against 2.4 s)."""
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.freeze()
-        gc.enable()
 
 
 def create_app():

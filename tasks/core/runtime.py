@@ -16,14 +16,16 @@ if "tensorflow" in sys.modules and os.environ.get("TF_USE_LEGACY_KERAS") != "1":
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep oneDNN/CUDA start-up notices out of the logs
 
-import tensorflow as tf  # noqa: E402
-import tensorflow_model_optimization as tfmot  # noqa: E402
-import tf_keras as keras  # noqa: E402
+from pruneflow.tasks.core.imports import imports_without_gc
 
-# The wrapper class is not in TFMOT's public API; the sanity check needs it to find pruned layers.
-from tensorflow_model_optimization.python.core.sparsity.keras.pruning_wrapper import (  # noqa: E402
-    PruneLowMagnitude,
-)
+# In every process that imports it: a flow run's on a worker, a command's, a test's.
+with imports_without_gc():
+    import tensorflow as tf
+    import tensorflow_model_optimization as tfmot
+    import tf_keras as keras
+
+    # The wrapper class is not in TFMOT's public API; the sanity check needs it to find pruned layers.
+    from tensorflow_model_optimization.python.core.sparsity.keras.pruning_wrapper import PruneLowMagnitude
 
 __all__ = ["PruneLowMagnitude", "keras", "tf", "tfmot"]
 

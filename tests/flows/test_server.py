@@ -1,12 +1,11 @@
 """The temporary Prefect server a `pruneflow run` boots in a process of its own."""
 
-import gc
 import urllib.error
 import urllib.request
 
 import pytest
 
-from pruneflow.flows.server import TemporaryServer, imports_without_gc
+from pruneflow.flows.server import TemporaryServer
 from pruneflow.tasks.core.errors import PruneflowError
 
 pytestmark = pytest.mark.services  # each test starts a server process by itself
@@ -34,14 +33,3 @@ def test_a_server_that_cannot_start_is_reported_with_its_exit_code_and_what_it_s
     assert f"did not start on 127.0.0.1:{server.port} (it exited with code {server.process.returncode})" in message
     assert "unable to open database file" in message
     assert "set PREFECT_API_URL" in message
-
-
-def test_imports_without_gc_turn_the_collector_back_on_and_freeze_what_they_made():
-    frozen = gc.get_freeze_count()
-    with pytest.raises(ValueError), imports_without_gc():
-        assert not gc.isenabled()
-        made = [[] for _ in range(1000)]
-        raise ValueError("an import failed")
-    assert gc.isenabled()
-    assert gc.get_freeze_count() >= frozen + len(made)
-    gc.unfreeze()  # the rest of the test session collects as usual
