@@ -2,6 +2,7 @@
 store of one complete run of the default test config, to seed re-runs from."""
 
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -35,11 +36,27 @@ def stored(prefect_server, tiny_data, tiny_baseline, tmp_path_factory):
     return config.output_root / "artifacts"
 
 
-@pytest.fixture
-def seed(stored):
-    """Give a config's output root what a first run of the default test config stored: the stores
-    are content-addressed, so a re-run of that config in it finds every stage's artifact (and a
-    test need not train once more to have a first run)."""
+@pytest.fixture(scope="session")
+def stored_sweep(prefect_server, tiny_data, tiny_baseline, tmp_path_factory):
+    """The artifact store of one sweep of the default test config over SWEPT, made once per process."""
+    from pruneflow.flows.sweep import sweep_flow
+    from pruneflow.tasks.specs.config import parse_config
+
+    config_dict = make_config_dict(tiny_data, tiny_baseline, tmp_path_factory.mktemp("stored-sweep") / "outputs")
+    config = parse_config({**config_dict, "sweep": {"targets": list(SWEPT), "max_accuracy_drop": 100.0}})
+    state = sweep_flow(config, return_state=True)
+    assert state.is_completed(), state.message
+    return config.output_root / "artifacts"
+
+
+# The targets of stored_sweep.
+SWEPT = (0.3, 0.6)
+
+
+def seeder(stored: Path):
+    """Give a config's output root what `stored` holds: the stores are content-addressed, so a run
+    of the config that made it finds every stage's artifact there (and a test need not train again
+    to have a first run). Promotions and history are not artifacts: the root starts without them."""
     from pruneflow.tasks.core.store import ArtifactStore
     from pruneflow.tasks.specs.config import parse_config
 
@@ -49,3 +66,15 @@ def seed(stored):
         return ArtifactStore(root=root)
 
     return seed
+
+
+@pytest.fixture
+def seed(stored):
+    """seeder(stored): what a first run of the default test config stored."""
+    return seeder(stored)
+
+
+@pytest.fixture
+def seed_sweep(stored_sweep):
+    """seeder(stored_sweep): what a sweep of the default test config over SWEPT stored."""
+    return seeder(stored_sweep)

@@ -43,8 +43,9 @@ def champion(config) -> tuple[str | None, str | None]:
 
 
 def test_sweeps_register_a_version_and_move_the_alias_only_when_the_challenger_wins(
-    prefect_server, mlflow_server, config_dict
+    prefect_server, mlflow_server, seed_sweep, config_dict
 ):
+    seed_sweep(config_dict)  # the targets' stages stored: the registry is what this test is about
     mlflow = client(mlflow_server)
     first = parse_config(registry_config(config_dict, mlflow_server, [0.3]))
     outcomes = [sweep_flow(first)]
@@ -79,7 +80,8 @@ def test_sweeps_register_a_version_and_move_the_alias_only_when_the_challenger_w
     assert {f.path for f in mlflow.list_artifacts(rejected.info.run_id)} == {"sweep.md", "sweep.json", "sweep.png"}
 
 
-def test_without_a_tracking_uri_nothing_is_logged(prefect_server, mlflow_server, config_dict):
+def test_without_a_tracking_uri_nothing_is_logged(prefect_server, mlflow_server, seed_sweep, config_dict):
+    seed_sweep(config_dict)
     before = len(client(mlflow_server).search_experiments())
     outcome = sweep_flow(parse_config({**config_dict, "sweep": {"targets": [0.3], "max_accuracy_drop": 100.0, "min_sparsity": 0.0}}))
     assert outcome.decision.promote
@@ -99,8 +101,9 @@ def test_an_unreachable_registry_fails_the_sweep_before_any_training(prefect_ser
 
 
 def test_a_promotion_killed_between_its_steps_leaves_the_previous_champion_everywhere(
-    prefect_server, mlflow_server, config_dict, tmp_path
+    prefect_server, mlflow_server, seed_sweep, config_dict, tmp_path
 ):
+    seed_sweep(config_dict)
     first = parse_config(registry_config(config_dict, mlflow_server, [0.3]))
     sweep_flow(first)
     before = champion(first)

@@ -86,7 +86,8 @@ def test_a_target_that_fails_is_reported_fails_the_sweep_and_the_others_keep_the
     assert flagged.startswith("1 of 2 targets failed (first: PruneflowError: invalid training data")
 
 
-def test_no_target_within_the_gate_fails_the_run_and_keeps_the_promoted_model(prefect_server, config_dict):
+def test_no_target_within_the_gate_fails_the_run_and_keeps_the_promoted_model(prefect_server, seed_sweep, config_dict):
+    seed_sweep(config_dict)  # the targets' stages stored: the gate is what this test is about
     first = sweep_flow(sweep_config(config_dict, max_accuracy_drop=100.0, min_sparsity=0.0), return_state=True)
     assert first.is_completed(), first.message
     config = sweep_config(config_dict, min_sparsity=0.9)
@@ -104,10 +105,14 @@ def test_no_target_within_the_gate_fails_the_run_and_keeps_the_promoted_model(pr
     assert not history["passed_gate"].iloc[4:].any()
 
 
-def test_history_lists_runs_and_exits_1_when_the_latest_regressed(prefect_server, config_dict, tmp_path, capsys):
+def test_history_lists_runs_and_exits_1_when_the_latest_regressed(
+    prefect_server, seed_sweep, config_dict, tmp_path, capsys
+):
     import yaml
 
     from pruneflow.flows.cli import main
+
+    seed_sweep(config_dict)
 
     loose = tmp_path / "loose.yaml"
     loose.write_text(yaml.safe_dump({**config_dict, "sweep": {"targets": [0.3, 0.6], "max_accuracy_drop": 100.0}}))
@@ -166,7 +171,7 @@ def test_a_dask_sweep_without_a_prefect_server_is_refused():
             dask_runner("local")
 
 
-def test_a_challenger_replaces_the_champion_only_when_it_wins(prefect_server, config_dict):
+def test_a_challenger_replaces_the_champion_only_when_it_wins(prefect_server, seed_sweep, config_dict):
     """Three nightly sweeps: the first promotes (no champion yet); the second, the same, makes a
     file no smaller than the champion, measured again in that run, and keeps it; the third, at a
     higher sparsity, makes a smaller one within the accuracy margin and replaces it."""
@@ -174,6 +179,7 @@ def test_a_challenger_replaces_the_champion_only_when_it_wins(prefect_server, co
                   "champion_max_accuracy_loss": 100.0, "champion_max_relative_accuracy_loss": 1.0}
     config = sweep_config(config_dict, **thresholds)
     promoted = config.output_root / "promoted"
+    seed_sweep(config_dict)
 
     first = sweep_flow(config, return_state=True).result()
     assert first.decision.promote and first.decision.verdict == "promoted (no champion yet)"
@@ -202,13 +208,16 @@ def test_a_challenger_replaces_the_champion_only_when_it_wins(prefect_server, co
     assert str(second_state.state_details.flow_run_id) not in flagged  # keeping the champion is no regression
 
 
-def test_a_sweep_run_again_as_the_same_flow_run_writes_its_history_and_promotion_once(prefect_server, config_dict):
+def test_a_sweep_run_again_as_the_same_flow_run_writes_its_history_and_promotion_once(
+    prefect_server, seed_sweep, config_dict
+):
     # What a rescheduled run does (pruneflow.deployments.recovery): the same flow run executed a second time.
     from prefect import get_client
     from prefect.flow_engine import run_flow
     from prefect.states import AwaitingRetry
 
     config = sweep_config(config_dict, max_accuracy_drop=100.0, min_sparsity=0.0)
+    seed_sweep(config_dict)
     with get_client(sync_client=True) as client:
         flow_run = client.create_flow_run(sweep_flow, parameters={"config": config})
         first = run_flow(sweep_flow, flow_run=flow_run, parameters={"config": config}, return_type="state")
