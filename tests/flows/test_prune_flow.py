@@ -96,7 +96,8 @@ def test_unreachable_schedule_is_refused_before_any_training(prefect_server, con
     assert state.is_failed()
     with pytest.raises(PruneflowError, match="no pruning step falls inside the run"):
         state.result()
-    assert "prune_train" not in stage_states(state.state_details.flow_run_id)
+    assert stage_states(state.state_details.flow_run_id) == {"check_inputs": "Failed"}
+    assert not (parse_config(config_dict).output_root / "artifacts" / "prune_train").exists()  # nothing trained
 
 
 def test_prune_training_progress_shows_in_the_ui_while_it_runs(prefect_server, config_dict, tmp_path):

@@ -9,8 +9,12 @@ def task_runs(flow_run_id, settle: float = 1.0, timeout: float = 30.0) -> list[t
     """(task name, state name, run count) of a flow run's task runs, in start order.
 
     The server records task runs from events, after the flow run's own final state: the last
-    task runs of a flow that just finished may not be there yet. Read until every one is final
-    and nothing has changed for `settle` seconds.
+    task runs of a flow that just finished may not be there yet. Read until there is one, every
+    one is final, and nothing has changed for `settle` seconds (every flow run asked about runs
+    a task: an empty answer is one the server has not recorded yet).
+
+    Raises:
+        TimeoutError: no such moment within `timeout` seconds (what was read last in the message).
     """
     from prefect import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
@@ -28,10 +32,10 @@ def task_runs(flow_run_id, settle: float = 1.0, timeout: float = 30.0) -> list[t
         found = read()
         if found != seen:
             seen, since = found, time.monotonic()
-        elif all(state for _, state, _ in found) and time.monotonic() - since >= settle:
+        elif found and all(state for _, state, _ in found) and time.monotonic() - since >= settle:
             return found
         if time.monotonic() > deadline:
-            return found
+            raise TimeoutError(f"the task runs of flow run {flow_run_id} did not settle within {timeout:g} s: {found}")
         time.sleep(0.25)
 
 
