@@ -1,5 +1,5 @@
 """A real, temporary Prefect server for the flow tests (Prefect's test harness), and the artifact
-store of one complete run of the default test config, to seed re-runs from."""
+stores of one run and of one sweep of the default test config, to seed a test's first run from."""
 
 import shutil
 from pathlib import Path
@@ -7,6 +7,9 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.data import make_config_dict
+
+# The targets of stored_sweep.
+SWEPT = (0.3, 0.6)
 
 
 @pytest.fixture(scope="session")
@@ -47,10 +50,6 @@ def stored_sweep(prefect_server, tiny_data, tiny_baseline, tmp_path_factory):
     state = sweep_flow(config, return_state=True)
     assert state.is_completed(), state.message
     return config.output_root / "artifacts"
-
-
-# The targets of stored_sweep.
-SWEPT = (0.3, 0.6)
 
 
 def seeder(stored: Path):
