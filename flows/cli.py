@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from pruneflow.flows.server import TemporaryServer
-from pruneflow.tasks.core.imports import imports_without_gc
 from pruneflow.flows.user_errors import quiet_user_errors
 from pruneflow.tasks.core.errors import PruneflowError
+from pruneflow.tasks.core.imports import imports_without_gc
 
 if TYPE_CHECKING:
     from pruneflow.tasks.specs.config import RunConfig

@@ -11,8 +11,9 @@ from collections.abc import Iterator
 def imports_without_gc() -> Iterator[None]:
     """Python's cyclic garbage collector off while a process imports what it runs, then its
     objects frozen out of later collections: the objects an import makes live as long as the
-    process, and collecting among them made imports about a third slower on 2 cores
-    (TensorFlow's 4.3 s against 3.1 s; Prefect's server app 3.2 s against 2.4 s).
+    process, and collecting among them made imports slower on 2 cores (TensorFlow's, with
+    TFMOT and tf_keras: 4.9 s of CPU against 4.0 s, medians of 4; Prefect's server app 3.2 s
+    against 2.4 s).
 
     Inside another such block (the collector already off) it leaves both to the outer one.
     """
