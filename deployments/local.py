@@ -49,6 +49,13 @@ def as_user(user: str | None) -> dict:
     return {"user": user, "group": pwd.getpwnam(user).pw_gid, "extra_groups": []}
 
 
+# Runs a command with SIGINT back to its default action (the same PID: exec). A process started in
+# the background of a script (`pruneflow serve &`) ignores SIGINT, and its children inherit that;
+# a Prefect worker stops on the SIGINT it sends itself on SIGTERM, so, ignoring it, it never would.
+# Our children run in sessions of their own, where no terminal's Ctrl-C reaches them anyway.
+_DEFAULT_SIGINT = "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execvp(sys.argv[1], sys.argv[1:])"
+
+
 @dataclass
 class Process:
     """A child process in its own session, so that stopping it stops its children too."""
@@ -63,9 +70,12 @@ class Process:
 
     def start(self) -> Process:
         self.log.parent.mkdir(parents=True, exist_ok=True)
+        args = self.args
+        if self.user is None and signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+            args = [sys.executable, "-I", "-S", "-c", _DEFAULT_SIGINT, *args]
         with open(self.log, "ab") as out:
             self.popen = subprocess.Popen(
-                self.args, env=self.env, cwd=self.cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                args, env=self.env, cwd=self.cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
                 **as_user(self.user),
             )
         return self
@@ -89,16 +99,21 @@ class Process:
                 pass
         self.popen.wait()
 
-    def stop(self, timeout: float = 20) -> None:
-        """SIGTERM to the process group by its PID, then SIGKILL if it has not ended in time."""
+    def stop(self, timeout: float = 20) -> bool:
+        """SIGTERM to the process group by its PID, then SIGKILL if it has not ended in time; False
+        where it had to be killed (said on stderr, with the log to read)."""
         if not self.running():
-            return
+            return True
         os.killpg(self.pid, signal.SIGTERM)
         try:
             self.popen.wait(timeout=timeout)
+            return True
         except subprocess.TimeoutExpired:
             os.killpg(self.pid, signal.SIGKILL)
             self.popen.wait(timeout=timeout)
+            print(f"pruneflow: the {self.name} (PID {self.pid}) did not stop within {timeout:g} s of SIGTERM and was "
+                  f"killed; see {self.log}", file=sys.stderr, flush=True)
+            return False
 
 
 def descendants(pid: int) -> list[int]:

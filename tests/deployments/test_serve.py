@@ -12,6 +12,7 @@ from pruneflow.deployments.gpu import REPO
 from pruneflow.flows.server import free_port
 from pruneflow.tasks.preflight.confine import ROOTS_ENV
 from pruneflow.tasks.specs.config import load_config
+from tests.helpers.polling import wait_until
 
 
 def alive(pid: int) -> bool:
@@ -26,9 +27,10 @@ def test_serve_starts_postgres_server_pool_deployments_and_worker_and_stops_them
     port = free_port()
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PYTHONUNBUFFERED": "1"}
     env.pop("PREFECT_API_URL", None)
+    # Started as `... serve &` in a script starts it: ignoring SIGINT, which its children inherit.
     serve = subprocess.Popen(
-        [sys.executable, "-m", "pruneflow.deployments.serve", "--port", str(port), "--config", str(live.config),
-         "--state-dir", str(cluster_folder)],
+        ["sh", "-c", 'trap "" INT; exec "$0" "$@"', sys.executable, "-m", "pruneflow.deployments.serve",
+         "--port", str(port), "--config", str(live.config), "--state-dir", str(cluster_folder)],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )
     try:
@@ -54,11 +56,17 @@ def test_serve_starts_postgres_server_pool_deployments_and_worker_and_stops_them
         url = f"http://127.0.0.1:{port}/api/deployments/name/prune/manual"
         with urllib.request.urlopen(url, timeout=10) as response:
             assert response.status == 200
+        worker_log = cluster_folder / "logs" / "worker.log"
+        wait_until(lambda: "started!" in worker_log.read_text(), 60, "the worker started")  # its handlers set
         serve.send_signal(signal.SIGTERM)  # as a service manager would stop it
         assert serve.wait(timeout=60) == 0
+        said = serve.stdout.read()
     finally:
         if serve.poll() is None:
             os.killpg(serve.pid, signal.SIGKILL)
             serve.wait()
     assert not alive(server_pid) and not alive(worker_pid) and not alive(postgres_pid)
+    # Each stopped on its SIGTERM, none killed: the worker too, though its parent ignores SIGINT.
+    assert "did not stop within" not in said, said
+    assert "stopped!" in worker_log.read_text()
     assert (cluster_folder / "postgres" / "data" / "PG_VERSION").is_file()  # kept for the next start
