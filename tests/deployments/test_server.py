@@ -5,12 +5,10 @@ from pathlib import Path
 
 import pytest
 from prefect import get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.states import AwaitingRetry
 
-from tests.helpers.graph import STAGES
 from tests.helpers.polling import wait_until
 from tests.helpers.prefect import stage_states, task_runs
 
@@ -49,23 +47,6 @@ def flow_run_logs(live, flow_run_id, until: str, timeout: float = 30) -> str:
 def summary_of(config_dict) -> dict:
     [path] = sorted(Path(config_dict["output_root"]).glob("runs/*/summary.json"))[-1:]
     return json.loads(path.read_text())
-
-
-def test_manual_run_with_custom_parameters_completes_on_the_worker(live, config_dict):
-    with temporary_settings(updates={PREFECT_API_URL: live.api}):
-        flow_run = trigger(config_dict)
-        assert flow_run.state.is_completed(), flow_run.state.message
-        got = stage_states(flow_run.id)
-        assert {s: got[s] for s in STAGES} == {s: "Completed" for s in STAGES}
-        with get_client(sync_client=True) as client:
-            artifacts = client.read_artifacts(
-                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run.id]))
-            )
-    summary = summary_of(config_dict)
-    markdown = next(a for a in artifacts if a.key == "pruneflow-summary").data
-    assert f"{summary['sizes']['zip_ratio']:.2f}x smaller" in markdown
-    assert summary["measured_sparsity"] == pytest.approx(0.5, abs=0.01)
-    assert summary["sizes"]["pruned"]["zip_bytes"] < summary["sizes"]["baseline"]["zip_bytes"]
 
 
 def test_a_transient_failure_completes_through_the_task_retry(live, config_dict):

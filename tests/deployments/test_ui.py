@@ -1,16 +1,24 @@
 """In a real browser: the `manual` deployment's custom-run form, a run started from it, its page."""
 
+import json
+
 import os
 import shutil
 from pathlib import Path
 
 import pytest
 from prefect import get_client
-from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    DeploymentFilter,
+    DeploymentFilterId,
+)
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from pruneflow.deployments.gpu import REPO
 from pruneflow.tasks.specs.config import RunConfig, load_config, parse_config
+from tests.helpers.graph import STAGES
 from tests.helpers.polling import wait_until
 from tests.helpers.prefect import stage_states
 
@@ -84,9 +92,20 @@ def test_custom_run_form_starts_a_run_that_completes(live, browser):
             "the run started from the UI final", every=1,
         )
         assert flow_run.state.is_completed(), flow_run.state.message
-        assert stage_states(flow_run_id)["prune_train"] == "Completed"
+        got = stage_states(flow_run_id)
+        assert {stage: got[stage] for stage in STAGES} == dict.fromkeys(STAGES, "Completed")
         # What ran is the config file the deployments were applied with, as the form sent it.
         assert parse_config(flow_run.parameters["config"]) == defaults
+        # The worker's run wrote its summary, and the server holds the report the UI shows.
+        [summary] = Path(defaults.output_root).glob("runs/*/summary.json")
+        summary = json.loads(summary.read_text())
+        assert summary["measured_sparsity"] == pytest.approx(defaults.pruning.final_sparsity, abs=0.01)
+        assert summary["sizes"]["pruned"]["zip_bytes"] < summary["sizes"]["baseline"]["zip_bytes"]
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
+        report = next(artifact for artifact in artifacts if artifact.key == "pruneflow-summary").data
+        assert f"{summary['sizes']['zip_ratio']:.2f}x smaller" in report
 
         page.goto(f"http://127.0.0.1:{live.port}/runs/flow-run/{flow_run_id}", wait_until="networkidle")
         page.get_by_text("Completed").first.wait_for()
