@@ -21,6 +21,7 @@ import pytest  # noqa: E402
 
 from tests.helpers.data import make_config_dict, write_tiny_dataset  # noqa: E402
 from tests.helpers.models import train_tiny_baseline  # noqa: E402
+from tests.helpers.session import made_once  # noqa: E402
 
 # Fixtures that start real services: a Prefect server (and, for `live`, a work pool, the
 # deployments and a worker), an MLflow server. A test using one is marked `services`, so `make test-fast` can
@@ -41,18 +42,27 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.services)
         if DEPLOYMENTS in item.path.parents:
             item.add_marker(pytest.mark.xdist_group("deployments"))
+        # The tests of one model variant (tests/tasks/conftest.py trains it in a session fixture)
+        # go to one process, so that each variant is trained once, not once per process.
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and "pruned_variant" in callspec.params:
+            kind, suffix = callspec.params["pruned_variant"]
+            item.add_marker(pytest.mark.xdist_group(f"variant-{kind}{suffix}"))
 
 
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
-    """Folder with train/val/test CSVs over 16x16 RGB JPEGs of two learnable classes."""
-    return write_tiny_dataset(tmp_path_factory.mktemp("data"))
+    """Folder with train/val/test CSVs over 16x16 RGB JPEGs of two learnable classes (one for the
+    session: tests that change images copy it first)."""
+    return made_once(tmp_path_factory, "data", write_tiny_dataset)
 
 
 @pytest.fixture(scope="session")
 def tiny_baseline(tmp_path_factory, tiny_data) -> Path:
-    """A small CNN trained on the tiny dataset, saved as .h5."""
-    return train_tiny_baseline(tiny_data, tmp_path_factory.mktemp("model") / "baseline.h5")
+    """A small CNN trained on the tiny dataset, saved as .h5 (one for the session)."""
+    return made_once(tmp_path_factory, "model", lambda folder: train_tiny_baseline(tiny_data, folder / "baseline.h5")) / (
+        "baseline.h5"
+    )
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ from pruneflow.flows.server import free_port
 from pruneflow.tasks.core.errors import PruneflowError
 from pruneflow.tasks.preflight.confine import ROOTS_ENV
 from tests.helpers.data import make_config_dict
+from tests.helpers.session import session_folder
 
 POOL = "pruneflow-gpu"
 # A dead worker's run is marked Crashed after a minute without heartbeats (two missed), not two.
@@ -107,7 +108,7 @@ def live(tmp_path_factory, tiny_data, tiny_baseline):
     )
     # The worker's runs may use this session's temporary folders (the tiny data, the baselines,
     # the outputs, the demo) and nothing else.
-    env.update({name: str(tmp_path_factory.getbasetemp()) for name in ROOTS_ENV.values()})
+    env.update({name: str(session_folder(tmp_path_factory)) for name in ROOTS_ENV.values()})
     require_postgresql()
     folder = postgres_folder()
     postgres = server = worker = live = None

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.data import make_config_dict
+from tests.helpers.session import made_once
 
 # The targets of stored_sweep.
 SWEPT = (0.3, 0.6)
@@ -29,27 +30,31 @@ def prefect_server():
 
 @pytest.fixture(scope="session")
 def stored(prefect_server, tiny_data, tiny_baseline, tmp_path_factory):
-    """The artifact store of one complete run of the default test config, made once per process."""
+    """The artifact store of one complete run of the default test config, made once in the session."""
     from pruneflow.flows.prune import prune_flow
     from pruneflow.tasks.specs.config import parse_config
 
-    config = parse_config(make_config_dict(tiny_data, tiny_baseline, tmp_path_factory.mktemp("stored") / "outputs"))
-    state = prune_flow(config, return_state=True)
-    assert state.is_completed(), state.message
-    return config.output_root / "artifacts"
+    def make(folder: Path) -> None:
+        state = prune_flow(parse_config(make_config_dict(tiny_data, tiny_baseline, folder / "outputs")), return_state=True)
+        assert state.is_completed(), state.message
+
+    return made_once(tmp_path_factory, "stored", make) / "outputs" / "artifacts"
 
 
 @pytest.fixture(scope="session")
 def stored_sweep(prefect_server, tiny_data, tiny_baseline, tmp_path_factory):
-    """The artifact store of one sweep of the default test config over SWEPT, made once per process."""
+    """The artifact store of one sweep of the default test config over SWEPT, made once in the session."""
     from pruneflow.flows.sweep import sweep_flow
     from pruneflow.tasks.specs.config import parse_config
 
-    config_dict = make_config_dict(tiny_data, tiny_baseline, tmp_path_factory.mktemp("stored-sweep") / "outputs")
-    config = parse_config({**config_dict, "sweep": {"targets": list(SWEPT), "max_accuracy_drop": 100.0}})
-    state = sweep_flow(config, return_state=True)
-    assert state.is_completed(), state.message
-    return config.output_root / "artifacts"
+    def make(folder: Path) -> None:
+        config_dict = make_config_dict(tiny_data, tiny_baseline, folder / "outputs")
+        state = sweep_flow(
+            parse_config({**config_dict, "sweep": {"targets": list(SWEPT), "max_accuracy_drop": 100.0}}), return_state=True
+        )
+        assert state.is_completed(), state.message
+
+    return made_once(tmp_path_factory, "stored-sweep", make) / "outputs" / "artifacts"
 
 
 def seeder(stored: Path):
