@@ -34,7 +34,7 @@ def keras3_baseline(tiny_data, tmp_path_factory):
 
 
 def test_a_keras_3_baseline_is_pruned_handed_back_as_a_keras_3_file_and_promoted_with_it(
-    prefect_server, keras3_baseline, tiny_data, tmp_path
+    prefect_server, mlflow_server, keras3_baseline, tiny_data, tmp_path
 ):
     config = parse_config(make_config_dict(tiny_data, keras3_baseline, tmp_path / "outputs"))
     state = prune_flow(config, return_state=True)
@@ -55,20 +55,39 @@ def test_a_keras_3_baseline_is_pruned_handed_back_as_a_keras_3_file_and_promoted
     assert keras3.written_by_keras3(pruned_file.path)
     assert KERAS3 in (summary.run_dir / "summary.json").read_text()
 
-    # A sweep of the same target reuses every stage, the translation included, and promotes the
-    # Keras 3 file beside the Keras model and the chosen file.
-    sweep = parse_config({**make_config_dict(tiny_data, keras3_baseline, tmp_path / "outputs"),
-                          "sweep": {"targets": [0.5], "max_accuracy_drop": 100.0, "min_sparsity": 0.0}})
+    # A sweep of the same target, with no TFLite file, reuses every stage but the exports, the
+    # translation included, and promotes the Keras 3 file (the smallest left) beside the Keras
+    # model, registered with it. The next sweep measures that champion again, in Keras 3.
+    sweep = parse_config({
+        **make_config_dict(tiny_data, keras3_baseline, tmp_path / "outputs"),
+        "export": {"formats": []},
+        # Size decides: the same tiny file timed twice differs by more than 10 % on a busy machine.
+        "sweep": {"targets": [0.5], "max_accuracy_drop": 100.0, "min_sparsity": 0.0, "champion_min_speedup": 0.99},
+        "registry": {"tracking_uri": mlflow_server, "experiment": "keras3", "model_name": "keras3"},
+    })
     outcome = sweep_flow(sweep)
-    assert outcome.decision.promote, outcome.decision
+    assert outcome.decision.promote and outcome.chosen[1].format == KERAS3, outcome.decision
     store = ArtifactStore(root=config.output_root / "artifacts")
     assert len([entry for entry in (store.root / "translate_baseline").iterdir() if not entry.name.startswith(".")]) == 1
     promoted = OutputLayout(root=config.output_root).promoted
-    assert {FORMATS[KERAS3].promoted_file, "model.h5"} <= {entry.name for entry in promoted.iterdir()}
+    assert {entry.name for entry in promoted.iterdir()} == {"model.keras", "model.h5", "config.json", "metrics.json"}
     metrics = json.loads((promoted / "metrics.json").read_text())
     assert metrics["keras3"]["file"] == "model.keras" and metrics["keras3"]["accuracy"] == pytest.approx(
         summary.pruned.accuracy)
     assert keras3.written_by_keras3(promoted / "model.keras")
+    from mlflow import MlflowClient
+
+    registry = MlflowClient(tracking_uri=mlflow_server, registry_uri=mlflow_server)
+    (version,) = registry.search_model_versions("name = 'keras3'")
+    assert {f.path for f in registry.list_artifacts(version.run_id, "promoted")} == {
+        f"promoted/{name}" for name in ("model.keras", "model.h5", "config.json", "metrics.json")
+    }
+    version_folder = promoted.resolve().name
+    again = sweep_flow(sweep)
+    champion = again.decision.champion
+    assert (champion.format, champion.version) == (KERAS3, version_folder)
+    assert champion.accuracy == pytest.approx(summary.pruned.accuracy)
+    assert champion.zip_bytes == outcome.chosen[1].zip_bytes and not again.decision.promote
 
     # In a fresh process, plain Keras 3 loads the file; it holds the zeros and gives the tf_keras
     # pruned model's outputs.
