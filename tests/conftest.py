@@ -60,9 +60,8 @@ def tiny_data(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_baseline(tmp_path_factory, tiny_data) -> Path:
     """A small CNN trained on the tiny dataset, saved as .h5 (one for the session)."""
-    return made_once(tmp_path_factory, "model", lambda folder: train_tiny_baseline(tiny_data, folder / "baseline.h5")) / (
-        "baseline.h5"
-    )
+    model = made_once(tmp_path_factory, "model", lambda folder: train_tiny_baseline(tiny_data, folder / "baseline.h5"))
+    return model / "baseline.h5"
 
 
 @pytest.fixture
