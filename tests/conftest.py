@@ -64,6 +64,23 @@ def tiny_baseline(tmp_path_factory, tiny_data) -> Path:
     return model / "baseline.h5"
 
 
+@pytest.fixture(scope="session")
+def keras3_baseline(tmp_path_factory, tiny_data) -> Path:
+    """The tiny dataset's classifier as users make one today: built, trained and saved by Keras 3, a
+    functional model with Keras 3's own operations and activations (hard_silu, `x * 2.0`); one for
+    the session."""
+    from pruneflow.tasks.demo import train_baseline
+    from pruneflow.tasks.specs.config import parse_config
+    from tests.helpers.keras3_models import build_keras3
+
+    def make(folder: Path) -> None:
+        config = parse_config(make_config_dict(tiny_data, folder / "baseline.keras", folder / "unused"))
+        train_baseline(config, epochs=4, out_path=folder / "baseline.keras",
+                       build_model=lambda: build_keras3("functional_with_ops"))
+
+    return made_once(tmp_path_factory, "keras3-model", make) / "baseline.keras"
+
+
 @pytest.fixture
 def config_dict(tiny_data, tiny_baseline, tmp_path) -> dict:
     """A valid run config (as a mapping) over the tiny dataset; tests change what they need."""

@@ -92,13 +92,13 @@ class Live:
 
 
 @pytest.fixture(scope="package")
-def live(tmp_path_factory, tiny_data, tiny_baseline):
+def live(tmp_path_factory, tiny_data, keras3_baseline):
     """PostgreSQL, a server on it, the work pool, the deployments (their default run: the tiny
-    config, written as a pruneflow.yaml) and a process worker; all stopped by PID at the end, the
-    server before its database."""
+    config over a baseline Keras 3 wrote, as most users' are, written as a pruneflow.yaml) and a
+    process worker; all stopped by PID at the end, the server before its database."""
     home = tmp_path_factory.mktemp("prefect-live")
     config = home / "pruneflow.yaml"
-    config.write_text(yaml.safe_dump(make_config_dict(tiny_data, tiny_baseline, home / "default-outputs")))
+    config.write_text(yaml.safe_dump(make_config_dict(tiny_data, keras3_baseline, home / "default-outputs")))
     port = free_port()
     env = server_env(port)
     env.update(

@@ -18,7 +18,8 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from pruneflow.deployments.gpu import REPO
 from pruneflow.tasks.specs.config import RunConfig, load_config, parse_config
-from tests.helpers.graph import STAGES
+from pruneflow.tasks.specs.formats import KERAS3
+from tests.helpers.graph import KERAS3_STAGES
 from tests.helpers.polling import wait_until
 from tests.helpers.prefect import stage_states
 
@@ -92,8 +93,9 @@ def test_custom_run_form_starts_a_run_that_completes(live, browser):
             "the run started from the UI final", every=1,
         )
         assert flow_run.state.is_completed(), flow_run.state.message
+        # The form's default baseline was written by Keras 3: translated, pruned, handed back.
         got = stage_states(flow_run_id)
-        assert {stage: got[stage] for stage in STAGES} == dict.fromkeys(STAGES, "Completed")
+        assert {stage: got[stage] for stage in KERAS3_STAGES} == dict.fromkeys(KERAS3_STAGES, "Completed")
         # What ran is the config file the deployments were applied with, as the form sent it.
         assert parse_config(flow_run.parameters["config"]) == defaults
         # The worker's run wrote its summary, and the server holds the report the UI shows.
@@ -101,6 +103,7 @@ def test_custom_run_form_starts_a_run_that_completes(live, browser):
         summary = json.loads(summary.read_text())
         assert summary["measured_sparsity"] == pytest.approx(defaults.pruning.final_sparsity, abs=0.01)
         assert summary["sizes"]["pruned"]["zip_bytes"] < summary["sizes"]["baseline"]["zip_bytes"]
+        assert KERAS3 in {file["format"] for file in summary["deployables"] if file["model"] == "pruned"}
         artifacts = client.read_artifacts(
             artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
         )

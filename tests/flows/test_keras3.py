@@ -14,23 +14,12 @@ from pruneflow.flows.prune import prune_flow
 from pruneflow.flows.sweep import sweep_flow
 from pruneflow.tasks.core.layout import OutputLayout
 from pruneflow.tasks.core.store import ArtifactStore
-from pruneflow.tasks.demo import train_baseline
 from pruneflow.tasks.libs import keras3
 from pruneflow.tasks.specs.config import parse_config
 from pruneflow.tasks.specs.formats import FORMATS, KERAS3
 from tests.helpers.data import make_config_dict
 from tests.helpers.graph import KERAS3_STAGES
-from tests.helpers.keras3_models import build_keras3
 from tests.helpers.prefect import stage_states
-
-
-@pytest.fixture(scope="module")
-def keras3_baseline(tiny_data, tmp_path_factory):
-    """The tiny dataset's classifier, built, trained and saved by Keras 3 as users do: a functional
-    model with Keras 3's own operations and activations (hard_silu, `x * 2.0`)."""
-    path = tmp_path_factory.mktemp("keras3") / "baseline.keras"
-    config = parse_config(make_config_dict(tiny_data, path, path.parent / "unused"))
-    return train_baseline(config, epochs=4, out_path=path, build_model=lambda: build_keras3("functional_with_ops"))
 
 
 def test_a_keras_3_baseline_is_pruned_handed_back_as_a_keras_3_file_and_promoted_with_it(
