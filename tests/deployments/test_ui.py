@@ -1,7 +1,6 @@
 """In a real browser: the `manual` deployment's custom-run form, a run started from it, its page."""
 
 import json
-
 import os
 import shutil
 from pathlib import Path
