@@ -15,9 +15,10 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/pruneflow demo
 
-# Two processes (pytest-xdist); the deployment tests, which share one server, stay in one of them.
+# Three processes on two cores (pytest-xdist): the deployment tests, which share one server and
+# mostly wait on it, stay in one of them while the other two keep the cores busy.
 test: $(STAMP)
-	$(BIN)/python -m pytest -n 2 --dist loadgroup
+	$(BIN)/python -m pytest -n 3 --dist loadgroup
 
 # Everything but the tests that start a Prefect server, Chromium or Dask (see docs/development.md).
 test-fast: $(STAMP)
