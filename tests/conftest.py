@@ -30,7 +30,7 @@ from tests.helpers.session import made_once  # noqa: E402
 SERVICE_FIXTURES = {"prefect_server", "live", "mlflow_server"}
 
 
-# `make test` runs the tests in two processes (pytest-xdist, --dist loadgroup): the deployment
+# `make test` runs the tests in three processes (pytest-xdist, --dist loadgroup): the deployment
 # tests share one server, so they all go to one process, in order; the others are shared out.
 DEPLOYMENTS = Path(__file__).with_name("deployments")
 
