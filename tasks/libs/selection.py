@@ -146,7 +146,7 @@ def plan_layers(
             if layer.weights:
                 planned.append(PlannedLayer(path=path, kind=kind, group="cannot_prune", reason=f"TFMOT prunes no weight of {kind}"))
             continue
-        reason = _dense_by_choice(path, layer, selection, keep.get(path), policy, policy_name)
+        reason = dense_by_choice(path, layer, selection, keep.get(path), policy, policy_name)
         if reason:
             planned.append(PlannedLayer(path=path, kind=kind, group="dense_by_choice", reason=reason))
             continue
@@ -172,7 +172,7 @@ def per_layer_sparsity(selection: LayerSelection, path: str, layer) -> float | N
     return next((s for pattern, s in selection.sparsity.items() if matches(pattern, path, layer)), None)
 
 
-def _dense_by_choice(path, layer, selection: LayerSelection, kept_by: str | None, policy, policy_name: str) -> str:
+def dense_by_choice(path, layer, selection: LayerSelection, kept_by: str | None, policy, policy_name: str) -> str:
     """Why the config leaves this prunable layer dense ('' when it does not)."""
     if selection.include and not any(matches(p, path, layer) for p in selection.include):
         return "matches no layers.include pattern"
