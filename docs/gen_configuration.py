@@ -96,9 +96,15 @@ def render() -> str:
     for name, field in schema["properties"].items():
         if name in plain:
             continue
-        optional = "" if name in schema.get("required", []) else " The section may be left out: every field has a default."
+        choices = field.get("anyOf", [field])
+        options = [option for option in choices if option.get("type") != "null"]
+        if len(options) < len(choices):  # an optional section: unset unless given
+            optional = " The section is left out by default."
+        elif name in schema.get("required", []):
+            optional = ""
+        else:
+            optional = " The section may be left out: every field has a default."
         lines.append(f"## `{name}`\n\n{field.get('description', '')}{optional}\n")
-        options = field["anyOf"] if "anyOf" in field else [field]
         for option in options:
             model = _ref(option, defs)
             if len(options) > 1:  # a choice of section types: each has its own heading

@@ -36,6 +36,7 @@ from pruneflow.tasks.stages.export_tflite import export_baseline, export_pruned
 from pruneflow.tasks.stages.measure_latency import measure_latency
 from pruneflow.tasks.stages.measure_size import measure_size
 from pruneflow.tasks.stages.prepare_dataset import prepare_dataset
+from pruneflow.tasks.stages.prune_channels import prune_channels
 from pruneflow.tasks.stages.prune_train import prune_train
 from pruneflow.tasks.stages.quantize_train import quantize_train
 from pruneflow.tasks.stages.sanity_check import sanity_check
@@ -116,9 +117,14 @@ def prepare(config: RunConfig, run: Run) -> Prepared:
 
 def prune_to(config: RunConfig, start: Prepared, schedule: Schedule) -> PruningOutcome:
     store, dataset = start.store, start.dataset
+    export, channels, narrowed = start.export, config.channel_spec, None
+    if channels is not None:  # prune_train fine-tunes the narrowed model
+        narrowed = run_stage(prune_channels, store, baseline=start.model, channels=channels)
+        export = export.without_keras3()  # the Keras 3 hand-back keeps the baseline's shapes
     training = prune_train.retrying(config.training.retries, config.training.retry_delay_seconds)
     trained = run_stage(
-        training, store, dataset=dataset, baseline=start.model, schedule=schedule, training=config.training_spec
+        training, store, dataset=dataset, baseline=start.model if narrowed is None else narrowed.file,
+        schedule=schedule, training=config.training_spec,
     )
     stripped = run_stage(strip, store, trained=trained, dataset=dataset)
     sanity = run_stage(
@@ -130,7 +136,6 @@ def prune_to(config: RunConfig, start: Prepared, schedule: Schedule) -> PruningO
         evaluate_pruned, store, model=stripped.file, dataset=dataset, batch_size=config.dataset.batch_size
     )
     quantized = run_stage(quantize_train, store, dataset=dataset, pruned=stripped.file, qat=config.qat_spec)
-    export = start.export
     tflite, onnx = export.made_by("tflite"), export.made_by("onnx")
 
     def qat_for(spec: ExportSpec):  # only a stage with a format made from it takes the QAT model
@@ -154,7 +159,7 @@ def prune_to(config: RunConfig, start: Prepared, schedule: Schedule) -> PruningO
         machine=machine_description(),
     )
     return PruningOutcome(
-        pruned_model=stripped.model, schedule=schedule, baseline=start.baseline, pruned=pruned,
+        pruned_model=stripped.model, schedule=schedule, channels=narrowed, baseline=start.baseline, pruned=pruned,
         sanity=sanity, sizes=sizes, training=trained, baseline_exports=start.baseline_exports,
         baseline_export_evaluation=start.baseline_export_evaluation,
         exports=exports, export_evaluation=assessed, latency=latency,

@@ -16,6 +16,7 @@ from typing import Literal
 import numpy as np
 from pydantic import computed_field
 
+from pruneflow.tasks.libs.channels import ChannelPlan, LayerCost
 from pruneflow.tasks.libs.models import (
     ModelFile,
     load_model,
@@ -285,6 +286,36 @@ class TranslatedModel(StoredArtifact):
     def file(self) -> ModelFile:
         """The translated baseline as a later stage's input, known by this artifact's digest."""
         return ModelFile(path=self.model, digest=self.digest, trust_code=True)
+
+
+class NarrowedModel(StoredArtifact):
+    """The baseline with whole channels removed (pruneflow.tasks.libs.channels): which, and each
+    layer's parameters and FLOPs before and after."""
+
+    plan: ChannelPlan
+    before: list[LayerCost]
+    after: list[LayerCost]
+
+    @property
+    def model(self) -> Path:
+        return self.folder / "narrowed.h5"
+
+    @property
+    def file(self) -> ModelFile:
+        """The narrowed model as a later stage's input, known by this artifact's digest."""
+        return ModelFile(path=self.model, digest=self.digest, trust_code=True)
+
+    @computed_field
+    @property
+    def params_ratio(self) -> float:
+        """The narrowed model's parameters over the baseline's."""
+        return sum(c.params for c in self.after) / max(1, sum(c.params for c in self.before))
+
+    @computed_field
+    @property
+    def flops_ratio(self) -> float:
+        """The narrowed model's FLOPs per image over the baseline's."""
+        return sum(c.flops for c in self.after) / max(1, sum(c.flops for c in self.before))
 
 
 class StrippedModel(StoredArtifact):

@@ -14,6 +14,7 @@ from pruneflow.tasks.libs.artifacts import (
     ExportEvaluation,
     LatencyReport,
     ModelSize,
+    NarrowedModel,
     SanityReport,
     SizeReport,
     TrainedModel,
@@ -56,6 +57,7 @@ class PruningOutcome(BaseModel):
 
     pruned_model: Path
     schedule: Schedule
+    channels: NarrowedModel | None = None  # the channels removed before magnitude pruning, if any
     baseline: Evaluation
     pruned: Evaluation
     sanity: SanityReport

@@ -14,7 +14,7 @@ from pruneflow.tasks.core.layout import OutputLayout
 from pruneflow.tasks.core.log import run_logger
 from pruneflow.tasks.decide.champion import Decision
 from pruneflow.tasks.decide.gate import Candidate, accuracy_drop, candidates, gate_problem
-from pruneflow.tasks.libs.artifacts import ChampionEvaluation
+from pruneflow.tasks.libs.artifacts import ChampionEvaluation, NarrowedModel
 from pruneflow.tasks.libs.outcome import Deployable, PruningOutcome, TargetResult
 from pruneflow.tasks.report.plot import plot_sweep
 from pruneflow.tasks.specs.config import RunConfig, SweepConfig
@@ -55,7 +55,51 @@ def comparison_rows(summary: RunSummary) -> list[dict[str, str]]:
          "pruned": f"{sizes.pruned.xz_bytes:,}", "change": f"{sizes.xz_ratio:.2f}x smaller"},
         {"metric": "floor: non-zero weights x 4 (bytes)", "baseline": f"{sizes.baseline.floor_bytes:,}",
          "pruned": f"{sizes.pruned.floor_bytes:,}", "change": ""},
+        *channel_totals(summary.channels),
     ]
+
+
+def channel_totals(narrowed: NarrowedModel | None) -> list[dict[str, str]]:
+    """The parameters and FLOPs per image of the baseline and of the narrowed model (none without
+    channel pruning)."""
+    if narrowed is None:
+        return []
+    rows = []
+    for metric, field, ratio in (("parameters", "params", narrowed.params_ratio),
+                                 ("FLOPs per image", "flops", narrowed.flops_ratio)):
+        before, after = (sum(getattr(cost, field) for cost in costs) for costs in (narrowed.before, narrowed.after))
+        rows.append({"metric": metric, "baseline": f"{before:,}", "pruned": f"{after:,}",
+                     "change": f"{ratio:.2f}x the baseline's (channels removed)"})
+    return rows
+
+
+def channel_rows(narrowed: NarrowedModel) -> list[dict[str, str]]:
+    """One row per layer whose size or work changed: channels, parameters and FLOPs before and after."""
+    after = {cost.path: cost for cost in narrowed.after}
+    kept = {path: (group.channels, len(group.kept)) for group in narrowed.plan.groups for path in group.layers}
+    return [
+        {
+            "layer": cost.path,
+            "class": cost.kind,
+            "output channels": "{} -> {}".format(*kept[cost.path]) if cost.path in kept else "-",
+            "parameters": f"{cost.params:,} -> {after[cost.path].params:,}",
+            "FLOPs": f"{cost.flops:,} -> {after[cost.path].flops:,}",
+        }
+        for cost in narrowed.before
+        if (cost.params, cost.flops) != (after[cost.path].params, after[cost.path].flops)
+    ]
+
+
+def render_channels(narrowed: NarrowedModel | None) -> str:
+    """The channels removed, layer by layer, and the groups left whole with their reason."""
+    if narrowed is None:
+        return ""
+    whole = "".join(f"- {', '.join(group.layers)}: {group.reason}\n" for group in narrowed.plan.whole)
+    return (
+        f"## Channels removed\n\nRanked by {narrowed.plan.criterion}; the narrowed model has "
+        f"{narrowed.params_ratio:.2f}x the baseline's parameters and {narrowed.flops_ratio:.2f}x its FLOPs.\n\n"
+        f"{markdown_table(channel_rows(narrowed))}\n\n" + (f"Left whole:\n\n{whole}\n" if whole else "")
+    )
 
 
 def target_text(outcome: PruningOutcome) -> str:
@@ -122,6 +166,7 @@ def render_markdown(summary: RunSummary) -> str:
     stages = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in summary.stage_seconds.items())
     return (
         f"# Pruning run\n\n{render_table(summary)}\n\n## Deployable files\n\n{render_files(summary)}\n\n"
+        f"{render_channels(summary.channels)}"
         f"## Weights by group\n\nLayers: {summary.sanity.layer_counts()}.\n\n```\n{summary.sanity.group_table()}\n```\n\n"
         f"- Schedule: `{summary.schedule.model_dump_json()}`\n"
         f"- Test images: {summary.pruned.examples}; classes: {', '.join(summary.classes)}\n"

@@ -1,0 +1,35 @@
+"""Channel pruning in a run: the baseline narrowed, fine-tuned under the schedule, magnitude-pruned,
+exported and measured like any other model."""
+
+from pruneflow.flows.prune import prune_flow
+from pruneflow.tasks.report.summary import ARTIFACT_KEY
+from pruneflow.tasks.libs.models import load_model
+from pruneflow.tasks.specs.config import parse_config
+from tests.helpers.graph import CHANNEL_STAGES
+from tests.helpers.prefect import artifacts_of, stage_states
+
+
+def test_a_run_removes_channels_then_prunes_the_narrowed_model_and_measures_it(prefect_server, config_dict):
+    config = parse_config({**config_dict, "channel_pruning": {"fraction": 0.5}})
+    state = prune_flow(config, return_state=True)
+    assert state.is_completed(), state.message
+    summary = state.result()
+    assert stage_states(state.state_details.flow_run_id) == {
+        stage: "Completed" for stage in ["check_inputs", *CHANNEL_STAGES, "publish_report"]
+    }
+    baseline, pruned = load_model(config.model.baseline), load_model(summary.pruned_model)
+    widths = {layer.name: layer.kernel.shape[-1] for layer in pruned.layers if hasattr(layer, "kernel")}
+    assert widths == {
+        layer.name: layer.kernel.shape[-1] // 2 if layer is not baseline.layers[-1] else layer.kernel.shape[-1]
+        for layer in baseline.layers if hasattr(layer, "kernel")
+    }
+    channels = summary.channels
+    assert channels.params_ratio < 0.6 and channels.flops_ratio < 0.6
+    assert all(t.passed for t in summary.sanity.tensors)
+    assert summary.sizes.pruned.raw_bytes < summary.sizes.baseline.raw_bytes / 2
+
+    report = artifacts_of(state.state_details.flow_run_id)[ARTIFACT_KEY].data
+    [hidden] = [layer for layer in baseline.layers if getattr(layer, "units", 0) == 32]
+    assert f"| {hidden.name} " in report and "| 32 -> 16 " in report  # the hidden Dense layer, halved
+    assert f"{channels.flops_ratio:.2f}x its FLOPs" in report
+    assert "the model's output (the classifier's classes)" in report  # the classifier, left whole
