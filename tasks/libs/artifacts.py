@@ -215,7 +215,7 @@ class ExportEvaluation(StoredArtifact):
 
 
 class Timing(BaseModel):
-    """One model file's batch-1 latency, in milliseconds."""
+    """One model file's latency on a batch of images, in milliseconds."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -224,6 +224,7 @@ class Timing(BaseModel):
     median_ms: float
     p90_ms: float
     runs: int
+    batch: int = 1
 
 
 class LatencyReport(StoredArtifact):
@@ -236,8 +237,12 @@ class LatencyReport(StoredArtifact):
     notes: list[str] = []  # how a file ran, where not as usual (a TFLite file XNNPACK cannot prepare)
 
     def of(self, model: str, fmt: str) -> Timing:
-        """The timing of `model`'s file in format `fmt` (KERAS for the Keras model)."""
-        return next(t for t in self.timings if t.model == model and t.format == fmt)
+        """The batch-1 timing of `model`'s file in format `fmt` (KERAS for the Keras model)."""
+        return next(t for t in self.timings if t.model == model and t.format == fmt and t.batch == 1)
+
+    def batched(self, model: str, fmt: str) -> Timing | None:
+        """The timing of `model`'s file in format `fmt` at the larger batch, if it was timed at one."""
+        return next((t for t in self.timings if t.model == model and t.format == fmt and t.batch > 1), None)
 
 
 class Evaluation(StoredArtifact):

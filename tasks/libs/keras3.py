@@ -611,8 +611,8 @@ def predictor(path: Path, threads: int, batch: int):
     return lambda images: np.asarray(model3(images, training=False))
 
 
-def batch1_call(path: Path, image: np.ndarray, threads: int):
-    """One Keras 3 invocation on one image, compiled as the Keras model's is (see timing.keras_call)."""
+def timed_call(path: Path, images: np.ndarray, threads: int):
+    """One Keras 3 invocation on `images`, compiled as the Keras model's is (see timing.keras_call)."""
     from pruneflow.tasks.libs.timing import Invocation, keras_call
 
-    return Invocation(keras_call(load_keras3(path), image))
+    return Invocation(keras_call(load_keras3(path), images))

@@ -110,10 +110,20 @@ class Predictor:
         return np.concatenate(rows).reshape(len(images), -1)
 
 
-def batch1_call(path: Path, image: np.ndarray, threads: int) -> Invocation:
-    """One invocation of the file on `image` (a batch of one), its input set once: what latency times."""
-    interpreter, delegated = allocated(path, threads)
+def timed_call(path: Path, images: np.ndarray, threads: int) -> Invocation:
+    """One invocation of the file on `images` (its input resized to their batch), the input set once:
+    what latency times.
+
+    Raises:
+        PruneflowError: the file's batch is fixed (a reshape inside it) and `images` are more than one.
+    """
+    interpreter, delegated = allocated(path, threads, list(images.shape) if len(images) > 1 else None)
     detail = interpreter.get_input_details()[0]
-    interpreter.set_tensor(detail["index"], to_input(image, detail))
+    interpreter.set_tensor(detail["index"], to_input(images, detail))
+    if len(images) > 1:
+        interpreter.invoke()
+        rows = interpreter.get_tensor(interpreter.get_output_details()[0]["index"]).shape[0]
+        if rows != len(images):
+            raise PruneflowError(f"{path.name} gives {rows} output rows for a batch of {len(images)}: its batch is fixed")
     note = "" if delegated else f"{path.name} runs on LiteRT's built-in kernels: XNNPACK cannot prepare it"
     return Invocation(interpreter.invoke, note)

@@ -110,10 +110,10 @@ def predictor(path: Path, threads: int, batch: int):
     return predict
 
 
-def batch1_call(path: Path, image: np.ndarray, threads: int):
-    """One onnxruntime invocation of the file on `image` (a batch of one): what latency times."""
+def timed_call(path: Path, images: np.ndarray, threads: int):
+    """One onnxruntime invocation of the file on `images`: what latency times."""
     session = _session(path, threads)
-    feed = {INPUT_NAME: image.astype(np.float32)}
+    feed = {INPUT_NAME: images.astype(np.float32)}
     return Invocation(lambda: session.run(None, feed))
 
 

@@ -29,7 +29,10 @@ class Deployable(BaseModel):
     Ratios compare like with like: the baseline .h5's raw bytes over this file's raw bytes, its
     zip-deflated bytes over this file's zip-deflated bytes, and so on (higher is smaller).
     `speedup` is the baseline's median latency in the same format (its dense counterpart for a
-    sparse or QAT format: int8 for int8_qat_sparse) over this file's: above 1 is faster.
+    sparse or QAT format: int8 for int8_qat_sparse) over this file's: above 1 is faster;
+    `batch_speedup` the same at the larger batch (`batch` images a call), where one was timed.
+    `flops_ratio` is the model's FLOPs per image over the baseline's: below 1 where channel
+    pruning removed work, 1 otherwise (zeros inside a kernel cost the same multiply).
     """
 
     model_config = ConfigDict(frozen=True)
@@ -48,6 +51,10 @@ class Deployable(BaseModel):
     latency_median_ms: float
     latency_p90_ms: float
     speedup: float
+    batch: int | None = None
+    batch_median_ms: float | None = None
+    batch_speedup: float | None = None
+    flops_ratio: float = 1.0
 
 
 class PruningOutcome(BaseModel):
@@ -91,12 +98,17 @@ class PruningOutcome(BaseModel):
         def row(model, fmt, path, size: ModelSize | ExportedFile, accuracy, agreement) -> Deployable:
             timing = self.latency.of(model, fmt)
             dense = self.latency.of("baseline", FORMATS[fmt].dense)
+            batched, dense_batched = self.latency.batched(model, fmt), self.latency.batched("baseline", FORMATS[fmt].dense)
+            narrowed = model == "pruned" and self.channels is not None
             return Deployable(
                 model=model, format=fmt, path=path, raw_bytes=size.raw_bytes, zip_bytes=size.zip_bytes,
                 xz_bytes=size.xz_bytes, raw_ratio=reference.raw_bytes / size.raw_bytes,
                 zip_ratio=reference.zip_bytes / size.zip_bytes, xz_ratio=reference.xz_bytes / size.xz_bytes,
                 accuracy=accuracy, agreement=agreement, latency_median_ms=timing.median_ms,
                 latency_p90_ms=timing.p90_ms, speedup=dense.median_ms / timing.median_ms,
+                batch=batched.batch if batched else None, batch_median_ms=batched.median_ms if batched else None,
+                batch_speedup=dense_batched.median_ms / batched.median_ms if batched and dense_batched else None,
+                flops_ratio=self.channels.flops_ratio if narrowed else 1.0,
             )
 
         rows = []

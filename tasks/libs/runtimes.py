@@ -19,8 +19,8 @@ from pruneflow.tasks.libs.timing import Invocation, keras_call
 
 # (path, threads, batch) -> a function from images (float32 in [0, 1]) to one row of outputs per image
 PredictorFactory = Callable[[Path, int, int], Callable[[np.ndarray], np.ndarray]]
-# (path, image, threads) -> one invocation on that image, to be timed
-Batch1Factory = Callable[[Path, np.ndarray, int], Invocation]
+# (path, images, threads) -> one invocation on that batch of images, to be timed
+TimedFactory = Callable[[Path, np.ndarray, int], Invocation]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,14 +30,14 @@ class Runtime:
     Attributes:
         name: the name formats give in their `runtime`.
         predictor: runs a file on batches of images, for accuracy and agreement.
-        batch1: one invocation of a file on one image, for latency.
+        timed: one invocation of a file on a batch of images (one image, or latency_batch), for latency.
         packages: the distributions whose versions change what it computes: they are in the key of
             every stage that runs it.
     """
 
     name: str
     predictor: PredictorFactory
-    batch1: Batch1Factory
+    timed: TimedFactory
     packages: tuple[str, ...] = ()
 
 
@@ -46,18 +46,18 @@ def _keras_predictor(path: Path, threads: int, batch: int) -> Callable[[np.ndarr
     return lambda images: model(images, training=False).numpy()
 
 
-def _keras_batch1(path: Path, image: np.ndarray, threads: int) -> Invocation:
-    return Invocation(keras_call(load_model(path), image))
+def _keras_timed(path: Path, images: np.ndarray, threads: int) -> Invocation:
+    return Invocation(keras_call(load_model(path), images))
 
 
 RUNTIMES: dict[str, Runtime] = {
     runtime.name: runtime
     for runtime in (
         # TensorFlow's own threads; `threads` is the interpreters' setting.
-        Runtime("keras", _keras_predictor, _keras_batch1),
-        Runtime("litert", litert.Predictor, litert.batch1_call, packages=("ai-edge-litert",)),
-        Runtime("onnxruntime", onnx.predictor, onnx.batch1_call, packages=("onnxruntime",)),
-        Runtime("keras3", keras3.predictor, keras3.batch1_call, packages=("keras",)),
+        Runtime("keras", _keras_predictor, _keras_timed),
+        Runtime("litert", litert.Predictor, litert.timed_call, packages=("ai-edge-litert",)),
+        Runtime("onnxruntime", onnx.predictor, onnx.timed_call, packages=("onnxruntime",)),
+        Runtime("keras3", keras3.predictor, keras3.timed_call, packages=("keras",)),
     )
 }
 

@@ -58,21 +58,25 @@ def keras_call(model, image: np.ndarray) -> Callable[[], object]:
     return lambda: predict(batch).numpy()
 
 
-def time_side_by_side(calls: dict[tuple[str, str], Callable], spec: LatencySpec) -> list[Timing]:
-    """Warm each call up, then time them in turns of ROUND invocations until each has spec.runs."""
+def time_side_by_side(
+    calls: dict[tuple[str, str], Callable], spec: LatencySpec, batch: int = 1, runs: int | None = None
+) -> list[Timing]:
+    """Warm each call up, then time them in turns of ROUND invocations until each has `runs`
+    (spec.runs by default); each call runs on `batch` images."""
+    runs = spec.runs if runs is None else runs
     for call in calls.values():
         for _ in range(spec.warmup):
             call()
     seconds = {name: [] for name in calls}
-    while any(len(times) < spec.runs for times in seconds.values()):
+    while any(len(times) < runs for times in seconds.values()):
         for name, call in calls.items():
-            for _ in range(min(ROUND, spec.runs - len(seconds[name]))):
+            for _ in range(min(ROUND, runs - len(seconds[name]))):
                 started = time.perf_counter()
                 call()
                 seconds[name].append(time.perf_counter() - started)
     return [
         Timing(model=model, format=fmt, median_ms=float(np.median(times) * 1e3),
-               p90_ms=float(np.percentile(times, 90) * 1e3), runs=len(times))
+               p90_ms=float(np.percentile(times, 90) * 1e3), runs=len(times), batch=batch)
         for (model, fmt), times in seconds.items()
     ]
 

@@ -116,8 +116,9 @@ def file_rows(outcome: PruningOutcome) -> list[dict[str, str]]:
     Sizes are followed by how many times smaller the file is than the baseline .h5, compressed
     alike; speed-up is against the baseline in the same format (a sparse format's dense one).
     """
-    return [
-        {
+    rows = []
+    for file in outcome.deployables:
+        row = {
             "model": file.model,
             "format": display_name(file.format),
             "bytes": f"{file.raw_bytes:,} ({file.raw_ratio:.2f}x)",
@@ -128,14 +129,23 @@ def file_rows(outcome: PruningOutcome) -> list[dict[str, str]]:
             "latency median / p90 (ms)": f"{file.latency_median_ms:.3f} / {file.latency_p90_ms:.3f}",
             "speed-up": f"{file.speedup:.2f}x",
         }
-        for file in outcome.deployables
-    ]
+        batch = next((d.batch for d in outcome.deployables if d.batch), None)
+        if batch:
+            timed = file.batch_median_ms is not None
+            row[f"batch {batch} median (ms)"] = f"{file.batch_median_ms:.3f}" if timed else "-"
+            row[f"batch {batch} speed-up"] = f"{file.batch_speedup:.2f}x" if file.batch_speedup else "-"
+        if outcome.channels is not None:
+            row["FLOPs"] = f"{file.flops_ratio:.2f}x"
+        rows.append(row)
+    return rows
 
 
 def latency_note(outcome: PruningOutcome) -> str:
     latency = outcome.latency
     return (
-        f"Latency: batch 1, median and 90th percentile of {latency.timings[0].runs} runs after warm-up, each file in "
+        f"Latency: batch 1, median and 90th percentile of {latency.timings[0].runs} runs after warm-up"
+        + "".join(f" (batch {t.batch}: {t.runs} runs)" for t in latency.timings[-1:] if t.batch > 1)
+        + ", each file in "
         f"its runtime (TFLite files in LiteRT with XNNPACK, ONNX files in onnxruntime) on {latency.threads} thread(s), "
         f"Keras as a tf.function; on {latency.machine}. {latency.sparse_kernels}"
         + "".join(f" {note}." for note in latency.notes)

@@ -328,6 +328,13 @@ class ExportConfig(_Strict):
         "turns, a few invocations at a time. The median and the 90th percentile are reported.",
     )
     latency_warmup: int = Field(20, ge=0, description="Untimed invocations of each model file before the timed ones.")
+    latency_batch: int = Field(
+        32, ge=1, description="A second batch size each model file is timed at, besides 1 (where fixed costs "
+        "dominate a small model), as a server batching requests runs it; 1: batch 1 only.",
+    )
+    latency_batch_runs: int = Field(
+        50, ge=5, description="Timed invocations of each model file at latency_batch, after latency_warmup untimed ones.",
+    )
     threads: int = Field(
         1, ge=1, description="CPU threads of each file's runtime (LiteRT with XNNPACK, onnxruntime) when latency "
         "is measured. The Keras models, timed for reference, use TensorFlow's own thread settings.",
@@ -391,6 +398,8 @@ class LatencySpec(_Strict):
     runs: int = Field(ge=5)
     warmup: int = Field(ge=0)
     threads: int = Field(ge=1)
+    batch: int = Field(1, ge=1)  # a second batch size timed, besides 1; 1: none
+    batch_runs: int = Field(50, ge=5)
 
 
 class SweepConfig(_Strict):
@@ -568,7 +577,9 @@ class RunConfig(_Strict):
 
     @property
     def latency_spec(self) -> LatencySpec:
-        return LatencySpec(runs=self.export.latency_runs, warmup=self.export.latency_warmup, threads=self.export.threads)
+        export = self.export
+        return LatencySpec(runs=export.latency_runs, warmup=export.latency_warmup, threads=export.threads,
+                           batch=export.latency_batch, batch_runs=export.latency_batch_runs)
 
 
 def format_validation_error(error: ValidationError, source: str) -> str:

@@ -34,7 +34,7 @@ def measure_champion(
         predictor = runtime.predictor(path, available_cpus(), batch_size)
         hits = [predictor(images).argmax(axis=-1) == labels for images, labels in test.as_numpy_iterator()]
         accuracy = float(np.mean(np.concatenate(hits)))
-        call = runtime.batch1(path, image, latency.threads)
+        call = runtime.timed(path, image, latency.threads)
     except (ValueError, RuntimeError) as error:  # another input shape, or other classes, than this run's data
         raise PruneflowError(
             f"the champion {path} cannot be evaluated on this run's test split: {str(error).strip()[:300]}. It was "

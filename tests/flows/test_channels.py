@@ -5,7 +5,7 @@ from pruneflow.flows.prune import prune_flow
 from pruneflow.tasks.report.summary import ARTIFACT_KEY
 from pruneflow.tasks.libs.models import load_model
 from pruneflow.tasks.specs.config import parse_config
-from tests.helpers.graph import CHANNEL_STAGES
+from tests.helpers.graph import CHANNEL_STAGES, deployable_files
 from tests.helpers.prefect import artifacts_of, stage_states
 
 
@@ -28,7 +28,17 @@ def test_a_run_removes_channels_then_prunes_the_narrowed_model_and_measures_it(p
     assert all(t.passed for t in summary.sanity.tensors)
     assert summary.sizes.pruned.raw_bytes < summary.sizes.baseline.raw_bytes / 2
 
+    # Timed at batch 1 and at the larger batch, each file against the baseline's in its format;
+    # the pruned model's FLOPs ratio beside its speed-ups.
+    files = {(d.model, d.format): d for d in summary.deployables}
+    assert set(files) == deployable_files(["int8"])
+    for (model, fmt), file in files.items():
+        timing = summary.latency.batched(model, fmt)
+        assert (file.batch, file.batch_median_ms) == (32, timing.median_ms) and timing.runs == 50
+        assert file.batch_speedup == summary.latency.batched("baseline", fmt).median_ms / timing.median_ms
+        assert file.flops_ratio == (channels.flops_ratio if model == "pruned" else 1.0)
     report = artifacts_of(state.state_details.flow_run_id)[ARTIFACT_KEY].data
+    assert "| batch 32 speed-up |" in report.replace("  ", " ").replace("  ", " ")
     [hidden] = [layer for layer in baseline.layers if getattr(layer, "units", 0) == 32]
     assert f"| {hidden.name} " in report and "| 32 -> 16 " in report  # the hidden Dense layer, halved
     assert f"{channels.flops_ratio:.2f}x its FLOPs" in report

@@ -3,7 +3,7 @@
 import numpy as np
 
 from pruneflow.tasks.libs import tflite
-from pruneflow.tasks.libs.litert import Predictor, allocated, batch1_call
+from pruneflow.tasks.libs.litert import Predictor, allocated, timed_call
 from pruneflow.tasks.specs.config import ExportSpec
 from pruneflow.tasks.specs.formats import FORMATS
 from tests.helpers.data import IMAGE_SIZE
@@ -34,8 +34,8 @@ def test_an_int8_file_xnnpack_cannot_prepare_runs_on_the_built_in_kernels_and_sa
         paths[name].write_bytes(tflite.convert(model, FORMATS[name], SPEC, images))
     assert allocated(paths["float32"], threads=1)[1]  # XNNPACK runs the float file
     assert not allocated(paths["int8_sparse"], threads=1)[1]  # LiteRT 2.3's XNNPACK refuses its sparse int8 weights
-    assert batch1_call(paths["float32"], images[:1], 1).note == ""
-    note = batch1_call(paths["int8_sparse"], images[:1], 1).note
+    assert timed_call(paths["float32"], images[:1], 1).note == ""
+    note = timed_call(paths["int8_sparse"], images[:1], 1).note
     assert note == "model_int8_sparse.tflite runs on LiteRT's built-in kernels: XNNPACK cannot prepare it"
     # On its built-in kernels the file still computes what the Keras model does, at int8 precision.
     predicted = Predictor(paths["int8_sparse"], threads=1, batch=4)(images)

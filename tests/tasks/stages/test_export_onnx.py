@@ -65,7 +65,7 @@ def test_onnx_and_tflite_files_are_evaluated_and_timed_together(tiny_baseline, t
     assert evaluation.of("float32").accuracy == evaluation.of("onnx").accuracy
     assert evaluation.of("onnx").agreement == 1.0
     image = np.zeros((1, *tiny_prepared.image_shape), np.float32)
-    call = RUNTIMES[FORMATS["onnx"].runtime].batch1(exports[1].path(exports[1].files[0]), image, 1)
+    call = RUNTIMES[FORMATS["onnx"].runtime].timed(exports[1].path(exports[1].files[0]), image, 1)
     assert call()[0].shape == (1, len(tiny_prepared.classes))
 
 
