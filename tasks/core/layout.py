@@ -69,9 +69,16 @@ class OutputLayout(BaseModel):
         return self.root / "history"
 
     def new_run_dir(self, run_name: str | None) -> Path:
-        """A fresh folder for one run's report: UTC time, then the flow run's name."""
+        """A fresh folder for one run's report: UTC time, then the flow run's name (then -2, -3 for
+        a flow run run again within the same second: a retry, or a rerun served from the store)."""
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-        run_dir = self.runs / f"{stamp}-{run_name or 'local'}"
         with storage_errors(self.root, "the run's folder"):
-            run_dir.mkdir(parents=True, exist_ok=False)
-        return run_dir
+            self.runs.mkdir(parents=True, exist_ok=True)
+            for attempt in range(1, 1000):
+                run_dir = self.runs / f"{stamp}-{run_name or 'local'}{'' if attempt == 1 else f'-{attempt}'}"
+                try:
+                    run_dir.mkdir()
+                    return run_dir
+                except FileExistsError:
+                    continue
+        raise AssertionError(f"{self.runs}: 999 runs named {run_name} in one second")

@@ -73,7 +73,9 @@ def test_flow_prunes_strips_checks_measures_and_reports(prefect_server, config_d
     assert pruned["float32_sparse"].raw_bytes < pruned["float32"].raw_bytes
     assert pruned["int8"].zip_bytes < pruned["float32"].zip_bytes and pruned["int8"].zip_ratio > summary.sizes.zip_ratio
     assert all(t.sparsity >= 0.49 for e in summary.exports for f in e.files for t in f.sparsity)
-    assert len(summary.latency.timings) == len(files) and summary.latency.machine
+    for batch in (1, 32):  # each file timed at batch 1 and at export.latency_batch
+        assert len([t for t in summary.latency.timings if t.batch == batch]) == len(files), batch
+    assert summary.latency.machine
     assert "XNNPACK's sparse kernels cannot apply" in summary.latency.sparse_kernels
     rows = json.loads(artifacts[f"{ARTIFACT_KEY}-files"].data)
     assert [row["format"] for row in rows] == [display_name(fmt) for _, fmt in files]
