@@ -97,7 +97,9 @@ def demo_2_4(workdir: Path) -> None:
     print_run("demo at 2:4", *timed_command("run", str(config)))
 
 
-def mobilenet(workdir: Path) -> None:
+def mobilenet_config(workdir: Path) -> Path:
+    """The MobileNetV2 case's config under workdir/mobilenet: its data (a sample of the demo's
+    digits) written and its baseline trained, once."""
     from pruneflow.tasks.core.runtime import keras
     from pruneflow.tasks.demo import train_baseline
     from pruneflow.tasks.specs.config import load_config
@@ -138,7 +140,11 @@ def mobilenet(workdir: Path) -> None:
         started = time.perf_counter()
         train_baseline(config, epochs=6, out_path=config.model.baseline, build_model=build, library="tf_keras")
         print(f"baseline trained in {time.perf_counter() - started:.1f} s")
-    print_run("Rescaling + MobileNetV2 0.35 at 224x224x3", *timed_command("run", str(config_path)))
+    return config_path
+
+
+def mobilenet(workdir: Path) -> None:
+    print_run("Rescaling + MobileNetV2 0.35 at 224x224x3", *timed_command("run", str(mobilenet_config(workdir))))
 
 
 def main() -> int:

@@ -291,10 +291,11 @@ class ChannelPlan(BaseModel):
 
 def plan_channels(
     model, tracing: Tracing, *, fraction: float, criterion: Criterion = "l1", overrides: dict[str, float] | None = None,
-    selection=None, model_path: Path | None = None,
+    selection=None, model_path: Path | None = None, multiple: int = 1,
 ) -> ChannelPlan:
     """Choose the channels each group keeps: the `fraction` (or its layers' override) of lowest
-    score removed, at least one kept.
+    score removed, at least one kept (at least `multiple`, and a multiple of it: what 2:4 sparsity
+    needs of the next layer's input channels).
 
     Args:
         overrides: pattern -> fraction, matched against each producing layer's path, name or class;
@@ -320,7 +321,9 @@ def plan_channels(
         reason = space.blocked or _left_dense(space.producers, producers, selection, first_conv)
         share = min((f for p, f in overrides.items() for path in space.producers if matches(p, path, producers[path])),
                     default=fraction)
-        remove = 0 if reason else min(int(space.count * share), space.count - 1)
+        keep = space.count - int(space.count * share)
+        keep = min(space.count, -(-max(keep, 1) // multiple) * multiple)  # rounded up to a multiple
+        remove = 0 if reason else space.count - keep
         if not reason and not remove:
             reason = f"{share:g} of {space.count} channels is less than one"
         scores = _scores(space, producers, tracing.layers, criterion)

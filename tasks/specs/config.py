@@ -269,6 +269,7 @@ class ChannelSpec(_Strict):
     include: list[str]
     exclude: list[str]
     keep_first_conv: bool
+    multiple: int = Field(1, ge=1)  # each group keeps a multiple of this many channels: n of layers.m_by_n
 
     @property
     def selection(self) -> LayerSelection:
@@ -557,7 +558,8 @@ class RunConfig(_Strict):
         if self.channel_pruning is None:
             return None
         selection = self.layers.model_dump(include={"include", "exclude", "keep_first_conv"})
-        return ChannelSpec(**self.channel_pruning.model_dump(), **selection)
+        multiple = self.layers.m_by_n[1] if self.layers.m_by_n else 1
+        return ChannelSpec(**self.channel_pruning.model_dump(), **selection, multiple=multiple)
 
     @property
     def export_spec(self) -> ExportSpec:

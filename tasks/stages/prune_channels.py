@@ -24,7 +24,7 @@ def channel_plan(model, channels: ChannelSpec, model_path: Path) -> tuple[object
     tracing = trace_channels(model)
     plan = plan_channels(
         model, tracing, fraction=channels.fraction, criterion=channels.criterion, overrides=channels.layers,
-        selection=channels.selection, model_path=model_path,
+        selection=channels.selection, model_path=model_path, multiple=channels.multiple,
     )
     if not plan.pruned:
         reasons = "; ".join(f"{', '.join(g.layers)}: {g.reason}" for g in plan.whole)

@@ -5,6 +5,7 @@ from pruneflow.flows.prune import prune_flow
 from pruneflow.tasks.report.summary import ARTIFACT_KEY
 from pruneflow.tasks.libs.models import load_model
 from pruneflow.tasks.specs.config import parse_config
+from tests.helpers.data import make_config_dict
 from tests.helpers.graph import CHANNEL_STAGES, deployable_files
 from tests.helpers.prefect import artifacts_of, stage_states
 
@@ -43,3 +44,23 @@ def test_a_run_removes_channels_then_prunes_the_narrowed_model_and_measures_it(p
     assert f"| {hidden.name} " in report and "| 32 -> 16 " in report  # the hidden Dense layer, halved
     assert f"{channels.flops_ratio:.2f}x its FLOPs" in report
     assert "the model's output (the classifier's classes)" in report  # the classifier, left whole
+
+
+def test_channels_combine_with_2_by_4_sparsity_and_quantization_aware_training_on_a_keras_3_baseline(
+    prefect_server, keras3_baseline, tiny_data, tmp_path
+):
+    config = parse_config(make_config_dict(
+        tiny_data, keras3_baseline, tmp_path / "outputs", channel_pruning={"fraction": 0.4},
+        layers={"m_by_n": [2, 4], "keep_first_conv": True}, export={"formats": ["int8_qat"], "latency_batch": 1},
+    ))
+    state = prune_flow(config, return_state=True)
+    assert state.is_completed(), state.message
+    summary = state.result()
+    pruned = [g for g in summary.channels.plan.groups if g.removed]
+    assert pruned and all(len(g.kept) % 4 == 0 for g in pruned)  # the next layers' inputs fit 2:4
+    assert summary.sanity.structure == "2:4 (m_by_n)" and all(t.passed and not t.structure_violations for t in summary.sanity.tensors)
+    # The QAT file, and no Keras 3 file of the pruned model: its shapes are not the baseline's.
+    assert {(d.model, d.format) for d in summary.deployables if d.model == "pruned"} == {
+        ("pruned", "keras_h5"), ("pruned", "int8_qat")
+    }
+    assert summary.deployable("int8_qat").agreement >= 0.9  # the int8 file computes what its QAT model does

@@ -129,6 +129,8 @@ def test_the_layer_selection_and_overrides_choose_the_fraction_per_group():
     assert by_layer[hidden].removed == 0 and f"layers.exclude {hidden!r}" in by_layer[hidden].reason
     first = plan_channels(model, tracing, fraction=0.5, selection=LayerSelection(keep_first_conv=True))
     assert {g.layers[0]: g.reason for g in first.groups}[conv] == f"{conv}: layers.keep_first_conv"
+    by_four = plan_channels(model, tracing, fraction=0.6, multiple=4)  # for 2:4 sparsity after
+    assert {g.layers[0]: len(g.kept) for g in by_four.pruned} == {conv: 4, hidden: 16}  # 8 keeps 4; 32 keeps 13, rounded up to 16
     with pytest.raises(PruneflowError, match=r"channel_pruning.layers \['head/\*'\] match no layer"):
         plan_channels(model, tracing, fraction=0.5, overrides={"head/*": 0.5})
 
