@@ -82,7 +82,7 @@ def zeroed_outputs_unchanged(config_path: Path, fraction: float) -> float:
     zero_removed(tracing, plan)
     rebuilt = rebuild(model, tracing, plan)
     images = np.random.default_rng(0).uniform(0, 1, (8, 224, 224, 3)).astype("float32")
-    change = float(np.max(np.abs(rebuilt(images).numpy() - model(images).numpy())))
+    change = float(np.max(np.abs(rebuilt(images, training=False).numpy() - model(images, training=False).numpy())))
     joined = [g for g in plan.groups if len(g.layers) > 1]
     print(f"\nMobileNetV2 baseline, fraction {fraction}: {len(plan.pruned)} groups pruned ({len(joined)} joining "
           f"several layers: the residual blocks), {len(plan.whole)} left whole; outputs with the removed channels "

@@ -35,6 +35,7 @@ def test_an_int8_file_xnnpack_cannot_prepare_runs_on_the_built_in_kernels_and_sa
     assert allocated(paths["float32"], threads=1)[1]  # XNNPACK runs the float file
     assert not allocated(paths["int8_sparse"], threads=1)[1]  # LiteRT 2.3's XNNPACK refuses its sparse int8 weights
     assert timed_call(paths["float32"], images[:1], 1).note == ""
+    assert timed_call(paths["float32"], images, 1)() is None  # resized to the batch of 8, invoked
     note = timed_call(paths["int8_sparse"], images[:1], 1).note
     assert note == "model_int8_sparse.tflite runs on LiteRT's built-in kernels: XNNPACK cannot prepare it"
     # On its built-in kernels the file still computes what the Keras model does, at int8 precision.

@@ -21,13 +21,16 @@ def test_every_keras_model_and_file_is_timed_with_the_configured_runs(tiny_basel
     pruned = export_tflite(folders["pruned"], model, tiny_prepared, spec, None, None)
     report = time_models(
         folders["latency"], model, [baseline], model, [pruned],
-        ImageShape(height=IMAGE_SIZE, width=IMAGE_SIZE, channels=3), LatencySpec(runs=23, warmup=2, threads=1),
-        machine="the test machine",
+        ImageShape(height=IMAGE_SIZE, width=IMAGE_SIZE, channels=3),
+        LatencySpec(runs=23, warmup=2, threads=1, batch=16, batch_runs=7), machine="the test machine",
     )
-    assert [(t.model, t.format) for t in report.timings] == [
-        (model, fmt) for model in ("baseline", "pruned") for fmt in ("keras_h5", "float32", "int8")
+    files = [(model, fmt) for model in ("baseline", "pruned") for fmt in ("keras_h5", "float32", "int8")]
+    assert [(t.model, t.format, t.batch) for t in report.timings] == [
+        *((model, fmt, 1) for model, fmt in files), *((model, fmt, 16) for model, fmt in files)
     ]
-    assert all(t.runs == 23 and 0 < t.median_ms <= t.p90_ms for t in report.timings)
+    assert all(t.runs == (23 if t.batch == 1 else 7) and 0 < t.median_ms <= t.p90_ms for t in report.timings)
+    # Sixteen images a call take longer than one, in every runtime.
+    assert all(report.batched(model, fmt).median_ms > report.of(model, fmt).median_ms for model, fmt in files)
     assert report.machine == "the test machine" and report.threads == 1
     assert "has none" in report.sparse_kernels  # a 3x3 convolution and two Dense layers
     assert (folders["latency"] / "latency.json").is_file()
