@@ -88,7 +88,7 @@ class Tracing:
         self.spaces: list[_Space] = []
         self.uses: dict[str, _LayerUse] = {}  # layer path -> its use
         self.layers: dict[str, object] = {}
-        self._seen: set[str] = set()  # layer paths met so far
+        self.seen: set[str] = set()  # the layer paths met so far: a layer met twice is shared
 
     def new(self, count: int, *, producer: str = "", blocked: str = "") -> Channels:
         index = len(self.spaces)
@@ -115,9 +115,6 @@ class Tracing:
         for space, _ in channels.segments:
             root = self.spaces[self.root(space)]
             root.blocked = root.blocked or reason
-
-    def seen(self) -> set[str]:
-        return self._seen
 
     def groups(self) -> dict[int, _Space]:
         return {index: space for index, space in enumerate(self.spaces) if space.parent == index}
@@ -180,8 +177,8 @@ def _through(tracing: Tracing, layer, path: str, ins: list[Channels], in_tensors
     """The channels of a layer's outputs, given its inputs'; what it does to the spaces recorded."""
     kind = type(layer).__name__
     tracing.layers[path] = layer
-    shared = path in tracing.seen()
-    tracing.seen().add(path)
+    shared = path in tracing.seen
+    tracing.seen.add(path)
     if shared and path in tracing.uses:  # a layer called twice: its weights serve both calls
         earlier = tracing.uses[path]
         if earlier.inputs is not None:
@@ -227,7 +224,7 @@ def _through(tracing: Tracing, layer, path: str, ins: list[Channels], in_tensors
         return [ins[0]]
     for channels in ins:
         tracing.block(channels, f"{path} ({kind}) uses them as a whole")
-    tracing.uses[path] = _LayerUse("whole", layer)
+    tracing.uses.setdefault(path, _LayerUse("whole", layer))  # a shared layer keeps its first use, now blocked
     return [tracing.new(int(t.shape[-1]), blocked=f"made by {path} ({kind})") for t in outs]
 
 

@@ -152,3 +152,22 @@ def test_the_weakest_channels_go_first(criterion):
     [group] = [g for g in plan.groups if "stem" in g.layers]
     removed = sorted(set(range(8)) - set(group.kept))
     assert removed == ([2, 5] if criterion == "bn_scale" else [1, 6])
+
+
+def test_a_layer_called_twice_keeps_its_channels_and_the_model_still_rebuilds():
+    from pruneflow.tasks.core.runtime import keras
+
+    layers = keras.layers
+    inputs = keras.Input((IMAGE_SIZE, IMAGE_SIZE, 3))
+    features = layers.Flatten()(layers.Conv2D(4, 3, activation="relu", name="conv")(inputs))
+    shared = layers.Dense(8, activation="relu", name="shared")
+    both = layers.Add()([shared(features), shared(layers.Dropout(0.1)(features))])
+    model = randomized(keras.Model(inputs, layers.Dense(2, name="classifier")(both)))
+    tracing = trace_channels(model)
+    plan = plan_channels(model, tracing, fraction=0.5)
+    groups = {g.layers[0]: g for g in plan.groups}
+    assert groups["shared"].removed == 0 and groups["shared"].reason == "shared is called more than once"
+    assert groups["conv"].reason == "shared is called more than once"  # its rows serve both calls
+    rebuilt = rebuild(model, tracing, plan)
+    x = images(model)
+    np.testing.assert_allclose(rebuilt(x, training=False).numpy(), model(x, training=False).numpy(), atol=1e-6)
