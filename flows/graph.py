@@ -24,7 +24,7 @@ from pruneflow.tasks.core.layout import OutputLayout
 from pruneflow.tasks.core.store import ArtifactStore
 from pruneflow.tasks.libs.artifacts import Evaluation, ExportedModels, ExportEvaluation, PreparedDataset
 from pruneflow.tasks.libs.models import ModelFile
-from pruneflow.tasks.libs.outcome import PruningOutcome, TargetResult
+from pruneflow.tasks.libs.outcome import Point, PruningOutcome, TargetResult
 from pruneflow.tasks.libs.timing import machine_description
 from pruneflow.tasks.preflight.check_inputs import RunInputs, check_inputs
 from pruneflow.tasks.specs.config import ExportSpec, RunConfig, Schedule
@@ -167,6 +167,7 @@ def prune_to(config: RunConfig, start: Prepared, schedule: Schedule) -> PruningO
 
 
 @task(cache_policy=NONE)
-def prune_target(config: RunConfig, start: Prepared, target: float, schedule: Schedule) -> TargetResult:
-    """One target of a sweep: prune_to as one task run, its stages nested in it."""
-    return TargetResult(target=target, **dict(prune_to(config, start, schedule)))
+def prune_target(config: RunConfig, start: Prepared, point: Point, schedule: Schedule) -> TargetResult:
+    """One point of a sweep: prune_to as one task run, its stages nested in it."""
+    outcome = prune_to(config.with_channels(point.channels), start, schedule)
+    return TargetResult(target=point.target, channel_fraction=point.channels, **dict(outcome))

@@ -37,7 +37,7 @@ from pruneflow.tasks.decide.history import history_rows, read_history, record_hi
 from pruneflow.tasks.decide.promote import promote_model, recover
 from pruneflow.tasks.decide.registry import sweep_run
 from pruneflow.tasks.libs.artifacts import ChampionEvaluation
-from pruneflow.tasks.libs.outcome import Deployable, TargetResult
+from pruneflow.tasks.libs.outcome import Deployable, Point, TargetResult
 from pruneflow.tasks.libs.schedule import at_target, resolve_schedule
 from pruneflow.tasks.libs.timing import machine_description
 from pruneflow.tasks.report.summary import publish_sweep
@@ -71,22 +71,29 @@ def dask_runner(address: str, workers: int = 2):
     return DaskTaskRunner(address=address)
 
 
+def sweep_points(config: RunConfig) -> list[Point]:
+    """Every (target, channel fraction) the sweep prunes to: each target with each of
+    sweep.channel_fractions, or with channel_pruning's fraction (0 without it)."""
+    fractions = config.sweep.channel_fractions or [config.channel_pruning.fraction if config.channel_pruning else 0.0]
+    return [Point(target, fraction) for fraction in fractions for target in config.sweep.targets]
+
+
 def prune_targets(
-    config: RunConfig, start: Prepared, schedules: dict[float, Schedule]
-) -> dict[float, TargetResult | BaseException]:
-    """Every target through the pruning graph, `sweep.max_parallel` at a time.
+    config: RunConfig, start: Prepared, schedules: dict[Point, Schedule]
+) -> dict[Point, TargetResult | BaseException]:
+    """Every point through the pruning graph, `sweep.max_parallel` at a time.
 
     Returns:
-        target -> its result, or the exception it failed with.
+        point -> its result, or the exception it failed with.
     """
-    targets, cap, results = list(schedules), config.sweep.max_parallel, {}
-    for first in range(0, len(targets), cap):
-        wave = targets[first:first + cap]
+    points, cap, results = list(schedules), config.sweep.max_parallel, {}
+    for first in range(0, len(points), cap):
+        wave = points[first:first + cap]
         futures = prune_target.map(
-            config=unmapped(config), start=unmapped(start), target=wave, schedule=[schedules[t] for t in wave]
+            config=unmapped(config), start=unmapped(start), point=wave, schedule=[schedules[p] for p in wave]
         )
-        for target, future in zip(wave, futures):
-            results[target] = future.result(raise_on_failure=False)
+        for point, future in zip(wave, futures):
+            results[point] = future.result(raise_on_failure=False)
     return results
 
 
@@ -140,7 +147,8 @@ def sweep_flow(config: RunConfig) -> SweepOutcome:
         # Every target's schedule is resolved (and refused if it would not prune) before any work.
         steps = config.training_spec.steps_per_epoch(run.inputs.listing.counts["train"])
         schedules = {
-            t: resolve_schedule(at_target(run.inputs.schedule, t), steps, config.training.epochs) for t in gate.targets
+            p: resolve_schedule(at_target(run.inputs.schedule, p.target), steps, config.training.epochs)
+            for p in sweep_points(config)
         }
         start = prepare(config, run)
         outcomes = prune_targets(config, start, schedules)
@@ -169,13 +177,13 @@ def sweep_flow(config: RunConfig) -> SweepOutcome:
             registry.log_sweep(config, results, decision, chosen, run.run_dir, failed=bool(failures))
 
     if failures:
-        listed = "; ".join(f"{t}: {why}" for t, why in sorted(failures.items()))
-        raise PruneflowError(f"sweep: {len(failures)} of {len(gate.targets)} target(s) failed: {listed}")
+        listed = "; ".join(f"{p.label}: {why}" for p, why in sorted(failures.items()))
+        raise PruneflowError(f"sweep: {len(failures)} of {len(schedules)} target(s) failed: {listed}")
     if chosen is None:
         result, file = best_candidate(results)
         raise PruneflowError(
             f"sweep: no file passed the gate (max_accuracy_drop {gate.max_accuracy_drop} points, min_sparsity "
-            f"{gate.min_sparsity}); the best candidate, sparsity {result.target} as {display_name(file.format)}, has "
+            f"{gate.min_sparsity}); the best candidate, sparsity {result.point.label} as {display_name(file.format)}, has "
             f"test accuracy {file.accuracy:.4f} ({-accuracy_drop(result, file):+.2f} points) at {file.zip_bytes:,} bytes "
             f"zipped. The previously promoted model, if any, is kept in {run.layout.promoted}."
         )

@@ -26,7 +26,7 @@ def accuracy_drop(result: TargetResult, file: Deployable) -> float:
 
 def gate_problem(result: TargetResult, file: Deployable, gate: SweepConfig) -> str | None:
     """Why this file may not be promoted, or None when it passes the gate."""
-    if result.target < gate.min_sparsity - EPSILON:
+    if result.target < gate.min_sparsity - EPSILON and not result.channel_fraction:  # channels: a gain in speed
         return f"sparsity {result.target} is below min_sparsity {gate.min_sparsity}"
     if accuracy_drop(result, file) > gate.max_accuracy_drop + EPSILON:
         return f"accuracy dropped {accuracy_drop(result, file):.2f} points (max_accuracy_drop {gate.max_accuracy_drop})"
@@ -35,9 +35,10 @@ def gate_problem(result: TargetResult, file: Deployable, gate: SweepConfig) -> s
 
 def choose(results: list[TargetResult], gate: SweepConfig) -> Candidate | None:
     """The smallest file (zip-deflated) among those that pass the gate; on a tie the sparser
-    target, then the earlier format; None if none passes."""
+    target, then the one with fewer channels, then the earlier format; None if none passes."""
     passing = [(i, c) for i, c in enumerate(candidates(results)) if gate_problem(*c, gate) is None]
-    best = min(passing, key=lambda item: (item[1][1].zip_bytes, -item[1][0].target, item[0]), default=None)
+    best = min(passing, key=lambda item: (item[1][1].zip_bytes, -item[1][0].target, -item[1][0].channel_fraction,
+                                          item[0]), default=None)
     return best[1] if best else None
 
 

@@ -14,7 +14,7 @@ from prefect.cache_policies import NONE
 from pruneflow.tasks.core.files import atomic_path, storage_errors
 from pruneflow.tasks.decide.champion import KEPT
 from pruneflow.tasks.decide.gate import EPSILON, Candidate, accuracy_drop, candidates, gate_problem
-from pruneflow.tasks.libs.outcome import TargetResult
+from pruneflow.tasks.libs.outcome import Point, TargetResult
 from pruneflow.tasks.specs.config import SweepConfig
 from pruneflow.tasks.specs.formats import KERAS
 
@@ -25,13 +25,14 @@ LATENCY_TOLERANCE = 0.25  # a fraction: 25 % slower
 # A file's figures in a history row: what a failed target's row leaves empty.
 FIGURES = (
     "measured_sparsity", "accuracy", "baseline_accuracy", "accuracy_change", "agreement", "raw_bytes", "zip_bytes",
-    "zip_ratio", "latency_ms", "latency_p90_ms", "training_seconds",
+    "zip_ratio", "latency_ms", "latency_p90_ms", "training_seconds", "flops_ratio", "batch_latency_ms",
 )
 
 
 def history_rows(
     results: list[TargetResult], promoted: Candidate | None, gate: SweepConfig, *,
-    flow_run_id: str, started: datetime, code_version: str, config_digest: str, failures: dict[float, str] | None = None,
+    flow_run_id: str, started: datetime, code_version: str, config_digest: str,
+    failures: dict[Point | float, str] | None = None,
     decision: str = "",
 ) -> pd.DataFrame:
     """One row per deployable file of each target of this run, and one per target that failed
@@ -43,22 +44,25 @@ def history_rows(
     }
     rows = [
         {
-            **run, "target": result.target, "format": file.format,
+            **run, "target": result.target, "channel_fraction": result.channel_fraction, "format": file.format,
             "measured_sparsity": result.measured_sparsity, "accuracy": file.accuracy,
             "baseline_accuracy": result.baseline.accuracy, "accuracy_change": -accuracy_drop(result, file),
             "agreement": file.agreement, "raw_bytes": file.raw_bytes, "zip_bytes": file.zip_bytes,
             "zip_ratio": file.zip_ratio, "latency_ms": file.latency_median_ms, "latency_p90_ms": file.latency_p90_ms,
             "machine": result.latency.machine,
             "training_seconds": result.training.seconds, "passed_gate": gate_problem(result, file, gate) is None,
-            "promoted": promoted is not None and (result.target, file.format) == (promoted[0].target, promoted[1].format),
+            "flops_ratio": file.flops_ratio, "batch_latency_ms": file.batch_median_ms,
+            "promoted": promoted is not None and (result.point, file.format) == (promoted[0].point, promoted[1].format),
             "failed": False, "error": "",
         }
         for result, file in candidates(results)
     ]
     rows += [
-        {**run, "target": target, "format": "", **dict.fromkeys(FIGURES, float("nan")), "machine": "",
-         "passed_gate": False, "promoted": False, "failed": True, "error": error}
-        for target, error in sorted((failures or {}).items())
+        {**run, "target": point.target, "channel_fraction": point.channels, "format": "",
+         **dict.fromkeys(FIGURES, float("nan")), "machine": "", "passed_gate": False, "promoted": False, "failed": True,
+         "error": error}
+        for point, error in sorted((Point(*key) if isinstance(key, tuple) else Point(key), why)
+                                   for key, why in (failures or {}).items())
     ]
     return pd.DataFrame(rows)
 
@@ -79,7 +83,7 @@ def append_history(folder: Path, rows: pd.DataFrame) -> Path:
 # Columns that rows written by earlier versions lack (no `format` column: the Keras .h5's rows).
 DEFAULTS = {
     "format": KERAS, "latency_ms": float("nan"), "raw_bytes": float("nan"), "machine": "", "failed": False, "error": "",
-    "decision": "",
+    "decision": "", "channel_fraction": 0.0,
 }
 
 
@@ -104,16 +108,19 @@ def read_history(folder: Path) -> pd.DataFrame:
     rows = pd.concat([pq.read_table(path).to_pandas() for path in files], ignore_index=True)
     rows = with_defaults(rows)
     latest = rows.groupby("flow_run_id")["started"].transform("max")
-    return rows[rows["started"] == latest].sort_values(["started", "target"], ignore_index=True, kind="stable")
+    return rows[rows["started"] == latest].sort_values(
+        ["started", "channel_fraction", "target"], ignore_index=True, kind="stable"
+    )
 
 
 def runs_summary(history: pd.DataFrame) -> pd.DataFrame:
     """One row per run, oldest first: its targets, how many failed (and the first error), its
     promoted file's figures (NaN where nothing was promoted)."""
     history = with_defaults(history)
+    history = history.assign(point=list(zip(history["target"], history["channel_fraction"])))
     runs = history.groupby("flow_run_id", sort=False).agg(
         started=("started", "first"), config_digest=("config_digest", "first"),
-        targets=("target", "nunique"), failed=("failed", "sum"), decision=("decision", "first"),
+        targets=("point", "nunique"), failed=("failed", "sum"), decision=("decision", "first"),
     ).reset_index()
     failed = history[history["failed"]]
     errors = failed.groupby("flow_run_id")["error"].first().rename("first_error")

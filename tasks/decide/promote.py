@@ -64,11 +64,12 @@ def write_version(chosen: Candidate, config: RunConfig, flow_run_id: str, layout
             shutil.copy2(file.path, tmp / FORMATS[file.format].promoted_file)
         if keras3 is not None and file.format != KERAS3:
             shutil.copy2(keras3.path, tmp / FORMATS[KERAS3].promoted_file)
-        write_json(tmp / "config.json", config.model_copy(update={"pruning": result.schedule}).model_dump(mode="json"))
+        point_config = config.with_channels(result.channel_fraction).model_copy(update={"pruning": result.schedule})
+        write_json(tmp / "config.json", point_config.model_dump(mode="json"))  # the run that made this model
         write_json(tmp / "metrics.json", {
             "flow_run_id": flow_run_id,
             "promoted_at": datetime.now().astimezone().isoformat(timespec="seconds"),
-            **json.loads(result.model_dump_json(include={"target", "measured_sparsity"})),
+            **json.loads(result.model_dump_json(include={"target", "channel_fraction", "measured_sparsity"})),
             "baseline_accuracy": result.baseline.accuracy,
             # The promoted file's own figures (the exported file's, when it is one).
             "file": FORMATS[file.format].promoted_file,
@@ -222,7 +223,8 @@ def version_tags(chosen: Candidate, flow_run_id: str, version: Path) -> dict[str
     result, file = chosen
     return {
         "pruneflow.flow_run_id": flow_run_id, "pruneflow.version_folder": version.name,
-        "target": f"{result.target:g}", "format": file.format, "accuracy": f"{file.accuracy:.4f}",
+        "target": f"{result.target:g}", "channel_fraction": f"{result.channel_fraction:g}", "format": file.format,
+        "accuracy": f"{file.accuracy:.4f}",
         "zip_bytes": str(file.zip_bytes), "baseline_accuracy": f"{result.baseline.accuracy:.4f}",
     }
 
@@ -243,7 +245,7 @@ def promote_model(
         return decision
     result, file = chosen
     run_logger().info(
-        "Promoted the %.2f-sparsity model, as %s, to %s%s", result.target, display_name(file.format), layout.promoted,
+        "Promoted the %s-sparsity model, as %s, to %s%s", result.point.label, display_name(file.format), layout.promoted,
         f" and as version {champion_version(registry.spec)} ({CHAMPION}) of {registry.spec.model_name!r}" if registry else "",
     )
     return decision

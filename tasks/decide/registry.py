@@ -74,10 +74,11 @@ def target_metrics(results, champion) -> dict[str, float]:
 
     metrics: dict[str, float] = {}
     for result, file in candidates(results):
-        prefix = f"target_{result.target:.2f}/{file.format}"
+        point = f"target_{result.target:.2f}" + (f"_channels_{result.channel_fraction:.2f}" if result.channel_fraction else "")
+        prefix = f"{point}/{file.format}"
         metrics.update({
             f"{prefix}/accuracy": file.accuracy, f"{prefix}/zip_bytes": file.zip_bytes,
-            f"{prefix}/latency_ms": file.latency_median_ms, f"target_{result.target:.2f}/sparsity": result.measured_sparsity,
+            f"{prefix}/latency_ms": file.latency_median_ms, f"{point}/sparsity": result.measured_sparsity,
         })
         metrics["baseline/accuracy"] = result.baseline.accuracy
     if champion is not None:
@@ -115,7 +116,7 @@ class SweepRun:
             RunTag("pruneflow.reasons", "\n".join(decision.reasons)[:5000]),
         ]
         if chosen is not None:
-            tags.append(RunTag("pruneflow.challenger_file", f"{chosen[0].target:.2f} {chosen[1].format}"))
+            tags.append(RunTag("pruneflow.challenger_file", f"{chosen[0].point.label} {chosen[1].format}"))
         with registry_errors(self.spec, "logging the sweep"):
             for first in range(0, max(len(params), len(metrics)), 100):  # MLflow takes 100 params per batch
                 self.client.log_batch(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, computed_field
 
@@ -129,7 +129,28 @@ class PruningOutcome(BaseModel):
         return next(d for d in self.deployables if d.model == "pruned" and d.format == fmt)
 
 
-class TargetResult(PruningOutcome):
-    """What pruning to one target sparsity of a sweep gave, against the baseline."""
+class Point(NamedTuple):
+    """One point of a sweep: a target sparsity, and the fraction of channels removed first."""
 
     target: float
+    channels: float = 0.0
+
+    @property
+    def label(self) -> str:
+        return f"{self.target:g}" + (f" + channels {self.channels:g}" if self.channels else "")
+
+    @property
+    def column(self) -> str:
+        """The label as a table's column shows it, two decimals each."""
+        return f"{self.target:.2f}" + (f" + channels {self.channels:.2f}" if self.channels else "")
+
+
+class TargetResult(PruningOutcome):
+    """What pruning to one point of a sweep gave, against the baseline."""
+
+    target: float
+    channel_fraction: float = 0.0  # of the channels removed before magnitude pruning (0: none)
+
+    @property
+    def point(self) -> Point:
+        return Point(self.target, self.channel_fraction)

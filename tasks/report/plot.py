@@ -1,5 +1,5 @@
-"""The plots: a sweep's accuracy against compressed size (one point per file of each target, one
-series per format), and the sensitivity heatmap (layers against sparsities)."""
+"""The plots: a sweep's accuracy against compressed size and against latency (one point per file of
+each target, one series per format), and the sensitivity heatmap (layers against sparsities)."""
 
 from __future__ import annotations
 
@@ -15,21 +15,21 @@ from pruneflow.tasks.libs.artifacts import LayerSensitivity
 from pruneflow.tasks.libs.outcome import TargetResult
 from pruneflow.tasks.libs.sensitivity import Proposal
 from pruneflow.tasks.specs.config import SweepConfig
-from pruneflow.tasks.specs.formats import display_name
+from pruneflow.tasks.specs.formats import KERAS, display_name
 
 MARKERS = "osD^vP*X"
 
 
 @contextlib.contextmanager
-def png_figure(path: Path, figsize: tuple[float, float]) -> Iterator[tuple[object, object]]:
-    """(figure, axes) to draw on; written to `path` as a PNG (whole or not at all) when the
-    block ends, and closed either way."""
+def png_figure(path: Path, figsize: tuple[float, float], ncols: int = 1) -> Iterator[tuple[object, object]]:
+    """(figure, axes) to draw on (an array of `ncols` axes when more than one); written to `path`
+    as a PNG (whole or not at all) when the block ends, and closed either way."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display on a worker
     from matplotlib import pyplot as plt
 
-    figure, axes = plt.subplots(figsize=figsize, dpi=120)
+    figure, axes = plt.subplots(ncols=ncols, figsize=figsize, dpi=120)
     try:
         yield figure, axes
         figure.tight_layout()
@@ -40,39 +40,47 @@ def png_figure(path: Path, figsize: tuple[float, float]) -> Iterator[tuple[objec
 
 
 def plot_sweep(results: list[TargetResult], gate: SweepConfig, path: Path) -> Path:
-    """Accuracy against zip-deflated size, one series per format (filled: passes the gate;
-    hollow: fails it), each point labelled with its target; the baseline .h5 and the gate drawn."""
+    """Accuracy against zip-deflated size (left) and against batch-1 latency (right), one series
+    per format (filled: passes the gate; hollow: fails it), each point labelled with its target
+    (and the fraction of channels removed, where any); the baseline .h5 and the gate drawn."""
     from matplotlib import colormaps
     from matplotlib.ticker import FuncFormatter
 
     baseline, sizes = results[0].baseline, results[0].sizes
-    with png_figure(path, (8, 5)) as (_, axes):
+    baseline_ms = results[0].latency.of("baseline", KERAS).median_ms
+    panels = (
+        ("zip_bytes", 1 / 1024, "file size, zip-deflated (KiB, log scale)", sizes.baseline.zip_bytes / 1024),
+        ("latency_median_ms", 1.0, "latency at batch 1 (ms, log scale; each file in its runtime)", baseline_ms),
+    )
+    with png_figure(path, (13, 5), ncols=2) as (_, both):
         formats = list(dict.fromkeys(file.format for _, file in candidates(results)))
-        for n, fmt in enumerate(formats):
-            points = [(r, f) for r, f in candidates(results) if f.format == fmt]
-            color = colormaps["tab10"](n)
-            kb = [f.zip_bytes / 1024 for _, f in points]
-            accuracy = [100 * f.accuracy for _, f in points]
-            passed = [gate_problem(r, f, gate) is None for r, f in points]
-            axes.plot(kb, accuracy, color=color, alpha=0.4, linewidth=1)
-            axes.scatter(kb, accuracy, marker=MARKERS[n % len(MARKERS)], s=40, zorder=3, label=display_name(fmt),
-                         facecolors=[color if p else "none" for p in passed], edgecolors=[color] * len(points))
-            for k, a, (r, _) in zip(kb, accuracy, points):
-                axes.annotate(f"{r.target:.2f}", (k, a), textcoords="offset points", xytext=(4, 4), fontsize=7)
-        axes.scatter([sizes.baseline.zip_bytes / 1024], [100 * baseline.accuracy], color="black", marker="*", s=120,
-                     label="baseline .h5", zorder=3)
-        axes.axhline(100 * baseline.accuracy - gate.max_accuracy_drop, color="tab:gray", linestyle="--",
-                     label=f"gate: at most {gate.max_accuracy_drop:g} points below the baseline")
-        axes.set_xscale("log")
-        plain = FuncFormatter(lambda value, _: f"{value:g}")
-        axes.xaxis.set_major_formatter(plain)
-        axes.xaxis.set_minor_formatter(plain)
-        axes.tick_params(axis="x", which="minor", labelsize=7)
-        axes.set_xlabel("file size, zip-deflated (KiB, log scale)")
-        axes.set_ylabel("test accuracy of the file (%)")
-        axes.set_title("Sparsity sweep: accuracy against compressed size (hollow: fails the gate)")
-        axes.grid(alpha=0.3, which="both")
-        axes.legend(fontsize=7)
+        for axes, (field, scale, label, baseline_x) in zip(both, panels):
+            for n, fmt in enumerate(formats):
+                points = [(r, f) for r, f in candidates(results) if f.format == fmt]
+                color = colormaps["tab10"](n)
+                x = [getattr(f, field) * scale for _, f in points]
+                accuracy = [100 * f.accuracy for _, f in points]
+                passed = [gate_problem(r, f, gate) is None for r, f in points]
+                axes.scatter(x, accuracy, marker=MARKERS[n % len(MARKERS)], s=40, zorder=3, label=display_name(fmt),
+                             facecolors=[color if p else "none" for p in passed], edgecolors=[color] * len(points))
+                for value, a, (r, _) in zip(x, accuracy, points):
+                    tag = f"{r.target:.2f}" + (f"/c{r.channel_fraction:g}" if r.channel_fraction else "")
+                    axes.annotate(tag, (value, a), textcoords="offset points", xytext=(4, 4), fontsize=7)
+            axes.scatter([baseline_x], [100 * baseline.accuracy], color="black", marker="*", s=120,
+                         label="baseline .h5", zorder=3)
+            axes.axhline(100 * baseline.accuracy - gate.max_accuracy_drop, color="tab:gray", linestyle="--",
+                         label=f"gate: at most {gate.max_accuracy_drop:g} points below the baseline")
+            axes.set_xscale("log")
+            plain = FuncFormatter(lambda value, _: f"{value:g}")
+            axes.xaxis.set_major_formatter(plain)
+            axes.xaxis.set_minor_formatter(plain)
+            axes.tick_params(axis="x", which="minor", labelsize=7)
+            axes.set_xlabel(label)
+            axes.set_ylabel("test accuracy of the file (%)")
+            axes.grid(alpha=0.3, which="both")
+        both[0].set_title("Sweep: accuracy against compressed size (hollow: fails the gate)", fontsize=9)
+        both[1].set_title("Accuracy against latency (c: fraction of channels removed)", fontsize=9)
+        both[0].legend(fontsize=7)
     return path
 
 

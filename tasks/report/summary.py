@@ -15,7 +15,7 @@ from pruneflow.tasks.core.log import run_logger
 from pruneflow.tasks.decide.champion import Decision
 from pruneflow.tasks.decide.gate import Candidate, accuracy_drop, candidates, gate_problem
 from pruneflow.tasks.libs.artifacts import ChampionEvaluation, NarrowedModel
-from pruneflow.tasks.libs.outcome import Deployable, PruningOutcome, TargetResult
+from pruneflow.tasks.libs.outcome import Deployable, Point, PruningOutcome, TargetResult
 from pruneflow.tasks.report.plot import plot_sweep
 from pruneflow.tasks.specs.config import RunConfig, SweepConfig
 from pruneflow.tasks.specs.formats import display_name
@@ -213,7 +213,7 @@ def sweep_row(result: TargetResult, file: Deployable, gate: SweepConfig) -> dict
     """One line of the sweep's table, one deployable file of one target, formatted for people."""
     problem = gate_problem(result, file, gate)
     return {
-        "target": f"{result.target:.2f}",
+        "target": result.point.column,
         "format": display_name(file.format),
         "measured sparsity": f"{result.measured_sparsity:.4f}",
         "test accuracy": f"{file.accuracy:.4f}",
@@ -221,6 +221,8 @@ def sweep_row(result: TargetResult, file: Deployable, gate: SweepConfig) -> dict
         "bytes": f"{file.raw_bytes:,}",
         "zip-deflated": f"{file.zip_bytes:,} ({file.zip_ratio:.2f}x)",
         "latency (ms)": f"{file.latency_median_ms:.3f}",
+        **({f"batch {file.batch} (ms)": f"{file.batch_median_ms:.3f}"} if file.batch_median_ms is not None else {}),
+        "FLOPs": f"{file.flops_ratio:.2f}x",
         "gate": "pass" if problem is None else f"fail: {problem}",
     }
 
@@ -236,7 +238,7 @@ def describe_candidate(candidate: Candidate | None) -> str:
     if candidate is None:
         return "none"
     result, file = candidate
-    return f"sparsity {result.target}, {display_name(file.format)} ({file.zip_bytes:,} B zip-deflated)"
+    return f"sparsity {result.point.label}, {display_name(file.format)} ({file.zip_bytes:,} B zip-deflated)"
 
 
 def render_decision(chosen: Candidate | None, decision: Decision) -> str:
@@ -262,24 +264,30 @@ def render_sweep(results: list[TargetResult], chosen: Candidate | None, config: 
     )
 
 
+def point_file(result: TargetResult, file: Deployable) -> dict:
+    """Which file of which point, for sweep.json (channel_fraction where channels were removed)."""
+    return {"target": result.target, **({"channel_fraction": result.channel_fraction} if result.channel_fraction else {}),
+            "format": file.format}
+
+
 @task(cache_policy=NONE)
 def publish_sweep(
-    results: list[TargetResult], chosen: Candidate | None, failures: dict[float, str], config: RunConfig, run_dir: Path,
+    results: list[TargetResult], chosen: Candidate | None, failures: dict[Point, str], config: RunConfig, run_dir: Path,
     decision: Decision,
 ) -> None:
     """sweep.json, sweep.md and sweep.png in the run's folder, and the table as Prefect artifacts.
 
     Args:
-        failures: target -> why it failed.
+        failures: point (target, channel fraction) -> why it failed.
     """
     with storage_errors(run_dir, "the sweep's report"):
         write_json(run_dir / "sweep.json", {
             "results": [result.model_dump(mode="json") for result in results],
-            "challenger": {"target": chosen[0].target, "format": chosen[1].format} if chosen else None,
+            "challenger": point_file(*chosen) if chosen else None,
             "decision": {**decision.model_dump(mode="json", exclude={"champion": {"folder", "digest"}}),
                          "verdict": decision.verdict},
-            "promoted": {"target": chosen[0].target, "format": chosen[1].format} if decision.promote else None,
-            "failed": {str(target): why for target, why in failures.items()},
+            "promoted": point_file(*chosen) if decision.promote else None,
+            "failed": {(point.label if isinstance(point, Point) else str(point)): why for point, why in failures.items()},
             "gate": config.sweep.model_dump(mode="json"),
         })
         plot = plot_sweep(results, config.sweep, run_dir / "sweep.png") if results else None
@@ -288,7 +296,7 @@ def publish_sweep(
     where = f"- Run folder: `{run_dir}` (sweep.json, sweep.md)\n"
     if results:
         models = ", ".join(
-            f"{r.target:.2f}: `{r.pruned_model}` and exported files in "
+            f"{r.point.label}: `{r.pruned_model}` and exported files in "
             + ", ".join(f"`{exported.folder}`" for exported in r.exports)
             for r in results
         )

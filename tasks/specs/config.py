@@ -406,6 +406,12 @@ class LatencySpec(_Strict):
 class SweepConfig(_Strict):
     """A sweep: one baseline pruned to several sparsities, and the gate that picks one to promote."""
 
+    channel_fractions: list[ChannelFraction] = Field(
+        [], description="Fractions of channels removed (channel_pruning's fraction, its criterion and per-layer "
+        "fractions kept), each combined with every target; 0 removes none. Empty: the config's channel_pruning, "
+        "if any, at every target. A point with channels removed may be promoted below min_sparsity, 0 included: "
+        "its gain is in speed.",
+    )
     targets: list[Sparsity] = Field(
         [0.5, 0.7, 0.8, 0.9, 0.95], min_length=1,
         description="Target sparsities, each pruned from the baseline under the run's schedule, its final sparsity "
@@ -447,6 +453,8 @@ class SweepConfig(_Strict):
     def _distinct_targets(self) -> SweepConfig:
         if len(set(self.targets)) != len(self.targets):
             raise ValueError(f"targets {self.targets} repeat a sparsity; list each once")
+        if len(set(self.channel_fractions)) != len(self.channel_fractions):
+            raise ValueError(f"channel_fractions {self.channel_fractions} repeat a fraction; list each once")
         return self
 
 
@@ -551,6 +559,13 @@ class RunConfig(_Strict):
         """TrainingSpec's fields, each read from the section that holds it."""
         sections = {**self.training.model_dump(), **self.dataset.model_dump(), "seed": self.seed, "layers": self.layers}
         return TrainingSpec(**{name: sections[name] for name in TrainingSpec.model_fields})
+
+    def with_channels(self, fraction: float) -> RunConfig:
+        """This config removing `fraction` of the channels (none at 0), as a sweep point does."""
+        if not fraction:
+            return self.model_copy(update={"channel_pruning": None})
+        section = self.channel_pruning or ChannelPruningConfig(fraction=fraction)
+        return self.model_copy(update={"channel_pruning": section.model_copy(update={"fraction": fraction})})
 
     @property
     def channel_spec(self) -> ChannelSpec | None:

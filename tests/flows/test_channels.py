@@ -1,6 +1,10 @@
 """Channel pruning in a run: the baseline narrowed, fine-tuned under the schedule, magnitude-pruned,
 exported and measured like any other model."""
 
+import json
+
+import pytest
+
 from pruneflow.flows.prune import prune_flow
 from pruneflow.tasks.report.summary import ARTIFACT_KEY
 from pruneflow.tasks.libs.models import load_model
@@ -64,3 +68,29 @@ def test_channels_combine_with_2_by_4_sparsity_and_quantization_aware_training_o
         ("pruned", "keras_h5"), ("pruned", "int8_qat")
     }
     assert summary.deployable("int8_qat").agreement >= 0.9  # the int8 file computes what its QAT model does
+
+
+def test_a_sweep_over_channel_fractions_alone_and_with_sparsity_promotes_within_the_gate(prefect_server, config_dict):
+    from pruneflow.flows.sweep import sweep_flow
+    from pruneflow.tasks.decide.history import read_history
+
+    config = parse_config({**config_dict, "sweep": {
+        "targets": [0.0, 0.5], "channel_fractions": [0.5], "max_accuracy_drop": 100.0, "min_sparsity": 0.5,
+    }, "export": {**config_dict["export"], "latency_batch": 1}})
+    state = sweep_flow(config, return_state=True)
+    assert state.is_completed(), state.message
+    results = state.result().results
+    assert [r.point for r in results] == [(0.0, 0.5), (0.5, 0.5)]
+    assert [r.measured_sparsity for r in results] == pytest.approx([0.0, 0.5], abs=0.01)
+    assert all(r.channels.params_ratio < 0.6 for r in results)
+    # Channels alone pass the gate below min_sparsity: their gain is in speed.
+    assert state.result().chosen is not None
+    promoted = json.loads((config.output_root / "promoted" / "metrics.json").read_text())
+    assert promoted["channel_fraction"] == 0.5
+    promoted_config = json.loads((config.output_root / "promoted" / "config.json").read_text())
+    assert promoted_config["channel_pruning"]["fraction"] == 0.5
+    history = read_history(config.output_root / "history")
+    assert sorted(set(zip(history["target"], history["channel_fraction"]))) == [(0.0, 0.5), (0.5, 0.5)]
+    assert history["flops_ratio"].lt(0.6).all()
+    [run_dir] = (config.output_root / "runs").iterdir()
+    assert "0.50 + channels 0.50" in (run_dir / "sweep.md").read_text() and (run_dir / "sweep.png").stat().st_size
