@@ -202,7 +202,7 @@ def _through(tracing: Tracing, layer, path: str, ins: list[Channels], in_tensors
             tracing.spaces[tracing.root(space)].followers.append(path)
         tracing.uses[path] = _LayerUse("follower", layer, inputs=source)
         return [source]
-    if kind in _ELEMENTWISE and len(ins) == 1 and not layer.weights and _elementwise(layer, outs[0]):
+    if kind in _ELEMENTWISE and len(ins) == 1 and not layer.weights and _elementwise(layer):
         return [ins[0]]
     if kind in _MERGES and ins and len({c.count for c in ins}) <= 2:
         width = int(outs[0].shape[-1])
@@ -240,7 +240,7 @@ def _plain_producer(layer) -> bool:
     )
 
 
-def _elementwise(layer, output) -> bool:
+def _elementwise(layer) -> bool:
     kind = type(layer).__name__
     if kind == "Activation":
         return getattr(layer.activation, "__name__", "") not in _MIXING_ACTIVATIONS
