@@ -56,7 +56,8 @@ def make_config_dict(data: Path, baseline: Path, output_root: Path, **sections) 
         "output_root": str(output_root),
         "seed": 0,
         # One TFLite format, briefly timed: the tests that are about the files set every format.
-        "export": {"formats": ["int8"], "representative_images": 16, "latency_runs": 10, "latency_warmup": 1},
+        "export": {"formats": ["int8"], "representative_images": 16, "latency_runs": 10, "latency_warmup": 1,
+                   "latency_batch_runs": 5},
     }
     config.update(sections)
     return config
