@@ -41,9 +41,27 @@ def build_nested_mobilenet():
                              keras.layers.Dense(3, activation="softmax")])
 
 
+def build_odd_layers():
+    """Layers whose channels cannot be separated (a grouped convolution, a transposed one, a
+    LayerNormalization, a TensorFlow operation) between ones that can, and a Conv1D branch."""
+    from pruneflow.tasks.core.runtime import keras, tf
+
+    layers = keras.layers
+    inputs = keras.Input((IMAGE_SIZE, IMAGE_SIZE, 4))
+    x = layers.Conv2D(8, 3, padding="same", groups=2, activation="relu", name="grouped")(inputs)
+    x = layers.Conv2D(8, 1, activation="relu", name="after_grouped")(x)
+    x = layers.Conv2DTranspose(6, 3, strides=2, padding="same", name="transposed")(x)
+    x = layers.Conv2D(8, 3, strides=2, name="after_transposed")(layers.LayerNormalization()(x))
+    x = layers.Conv2D(8, 3, name="before_op")(tf.nn.relu(x))
+    sequence = layers.Reshape((-1, 8))(x)
+    x = layers.GlobalMaxPooling1D()(layers.Conv1D(6, 3, activation="relu", name="conv1d")(sequence))
+    return keras.Model(inputs, layers.Dense(2, name="classifier")(x), name="odd_layers")
+
+
 BUILDERS = {
     **{kind: (lambda kind=kind: build_tiny_cnn(kind=kind)) for kind in MODEL_KINDS},
     "blocks": build_blocks,
+    "odd_layers": build_odd_layers,
     "nested_mobilenet_v2": build_nested_mobilenet,
 }
 
@@ -171,3 +189,16 @@ def test_a_layer_called_twice_keeps_its_channels_and_the_model_still_rebuilds():
     rebuilt = rebuild(model, tracing, plan)
     x = images(model)
     np.testing.assert_allclose(rebuilt(x, training=False).numpy(), model(x, training=False).numpy(), atol=1e-6)
+
+
+def test_layers_that_use_channels_whole_are_named_as_the_reason():
+    model = build_odd_layers()
+    plan = plan_channels(model, trace_channels(model), fraction=0.5)
+    assert {group.layers[0]: (group.removed, group.reason) for group in plan.groups} == {
+        # The grouped convolution mixes channels within groups: it produces no group of its own.
+        "after_grouped": (0, "transposed (Conv2DTranspose) uses them as a whole"),
+        "after_transposed": (0, "tf.nn.relu (TFOpLambda) uses them as a whole"),
+        "before_op": (0, "reshape (Reshape) uses them as a whole"),  # a Reshape that moves the channels
+        "conv1d": (3, ""),
+        "classifier": (0, "the model's output (the classifier's classes)"),
+    }
