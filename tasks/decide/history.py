@@ -126,7 +126,7 @@ def runs_summary(history: pd.DataFrame) -> pd.DataFrame:
     errors = failed.groupby("flow_run_id")["error"].first().rename("first_error")
     runs = runs.merge(errors, on="flow_run_id", how="left")
     promoted = history[history["promoted"]][
-        ["flow_run_id", "target", "format", "accuracy", "zip_bytes", "latency_ms", "machine"]
+        ["flow_run_id", "target", "channel_fraction", "format", "accuracy", "zip_bytes", "latency_ms", "machine"]
     ]
     return runs.merge(promoted, on="flow_run_id", how="left").sort_values("started", ignore_index=True)
 

@@ -72,7 +72,7 @@ def test_channels_combine_with_2_by_4_sparsity_and_quantization_aware_training_o
 
 def test_a_sweep_over_channel_fractions_alone_and_with_sparsity_promotes_within_the_gate(prefect_server, config_dict):
     from pruneflow.flows.sweep import sweep_flow
-    from pruneflow.tasks.decide.history import read_history
+    from pruneflow.tasks.decide.history import read_history, runs_summary
 
     config = parse_config({**config_dict, "sweep": {
         "targets": [0.0, 0.5], "channel_fractions": [0.5], "max_accuracy_drop": 100.0, "min_sparsity": 0.5,
@@ -92,5 +92,7 @@ def test_a_sweep_over_channel_fractions_alone_and_with_sparsity_promotes_within_
     history = read_history(config.output_root / "history")
     assert sorted(set(zip(history["target"], history["channel_fraction"]))) == [(0.0, 0.5), (0.5, 0.5)]
     assert history["flops_ratio"].lt(0.6).all()
+    [run] = runs_summary(history).itertuples()  # what `pruneflow history` shows of the promoted file
+    assert (run.channel_fraction, run.targets) == (0.5, 2)
     [run_dir] = (config.output_root / "runs").iterdir()
     assert "0.50 + channels 0.50" in (run_dir / "sweep.md").read_text() and (run_dir / "sweep.png").stat().st_size
