@@ -268,8 +268,9 @@ def history(
     )
     for run in runs.tail(last).itertuples():
         nothing = pd.isna(run.target)  # no model passed the gate
+        point = "" if nothing else f"{run.target:.2f}" + (f"+c{run.channel_fraction:g}" if run.channel_fraction else "")
         promoted, fmt, accuracy, size, latency = ("none", "-", "-", "-", "-") if nothing else (
-            f"{run.target:.2f}" + (f"+c{run.channel_fraction:g}" if run.channel_fraction else ""), run.format, f"{run.accuracy:.4f}", f"{int(run.zip_bytes):,}",
+            point, run.format, f"{run.accuracy:.4f}", f"{int(run.zip_bytes):,}",
             "-" if pd.isna(run.latency_ms) else f"{run.latency_ms:.3f}",
         )
         typer.echo(
