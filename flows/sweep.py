@@ -177,13 +177,13 @@ def sweep_flow(config: RunConfig) -> SweepOutcome:
             registry.log_sweep(config, results, decision, chosen, run.run_dir, failed=bool(failures))
 
     if failures:
-        listed = "; ".join(f"{p.label}: {why}" for p, why in sorted(failures.items()))
+        listed = "; ".join(f"{p.label()}: {why}" for p, why in sorted(failures.items()))
         raise PruneflowError(f"sweep: {len(failures)} of {len(schedules)} target(s) failed: {listed}")
     if chosen is None:
         result, file = best_candidate(results)
         raise PruneflowError(
             f"sweep: no file passed the gate (max_accuracy_drop {gate.max_accuracy_drop} points, min_sparsity "
-            f"{gate.min_sparsity}); the best candidate, sparsity {result.point.label} as {display_name(file.format)}, has "
+            f"{gate.min_sparsity}); the best candidate, sparsity {result.point.label()} as {display_name(file.format)}, has "
             f"test accuracy {file.accuracy:.4f} ({-accuracy_drop(result, file):+.2f} points) at {file.zip_bytes:,} bytes "
             f"zipped. The previously promoted model, if any, is kept in {run.layout.promoted}."
         )

@@ -32,7 +32,7 @@ FIGURES = (
 def history_rows(
     results: list[TargetResult], promoted: Candidate | None, gate: SweepConfig, *,
     flow_run_id: str, started: datetime, code_version: str, config_digest: str,
-    failures: dict[Point | float, str] | None = None,
+    failures: dict[Point, str] | None = None,
     decision: str = "",
 ) -> pd.DataFrame:
     """One row per deployable file of each target of this run, and one per target that failed
@@ -61,8 +61,7 @@ def history_rows(
         {**run, "target": point.target, "channel_fraction": point.channels, "format": "",
          **dict.fromkeys(FIGURES, float("nan")), "machine": "", "passed_gate": False, "promoted": False, "failed": True,
          "error": error}
-        for point, error in sorted((Point(*key) if isinstance(key, tuple) else Point(key), why)
-                                   for key, why in (failures or {}).items())
+        for point, error in sorted((failures or {}).items())
     ]
     return pd.DataFrame(rows)
 

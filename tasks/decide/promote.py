@@ -245,7 +245,7 @@ def promote_model(
         return decision
     result, file = chosen
     run_logger().info(
-        "Promoted the %s-sparsity model, as %s, to %s%s", result.point.label, display_name(file.format), layout.promoted,
+        "Promoted the %s-sparsity model, as %s, to %s%s", result.point.label(), display_name(file.format), layout.promoted,
         f" and as version {champion_version(registry.spec)} ({CHAMPION}) of {registry.spec.model_name!r}" if registry else "",
     )
     return decision

@@ -116,7 +116,7 @@ class SweepRun:
             RunTag("pruneflow.reasons", "\n".join(decision.reasons)[:5000]),
         ]
         if chosen is not None:
-            tags.append(RunTag("pruneflow.challenger_file", f"{chosen[0].point.label} {chosen[1].format}"))
+            tags.append(RunTag("pruneflow.challenger_file", f"{chosen[0].point.label()} {chosen[1].format}"))
         with registry_errors(self.spec, "logging the sweep"):
             for first in range(0, max(len(params), len(metrics)), 100):  # MLflow takes 100 params per batch
                 self.client.log_batch(

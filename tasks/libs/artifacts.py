@@ -11,7 +11,7 @@ from pruneflow.tasks.core.store import StoredArtifact
 
 if TYPE_CHECKING:
     pass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 from pydantic import computed_field
@@ -275,67 +275,64 @@ class TrainedModel(StoredArtifact):
         return self.folder / "logs"
 
 
-class TranslatedModel(StoredArtifact):
+class StoredModel(StoredArtifact):
+    """An artifact whose folder holds a model that later stages read (MODEL_FILE)."""
+
+    MODEL_FILE: ClassVar[str]
+
+    @property
+    def model(self) -> Path:
+        return self.folder / self.MODEL_FILE
+
+    @property
+    def file(self) -> ModelFile:
+        """The model as a later stage's input, known by this artifact's digest."""
+        return ModelFile(path=self.model, digest=self.digest, trust_code=True)
+
+
+class TranslatedModel(StoredModel):
     """A Keras 3 baseline rebuilt in tf_keras (pruneflow.tasks.libs.keras3), checked on the run's
     own images: what every later stage reads as the baseline."""
 
+    MODEL_FILE = "baseline.h5"
     keras_version: str  # the Keras that wrote the baseline file
     max_abs_diff: float  # between the two models' outputs on the checked images
     images: int
 
-    @property
-    def model(self) -> Path:
-        return self.folder / "baseline.h5"
 
-    @property
-    def file(self) -> ModelFile:
-        """The translated baseline as a later stage's input, known by this artifact's digest."""
-        return ModelFile(path=self.model, digest=self.digest, trust_code=True)
-
-
-class NarrowedModel(StoredArtifact):
+class NarrowedModel(StoredModel):
     """The baseline with whole channels removed (pruneflow.tasks.libs.channels): which, and each
     layer's parameters and FLOPs before and after."""
 
+    MODEL_FILE = "narrowed.h5"
     plan: ChannelPlan
     before: list[LayerCost]
     after: list[LayerCost]
 
-    @property
-    def model(self) -> Path:
-        return self.folder / "narrowed.h5"
-
-    @property
-    def file(self) -> ModelFile:
-        """The narrowed model as a later stage's input, known by this artifact's digest."""
-        return ModelFile(path=self.model, digest=self.digest, trust_code=True)
+    def totals(self, field: Literal["params", "flops"]) -> tuple[int, int]:
+        """The baseline's and the narrowed model's parameters, or FLOPs per image."""
+        return sum(getattr(c, field) for c in self.before), sum(getattr(c, field) for c in self.after)
 
     @computed_field
     @property
     def params_ratio(self) -> float:
         """The narrowed model's parameters over the baseline's."""
-        return sum(c.params for c in self.after) / max(1, sum(c.params for c in self.before))
+        before, after = self.totals("params")
+        return after / max(1, before)
 
     @computed_field
     @property
     def flops_ratio(self) -> float:
         """The narrowed model's FLOPs per image over the baseline's."""
-        return sum(c.flops for c in self.after) / max(1, sum(c.flops for c in self.before))
+        before, after = self.totals("flops")
+        return after / max(1, before)
 
 
-class StrippedModel(StoredArtifact):
+class StrippedModel(StoredModel):
     """The exportable model with the pruning wrappers removed."""
 
+    MODEL_FILE = "pruned.h5"
     max_abs_diff: float
-
-    @property
-    def model(self) -> Path:
-        return self.folder / "pruned.h5"
-
-    @property
-    def file(self) -> ModelFile:
-        """The stripped model as a later stage's input, known by this artifact's digest."""
-        return ModelFile(path=self.model, digest=self.digest, trust_code=True)
 
 
 class QuantizedModel(StoredArtifact):

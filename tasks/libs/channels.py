@@ -116,6 +116,14 @@ class Tracing:
             root = self.spaces[self.root(space)]
             root.blocked = root.blocked or reason
 
+    def output(self, use: _LayerUse) -> Channels:
+        """A producer's output channels, as one space."""
+        return Channels(((use.output, self.spaces[use.output].count),))
+
+    def kept(self, plan: ChannelPlan) -> dict[int, list[int]]:
+        """The kept channels of each group the plan prunes, by the group's root space."""
+        return {self.root(self.uses[group.layers[0]].output): group.kept for group in plan.pruned}
+
     def groups(self) -> dict[int, _Space]:
         return {index: space for index, space in enumerate(self.spaces) if space.parent == index}
 
@@ -374,7 +382,7 @@ def rebuild(model, tracing: Tracing, plan: ChannelPlan):
     nesting as in `model`."""
     from pruneflow.tasks.core.runtime import keras
 
-    roots = {tracing.root(tracing.uses[g.layers[0]].output): g.kept for g in plan.pruned}
+    roots = tracing.kept(plan)
     width = {}  # layer path -> its new filters/units or target shape
     for path, use in tracing.uses.items():
         if use.role == "producer" and tracing.root(use.output) in roots:
@@ -408,10 +416,10 @@ def zero_removed(tracing: Tracing, plan: ChannelPlan) -> None:
     its producers' kernel columns and biases, its followers' scales, offsets and depthwise
     kernels. The model then computes what the rebuilt one does, where every activation is zero at
     zero (ReLU, ReLU6, swish, hard swish: the models pruneflow prunes)."""
-    roots = {tracing.root(tracing.uses[g.layers[0]].output): g.kept for g in plan.pruned}
+    roots = tracing.kept(plan)
     for path, use in tracing.uses.items():
         if use.role == "producer" and tracing.root(use.output) in roots:
-            gone = _removed(Channels(((use.output, tracing.spaces[use.output].count),)), roots, tracing)
+            gone = _removed(tracing.output(use), roots, tracing)
             for name in ("kernel", "pointwise_kernel"):
                 if getattr(use.layer, name, None) is not None:
                     _zero(getattr(use.layer, name), -1, gone)
@@ -444,7 +452,7 @@ def _copy_weights(old, new, use: _LayerUse | None, kept: dict, tracing: Tracing,
     if use is not None and use.role in ("producer", "follower"):
         inputs = _indices(use.inputs, kept, tracing)
         if use.role == "producer":
-            outputs = _indices(Channels(((use.output, tracing.spaces[use.output].count),)), kept, tracing)
+            outputs = _indices(tracing.output(use), kept, tracing)
             for name in ("kernel", "pointwise_kernel"):
                 if getattr(old, name, None) is not None:
                     slices[id(getattr(old, name))] = [(-2, inputs), (-1, outputs)]

@@ -135,14 +135,9 @@ class Point(NamedTuple):
     target: float
     channels: float = 0.0
 
-    @property
-    def label(self) -> str:
-        return f"{self.target:g}" + (f" + channels {self.channels:g}" if self.channels else "")
-
-    @property
-    def column(self) -> str:
-        """The label as a table's column shows it, two decimals each."""
-        return f"{self.target:.2f}" + (f" + channels {self.channels:.2f}" if self.channels else "")
+    def label(self, spec: str = "g") -> str:
+        """"0.8", or "0.8 + channels 0.5"; each number formatted by `spec` (".2f" in tables)."""
+        return f"{self.target:{spec}}" + (f" + channels {self.channels:{spec}}" if self.channels else "")
 
 
 class TargetResult(PruningOutcome):

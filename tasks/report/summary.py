@@ -65,11 +65,10 @@ def channel_totals(narrowed: NarrowedModel | None) -> list[dict[str, str]]:
     if narrowed is None:
         return []
     rows = []
-    for metric, field, ratio in (("parameters", "params", narrowed.params_ratio),
-                                 ("FLOPs per image", "flops", narrowed.flops_ratio)):
-        before, after = (sum(getattr(cost, field) for cost in costs) for costs in (narrowed.before, narrowed.after))
+    for metric, field in (("parameters", "params"), ("FLOPs per image", "flops")):
+        before, after = narrowed.totals(field)
         rows.append({"metric": metric, "baseline": f"{before:,}", "pruned": f"{after:,}",
-                     "change": f"{ratio:.2f}x the baseline's (channels removed)"})
+                     "change": f"{after / max(1, before):.2f}x the baseline's (channels removed)"})
     return rows
 
 
@@ -116,8 +115,10 @@ def file_rows(outcome: PruningOutcome) -> list[dict[str, str]]:
     Sizes are followed by how many times smaller the file is than the baseline .h5, compressed
     alike; speed-up is against the baseline in the same format (a sparse format's dense one).
     """
+    files = outcome.deployables  # computed on every read
+    batch = next((file.batch for file in files if file.batch), None)
     rows = []
-    for file in outcome.deployables:
+    for file in files:
         row = {
             "model": file.model,
             "format": display_name(file.format),
@@ -129,7 +130,6 @@ def file_rows(outcome: PruningOutcome) -> list[dict[str, str]]:
             "latency median / p90 (ms)": f"{file.latency_median_ms:.3f} / {file.latency_p90_ms:.3f}",
             "speed-up": f"{file.speedup:.2f}x",
         }
-        batch = next((d.batch for d in outcome.deployables if d.batch), None)
         if batch:
             timed = file.batch_median_ms is not None
             row[f"batch {batch} median (ms)"] = f"{file.batch_median_ms:.3f}" if timed else "-"
@@ -213,7 +213,7 @@ def sweep_row(result: TargetResult, file: Deployable, gate: SweepConfig) -> dict
     """One line of the sweep's table, one deployable file of one target, formatted for people."""
     problem = gate_problem(result, file, gate)
     return {
-        "target": result.point.column,
+        "target": result.point.label(".2f"),
         "format": display_name(file.format),
         "measured sparsity": f"{result.measured_sparsity:.4f}",
         "test accuracy": f"{file.accuracy:.4f}",
@@ -238,7 +238,7 @@ def describe_candidate(candidate: Candidate | None) -> str:
     if candidate is None:
         return "none"
     result, file = candidate
-    return f"sparsity {result.point.label}, {display_name(file.format)} ({file.zip_bytes:,} B zip-deflated)"
+    return f"sparsity {result.point.label()}, {display_name(file.format)} ({file.zip_bytes:,} B zip-deflated)"
 
 
 def render_decision(chosen: Candidate | None, decision: Decision) -> str:
@@ -287,7 +287,7 @@ def publish_sweep(
             "decision": {**decision.model_dump(mode="json", exclude={"champion": {"folder", "digest"}}),
                          "verdict": decision.verdict},
             "promoted": point_file(*chosen) if decision.promote else None,
-            "failed": {(point.label if isinstance(point, Point) else str(point)): why for point, why in failures.items()},
+            "failed": {point.label(): why for point, why in failures.items()},
             "gate": config.sweep.model_dump(mode="json"),
         })
         plot = plot_sweep(results, config.sweep, run_dir / "sweep.png") if results else None
@@ -296,7 +296,7 @@ def publish_sweep(
     where = f"- Run folder: `{run_dir}` (sweep.json, sweep.md)\n"
     if results:
         models = ", ".join(
-            f"{r.point.label}: `{r.pruned_model}` and exported files in "
+            f"{r.point.label()}: `{r.pruned_model}` and exported files in "
             + ", ".join(f"`{exported.folder}`" for exported in r.exports)
             for r in results
         )

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from pruneflow.tasks.core.errors import PruneflowError
 from pruneflow.tasks.core.stage import Stage
 from pruneflow.tasks.libs.artifacts import NarrowedModel
-from pruneflow.tasks.libs.channels import ChannelPlan, layer_costs, plan_channels, rebuild, trace_channels
+from pruneflow.tasks.libs.channels import ChannelPlan, Tracing, layer_costs, plan_channels, rebuild, trace_channels
 from pruneflow.tasks.libs.models import ModelFile, save_model
 from pruneflow.tasks.specs.config import ChannelSpec
 
@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from pruneflow.tasks.libs.readings import Readings
 
 
-def channel_plan(model, channels: ChannelSpec, model_path: Path) -> tuple[object, ChannelPlan]:
+def channel_plan(model, channels: ChannelSpec, model_path: Path) -> tuple[Tracing, ChannelPlan]:
     """The model's channel tracing and plan; refused, with each group's reason, if nothing is removed."""
     tracing = trace_channels(model)
     plan = plan_channels(
@@ -48,10 +48,12 @@ def narrow(out: Path, baseline: ModelFile, channels: ChannelSpec) -> NarrowedMod
 
 
 def check_channels(readings: Readings) -> None:
-    """The channel_pruning section fits the baseline: its patterns match, and it removes something."""
-    channels = readings.config.channel_spec
-    if channels is not None:
-        channel_plan(readings.baseline_model, channels, readings.config.model.baseline)
+    """The channel_pruning section fits the baseline at its fraction and at each of
+    sweep.channel_fractions: its patterns match, and each removes something."""
+    config = readings.config
+    fractions = [config.channel_pruning.fraction] if config.channel_pruning else []
+    for fraction in dict.fromkeys(f for f in [*fractions, *config.sweep.channel_fractions] if f):
+        channel_plan(readings.baseline_model, config.with_channels(fraction).channel_spec, config.model.baseline)
 
 
 prune_channels = Stage(

@@ -5,6 +5,7 @@ from datetime import datetime, timedelta, timezone
 import pandas as pd
 
 from pruneflow.tasks.decide.history import append_history, history_rows, read_history, regressions, runs_summary
+from pruneflow.tasks.libs.outcome import Point
 from pruneflow.tasks.specs.config import SweepConfig
 from pruneflow.tasks.specs.formats import KERAS
 from tests.helpers.models import target_result
@@ -137,7 +138,7 @@ def test_failed_targets_are_recorded_and_a_run_with_failures_is_flagged(tmp_path
                       code_version="c", config_digest="d")
     append_history(tmp_path, ok)
     failed = history_rows([], None, gate, flow_run_id="tue", started=START + timedelta(days=1), code_version="c",
-                          config_digest="d", failures={0.8: "ResourceExhaustedError: OOM", 0.5: "OSError: disk"})
+                          config_digest="d", failures={Point(0.8): "ResourceExhaustedError: OOM", Point(0.5): "OSError: disk"})
     assert failed[["target", "format", "failed", "promoted"]].values.tolist() == [
         [0.5, "", True, False], [0.8, "", True, False],
     ]
