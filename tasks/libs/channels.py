@@ -296,11 +296,12 @@ class ChannelPlan(BaseModel):
 
 def plan_channels(
     model, tracing: Tracing, *, fraction: float, criterion: Criterion = "l1", overrides: dict[str, float] | None = None,
-    selection=None, model_path: Path | None = None, multiple: int = 1,
+    selection=None, model_path: Path | None = None, multiple: int = 1, round_to: int = 1,
 ) -> ChannelPlan:
     """Choose the channels each group keeps: the `fraction` (or its layers' override) of lowest
-    score removed, at least one kept (at least `multiple`, and a multiple of it: what 2:4 sparsity
-    needs of the next layer's input channels).
+    score removed, at least one kept. With `round_to`, a group keeps the multiple of it nearest
+    to that count (the channel tiles kernels compute in); with `multiple` (what 2:4 sparsity needs
+    of the next layer's input channels), a multiple of it, rounded up.
 
     Args:
         overrides: pattern -> fraction, matched against each producing layer's path, name or class;
@@ -326,16 +327,25 @@ def plan_channels(
         reason = space.blocked or _left_dense(space.producers, producers, selection, first_conv)
         share = min((f for p, f in overrides.items() for path in space.producers if matches(p, path, producers[path])),
                     default=fraction)
-        keep = space.count - int(space.count * share)
-        keep = min(space.count, -(-max(keep, 1) // multiple) * multiple)  # rounded up to a multiple
+        keep = _kept_count(space.count, share, multiple, round_to)
         remove = 0 if reason else space.count - keep
         if not reason and not remove:
-            reason = f"{share:g} of {space.count} channels is less than one"
+            reason = (f"{share:g} of {space.count} channels is less than one" if round_to == 1 else
+                      f"{share:g} of {space.count} channels, rounded to a multiple of {round_to}, is none")
         scores = _scores(space, producers, tracing.layers, criterion)
         kept = sorted(int(i) for i in np.argsort(scores, kind="stable")[remove:])
         groups.append(ChannelGroup(layers=space.producers, followers=space.followers, channels=space.count,
                                    kept=kept, reason=reason))
     return ChannelPlan(criterion=criterion, groups=groups)
+
+
+def _kept_count(count: int, share: float, multiple: int, round_to: int) -> int:
+    """How many of `count` channels a group keeps: what removing `share` leaves (rounded up), then
+    the nearest multiple of round_to, rounded up to a multiple of `multiple`; within [1, count]."""
+    keep = max(count - int(count * share), 1)
+    if round_to > 1:
+        keep = max(round_to, int(keep / round_to + 0.5) * round_to)
+    return min(count, -(-keep // multiple) * multiple)
 
 
 def _left_dense(paths: list[str], producers: dict, selection, first_conv: str | None) -> str:

@@ -25,6 +25,7 @@ def channel_plan(model, channels: ChannelSpec, model_path: Path) -> tuple[Tracin
     plan = plan_channels(
         model, tracing, fraction=channels.fraction, criterion=channels.criterion, overrides=channels.layers,
         selection=channels.selection, model_path=model_path, multiple=channels.multiple,
+        round_to=channels.round_to,
     )
     if not plan.pruned:
         reasons = "; ".join(f"{', '.join(g.layers)}: {g.reason}" for g in plan.whole)

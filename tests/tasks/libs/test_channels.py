@@ -151,6 +151,11 @@ def test_the_layer_selection_and_overrides_choose_the_fraction_per_group():
     assert {g.layers[0]: g.reason for g in first.groups}[conv] == f"{conv}: layers.keep_first_conv"
     by_four = plan_channels(model, tracing, fraction=0.6, multiple=4)  # for 2:4 sparsity after
     assert {g.layers[0]: len(g.kept) for g in by_four.pruned} == {conv: 4, hidden: 16}  # 8 keeps 4; 32 keeps 13, rounded up to 16
+    by_tile = {g.layers[0]: g for g in plan_channels(model, tracing, fraction=0.3, round_to=8).groups}
+    assert len(by_tile[hidden].kept) == 24  # 32 keeps 23, the nearest multiple of 8
+    assert not by_tile[conv].removed and "rounded to a multiple of 8, is none" in by_tile[conv].reason  # 8 keeps 6 -> 8
+    by_wide_tile = {g.layers[0]: g for g in plan_channels(model, tracing, fraction=0.3, round_to=16).groups}
+    assert len(by_wide_tile[hidden].kept) == 16  # 23 is nearer 16 than 32
     with pytest.raises(PruneflowError, match=r"channel_pruning.layers \['head/\*'\] match no layer"):
         plan_channels(model, tracing, fraction=0.5, overrides={"head/*": 0.5})
 

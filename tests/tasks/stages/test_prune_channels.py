@@ -18,3 +18,12 @@ def test_a_sweep_fraction_that_removes_nothing_is_refused_naming_each_group_left
                                              r"layers.exclude 'Dense'.*the model's output"):
         check_channels(Readings(swept))
     check_channels(Readings(parse_config({**config_dict, "sweep": {"channel_fractions": [0.5]}})))  # removes some
+
+
+def test_round_to_reaches_the_plan(config_dict):
+    # Every group of the tiny CNN is narrower than 64 channels: rounded to a multiple of 64, none is pruned.
+    wide_tiles = parse_config({**config_dict, "channel_pruning": {"fraction": 0.5, "round_to": 64}})
+    assert wide_tiles.channel_spec.round_to == 64
+    with pytest.raises(PruneflowError, match=r"removes no channel: .*rounded to a multiple of 64, is none"):
+        check_channels(Readings(wide_tiles))
+    check_channels(Readings(parse_config({**config_dict, "channel_pruning": {"fraction": 0.5, "round_to": 8}})))
