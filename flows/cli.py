@@ -169,10 +169,13 @@ def _run_flow(config_path: Path, refresh: bool = False) -> None:
         from pruneflow.flows.prune import prune_flow
 
         summary = prune_flow(config)
-    from pruneflow.tasks.report.summary import render_files, render_table
+    from pruneflow.tasks.report.summary import render_files, render_table, worst_quantized
 
+    quantized = worst_quantized(summary)
     typer.echo(
-        f"\n{render_table(summary)}\n\n{render_files(summary)}\n\nLayers: {summary.sanity.layer_counts()}\n"
+        f"\n{render_table(summary)}\n\n{render_files(summary)}\n\n"
+        + (f"{quantized}\n" if quantized else "")
+        + f"Layers: {summary.sanity.layer_counts()}\n"
         f"Pruned model: {summary.pruned_model}\n"
         f"Exported files: {', '.join(str(exported.folder) for exported in summary.exports)}\n"
         f"Summary: {summary.run_dir / 'summary.json'}\n"

@@ -38,6 +38,7 @@ from pruneflow.tasks.stages.measure_size import measure_size
 from pruneflow.tasks.stages.prepare_dataset import prepare_dataset
 from pruneflow.tasks.stages.prune_channels import prune_channels
 from pruneflow.tasks.stages.prune_train import prune_train
+from pruneflow.tasks.stages.quantization_error import quantization_error
 from pruneflow.tasks.stages.quantize_train import quantize_train
 from pruneflow.tasks.stages.sanity_check import sanity_check
 from pruneflow.tasks.stages.strip import strip
@@ -149,6 +150,9 @@ def prune_to(config: RunConfig, start: Prepared, schedule: Schedule) -> PruningO
         run_stage(export_keras3_pruned, store, model=stripped.file, original=start.original, dataset=dataset,
                   export=export.made_by("keras3"), sanity=sanity),
     ]
+    errors = run_stage(
+        quantization_error, store, model=stripped.file, dataset=dataset, export=tflite.post_training_int8()
+    )
     assessed = run_stage(
         evaluate_pruned_exports, store, exports=exports, reference=stripped.file,
         quantized=qat_for(export), dataset=dataset, batch_size=config.dataset.batch_size,
@@ -162,7 +166,7 @@ def prune_to(config: RunConfig, start: Prepared, schedule: Schedule) -> PruningO
         pruned_model=stripped.model, schedule=schedule, channels=narrowed, baseline=start.baseline, pruned=pruned,
         sanity=sanity, sizes=sizes, training=trained, baseline_exports=start.baseline_exports,
         baseline_export_evaluation=start.baseline_export_evaluation,
-        exports=exports, export_evaluation=assessed, latency=latency,
+        exports=exports, export_evaluation=assessed, latency=latency, quantization_errors=errors,
     )
 
 

@@ -13,6 +13,7 @@ from pruneflow.tasks.stages.measure_size import measure_size
 from pruneflow.tasks.stages.prepare_dataset import prepare_dataset
 from pruneflow.tasks.stages.prune_channels import prune_channels
 from pruneflow.tasks.stages.prune_train import prune_train
+from pruneflow.tasks.stages.quantization_error import quantization_error
 from pruneflow.tasks.stages.quantize_train import quantize_train
 from pruneflow.tasks.stages.sanity_check import sanity_check
 from pruneflow.tasks.stages.strip import strip
@@ -21,7 +22,7 @@ from pruneflow.tasks.stages.translate_baseline import translate_baseline
 STAGES = (
     prepare_dataset, translate_baseline, evaluate_baseline, export_baseline, export_onnx_baseline,
     export_keras3_baseline, evaluate_baseline_exports, prune_channels, prune_train, strip, sanity_check, measure_size,
-    evaluate_pruned, quantize_train, export_pruned, export_onnx_pruned, export_keras3_pruned,
+    evaluate_pruned, quantize_train, export_pruned, quantization_error, export_onnx_pruned, export_keras3_pruned,
     evaluate_pruned_exports, measure_latency,
 )
 

@@ -185,13 +185,76 @@ class ExportedFile(BaseModel):
     sparsity: list[TensorSparsity] = []
 
 
+CALIBRATION_PER_CLASS = 10  # fewer int8 calibration images of a class than this is a named warning
+
+
+class Calibration(BaseModel):
+    """The training images that calibrated a model's int8 files: how many of each class were
+    drawn (pruneflow.tasks.libs.dataset.calibration_draw), of how many the train split has."""
+
+    model_config = ConfigDict(frozen=True)
+
+    seed: int
+    per_class: dict[str, int]
+    available: dict[str, int]
+
+    @property
+    def images(self) -> int:
+        return sum(self.per_class.values())
+
+    def describe(self) -> str:
+        counts = sorted(set(self.per_class.values()))
+        spread = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]} to {counts[-1]}"
+        return (f"int8 calibrated on {self.images} training images, {spread} per class of {len(self.per_class)} "
+                f"(a class-balanced draw, seed {self.seed})")
+
+    def warning(self) -> str:
+        """What to do when a class has fewer than CALIBRATION_PER_CLASS images in the draw; "" otherwise."""
+        short = [name for name, n in self.per_class.items() if n < CALIBRATION_PER_CLASS]
+        if not short:
+            return ""
+        shown = ", ".join(f"{name!r} {self.per_class[name]}" for name in short[:5])
+        more = f" and {len(short) - 5} more" if len(short) > 5 else ""
+        scarce = [name for name in short if self.available[name] < CALIBRATION_PER_CLASS]
+        remedy = (f"raise export.representative_images to at least {CALIBRATION_PER_CLASS * len(self.per_class)}"
+                  if not scarce else f"add training images of {', '.join(repr(n) for n in scarce[:5])}")
+        return (f"int8 calibration has fewer than {CALIBRATION_PER_CLASS} images of {len(short)} class(es) "
+                f"({shown}{more}): activation ranges may not cover them; {remedy}")
+
+
 class ExportedModels(StoredArtifact):
     """The TFLite files of one model, one per format (also listed in export.json)."""
 
     files: list[ExportedFile]
+    calibration: Calibration | None = None  # None when no file is int8
 
     def path(self, exported: ExportedFile) -> Path:
         return self.folder / exported.file
+
+
+class LayerError(BaseModel):
+    """One quantized op's int8 error, the mean over the images of each image's figure
+    (pruneflow.tasks.libs.quantization_error)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    layer: str  # the Keras layer's path (nested models walked in place), or the op's tensor name if none matches
+    op: str  # the TFLite op, e.g. CONV_2D
+    tensor: str  # the op's output tensor in the file: what a float fallback names
+    elements: int
+    rmse: float  # RMSE of the dequantized output against the float one, over the float output's standard deviation
+    cosine: float  # cosine similarity of the two
+
+
+class QuantizationErrors(StoredArtifact):
+    """The int8 error of each quantized op of the pruned model, worst first (also in
+    layer_errors.csv); none when no int8 file is made by post-training quantization."""
+
+    layers: list[LayerError]
+    images: int  # validation images measured
+
+    def worst(self, count: int = 3) -> list[LayerError]:
+        return self.layers[:count]
 
 
 class FileEvaluation(BaseModel):

@@ -10,21 +10,16 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict
 
 from pruneflow.tasks.core.errors import PruneflowError
 from pruneflow.tasks.core.files import file_digest
 from pruneflow.tasks.core.store import Content, digest_of
+from pruneflow.tasks.libs.artifacts import Calibration, PreparedDataset
 from pruneflow.tasks.specs.config import DatasetConfig, ImageShape
-
-if TYPE_CHECKING:
-    pass
-import numpy as np
-
-from pruneflow.tasks.libs.artifacts import PreparedDataset
 
 SPLITS = ("train", "val", "test")
 COLUMNS = ("filename", "label")
@@ -315,17 +310,51 @@ def load_split(
 REPRESENTATIVE_SEED = 0  # which training images calibrate int8: the same ones in every run
 
 
-def representative_images(dataset: PreparedDataset, count: int) -> np.ndarray:
-    """`count` training images (all of them if there are fewer), the same ones in every run;
-    only those are kept in memory."""
-    total = dataset.counts["train"]
-    chosen = set(np.random.default_rng(REPRESENTATIVE_SEED).permutation(total)[:count].tolist())
-    kept, seen = [], 0
-    for batch, _ in load_split(dataset, "train", 256).as_numpy_iterator():
+def balanced_draw(labels: np.ndarray, count: int, seed: int) -> np.ndarray:
+    """Sorted positions of `count` of `labels` (all of them if fewer), as even across the classes
+    as they allow: each class's positions in a seeded order, the classes taking turns in a seeded
+    order; a class that runs out leaves its turns to the others."""
+    rng = np.random.default_rng(seed)
+    classes = rng.permutation(np.unique(labels))
+    queues = [list(rng.permutation(np.flatnonzero(labels == c))) for c in classes]
+    chosen: list[int] = []
+    wanted = min(count, len(labels))
+    while len(chosen) < wanted:
+        for queue in queues:
+            if queue and len(chosen) < wanted:
+                chosen.append(int(queue.pop(0)))
+    return np.sort(np.array(chosen, dtype=np.int64))
+
+
+def calibration_draw(dataset: PreparedDataset, count: int) -> tuple[np.ndarray, Calibration]:
+    """`count` training images drawn evenly across the classes, the same ones in every run (see
+    balanced_draw), and what was drawn."""
+    return balanced_images(dataset, "train", count)
+
+
+def balanced_images(dataset: PreparedDataset, split: str, count: int) -> tuple[np.ndarray, Calibration]:
+    """`count` images of `split` drawn evenly across the classes, the same ones in every run (see
+    balanced_draw), and what was drawn; only those images are kept in memory."""
+    manifest = pd.read_parquet(dataset.manifest, columns=["split", "label_index"])
+    labels = manifest.label_index[manifest.split == split].to_numpy()
+    positions = balanced_draw(labels, count, REPRESENTATIVE_SEED)
+    chosen, kept, seen = set(positions.tolist()), [], 0
+    for batch, _ in load_split(dataset, split, 256).as_numpy_iterator():
         kept += [image for offset, image in enumerate(batch) if seen + offset in chosen]
         seen += len(batch)
         if len(kept) == len(chosen):
             break
-    return np.stack(kept)
+    drawn = np.bincount(labels[positions], minlength=len(dataset.classes))
+    available = np.bincount(labels, minlength=len(dataset.classes))
+    return np.stack(kept), Calibration(
+        seed=REPRESENTATIVE_SEED,
+        per_class={name: int(n) for name, n in zip(dataset.classes, drawn)},
+        available={name: int(n) for name, n in zip(dataset.classes, available)},
+    )
+
+
+def representative_images(dataset: PreparedDataset, count: int) -> np.ndarray:
+    """`count` training images drawn evenly across the classes, the same ones in every run."""
+    return calibration_draw(dataset, count)[0]
 
 

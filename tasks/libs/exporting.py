@@ -21,7 +21,7 @@ from pruneflow.tasks.libs.artifacts import (
     WeightTensor,
 )
 from pruneflow.tasks.libs.compression import xz_size, zip_size
-from pruneflow.tasks.libs.dataset import representative_images
+from pruneflow.tasks.libs.dataset import calibration_draw
 from pruneflow.tasks.libs.file_kernels import check_kernels
 from pruneflow.tasks.libs.models import ModelFile
 from pruneflow.tasks.libs.sparsity import sparsity_table
@@ -53,7 +53,10 @@ def export_files(
     if "qat" in sources and (quantized is None or not quantized.trained):
         raise ValueError("the formats made from the quantization-aware model need the quantize_train stage's model")
     models = {"stripped": model.load() if "stripped" in sources else None, "qat": quantized.load() if "qat" in sources else None}
-    calibration = representative_images(dataset, export.representative_images) if any(f.int8 for f in formats) else None
+    calibration, drawn = (calibration_draw(dataset, export.representative_images) if any(f.int8 for f in formats)
+                          else (None, None))
+    if drawn is not None and drawn.warning():
+        run_logger().warning("%s: %s", model.path.name, drawn.warning())
     files = []
     for fmt in formats:
         path = out / fmt.file
@@ -77,7 +80,7 @@ def export_files(
         ))
         if sanity is not None:
             run_logger().info("Sparsity of the pruned kernels in %s:\n%s", path.name, sparsity_table(sparsity))
-    result = ExportedModels(folder=out, files=files)
+    result = ExportedModels(folder=out, files=files, calibration=drawn)
     write_json(out / "export.json", result.model_dump(mode="json", exclude={"folder", "digest"}))
     return result
 

@@ -15,6 +15,7 @@ from pruneflow.tasks.libs.artifacts import (
     LatencyReport,
     ModelSize,
     NarrowedModel,
+    QuantizationErrors,
     SanityReport,
     SizeReport,
     TrainedModel,
@@ -75,6 +76,7 @@ class PruningOutcome(BaseModel):
     exports: list[ExportedModels]
     export_evaluation: ExportEvaluation
     latency: LatencyReport
+    quantization_errors: QuantizationErrors | None = None  # the int8 file's error per layer (none without int8)
 
     @computed_field
     @property

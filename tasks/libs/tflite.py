@@ -20,6 +20,14 @@ WEIGHT_TYPES = {0: np.float32, 1: np.float16, 3: np.uint8, 7: np.int16, 9: np.in
 def convert(model, fmt: Format, spec: ExportSpec, calibration: np.ndarray | None) -> bytes:
     """The model as a TFLite flatbuffer in format `fmt`: its kernels stored sparse if the format is,
     full-integer quantized (calibrated on `calibration`) if it is int8."""
+    with warnings.catch_warnings():
+        # Raised for every int8 input although the representative dataset gives the statistics.
+        warnings.filterwarnings("ignore", message="Statistics for quantized inputs were expected", category=UserWarning)
+        return converter_for(model, fmt, spec, calibration).convert()
+
+
+def converter_for(model, fmt: Format, spec: ExportSpec, calibration: np.ndarray | None):
+    """The TFLite converter that `convert` runs, set up for format `fmt`."""
     from pruneflow.tasks.core.runtime import tf
 
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
@@ -32,10 +40,7 @@ def convert(model, fmt: Format, spec: ExportSpec, calibration: np.ndarray | None
         converter.inference_input_type = io_dtype(spec.int8_input_type)
         converter.inference_output_type = io_dtype(spec.int8_output_type)
     converter.optimizations = optimizations
-    with warnings.catch_warnings():
-        # Raised for every int8 input although the representative dataset gives the statistics.
-        warnings.filterwarnings("ignore", message="Statistics for quantized inputs were expected", category=UserWarning)
-        return converter.convert()
+    return converter
 
 
 def io_dtype(name: IOType):

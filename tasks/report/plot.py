@@ -1,5 +1,6 @@
 """The plots: a sweep's accuracy against compressed size and against latency (one point per file of
-each target, one series per format), and the sensitivity heatmap (layers against sparsities)."""
+each target, one series per format), the sensitivity heatmap (layers against sparsities), and
+the int8 error by layer."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import numpy as np
 
 from pruneflow.tasks.core.files import atomic_path
 from pruneflow.tasks.decide.gate import candidates, gate_problem
-from pruneflow.tasks.libs.artifacts import LayerSensitivity
+from pruneflow.tasks.libs.artifacts import LayerSensitivity, QuantizationErrors
 from pruneflow.tasks.libs.outcome import TargetResult
 from pruneflow.tasks.libs.sensitivity import Proposal
 from pruneflow.tasks.specs.config import SweepConfig
@@ -99,4 +100,25 @@ def plot_sensitivity(results: list[LayerSensitivity], proposal: Proposal, path: 
         axes.set_xlabel("sparsity of the layer alone (no fine-tuning)")
         axes.set_title(f"Validation accuracy lost, in points (-> proposed for {proposal.target:g} overall)", fontsize=9)
         figure.colorbar(image, ax=axes, label="accuracy drop (points)")
+    return path
+
+
+def plot_layer_errors(errors: QuantizationErrors, path: Path) -> Path:
+    """Each quantized op's int8 error, worst at the top: RMSE over the float output's spread (bars,
+    log scale) and, beside it, 1 - cosine similarity."""
+    layers = errors.layers
+    with png_figure(path, (12, 1.5 + 0.28 * len(layers)), ncols=2) as (_, (rmse, angle)):
+        labels = [f"{e.layer} ({e.op})" for e in layers]
+        rows = np.arange(len(layers))
+        rmse.barh(rows, [max(e.rmse, 1e-9) for e in layers], color="tab:red")
+        rmse.set_xscale("log")
+        rmse.set_yticks(rows, labels, fontsize=8)
+        rmse.invert_yaxis()
+        rmse.set_xlabel("RMSE / spread of the float output (log scale)")
+        angle.barh(rows, [max(1 - e.cosine, 1e-12) for e in layers], color="tab:blue")
+        angle.set_xscale("log")
+        angle.set_yticks(rows, [""] * len(layers))
+        angle.invert_yaxis()
+        angle.set_xlabel("1 - cosine similarity (log scale)")
+        rmse.set_title(f"int8 error by layer, {errors.images} validation images", loc="left")
     return path

@@ -16,7 +16,7 @@ from pruneflow.tasks.decide.champion import Decision
 from pruneflow.tasks.decide.gate import Candidate, accuracy_drop, candidates, gate_problem
 from pruneflow.tasks.libs.artifacts import ChampionEvaluation, NarrowedModel
 from pruneflow.tasks.libs.outcome import Deployable, Point, PruningOutcome, TargetResult
-from pruneflow.tasks.report.plot import plot_sweep
+from pruneflow.tasks.report.plot import plot_layer_errors, plot_sweep
 from pruneflow.tasks.specs.config import RunConfig, SweepConfig
 from pruneflow.tasks.specs.formats import display_name
 
@@ -101,6 +101,33 @@ def render_channels(narrowed: NarrowedModel | None) -> str:
     )
 
 
+QUANTIZATION_ROWS = 10  # the report's table of int8 error by layer shows the worst this many
+
+
+def worst_quantized(outcome: PruningOutcome) -> str:
+    """One line naming the layers int8 hurts most; "" without an int8 file."""
+    errors = outcome.quantization_errors
+    if errors is None or not errors.layers:
+        return ""
+    worst = ", ".join(f"{e.layer} {e.rmse:.3f}" for e in errors.worst())
+    return (f"int8 error by layer (RMSE over the float output's spread, {errors.images} validation images), "
+            f"worst: {worst}")
+
+
+def render_quantization(outcome: PruningOutcome) -> str:
+    """The worst layers' int8 error as a Markdown section; "" without an int8 file."""
+    errors = outcome.quantization_errors
+    if errors is None or not errors.layers:
+        return ""
+    rows = [{"layer": e.layer, "op": e.op, "outputs": f"{e.elements:,}", "RMSE / spread": f"{e.rmse:.4f}",
+             "cosine": f"{e.cosine:.4f}"} for e in errors.layers[:QUANTIZATION_ROWS]]
+    return (
+        f"## int8 error by layer\n\nEach quantized op's output against the float op's on the same inputs, on "
+        f"{errors.images} validation images, worst first (every op: `{errors.folder / 'layer_errors.csv'}`).\n\n"
+        f"{markdown_table(rows)}\n\n"
+    )
+
+
 def target_text(outcome: PruningOutcome) -> str:
     """The target sparsity (a range when layers have their own), and the structure if any."""
     sanity = outcome.sanity
@@ -152,6 +179,14 @@ def latency_note(outcome: PruningOutcome) -> str:
     )
 
 
+def calibration_note(outcome: PruningOutcome) -> str:
+    """How the int8 files were calibrated, and the warning if too few images of a class were; "" with no int8 file."""
+    drawn = next((e.calibration for e in outcome.exports if e.calibration is not None), None)
+    if drawn is None:
+        return ""
+    return f"\n\n{drawn.describe()}." + (f" Warning: {drawn.warning()}." if drawn.warning() else "")
+
+
 def markdown_table(rows: list[dict[str, str]]) -> str:
     """Rows (all with the same keys, in column order) as an aligned Markdown table, readable as plain text."""
     columns = list(rows[0])
@@ -169,14 +204,14 @@ def render_table(summary: RunSummary) -> str:
 
 def render_files(outcome: PruningOutcome) -> str:
     """The deployable files as a Markdown table, and how latency was measured."""
-    return f"{markdown_table(file_rows(outcome))}\n\n{latency_note(outcome)}"
+    return f"{markdown_table(file_rows(outcome))}\n\n{latency_note(outcome)}{calibration_note(outcome)}"
 
 
 def render_markdown(summary: RunSummary) -> str:
     stages = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in summary.stage_seconds.items())
     return (
         f"# Pruning run\n\n{render_table(summary)}\n\n## Deployable files\n\n{render_files(summary)}\n\n"
-        f"{render_channels(summary.channels)}"
+        f"{render_channels(summary.channels)}{render_quantization(summary)}"
         f"## Weights by group\n\nLayers: {summary.sanity.layer_counts()}.\n\n```\n{summary.sanity.group_table()}\n```\n\n"
         f"- Schedule: `{summary.schedule.model_dump_json()}`\n"
         f"- Test images: {summary.pruned.examples}; classes: {', '.join(summary.classes)}\n"
@@ -204,6 +239,8 @@ def publish_report(summary: RunSummary) -> RunSummary:
     seconds = {**summary.stage_seconds, "report": round(time.perf_counter() - started, 3)}
     summary = summary.model_copy(update={"stage_seconds": seconds})
     with storage_errors(summary.run_dir, "the run's summary"):
+        if summary.quantization_errors is not None and summary.quantization_errors.layers:
+            plot_layer_errors(summary.quantization_errors, summary.run_dir / "layer_errors.png")
         path = write_json(summary.run_dir / "summary.json", summary.model_dump(mode="json"))
     run_logger().info("Summary written to %s", path)
     return summary

@@ -372,6 +372,13 @@ class ExportSpec(_Strict):
         does not change with the others')."""
         return self.model_copy(update={"formats": made_by(maker, self.formats)})
 
+    def post_training_int8(self) -> ExportSpec:
+        """What the quantization_error stage measures: the int8 format, if this spec makes a TFLite
+        int8 file by post-training quantization (int8 or int8_sparse); no format otherwise."""
+        ptq = any(FORMATS[f].int8 and FORMATS[f].made_by == "tflite" and FORMATS[f].source == "stripped"
+                  for f in self.formats)
+        return self.model_copy(update={"formats": ("int8",) if ptq else ()})
+
     def without_keras3(self) -> ExportSpec:
         """This spec without the Keras 3 file (a channel-pruned model has shapes the baseline's Keras 3
         architecture does not)."""

@@ -34,7 +34,14 @@ def test_run_prints_the_comparison(prefect_server, config_dict, tmp_path, capsys
     out = capsys.readouterr().out
     assert "| test accuracy" in out and "| zip-deflated (bytes)" in out
     summary_path = out.split("Summary: ")[1].split()[0]
-    assert json.loads(open(summary_path).read())["sanity"]["expected"] == 0.5
+    summary = json.loads(open(summary_path).read())
+    assert summary["sanity"]["expected"] == 0.5
+    worst = summary["quantization_errors"]["layers"][0]  # the config exports int8: its worst layer named
+    assert f"validation images), worst: {worst['layer']} {worst['rmse']:.3f}" in out
+    # 16 calibration images of two classes: 8 of each, fewer than the 10 a class that a warning asks for.
+    assert "int8 calibrated on 16 training images, 8 per class of 2 (a class-balanced draw, seed 0). Warning: int8 " \
+        "calibration has fewer than 10 images of 2 class(es) ('bottom' 8, 'top' 8): activation ranges may not cover " \
+        "them; raise export.representative_images to at least 20." in out
 
 
 def test_refresh_runs_every_stage_again(prefect_server, seed, config_dict, tmp_path, capsys):

@@ -80,6 +80,15 @@ def test_flow_prunes_strips_checks_measures_and_reports(prefect_server, config_d
     rows = json.loads(artifacts[f"{ARTIFACT_KEY}-files"].data)
     assert [row["format"] for row in rows] == [display_name(fmt) for _, fmt in files]
     assert f"{pruned['int8'].zip_bytes:,} ({pruned['int8'].zip_ratio:.2f}x)" in artifacts[ARTIFACT_KEY].data
+    # The int8 file's error by layer: every quantized op of the model, worst first, in the report and plotted.
+    errors = summary.quantization_errors
+    assert errors.images == 12 and {e.op for e in errors.layers} >= {"CONV_2D", "FULLY_CONNECTED"}
+    assert [e.rmse for e in errors.layers] == sorted((e.rmse for e in errors.layers), reverse=True)
+    assert f"| {errors.layers[0].layer} " in artifacts[ARTIFACT_KEY].data.split("## int8 error by layer")[1]
+    assert (summary.run_dir / "layer_errors.png").stat().st_size > 0
+    # The int8 calibration stated: the default 100 images asked, the whole train split (40) drawn.
+    assert "int8 calibrated on 40 training images, 20 per class of 2 (a class-balanced draw, seed 0).\n" \
+        in artifacts[ARTIFACT_KEY].data
 
 
 def test_bad_data_fails_the_input_check_before_any_stage(prefect_server, config_dict, tiny_data, tmp_path):

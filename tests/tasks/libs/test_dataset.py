@@ -8,7 +8,8 @@ import pytest
 
 from pruneflow.tasks.core.errors import PruneflowError
 from pruneflow.tasks.core.files import file_digest
-from pruneflow.tasks.libs.dataset import list_dataset, load_split
+from pruneflow.tasks.libs.artifacts import Calibration
+from pruneflow.tasks.libs.dataset import REPRESENTATIVE_SEED, balanced_draw, calibration_draw, list_dataset, load_split
 from pruneflow.tasks.specs.config import DatasetConfig
 from pruneflow.tasks.stages.prepare_dataset import prepare_dataset, write_prepared
 from tests.helpers.data import IMAGE_SIZE, SPLIT_SIZES
@@ -301,3 +302,32 @@ def test_zero_byte_truncated_and_png_images_are_refused(tiny_data, tmp_path, dam
         prepare(dataset_config(data), tmp_path / "out")
     reason = {"empty": "the file is empty", "truncated": "jpeg::Uncompress failed", "png": "the file is PNG"}[damage]
     assert reason in str(error.value)
+
+
+def test_the_calibration_draw_is_even_across_the_classes_and_the_same_every_run():
+    labels = np.array([0] * 50 + [1] * 30 + [2] * 4)  # class 2 scarce
+    drawn = balanced_draw(labels, 30, seed=0)
+    assert len(drawn) == 30 and len(set(drawn.tolist())) == 30 and list(drawn) == sorted(drawn)
+    assert np.bincount(labels[drawn]).tolist() == [13, 13, 4]  # class 2 runs out, its turns go to the others
+    assert np.array_equal(drawn, balanced_draw(labels, 30, seed=0))
+    assert not np.array_equal(drawn, balanced_draw(labels, 30, seed=1))
+    assert np.bincount(labels[balanced_draw(labels, 9, seed=0)]).tolist() == [3, 3, 3]
+    assert np.array_equal(balanced_draw(labels, 1000, seed=0), np.arange(len(labels)))  # more than there are: all
+    scarce = Calibration(seed=0, per_class={"a": 13, "b": 13, "c": 4}, available={"a": 50, "b": 30, "c": 4})
+    assert scarce.warning().endswith("add training images of 'c'") and "('c' 4)" in scarce.warning()
+
+
+def test_the_calibration_images_are_the_drawn_training_images(tiny_data, tmp_path):
+    config = dataset_config(tiny_data)
+    prepared = prepare(config, tmp_path / "out")
+    images, drawn = calibration_draw(prepared, 7)
+    assert drawn.images == 7 and sorted(drawn.per_class.values()) == [3, 4]  # 40 images, two classes
+    assert drawn.available == {"bottom": 20, "top": 20}
+    manifest = pd.read_parquet(prepared.manifest)
+    labels = manifest[manifest["split"] == "train"]["label_index"].to_numpy()
+    train = images_of(load_split(prepared, "train", 8))
+    np.testing.assert_array_equal(images, train[balanced_draw(labels, 7, REPRESENTATIVE_SEED)])
+    assert "fewer than 10 images of 2 class(es)" in drawn.warning()
+    assert "raise export.representative_images to at least 20" in drawn.warning()
+    enough = calibration_draw(prepared, 20)[1]
+    assert enough.warning() == "" and enough.describe().startswith("int8 calibrated on 20 training images, 10 per class of 2")

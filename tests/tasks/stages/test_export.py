@@ -42,6 +42,8 @@ def test_every_model_shape_exports_to_every_format_with_its_pruned_kernels_still
     assert all(w.stored_sparse for w in files["float32_sparse"].weights if w.size > 64)
     assert files["int8"].raw_bytes < 0.4 * files["float32"].raw_bytes
     assert (tmp_path / "export" / "export.json").is_file()
+    # The int8 files' calibration: 16 training images, as many of each class as the split allows.
+    assert exported.calibration.images == 16 and set(exported.calibration.per_class.values()) == {8}
 
     # The float32 file computes what the Keras model does; the int8 file takes int8 input.
     model = v.stripped.file.load()

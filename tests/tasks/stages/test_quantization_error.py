@@ -1,0 +1,57 @@
+"""Per-layer int8 error: the layer made hard to quantize is named first, and a run without an
+int8 file measures nothing."""
+
+import numpy as np
+import pandas as pd
+
+from pruneflow.tasks.libs.models import ModelFile, load_model, save_model
+from pruneflow.tasks.specs.config import ExportSpec
+from pruneflow.tasks.stages.quantization_error import measure_errors
+
+INT8 = ExportSpec(formats=("int8",), representative_images=16, int8_input_type="int8", int8_output_type="int8")
+
+
+def with_a_dead_channel(baseline, out, huge_weight: bool):
+    """The baseline with its convolution's channel 0 always zero and, with `huge_weight`, the hidden
+    Dense layer's weights from that zero input set to 1e4: the Keras model computes exactly what it
+    does without them, but int8 stores each of that layer's output units with a scale of 1e4 / 127,
+    so every other weight of the layer rounds to zero."""
+    model = load_model(baseline)
+    conv, hidden = model.layers[0], model.layers[3]
+    kernel, bias = conv.get_weights()
+    kernel[..., 0], bias[0] = 0.0, -1.0  # channel 0 of the convolution: ReLU(-1), zero on every image
+    conv.set_weights([kernel, bias])
+    weights, hidden_bias = hidden.get_weights()
+    if huge_weight:
+        weights[0, :] = 1e4  # Flatten's input 0 is channel 0 at the first position: always zero
+    hidden.set_weights([weights, hidden_bias])
+    save_model(model, out)
+    return ModelFile.of(out), model.layers[3].name
+
+
+def test_the_layer_that_int8_hurts_is_named_first(tiny_baseline, tiny_prepared, tmp_path):
+    plain, hidden = with_a_dead_channel(tiny_baseline, tmp_path / "plain.h5", huge_weight=False)
+    broken, _ = with_a_dead_channel(tiny_baseline, tmp_path / "broken.h5", huge_weight=True)
+    images = np.random.default_rng(0).uniform(0, 1, (4, *load_model(tiny_baseline).input_shape[1:])).astype("float32")
+    np.testing.assert_allclose(broken.load()(images).numpy(), plain.load()(images).numpy(), atol=1e-5)
+
+    (tmp_path / "plain").mkdir(), (tmp_path / "broken").mkdir()
+    before = measure_errors(tmp_path / "plain", plain, tiny_prepared, INT8)
+    after = measure_errors(tmp_path / "broken", broken, tiny_prepared, INT8)
+    assert after.images == before.images == 12  # the validation split, all 12 (fewer than 16)
+    assert [e.op for e in after.layers if e.layer == hidden] == ["FULLY_CONNECTED"]
+    worst = after.layers[0]
+    assert worst.layer == hidden and worst.rmse > 0.5 and worst.cosine < 0.9
+    assert [e.rmse for e in after.layers] == sorted((e.rmse for e in after.layers), reverse=True)
+    plain_hidden = next(e for e in before.layers if e.layer == hidden)
+    assert plain_hidden.rmse < 0.1 and plain_hidden.cosine > 0.99 and worst.rmse > 5 * plain_hidden.rmse
+    table = pd.read_csv(tmp_path / "broken" / "layer_errors.csv")
+    assert list(table.layer) == [e.layer for e in after.layers] and table.rmse.iloc[0] == worst.rmse
+
+
+def test_no_int8_file_no_measure(tiny_baseline, tiny_prepared, tmp_path):
+    float_only = INT8.model_copy(update={"formats": ("float32", "int8_qat", "onnx_int8")})
+    assert float_only.post_training_int8().formats == ()
+    assert INT8.model_copy(update={"formats": ("int8_sparse",)}).post_training_int8().formats == ("int8",)
+    errors = measure_errors(tmp_path, ModelFile.of(tiny_baseline), tiny_prepared, float_only.post_training_int8())
+    assert errors.layers == [] and not (tmp_path / "layer_errors.csv").exists()
