@@ -1,35 +1,30 @@
-"""Where int8 loses accuracy, layer by layer: TFLite's QuantizationDebugger runs the int8 model
-with each quantized op's output beside the float op's output on the same dequantized inputs, so
-one layer's error does not pile onto the next one's. Each layer's error is measured on
-validation images as the RMSE of the dequantized output against the float one, over the float
-output's standard deviation (0: exact; 1: as large as the signal), and as their cosine
-similarity (1: same direction)."""
+"""Where int8 loses accuracy, layer by layer. TFLite's QuantizationDebugger makes a debug model of
+the int8 file: beside each quantized op, the float op runs on the same (dequantized) inputs and a
+NumericVerify op outputs their difference, so one layer's error does not pile onto the next
+one's. We run that model on validation images and read, for each op, the difference and the
+quantized output: the RMSE of the difference over the float output's standard deviation (0:
+exact; 1: as large as the signal) and the cosine similarity of the two outputs (1: same
+direction), each the mean over the images.
+
+(The debugger's own `layer_direct_compare_metrics` hands over a float tensor that the
+interpreter has already reused, NaN and infinities among it, so we read the debug model
+ourselves, every tensor kept.)"""
 
 from __future__ import annotations
 
-import csv
-import io
+import re
 import warnings
 
 import numpy as np
 
 from pruneflow.tasks.libs.artifacts import LayerError
+from pruneflow.tasks.libs.litert import from_output, to_input
 from pruneflow.tasks.libs.selection import walk
 from pruneflow.tasks.libs.tflite import converter_for
 from pruneflow.tasks.specs.config import ExportSpec
 from pruneflow.tasks.specs.formats import FORMATS
 
-
-def _rmse(float_values: np.ndarray, quantized: np.ndarray, scale: float, zero_point: int) -> float:
-    error = float_values - (quantized.astype(np.float32) - zero_point) * scale
-    spread = float(np.std(float_values))
-    return float(np.sqrt(np.mean(error**2)) / spread) if spread > 0 else float(np.any(error != 0))
-
-
-def _cosine(float_values: np.ndarray, quantized: np.ndarray, scale: float, zero_point: int) -> float:
-    a, b = float_values.ravel(), ((quantized.astype(np.float32) - zero_point) * scale).ravel()
-    norms = float(np.linalg.norm(a) * np.linalg.norm(b))
-    return float(np.dot(a, b) / norms) if norms > 0 else float(np.array_equal(a, b))
+VERIFY = re.compile(r"NumericVerify/(?P<name>.*):(?P<index>\d+)$")  # the debugger's name for an op's check
 
 
 def layer_errors(model, spec: ExportSpec, calibration: np.ndarray, images: np.ndarray) -> list[LayerError]:
@@ -37,25 +32,66 @@ def layer_errors(model, spec: ExportSpec, calibration: np.ndarray, images: np.nd
     `images`; worst (largest RMSE) first."""
     from pruneflow.tasks.core.runtime import tf
 
-    converter = converter_for(model, FORMATS["int8"], spec, calibration)
-    options = tf.lite.experimental.QuantizationDebugOptions(
-        layer_direct_compare_metrics={"rmse": _rmse, "cosine": _cosine}, fully_quantize=True,
+    debug_model = _debug_model(tf, model, spec, calibration)
+    interpreter = tf.lite.Interpreter(  # TFLite's own kernels, op by op: XNNPACK would fuse them into one
+        model_content=debug_model, experimental_preserve_all_tensors=True,
+        experimental_op_resolver_type=tf.lite.experimental.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
     )
+    interpreter.allocate_tensors()
+    tensors = {detail["index"]: detail for detail in interpreter.get_tensor_details()}
+    checks = {detail["index"]: VERIFY.match(detail["name"]) for detail in tensors.values()}
+    checks = {index: (match["name"], int(match["index"])) for index, match in checks.items() if match}
+    ops = _ops_by_output(interpreter)
+    source = interpreter.get_input_details()[0]
+    rmse, cosine = ({index: [] for index in checks} for _ in range(2))
+    for image in images:
+        interpreter.set_tensor(source["index"], to_input(image[None], source))
+        interpreter.invoke()
+        for index, (_, quantized) in checks.items():
+            output = from_output(interpreter.get_tensor(quantized), tensors[quantized])
+            difference = interpreter.get_tensor(index).astype(np.float32)  # dequantized minus float
+            rmse[index].append(_rmse(output - difference, difference))
+            cosine[index].append(_cosine(output - difference, output))
+    paths = [path for path, _ in walk(model)]
+    errors = [
+        LayerError(layer=layer_of(name, paths), op=ops.get(quantized, "?"), tensor=name,
+                   elements=int(np.prod(tensors[quantized]["shape"][1:])), rmse=float(np.nanmean(rmse[index])),
+                   cosine=float(np.nanmean(cosine[index])))
+        for index, (name, quantized) in checks.items()
+    ]
+    return sorted(errors, key=lambda e: -e.rmse)
+
+
+def _debug_model(tf, model, spec: ExportSpec, calibration: np.ndarray) -> bytes:
+    converter = converter_for(model, FORMATS["int8"], spec, calibration)
+    options = tf.lite.experimental.QuantizationDebugOptions(fully_quantize=True)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Statistics for quantized inputs were expected", category=UserWarning)
         debugger = tf.lite.experimental.QuantizationDebugger(
-            converter=converter, debug_dataset=lambda: ([image[None]] for image in images), debug_options=options,
+            converter=converter, debug_dataset=lambda: iter(()), debug_options=options,
         )
-        debugger.run()
-    table = io.StringIO()
-    debugger.layer_statistics_dump(table)  # one row per op: op_name, tensor_name, num_elements, our metrics
-    paths = [path for path, _ in walk(model)]
-    errors = [
-        LayerError(layer=layer_of(row["tensor_name"], paths), op=row["op_name"], tensor=row["tensor_name"],
-                   elements=int(float(row["num_elements"])), rmse=float(row["rmse"]), cosine=float(row["cosine"]))
-        for row in csv.DictReader(io.StringIO(table.getvalue()))
-    ]
-    return sorted(errors, key=lambda e: -e.rmse)
+        return debugger.get_debug_quantized_model()
+
+
+def _ops_by_output(interpreter) -> dict[int, str]:
+    """Each tensor's producing op, by name (CONV_2D); TFLite's Python interpreter lists ops only
+    through a private call, so nothing (an op shown as "?") if it stops doing so."""
+    try:
+        return {output: op["op_name"] for op in interpreter._get_ops_details() for output in op["outputs"]}  # noqa: SLF001
+    except AttributeError:
+        return {}
+
+
+def _rmse(reference: np.ndarray, difference: np.ndarray) -> float:
+    spread = float(np.std(reference))
+    error = float(np.sqrt(np.mean(difference**2)))
+    return error / spread if spread > 0 else (0.0 if error == 0 else float("inf"))
+
+
+def _cosine(reference: np.ndarray, output: np.ndarray) -> float:
+    a, b = reference.ravel(), output.ravel()
+    norms = float(np.linalg.norm(a) * np.linalg.norm(b))
+    return float(np.dot(a, b) / norms) if norms > 0 else float(np.array_equal(a, b))
 
 
 def layer_of(tensor: str, paths: list[str]) -> str:
