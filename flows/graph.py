@@ -30,6 +30,7 @@ from pruneflow.tasks.preflight.check_inputs import RunInputs, check_inputs
 from pruneflow.tasks.specs.config import ExportSpec, RunConfig, Schedule
 from pruneflow.tasks.stages.evaluate import evaluate_baseline, evaluate_pruned
 from pruneflow.tasks.stages.evaluate_exports import evaluate_baseline_exports, evaluate_pruned_exports
+from pruneflow.tasks.stages.export_fallback import export_fallback_pruned
 from pruneflow.tasks.stages.export_keras3 import export_keras3_baseline, export_keras3_pruned
 from pruneflow.tasks.stages.export_onnx import export_onnx_baseline, export_onnx_pruned
 from pruneflow.tasks.stages.export_tflite import export_baseline, export_pruned
@@ -142,17 +143,17 @@ def prune_to(config: RunConfig, start: Prepared, schedule: Schedule) -> PruningO
     def qat_for(spec: ExportSpec):  # only a stage with a format made from it takes the QAT model
         return quantized if spec.wants_qat else None
 
+    errors = run_stage(quantization_error, store, model=stripped.file, dataset=dataset, export=export.post_training_int8())
     exports = [
         run_stage(export_pruned, store, model=stripped.file, dataset=dataset, export=tflite, sanity=sanity,
                   quantized=qat_for(tflite)),
+        run_stage(export_fallback_pruned, store, model=stripped.file, dataset=dataset, export=export.made_by("fallback"),
+                  fallback=config.fallback_spec, errors=errors, sanity=sanity),
         run_stage(export_onnx_pruned, store, model=stripped.file, dataset=dataset, export=onnx, sanity=sanity,
                   quantized=qat_for(onnx)),
         run_stage(export_keras3_pruned, store, model=stripped.file, original=start.original, dataset=dataset,
                   export=export.made_by("keras3"), sanity=sanity),
     ]
-    errors = run_stage(
-        quantization_error, store, model=stripped.file, dataset=dataset, export=tflite.post_training_int8()
-    )
     assessed = run_stage(
         evaluate_pruned_exports, store, exports=exports, reference=stripped.file,
         quantized=qat_for(export), dataset=dataset, batch_size=config.dataset.batch_size,

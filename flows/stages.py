@@ -5,6 +5,7 @@ flows/graph.py wires them; check_inputs runs their pre-flight checks in this ord
 
 from pruneflow.tasks.stages.evaluate import evaluate_baseline, evaluate_pruned
 from pruneflow.tasks.stages.evaluate_exports import evaluate_baseline_exports, evaluate_pruned_exports
+from pruneflow.tasks.stages.export_fallback import export_fallback_pruned
 from pruneflow.tasks.stages.export_keras3 import export_keras3_baseline, export_keras3_pruned
 from pruneflow.tasks.stages.export_onnx import export_onnx_baseline, export_onnx_pruned
 from pruneflow.tasks.stages.export_tflite import export_baseline, export_pruned
@@ -22,7 +23,8 @@ from pruneflow.tasks.stages.translate_baseline import translate_baseline
 STAGES = (
     prepare_dataset, translate_baseline, evaluate_baseline, export_baseline, export_onnx_baseline,
     export_keras3_baseline, evaluate_baseline_exports, prune_channels, prune_train, strip, sanity_check, measure_size,
-    evaluate_pruned, quantize_train, export_pruned, quantization_error, export_onnx_pruned, export_keras3_pruned,
+    evaluate_pruned, quantize_train, export_pruned, quantization_error, export_fallback_pruned,
+    export_onnx_pruned, export_keras3_pruned,
     evaluate_pruned_exports, measure_latency,
 )
 

@@ -170,6 +170,18 @@ class WeightTensor(BaseModel):
     stored_sparse: bool
 
 
+class FloatFallback(BaseModel):
+    """Which layers an int8_fallback file keeps in float (pruneflow.tasks.libs.float_fallback)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    rule: str  # how they were chosen: "auto", "count 2", or the patterns
+    layers: list[str]  # Keras layer paths, worst int8 error first
+    tensors: list[str]  # the ops' output tensors in the file
+    accuracy: float | None = None  # the file's validation accuracy (auto only)
+    reference: float | None = None  # the Keras model's (auto only)
+
+
 class ExportedFile(BaseModel):
     """One TFLite file of an export, its sizes and its weights."""
 
@@ -183,6 +195,7 @@ class ExportedFile(BaseModel):
     weights: list[WeightTensor]
     # The pruned model's kernels as found in this file (empty for a dense model's export).
     sparsity: list[TensorSparsity] = []
+    fallback: FloatFallback | None = None  # the int8_fallback file's float layers, and why
 
 
 CALIBRATION_PER_CLASS = 10  # fewer int8 calibration images of a class than this is a named warning

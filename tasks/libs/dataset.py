@@ -358,3 +358,9 @@ def representative_images(dataset: PreparedDataset, count: int) -> np.ndarray:
     return calibration_draw(dataset, count)[0]
 
 
+
+
+def split_arrays(dataset: PreparedDataset, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Every image of a split (float32 in [0, 1]) and its label index, in the CSV's order."""
+    batches = list(load_split(dataset, split, 256).as_numpy_iterator())
+    return np.concatenate([images for images, _ in batches]), np.concatenate([labels for _, labels in batches])

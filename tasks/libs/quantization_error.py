@@ -27,20 +27,49 @@ from pruneflow.tasks.specs.formats import FORMATS
 VERIFY = re.compile(r"NumericVerify/(?P<name>.*):(?P<index>\d+)$")  # the debugger's name for an op's check
 
 
+class Int8Debugger:
+    """The model's int8 conversion (calibrated as the int8 format is, once), quantized again as
+    often as asked: as a debug model, or with some ops left in float."""
+
+    def __init__(self, model, spec: ExportSpec, calibration: np.ndarray):
+        from pruneflow.tasks.core.runtime import tf
+
+        self._tf = tf
+        converter = converter_for(model, FORMATS["int8"], spec, calibration)
+        # Float ops allowed, for a file with a float fallback; the int8 file itself stays full-integer.
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Statistics for quantized inputs were expected", category=UserWarning)
+            self._debugger = tf.lite.experimental.QuantizationDebugger(
+                converter=converter, debug_dataset=lambda: iter(()),
+                debug_options=tf.lite.experimental.QuantizationDebugOptions(fully_quantize=True),
+            )
+
+    def debug_model(self) -> bytes:
+        """The int8 model with a NumericVerify op beside each quantized op (see the module's docstring)."""
+        return self._debugger.get_debug_quantized_model()
+
+    def with_float(self, tensors: list[str]) -> bytes:
+        """The int8 file with the ops that output `tensors` left in float (int8 input and output)."""
+        self._debugger.options = self._tf.lite.experimental.QuantizationDebugOptions(
+            denylisted_nodes=list(tensors), fully_quantize=True,
+        )
+        return self._debugger.get_nondebug_quantized_model()
+
+
 def layer_errors(model, spec: ExportSpec, calibration: np.ndarray, images: np.ndarray) -> list[LayerError]:
     """Each quantized op of the model's int8 file (calibrated as the int8 format is), measured on
     `images`; worst (largest RMSE) first."""
     from pruneflow.tasks.core.runtime import tf
 
-    debug_model = _debug_model(tf, model, spec, calibration)
     interpreter = tf.lite.Interpreter(  # TFLite's own kernels, op by op: XNNPACK would fuse them into one
-        model_content=debug_model, experimental_preserve_all_tensors=True,
+        model_content=Int8Debugger(model, spec, calibration).debug_model(), experimental_preserve_all_tensors=True,
         experimental_op_resolver_type=tf.lite.experimental.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
     )
     interpreter.allocate_tensors()
     tensors = {detail["index"]: detail for detail in interpreter.get_tensor_details()}
     checks = {detail["index"]: VERIFY.match(detail["name"]) for detail in tensors.values()}
-    checks = {index: (match["name"], int(match["index"])) for index, match in checks.items() if match}
+    checks = {index: (_float_tensor(match["name"]), int(match["index"])) for index, match in checks.items() if match}
     ops = _ops_by_output(interpreter)
     source = interpreter.get_input_details()[0]
     rmse, cosine = ({index: [] for index in checks} for _ in range(2))
@@ -62,15 +91,10 @@ def layer_errors(model, spec: ExportSpec, calibration: np.ndarray, images: np.nd
     return sorted(errors, key=lambda e: -e.rmse)
 
 
-def _debug_model(tf, model, spec: ExportSpec, calibration: np.ndarray) -> bytes:
-    converter = converter_for(model, FORMATS["int8"], spec, calibration)
-    options = tf.lite.experimental.QuantizationDebugOptions(fully_quantize=True)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Statistics for quantized inputs were expected", category=UserWarning)
-        debugger = tf.lite.experimental.QuantizationDebugger(
-            converter=converter, debug_dataset=lambda: iter(()), debug_options=options,
-        )
-        return debugger.get_debug_quantized_model()
+def _float_tensor(name: str) -> str:
+    """The op's output tensor as the quantizer names it (what a float fallback denylists): the
+    debug model appends a digit to it, which the debugger's own reader drops too."""
+    return name[:-1] if name[-1:].isdigit() else name
 
 
 def _ops_by_output(interpreter) -> dict[int, str]:

@@ -35,10 +35,12 @@ def converter_for(model, fmt: Format, spec: ExportSpec, calibration: np.ndarray 
     if fmt.int8:
         optimizations.append(tf.lite.Optimize.DEFAULT)
         converter.representative_dataset = lambda: ([image[None]] for image in calibration)
-        # Full-integer: every op in int8, or the conversion fails instead of keeping float ops.
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.inference_input_type = io_dtype(spec.int8_input_type)
-        converter.inference_output_type = io_dtype(spec.int8_output_type)
+        if fmt.int16_activations:  # 16x8: int16 activations, int8 weights; float input and output
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
+        else:  # full-integer: every op in int8, or the conversion fails instead of keeping float ops
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            converter.inference_input_type = io_dtype(spec.int8_input_type)
+            converter.inference_output_type = io_dtype(spec.int8_output_type)
     converter.optimizations = optimizations
     return converter
 

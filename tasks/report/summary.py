@@ -187,6 +187,18 @@ def calibration_note(outcome: PruningOutcome) -> str:
     return f"\n\n{drawn.describe()}." + (f" Warning: {drawn.warning()}." if drawn.warning() else "")
 
 
+def fallback_note(outcome: PruningOutcome) -> str:
+    """Which layers each int8_fallback file keeps in float, and why; "" without one."""
+    notes = []
+    for file in (f for exported in outcome.exports for f in exported.files if f.fallback is not None):
+        chosen = file.fallback
+        kept = ", ".join(chosen.layers) if chosen.layers else "no layer (plain int8 was within the loss)"
+        measured = (f": validation accuracy {chosen.accuracy:.4f}, the Keras model's {chosen.reference:.4f}"
+                    if chosen.accuracy is not None else "")
+        notes.append(f"{display_name(file.format)} keeps {kept} in float ({chosen.rule}{measured}).")
+    return "".join(f"\n\n{note}" for note in notes)
+
+
 def markdown_table(rows: list[dict[str, str]]) -> str:
     """Rows (all with the same keys, in column order) as an aligned Markdown table, readable as plain text."""
     columns = list(rows[0])
@@ -204,7 +216,7 @@ def render_table(summary: RunSummary) -> str:
 
 def render_files(outcome: PruningOutcome) -> str:
     """The deployable files as a Markdown table, and how latency was measured."""
-    return f"{markdown_table(file_rows(outcome))}\n\n{latency_note(outcome)}{calibration_note(outcome)}"
+    return f"{markdown_table(file_rows(outcome))}\n\n{latency_note(outcome)}{calibration_note(outcome)}{fallback_note(outcome)}"
 
 
 def render_markdown(summary: RunSummary) -> str:

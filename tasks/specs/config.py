@@ -323,6 +323,15 @@ class ExportConfig(_Strict):
         "file's own scale and zero point), or float32 (the file quantizes them itself).",
     )
     int8_output_type: IOType = Field("int8", description="Output type of the int8 files, as int8_input_type.")
+    float_fallback: Annotated[int, Field(ge=0)] | Literal["auto"] | list[str] = Field(
+        "auto", description="The int8_fallback format's layers left in float: a count (the layers int8 hurts most, "
+        "by quantization_error's table), layer names or patterns, or auto: the worst layers added one at a time "
+        "until the file's validation accuracy is within fallback_max_loss points of the Keras model's.",
+    )
+    fallback_max_loss: float = Field(
+        0.5, ge=0, description="For float_fallback auto: the validation accuracy, in points, the int8_fallback file "
+        "may lose against the Keras model it is converted from.",
+    )
     qat_epochs: int = Field(
         1, ge=1, description="Epochs of pruning-preserving quantization-aware training (TFMOT's "
         "Default8BitPrunePreserveQuantizeScheme) of the pruned model, for the int8_qat formats only.",
@@ -355,6 +364,13 @@ class ExportConfig(_Strict):
         return self
 
 
+class FallbackSpec(_Strict):
+    """How the int8_fallback file chooses its float layers (RunConfig.fallback_spec)."""
+
+    layers: int | Literal["auto"] | list[str]
+    max_loss: float
+
+
 class ExportSpec(_Strict):
     """What the export stage reads (RunConfig.export_spec): the latency settings are not in it."""
 
@@ -374,9 +390,10 @@ class ExportSpec(_Strict):
 
     def post_training_int8(self) -> ExportSpec:
         """What the quantization_error stage measures: the int8 format, if this spec makes a TFLite
-        int8 file by post-training quantization (int8 or int8_sparse); no format otherwise."""
-        ptq = any(FORMATS[f].int8 and FORMATS[f].made_by == "tflite" and FORMATS[f].source == "stripped"
-                  for f in self.formats)
+        int8 file by post-training quantization (int8, int8_sparse or int8_fallback, whose float layers
+        it chooses from); no format otherwise."""
+        ptq = any(FORMATS[f].int8 and FORMATS[f].made_by in ("tflite", "fallback") and FORMATS[f].source == "stripped"
+                  and not FORMATS[f].int16_activations for f in self.formats)
         return self.model_copy(update={"formats": ("int8",) if ptq else ()})
 
     def without_keras3(self) -> ExportSpec:
@@ -589,6 +606,10 @@ class RunConfig(_Strict):
         selection = self.layers.model_dump(include={"include", "exclude", "keep_first_conv"})
         multiple = self.layers.m_by_n[1] if self.layers.m_by_n else 1
         return ChannelSpec(**self.channel_pruning.model_dump(), **selection, multiple=multiple)
+
+    @property
+    def fallback_spec(self) -> FallbackSpec:
+        return FallbackSpec(layers=self.export.float_fallback, max_loss=self.export.fallback_max_loss)
 
     @property
     def export_spec(self) -> ExportSpec:

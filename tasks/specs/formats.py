@@ -26,7 +26,8 @@ class Format(BaseModel):
         display: how the reports name it.
         file: the file's name in its export folder (its zip-deflated size counts the name too).
         suffix: the promoted file's extension: a promotion stores it as `model<suffix>`.
-        made_by: which conversion makes it: "keras" (none: the Keras model), "tflite", "onnx",
+        made_by: which conversion makes it: "keras" (none: the Keras model), "tflite", "fallback"
+            (TFLite int8 with some layers in float, chosen from quantization_error's table), "onnx",
             "keras3" (the tf_keras weights handed back to the Keras 3 baseline's architecture).
         source: the Keras model it is converted from: the stripped one, or quantize_train's
             quantization-aware one.
@@ -35,6 +36,7 @@ class Format(BaseModel):
             in for comparison; itself for a format that needs neither sparsity nor training.
         sparse: its pruned kernels are stored sparse (TFLite's EXPERIMENTAL_SPARSITY).
         int8: full-integer post-training quantization, calibrated on representative images.
+        int16_activations: with int16 activations (16x8): int8 stays for the weights only.
         description: what the file is, for the config's reference and the UI form.
     """
 
@@ -44,12 +46,13 @@ class Format(BaseModel):
     display: str
     file: str
     suffix: str
-    made_by: Literal["keras", "tflite", "onnx", "keras3"]
+    made_by: Literal["keras", "tflite", "fallback", "onnx", "keras3"]
     source: Literal["stripped", "qat"] = "stripped"
     runtime: Literal["keras", "litert", "onnxruntime", "keras3"]
     dense: str
     sparse: bool = False
     int8: bool = False
+    int16_activations: bool = False
     description: str = ""
 
     @property
@@ -81,11 +84,20 @@ FORMATS: dict[str, Format] = {
                 description="float32 with the pruned kernels stored sparse, EXPERIMENTAL_SPARSITY"),
         _tflite("int8", "int8", "int8", int8=True, description="full-integer post-training quantization"),
         _tflite("int8_sparse", "int8, sparse", "int8", int8=True, sparse=True, description="int8 stored sparse"),
+        _tflite("int16x8", "int16x8", "int16x8", int8=True, int16_activations=True,
+                description="int8 weights, int16 activations (16x8 post-training quantization) for a model that loses "
+                "too much in int8; float input and output; LiteRT runs it on its built-in kernels (XNNPACK has none), "
+                "slower than int8"),
         _tflite("int8_qat", "int8, QAT", "int8", int8=True, source="qat",
                 description="int8 after qat_epochs of pruning-preserving quantization-aware training, for a model that "
                 "loses too much accuracy in int8; Sequential or functional models without nested models"),
         _tflite("int8_qat_sparse", "int8, QAT, sparse", "int8", int8=True, sparse=True, source="qat",
                 description="int8_qat stored sparse"),
+        Format(name="int8_fallback", display="TFLite int8, float fallback", file="model_int8_fallback.tflite",
+               suffix=".tflite", made_by="fallback", runtime="litert", dense="int8", int8=True,
+               description="int8 with the layers int8 hurts most left in float (export.float_fallback: a count, names or "
+               "patterns, or auto: as few as keep the validation accuracy within export.fallback_max_loss points of "
+               "the Keras model's); int8 input and output"),
         _onnx("onnx", "float32", description="ONNX (tf2onnx), run in onnxruntime; needs the onnx extra, "
               "pip install 'pruneflow[onnx]'"),
         _onnx("onnx_int8", "int8", int8=True, description="ONNX int8: onnxruntime's static quantization, calibrated "

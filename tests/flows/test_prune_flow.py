@@ -16,7 +16,8 @@ from tests.helpers.prefect import artifacts_of, stage_states
 
 
 def test_flow_prunes_strips_checks_measures_and_reports(prefect_server, config_dict):
-    del config_dict["export"]  # the default: every format
+    # The default formats, and the two that keep int8's accuracy: a float fallback and 16x8.
+    config_dict["export"]["formats"] = ["float32", "float32_sparse", "int8", "int8_sparse", "int8_fallback", "int16x8"]
     config = parse_config(config_dict)
     state = prune_flow(config, return_state=True)
     assert state.is_completed(), state.message
@@ -86,9 +87,13 @@ def test_flow_prunes_strips_checks_measures_and_reports(prefect_server, config_d
     assert [e.rmse for e in errors.layers] == sorted((e.rmse for e in errors.layers), reverse=True)
     assert f"| {errors.layers[0].layer} " in artifacts[ARTIFACT_KEY].data.split("## int8 error by layer")[1]
     assert (summary.run_dir / "layer_errors.png").stat().st_size > 0
-    # The int8 calibration stated: the default 100 images asked, the whole train split (40) drawn.
-    assert "int8 calibrated on 40 training images, 20 per class of 2 (a class-balanced draw, seed 0).\n" \
+    # The int8 calibration stated; the fallback file's float layers named, with the accuracies that chose them.
+    assert "int8 calibrated on 16 training images, 8 per class of 2 (a class-balanced draw, seed 0)." \
         in artifacts[ARTIFACT_KEY].data
+    fallback = next(f.fallback for e in summary.exports for f in e.files if f.format == "int8_fallback")
+    assert fallback.rule == "auto, within 0.5 points" and fallback.reference - fallback.accuracy <= 0.005
+    assert f"TFLite int8, float fallback keeps {', '.join(fallback.layers) or 'no layer'}" in artifacts[ARTIFACT_KEY].data
+    assert pruned["int16x8"].agreement >= 0.9 and pruned["int8_fallback"].accuracy > 0
 
 
 def test_bad_data_fails_the_input_check_before_any_stage(prefect_server, config_dict, tiny_data, tmp_path):

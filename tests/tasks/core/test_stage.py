@@ -56,7 +56,7 @@ def samples_by_type(config_dict) -> dict:
     with_qat = parse_config({**config_dict, "export": {"formats": ["int8_qat"]}})
     with_channels = parse_config({**config_dict, "channel_pruning": {"fraction": 0.5, "layers": {"conv*": 0.25}}})
     values += [config.dataset.shape, config.training_spec, config.export_spec, config.latency_spec, with_qat.qat_spec,
-               with_channels.channel_spec]
+               with_channels.channel_spec, config.fallback_spec]
     return {type(value): value for value in values} | {int: 8, float: 0.5, str: "a machine"}
 
 

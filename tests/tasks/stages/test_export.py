@@ -80,6 +80,23 @@ def test_an_int8_file_is_fed_as_its_own_input_details_say(io_type, tiny_baseline
     assert evaluation.files[0].agreement >= 0.9
 
 
+def test_a_16x8_file_keeps_int8_weights_and_int16_activations_and_runs(tiny_baseline, tiny_prepared, tmp_path):
+    spec = ALL_FORMATS.model_copy(update={"formats": ("int8", "int16x8")})
+    baseline = ModelFile.of(tiny_baseline)
+    exported = export_tflite(tmp_path, baseline, tiny_prepared, spec, None, None)
+    files = {f.format: exported.path(f) for f in exported.files}
+    predictor = Predictor(files["int16x8"], threads=1, batch=8)
+    assert predictor.input["dtype"] == np.float32 and predictor.output["dtype"] == np.float32  # it quantizes itself
+    kinds = {d["dtype"] for d in predictor.interpreter.get_tensor_details()}
+    assert np.int16 in kinds and np.int8 in kinds  # activations in int16, weights in int8
+    kernels = [w for w in weight_tensors(files["int16x8"]) if w.size > 64]
+    assert kernels and [w.size for w in kernels] == [w.size for w in weight_tensors(files["int8"]) if w.size > 64]
+    (tmp_path / "evaluation").mkdir()
+    evaluation = evaluate_exports(tmp_path / "evaluation", [exported], baseline, None, tiny_prepared, batch_size=8)
+    assert evaluation.of("int16x8").agreement >= evaluation.of("int8").agreement and evaluation.of("int16x8").agreement >= 0.9
+    assert exported.calibration.images == 16  # calibrated like int8
+
+
 def test_an_empty_format_list_exports_nothing(tiny_baseline, tiny_prepared, tmp_path):
     spec = ALL_FORMATS.model_copy(update={"formats": ()})
     assert export_tflite(tmp_path, ModelFile.of(tiny_baseline), tiny_prepared, spec, None, None).files == []

@@ -4,29 +4,12 @@ int8 file measures nothing."""
 import numpy as np
 import pandas as pd
 
-from pruneflow.tasks.libs.models import ModelFile, load_model, save_model
+from pruneflow.tasks.libs.models import ModelFile, load_model
 from pruneflow.tasks.specs.config import ExportSpec
 from pruneflow.tasks.stages.quantization_error import measure_errors
+from tests.helpers.models import with_a_dead_channel
 
 INT8 = ExportSpec(formats=("int8",), representative_images=16, int8_input_type="int8", int8_output_type="int8")
-
-
-def with_a_dead_channel(baseline, out, huge_weight: bool):
-    """The baseline with its convolution's channel 0 always zero and, with `huge_weight`, the hidden
-    Dense layer's weights from that zero input set to 1e4: the Keras model computes exactly what it
-    does without them, but int8 stores each of that layer's output units with a scale of 1e4 / 127,
-    so every other weight of the layer rounds to zero."""
-    model = load_model(baseline)
-    conv, hidden = model.layers[0], model.layers[3]
-    kernel, bias = conv.get_weights()
-    kernel[..., 0], bias[0] = 0.0, -1.0  # channel 0 of the convolution: ReLU(-1), zero on every image
-    conv.set_weights([kernel, bias])
-    weights, hidden_bias = hidden.get_weights()
-    if huge_weight:
-        weights[0, :] = 1e4  # Flatten's input 0 is channel 0 at the first position: always zero
-    hidden.set_weights([weights, hidden_bias])
-    save_model(model, out)
-    return ModelFile.of(out), model.layers[3].name
 
 
 def test_the_layer_that_int8_hurts_is_named_first(tiny_baseline, tiny_prepared, tmp_path):

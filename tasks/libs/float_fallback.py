@@ -1,0 +1,84 @@
+"""The int8_fallback file: int8, with the layers int8 hurts most left in float. Which layers
+follows export.float_fallback: a count of the worst (quantization_error's table, worst first),
+names or patterns, or `auto`: the worst added one at a time until the file's validation accuracy
+is within export.fallback_max_loss points of the Keras model's."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from pruneflow.tasks.core.errors import PruneflowError
+from pruneflow.tasks.libs.artifacts import FloatFallback, LayerError
+from pruneflow.tasks.libs.litert import Predictor
+from pruneflow.tasks.libs.quantization_error import Int8Debugger
+from pruneflow.tasks.libs.selection import matches, walk
+from pruneflow.tasks.specs.config import ExportSpec, FallbackSpec
+
+
+def convert_with_fallback(
+    model, spec: ExportSpec, calibration: np.ndarray, errors: list[LayerError], fallback: FallbackSpec,
+    validation: tuple[np.ndarray, np.ndarray],
+) -> tuple[bytes, FloatFallback]:
+    """The int8_fallback file's bytes and the layers it keeps in float.
+
+    Args:
+        errors: the model's int8 error by op, worst first (quantization_error).
+        validation: images and their label indices, what `auto` measures accuracy on.
+
+    Raises:
+        PruneflowError: a pattern of export.float_fallback that names no quantized layer.
+    """
+    debugger = Int8Debugger(model, spec, calibration)
+    ranked = [e for e in errors if e.rmse > 0]  # an exact op (pooling, reshape) gains nothing in float
+    if fallback.layers == "auto":
+        return _auto(model, debugger, ranked, fallback.max_loss, validation)
+    if isinstance(fallback.layers, int):
+        chosen, rule = ranked[: fallback.layers], f"the {fallback.layers} worst"
+    else:
+        chosen, rule = _named(model, ranked, fallback.layers), ", ".join(fallback.layers)
+    return debugger.with_float([e.tensor for e in chosen]), FloatFallback(
+        rule=rule, layers=[e.layer for e in chosen], tensors=[e.tensor for e in chosen],
+    )
+
+
+def _named(model, ranked: list[LayerError], patterns: list[str]) -> list[LayerError]:
+    layers = dict(walk(model))
+
+    def named(pattern: str, error: LayerError) -> bool:
+        path = error.layer.removesuffix(" (output)")
+        return path in layers and matches(pattern, path, layers[path])
+
+    unmatched = [p for p in patterns if not any(named(p, e) for e in ranked)]
+    if unmatched:
+        raise PruneflowError(
+            f"export.float_fallback {unmatched} match no quantized layer; those are: "
+            f"{', '.join(dict.fromkeys(e.layer for e in ranked))}."
+        )
+    return [e for e in ranked if any(named(p, e) for p in patterns)]
+
+
+def _auto(model, debugger: Int8Debugger, ranked: list[LayerError], max_loss: float,
+          validation: tuple[np.ndarray, np.ndarray]) -> tuple[bytes, FloatFallback]:
+    images, labels = validation
+    reference = float(np.mean(np.argmax(model.predict(images, verbose=0), axis=1) == labels))
+    for count in range(len(ranked) + 1):
+        chosen = ranked[:count]
+        data = debugger.with_float([e.tensor for e in chosen])
+        accuracy = _accuracy(data, images, labels)
+        if 100 * (reference - accuracy) <= max_loss:
+            break
+    return data, FloatFallback(
+        rule=f"auto, within {max_loss:g} points", layers=[e.layer for e in chosen],
+        tensors=[e.tensor for e in chosen], accuracy=accuracy, reference=reference,
+    )
+
+
+def _accuracy(data: bytes, images: np.ndarray, labels: np.ndarray) -> float:
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "candidate.tflite"
+        path.write_bytes(data)
+        predictions = Predictor(path, threads=1, batch=32)(images)
+    return float(np.mean(np.argmax(predictions, axis=1) == labels))

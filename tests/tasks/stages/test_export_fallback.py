@@ -1,0 +1,73 @@
+"""The int8_fallback file: the layer int8 breaks is kept in float, chosen automatically, by count
+or by name, and the file then holds the Keras model's accuracy where plain int8 loses it."""
+
+import numpy as np
+import pytest
+
+from pruneflow.tasks.core.errors import PruneflowError
+from pruneflow.tasks.libs.dataset import split_arrays
+from pruneflow.tasks.libs.litert import Predictor
+from pruneflow.tasks.specs.config import ExportSpec, FallbackSpec
+from pruneflow.tasks.stages.export_fallback import export_fallback
+from pruneflow.tasks.stages.export_tflite import export_tflite
+from pruneflow.tasks.stages.quantization_error import measure_errors
+from tests.helpers.models import with_a_dead_channel
+
+SPEC = ExportSpec(formats=("int8_fallback",), representative_images=16, int8_input_type="int8", int8_output_type="int8")
+
+
+def accuracy(path, dataset, split="val") -> float:
+    images, labels = split_arrays(dataset, split)
+    return float(np.mean(np.argmax(Predictor(path, threads=1, batch=8)(images), axis=1) == labels))
+
+
+@pytest.fixture(scope="module")
+def broken(tiny_baseline, tiny_prepared, tmp_path_factory):
+    """The tiny baseline with a weight int8 cannot hold, its int8 file, and its int8 error by layer."""
+    folder = tmp_path_factory.mktemp("broken")
+    model, hidden = with_a_dead_channel(tiny_baseline, folder / "broken.h5", huge_weight=True)
+    (folder / "errors").mkdir(), (folder / "int8").mkdir()
+    errors = measure_errors(folder / "errors", model, tiny_prepared, SPEC.post_training_int8())
+    int8 = export_tflite(folder / "int8", model, tiny_prepared, SPEC.model_copy(update={"formats": ("int8",)}), None, None)
+    return model, hidden, errors, int8.path(int8.files[0])
+
+
+def test_auto_keeps_the_broken_layer_in_float_and_holds_the_accuracy(broken, tiny_prepared, tmp_path):
+    model, hidden, errors, int8 = broken
+    images, labels = split_arrays(tiny_prepared, "val")
+    keras = float(np.mean(np.argmax(model.load().predict(images, verbose=0), axis=1) == labels))
+    assert keras == 1.0 and accuracy(int8, tiny_prepared) <= 0.6  # plain int8 loses what the layer computes
+
+    exported = export_fallback(tmp_path, model, tiny_prepared, SPEC, FallbackSpec(layers="auto", max_loss=0.5), errors, None)
+    [file] = exported.files
+    assert file.format == "int8_fallback" and file.fallback.layers == [hidden]  # the worst layer, and enough
+    assert file.fallback.reference == keras and file.fallback.accuracy == accuracy(exported.path(file), tiny_prepared)
+    assert 100 * (keras - file.fallback.accuracy) <= 0.5
+    predictor = Predictor(exported.path(file), threads=1, batch=8)
+    assert predictor.input["dtype"] == np.int8  # int8 in and out, the one layer in float inside
+    assert accuracy(exported.path(file), tiny_prepared, "test") >= 0.9
+    assert file.raw_bytes > int8.stat().st_size  # the float layer's weights take four bytes each
+
+
+def test_a_count_or_a_pattern_chooses_the_float_layers(broken, tiny_prepared, tmp_path):
+    model, hidden, errors, _ = broken
+    worst = [e.layer for e in errors.layers if e.rmse > 0]
+    (tmp_path / "two").mkdir(), (tmp_path / "named").mkdir()
+    two = export_fallback(tmp_path / "two", model, tiny_prepared, SPEC, FallbackSpec(layers=2, max_loss=0.5), errors, None)
+    assert two.files[0].fallback.layers == worst[:2] and two.files[0].fallback.rule == "the 2 worst"
+    named = export_fallback(tmp_path / "named", model, tiny_prepared, SPEC, FallbackSpec(layers=["conv*"], max_loss=0.5),
+                            errors, None)
+    assert named.files[0].fallback.layers == [e for e in worst if e.startswith("conv")] != []
+    with pytest.raises(PruneflowError, match=r"export.float_fallback \['head_\*'\] match no quantized layer"):
+        export_fallback(tmp_path, model, tiny_prepared, SPEC, FallbackSpec(layers=["head_*"], max_loss=0.5), errors, None)
+
+
+def test_a_pattern_that_names_no_layer_is_refused_before_any_training(config_dict):
+    from pruneflow.tasks.libs.readings import Readings
+    from pruneflow.tasks.specs.config import parse_config
+    from pruneflow.tasks.stages.export_fallback import check_fallback
+
+    export = {**config_dict["export"], "formats": ["int8_fallback"], "float_fallback": ["dense*", "head_*"]}
+    with pytest.raises(PruneflowError, match=r"export.float_fallback \['head_\*'\] match no layer; the layers are: conv2d"):
+        check_fallback(Readings(parse_config({**config_dict, "export": export})))
+    check_fallback(Readings(parse_config({**config_dict, "export": {**export, "float_fallback": ["Dense"]}})))  # a class
