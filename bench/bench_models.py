@@ -97,18 +97,18 @@ def demo_2_4(workdir: Path) -> None:
     print_run("demo at 2:4", *timed_command("run", str(config)))
 
 
-def mobilenet_config(workdir: Path) -> Path:
-    """The MobileNetV2 case's config under workdir/mobilenet: its data (a sample of the demo's
-    digits) written and its baseline trained, once."""
+def mobilenet_config(workdir: Path, subset: dict[str, int] = SUBSET, name: str = "mobilenet") -> Path:
+    """The MobileNetV2 case's config under workdir/<name>: its data (a sample of `subset` of the
+    demo's digits per split) written and its baseline trained, once."""
     from pruneflow.tasks.core.runtime import keras
     from pruneflow.tasks.demo import train_baseline
     from pruneflow.tasks.specs.config import load_config
 
-    folder = workdir / "mobilenet"
+    folder = workdir / name
     data = folder / "data"
     if not data.exists():
         data.mkdir(parents=True)
-        for split, n in SUBSET.items():
+        for split, n in subset.items():
             frame = pd.read_csv(workdir / "data" / f"{split}.csv").sample(n, random_state=0).sort_index()
             frame.assign(filename=[str((workdir / "data" / f).resolve()) for f in frame.filename]).to_csv(
                 data / f"{split}.csv", index=False)

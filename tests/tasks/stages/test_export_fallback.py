@@ -71,3 +71,13 @@ def test_a_pattern_that_names_no_layer_is_refused_before_any_training(config_dic
     with pytest.raises(PruneflowError, match=r"export.float_fallback \['head_\*'\] match no layer; the layers are: conv2d"):
         check_fallback(Readings(parse_config({**config_dict, "export": export})))
     check_fallback(Readings(parse_config({**config_dict, "export": {**export, "float_fallback": ["Dense"]}})))  # a class
+
+
+@pytest.mark.parametrize("needed", [0, 1, 2, 3, 5, 17, 40, 41])
+def test_auto_finds_the_fewest_layers_in_few_tries(needed):
+    from pruneflow.tasks.libs.float_fallback import fewest_holding
+
+    tried = []
+    holds = lambda count: tried.append(count) or count >= needed  # noqa: E731
+    assert fewest_holding(40, holds) == min(needed, 40)  # 41 never holds: all 40 in float
+    assert len(set(tried)) <= 2 * 7 + 1  # doubling to 64 > 40, then halving back
