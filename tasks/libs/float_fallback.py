@@ -1,7 +1,7 @@
 """The int8_fallback file: int8, with the layers int8 hurts most left in float. Which layers
 follows export.float_fallback: a count of the worst (quantization_error's table, worst first),
-names or patterns, or `auto`: the worst added one at a time until the file's validation accuracy
-is within export.fallback_max_loss points of the Keras model's."""
+names or patterns, or `auto`: as few of the worst as keep the file's validation accuracy within
+export.fallback_max_loss points of the Keras model's (see fewest_holding)."""
 
 from __future__ import annotations
 
