@@ -3,9 +3,9 @@ bench_models.py's nested MobileNetV2 (alpha 0.35, 224x224x3), one `pruneflow run
 
     .venv/bin/python bench/bench_int8.py [--workdir bench-demo]
 
-The MobileNetV2 baseline is trained on 600 of the demo's digits and tested on 500 (its own
-folder, workdir/mobilenet-test500), pruned to 0.7 as in bench_models.py, and exported as int8,
-int8_fallback (export.float_fallback auto, within export.fallback_max_loss 0.5 points on the
+The MobileNetV2 baseline is trained on 600 of the demo's digits, validated and tested on 500
+each (its own folder, workdir/mobilenet-500), pruned to 0.7 as in bench_models.py, and exported
+as int8, int8_fallback (export.float_fallback auto, within export.fallback_max_loss 0.5 points on the
 validation split) and int16x8. Target: the int8_fallback file within 1 point of the Keras pruned
 model's test accuracy in the runtime, at least 3x smaller zip-deflated than the baseline .h5,
 the layers it keeps float named in the per-layer table.
@@ -21,15 +21,17 @@ import yaml
 from bench_models import mobilenet_config, timed_command, write_config
 from common import demo_config, parse_args
 
-SPLITS = {"train": 600, "val": 150, "test": 500}
+SPLITS = {"train": 600, "val": 500, "test": 500}  # 500 validation images: 0.5 points is 2.5 of them
 
 
 def main() -> int:
     args = parse_args(__doc__)
     demo_config(args.workdir)
-    config_path = mobilenet_config(args.workdir, SPLITS, "mobilenet-test500")
+    config_path = mobilenet_config(args.workdir, SPLITS, "mobilenet-500")
     base = yaml.safe_load(config_path.read_text())
-    export = {**base["export"], "formats": ["int8", "int8_fallback", "int16x8"], "float_fallback": "auto"}
+    # Batch 1 only: int16x8 runs on LiteRT's built-in kernels, 2 s a batch of 32 at 224x224.
+    export = {**base["export"], "formats": ["int8", "int8_fallback", "int16x8"], "float_fallback": "auto",
+              "latency_batch": 1}
     config = write_config({**base, "export": export}, config_path.with_name("int8.yaml"))
     seconds, out = timed_command("run", str(config))
     summary = json.loads(Path(out.split("Summary: ")[1].split()[0]).read_text())
@@ -42,7 +44,7 @@ def main() -> int:
     fallback = next(f["fallback"] for e in summary["exports"] for f in e["files"] if f["format"] == "int8_fallback")
     print(f"int8_fallback keeps {len(fallback['layers'])} layer(s) in float ({fallback['rule']}): "
           f"{', '.join(fallback['layers']) or 'none'}; validation accuracy {fallback['accuracy']:.4f}, "
-          f"the Keras model's {fallback['reference']:.4f}")
+          f"the Keras model's {fallback['reference']:.4f}" + ("" if fallback["reached"] else " (not within the loss)"))
     keras = summary["pruned"]["accuracy"]
     print(f"test accuracy ({summary['pruned']['examples']} images): baseline {summary['baseline']['accuracy']:.4f}, "
           f"pruned Keras {keras:.4f}")

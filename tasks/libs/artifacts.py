@@ -180,6 +180,7 @@ class FloatFallback(BaseModel):
     tensors: list[str]  # the ops' output tensors in the file
     accuracy: float | None = None  # the file's validation accuracy (auto only)
     reference: float | None = None  # the Keras model's (auto only)
+    reached: bool | None = None  # whether auto got within its loss (if not, every layer it could is in float)
 
 
 class ExportedFile(BaseModel):

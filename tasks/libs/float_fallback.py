@@ -82,7 +82,7 @@ def _auto(model, debugger: Int8Debugger, ranked: list[LayerError], max_loss: flo
     data, accuracy = tried[count]
     return data, FloatFallback(
         rule=f"auto, within {max_loss:g} points", layers=[e.layer for e in chosen],
-        tensors=[e.tensor for e in chosen], accuracy=accuracy, reference=reference,
+        tensors=[e.tensor for e in chosen], accuracy=accuracy, reference=reference, reached=holds(count),
     )
 
 

@@ -42,7 +42,7 @@ def test_auto_keeps_the_broken_layer_in_float_and_holds_the_accuracy(broken, tin
     [file] = exported.files
     assert file.format == "int8_fallback" and file.fallback.layers == [hidden]  # the worst layer, and enough
     assert file.fallback.reference == keras and file.fallback.accuracy == accuracy(exported.path(file), tiny_prepared)
-    assert 100 * (keras - file.fallback.accuracy) <= 0.5
+    assert 100 * (keras - file.fallback.accuracy) <= 0.5 and file.fallback.reached
     predictor = Predictor(exported.path(file), threads=1, batch=8)
     assert predictor.input["dtype"] == np.int8  # int8 in and out, the one layer in float inside
     assert accuracy(exported.path(file), tiny_prepared, "test") >= 0.9
@@ -55,6 +55,7 @@ def test_a_count_or_a_pattern_chooses_the_float_layers(broken, tiny_prepared, tm
     (tmp_path / "two").mkdir(), (tmp_path / "named").mkdir()
     two = export_fallback(tmp_path / "two", model, tiny_prepared, SPEC, FallbackSpec(layers=2, max_loss=0.5), errors, None)
     assert two.files[0].fallback.layers == worst[:2] and two.files[0].fallback.rule == "the 2 worst"
+    assert two.files[0].fallback.reached is None  # measured by auto only
     named = export_fallback(tmp_path / "named", model, tiny_prepared, SPEC, FallbackSpec(layers=["conv*"], max_loss=0.5),
                             errors, None)
     assert named.files[0].fallback.layers == [e for e in worst if e.startswith("conv")] != []
