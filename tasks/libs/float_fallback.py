@@ -21,13 +21,13 @@ from pruneflow.tasks.specs.config import ExportSpec, FallbackSpec
 
 def convert_with_fallback(
     model, spec: ExportSpec, calibration: np.ndarray, errors: list[LayerError], fallback: FallbackSpec,
-    validation: tuple[np.ndarray, np.ndarray],
+    validation: tuple[np.ndarray, np.ndarray] | None,
 ) -> tuple[bytes, FloatFallback]:
     """The int8_fallback file's bytes and the layers it keeps in float.
 
     Args:
         errors: the model's int8 error by op, worst first (quantization_error).
-        validation: images and their label indices, what `auto` measures accuracy on.
+        validation: images and their label indices, what `auto` measures accuracy on (None otherwise).
 
     Raises:
         PruneflowError: a pattern of export.float_fallback that names no quantized layer.
