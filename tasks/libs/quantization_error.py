@@ -50,9 +50,10 @@ class Int8Debugger:
         return self._debugger.get_debug_quantized_model()
 
     def with_float(self, tensors: list[str]) -> bytes:
-        """The int8 file with the ops that output `tensors` left in float (int8 input and output)."""
+        """The int8 file with the ops that output `tensors` left in float, and float input and output
+        (an int8 input or output alone can cost a model a point: see float_fallback)."""
         self._debugger.options = self._tf.lite.experimental.QuantizationDebugOptions(
-            denylisted_nodes=list(tensors), fully_quantize=True,
+            denylisted_nodes=list(tensors), fully_quantize=False,
         )
         return self._debugger.get_nondebug_quantized_model()
 

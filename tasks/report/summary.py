@@ -195,8 +195,7 @@ def fallback_note(outcome: PruningOutcome) -> str:
         kept = ", ".join(chosen.layers) if chosen.layers else "no layer (plain int8 was within the loss)"
         measured = (f": validation accuracy {chosen.accuracy:.4f}, the Keras model's {chosen.reference:.4f}"
                     if chosen.accuracy is not None else "")
-        missed = (" Not within that loss even with every op in float: the int8 input and output lose that much on "
-                  "their own." if chosen.reached is False else "")
+        missed = " Not within that loss even with every quantized op in float." if chosen.reached is False else ""
         notes.append(f"{display_name(file.format)} keeps {kept} in float ({chosen.rule}{measured}).{missed}")
     return "".join(f"\n\n{note}" for note in notes)
 

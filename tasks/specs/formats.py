@@ -97,7 +97,7 @@ FORMATS: dict[str, Format] = {
                suffix=".tflite", made_by="fallback", runtime="litert", dense="int8", int8=True,
                description="int8 with the layers int8 hurts most left in float (export.float_fallback: a count, names or "
                "patterns, or auto: as few as keep the validation accuracy within export.fallback_max_loss points of "
-               "the Keras model's); int8 input and output"),
+               "the Keras model's); float input and output, so that no quantized input or output costs accuracy"),
         _onnx("onnx", "float32", description="ONNX (tf2onnx), run in onnxruntime; needs the onnx extra, "
               "pip install 'pruneflow[onnx]'"),
         _onnx("onnx_int8", "int8", int8=True, description="ONNX int8: onnxruntime's static quantization, calibrated "
