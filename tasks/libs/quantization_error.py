@@ -49,12 +49,20 @@ class Int8Debugger:
         """The int8 model with a NumericVerify op beside each quantized op (see the module's docstring)."""
         return self._debugger.get_debug_quantized_model()
 
+    def tensor_names(self) -> set[str]:
+        """The names of the int8 file's tensors (call it before with_float, which changes the file)."""
+        interpreter = self._tf.lite.Interpreter(model_content=self._debugger.get_nondebug_quantized_model())
+        return {detail["name"] for detail in interpreter.get_tensor_details()}
+
     def with_float(self, tensors: list[str]) -> bytes:
         """The int8 file with the ops that output `tensors` left in float, and float input and output
         (an int8 input or output alone can cost a model a point: see float_fallback)."""
-        self._debugger.options = self._tf.lite.experimental.QuantizationDebugOptions(
-            denylisted_nodes=list(tensors), fully_quantize=False,
-        )
+        options = self._tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=list(tensors), fully_quantize=False)
+        try:
+            self._debugger.options = options
+        except ValueError:  # every op in float: no op left for its debug model to verify; the options are set
+            if self._debugger.options is not options:
+                raise
         return self._debugger.get_nondebug_quantized_model()
 
 
@@ -63,14 +71,16 @@ def layer_errors(model, spec: ExportSpec, calibration: np.ndarray, images: np.nd
     `images`; worst (largest RMSE) first."""
     from pruneflow.tasks.core.runtime import tf
 
+    debugger = Int8Debugger(model, spec, calibration)
+    names = debugger.tensor_names()
     interpreter = tf.lite.Interpreter(  # TFLite's own kernels, op by op: XNNPACK would fuse them into one
-        model_content=Int8Debugger(model, spec, calibration).debug_model(), experimental_preserve_all_tensors=True,
+        model_content=debugger.debug_model(), experimental_preserve_all_tensors=True,
         experimental_op_resolver_type=tf.lite.experimental.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
     )
     interpreter.allocate_tensors()
     tensors = {detail["index"]: detail for detail in interpreter.get_tensor_details()}
     checks = {detail["index"]: VERIFY.match(detail["name"]) for detail in tensors.values()}
-    checks = {index: (_float_tensor(match["name"]), int(match["index"])) for index, match in checks.items() if match}
+    checks = {index: (_tensor_name(match["name"], names), int(match["index"])) for index, match in checks.items() if match}
     ops = _ops_by_output(interpreter)
     source = interpreter.get_input_details()[0]
     rmse, cosine = ({index: [] for index in checks} for _ in range(2))
@@ -92,10 +102,10 @@ def layer_errors(model, spec: ExportSpec, calibration: np.ndarray, images: np.nd
     return sorted(errors, key=lambda e: -e.rmse)
 
 
-def _float_tensor(name: str) -> str:
-    """The op's output tensor as the quantizer names it (what a float fallback denylists): the
-    debug model appends a digit to it, which the debugger's own reader drops too."""
-    return name[:-1] if name[-1:].isdigit() else name
+def _tensor_name(name: str, names: set[str]) -> str:
+    """The op's output tensor as the int8 file names it (what a float fallback denylists): the
+    debug model appends a digit to most (`.../BiasAdd1`), not to all (the model's output)."""
+    return next((candidate for candidate in (name, name[:-1]) if candidate in names), name)
 
 
 def _ops_by_output(interpreter) -> dict[int, str]:

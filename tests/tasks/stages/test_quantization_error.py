@@ -41,3 +41,21 @@ def test_no_int8_file_no_measure(tiny_baseline, tiny_prepared, tmp_path):
     assert INT8.model_copy(update={"formats": ("int8_sparse",)}).post_training_int8().formats == ("int8",)
     errors = measure_errors(tmp_path, ModelFile.of(tiny_baseline), tiny_prepared, float_only.post_training_int8())
     assert errors.layers == [] and not (tmp_path / "layer_errors.csv").exists()
+
+
+def test_every_op_can_be_left_in_float_by_its_name(tiny_baseline, tiny_prepared, tmp_path):
+    """Each op's tensor as the table names it is a tensor of the int8 file: with all of them left
+    in float, the file computes what the Keras model does (no int8 op left, the softmax included)."""
+    from pruneflow.tasks.libs.dataset import calibration_draw, split_arrays
+    from pruneflow.tasks.libs.litert import Predictor
+    from pruneflow.tasks.libs.quantization_error import Int8Debugger
+
+    model = ModelFile.of(tiny_baseline).load()
+    errors = measure_errors(tmp_path, ModelFile.of(tiny_baseline), tiny_prepared, INT8).layers
+    calibration, _ = calibration_draw(tiny_prepared, 16)
+    (tmp_path / "float.tflite").write_bytes(Int8Debugger(model, INT8, calibration).with_float([e.tensor for e in errors]))
+    predictor = Predictor(tmp_path / "float.tflite", threads=1, batch=1)
+    kinds = {d["dtype"] for d in predictor.interpreter.get_tensor_details()}
+    assert np.int8 not in kinds, "an op stayed in int8"
+    images, _ = split_arrays(tiny_prepared, "test")
+    np.testing.assert_allclose(predictor(images), model.predict(images, verbose=0), atol=1e-5)
