@@ -20,6 +20,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import yaml
+
 REPO = Path(__file__).resolve().parents[1]
 
 # (label, file, old text, new text) per layout: the same edit, where each layout keeps that code.
@@ -95,7 +97,8 @@ def main() -> int:
         text = (args.workdir / "pruneflow.yaml").read_text()
         base = (args.workdir / "pruneflow.yaml").resolve().parent
         config.write_text(text.replace("output_root: outputs", f"output_root: {Path(scratch) / 'outputs'}"))
-        for name in ("data", "baseline.h5"):  # the demo's relative paths, from the config's folder
+        baseline = yaml.safe_load(text)["model"]["baseline"]  # baseline.keras since the demo trains with Keras 3
+        for name in ("data", baseline):  # the demo's relative paths, from the config's folder
             (Path(scratch) / name).symlink_to(base / name)
         run(code, args.layout, config)
         stored = folders(Path(scratch) / "outputs" / "artifacts")
