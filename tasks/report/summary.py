@@ -216,8 +216,10 @@ def render_table(summary: RunSummary) -> str:
 
 
 def render_files(outcome: PruningOutcome) -> str:
-    """The deployable files as a Markdown table, and how latency was measured."""
-    return f"{markdown_table(file_rows(outcome))}\n\n{latency_note(outcome)}{calibration_note(outcome)}{fallback_note(outcome)}"
+    """The deployable files as a Markdown table, how latency was measured, how int8 was calibrated
+    and which layers a float fallback kept."""
+    notes = f"{latency_note(outcome)}{calibration_note(outcome)}{fallback_note(outcome)}"
+    return f"{markdown_table(file_rows(outcome))}\n\n{notes}"
 
 
 def render_markdown(summary: RunSummary) -> str:
