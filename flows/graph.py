@@ -143,7 +143,7 @@ def prune_to(config: RunConfig, start: Prepared, schedule: Schedule) -> PruningO
     def qat_for(spec: ExportSpec):  # only a stage with a format made from it takes the QAT model
         return quantized if spec.wants_qat else None
 
-    errors = run_stage(quantization_error, store, model=stripped.file, dataset=dataset, export=export.post_training_int8())
+    errors = run_stage(quantization_error, store, model=stripped.file, dataset=dataset, export=config.layer_errors_spec)
     exports = [
         run_stage(export_pruned, store, model=stripped.file, dataset=dataset, export=tflite, sanity=sanity,
                   quantized=qat_for(tflite)),

@@ -323,6 +323,10 @@ class ExportConfig(_Strict):
         "file's own scale and zero point), or float32 (the file quantizes them itself).",
     )
     int8_output_type: IOType = Field("int8", description="Output type of the int8 files, as int8_input_type.")
+    layer_errors: bool = Field(
+        True, description="Measure each layer's int8 error (the quantization_error stage: a debug model run on "
+        "validation images) whenever an int8 file is made by post-training quantization. int8_fallback needs it.",
+    )
     float_fallback: Annotated[int, Field(ge=0)] | Literal["auto"] | list[str] = Field(
         "auto", description="The int8_fallback format's layers left in float: a count (the layers int8 hurts most, "
         "by quantization_error's table), layer names or patterns, or auto: as few of the worst layers as keep the "
@@ -362,6 +366,8 @@ class ExportConfig(_Strict):
     def _distinct_formats(self) -> ExportConfig:
         if len(set(self.formats)) != len(self.formats):
             raise ValueError(f"formats {self.formats} repeat a format; list each once")
+        if "int8_fallback" in self.formats and not self.layer_errors:
+            raise ValueError("int8_fallback chooses its float layers from the layer errors: set layer_errors true")
         return self
 
 
@@ -607,6 +613,12 @@ class RunConfig(_Strict):
         selection = self.layers.model_dump(include={"include", "exclude", "keep_first_conv"})
         multiple = self.layers.m_by_n[1] if self.layers.m_by_n else 1
         return ChannelSpec(**self.channel_pruning.model_dump(), **selection, multiple=multiple)
+
+    @property
+    def layer_errors_spec(self) -> ExportSpec:
+        """What quantization_error measures (ExportSpec.post_training_int8): nothing with export.layer_errors off."""
+        spec = self.export_spec.post_training_int8()
+        return spec if self.export.layer_errors else spec.model_copy(update={"formats": ()})
 
     @property
     def fallback_spec(self) -> FallbackSpec:

@@ -28,6 +28,7 @@ def test_unknown_command_is_a_usage_error(capsys):
 
 
 def test_run_prints_the_comparison(prefect_server, config_dict, tmp_path, capsys):
+    config_dict["export"]["layer_errors"] = True
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(config_dict))
     assert main(["run", str(path)]) == 0

@@ -18,6 +18,7 @@ from tests.helpers.prefect import artifacts_of, stage_states
 def test_flow_prunes_strips_checks_measures_and_reports(prefect_server, config_dict):
     # The default formats, and the two that keep int8's accuracy: a float fallback and 16x8.
     config_dict["export"]["formats"] = ["float32", "float32_sparse", "int8", "int8_sparse", "int8_fallback", "int16x8"]
+    config_dict["export"]["layer_errors"] = True
     config = parse_config(config_dict)
     state = prune_flow(config, return_state=True)
     assert state.is_completed(), state.message

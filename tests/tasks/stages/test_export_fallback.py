@@ -68,10 +68,13 @@ def test_a_pattern_that_names_no_layer_is_refused_before_any_training(config_dic
     from pruneflow.tasks.specs.config import parse_config
     from pruneflow.tasks.stages.export_fallback import check_fallback
 
-    export = {**config_dict["export"], "formats": ["int8_fallback"], "float_fallback": ["dense*", "head_*"]}
+    export = {**config_dict["export"], "formats": ["int8_fallback"], "float_fallback": ["dense*", "head_*"],
+              "layer_errors": True}
     with pytest.raises(PruneflowError, match=r"export.float_fallback \['head_\*'\] match no layer; the layers are: conv2d"):
         check_fallback(Readings(parse_config({**config_dict, "export": export})))
     check_fallback(Readings(parse_config({**config_dict, "export": {**export, "float_fallback": ["Dense"]}})))  # a class
+    with pytest.raises(PruneflowError, match="export: int8_fallback chooses its float layers from the layer errors"):
+        parse_config({**config_dict, "export": {**export, "layer_errors": False}})
 
 
 @pytest.mark.parametrize("needed", [0, 1, 2, 3, 5, 17, 40, 41])

@@ -35,7 +35,12 @@ def test_the_layer_that_int8_hurts_is_named_first(tiny_baseline, tiny_prepared, 
     assert list(table.layer) == [e.layer for e in after.layers] and table.rmse.iloc[0] == worst.rmse
 
 
-def test_no_int8_file_no_measure(tiny_baseline, tiny_prepared, tmp_path):
+def test_no_int8_file_no_measure(tiny_baseline, tiny_prepared, tmp_path, config_dict):
+    from pruneflow.tasks.specs.config import parse_config
+
+    measured = parse_config({**config_dict, "export": {**config_dict["export"], "layer_errors": True}})
+    assert measured.layer_errors_spec.formats == ("int8",)
+    assert parse_config(config_dict).layer_errors_spec.formats == ()  # the tests' configs leave them off
     float_only = INT8.model_copy(update={"formats": ("float32", "int8_qat", "onnx_int8")})
     assert float_only.post_training_int8().formats == ()
     assert INT8.model_copy(update={"formats": ("int8_sparse",)}).post_training_int8().formats == ("int8",)
