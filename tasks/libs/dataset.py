@@ -358,8 +358,6 @@ def representative_images(dataset: PreparedDataset, count: int) -> np.ndarray:
     return calibration_draw(dataset, count)[0]
 
 
-
-
 def split_arrays(dataset: PreparedDataset, split: str) -> tuple[np.ndarray, np.ndarray]:
     """Every image of a split (float32 in [0, 1]) and its label index, in the CSV's order."""
     batches = list(load_split(dataset, split, 256).as_numpy_iterator())

@@ -13,14 +13,13 @@ ourselves, every tensor kept.)"""
 from __future__ import annotations
 
 import re
-import warnings
 
 import numpy as np
 
 from pruneflow.tasks.libs.artifacts import LayerError
 from pruneflow.tasks.libs.litert import from_output, to_input
 from pruneflow.tasks.libs.selection import walk
-from pruneflow.tasks.libs.tflite import converter_for
+from pruneflow.tasks.libs.tflite import calibrating, converter_for
 from pruneflow.tasks.specs.config import ExportSpec
 from pruneflow.tasks.specs.formats import FORMATS
 
@@ -36,10 +35,10 @@ class Int8Debugger:
 
         self._tf = tf
         converter = converter_for(model, FORMATS["int8"], spec, calibration)
-        # Float ops allowed, for a file with a float fallback; the int8 file itself stays full-integer.
+        # Float ops allowed, for a file with a float fallback (export_pruned's int8 file, converted apart,
+        # stays full-integer).
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Statistics for quantized inputs were expected", category=UserWarning)
+        with calibrating():
             self._debugger = tf.lite.experimental.QuantizationDebugger(
                 converter=converter, debug_dataset=lambda: iter(()),
                 debug_options=tf.lite.experimental.QuantizationDebugOptions(fully_quantize=True),

@@ -4,7 +4,9 @@ model's kernels to prove that each file kept its sparsity."""
 
 from __future__ import annotations
 
+import contextlib
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -20,10 +22,17 @@ WEIGHT_TYPES = {0: np.float32, 1: np.float16, 3: np.uint8, 7: np.int16, 9: np.in
 def convert(model, fmt: Format, spec: ExportSpec, calibration: np.ndarray | None) -> bytes:
     """The model as a TFLite flatbuffer in format `fmt`: its kernels stored sparse if the format is,
     full-integer quantized (calibrated on `calibration`) if it is int8."""
-    with warnings.catch_warnings():
-        # Raised for every int8 input although the representative dataset gives the statistics.
-        warnings.filterwarnings("ignore", message="Statistics for quantized inputs were expected", category=UserWarning)
+    with calibrating():
         return converter_for(model, fmt, spec, calibration).convert()
+
+
+@contextlib.contextmanager
+def calibrating() -> Iterator[None]:
+    """Around a conversion that calibrates: the warning TFLite raises for every int8 input,
+    although the representative dataset gives the statistics, silenced."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Statistics for quantized inputs were expected", category=UserWarning)
+        yield
 
 
 def converter_for(model, fmt: Format, spec: ExportSpec, calibration: np.ndarray | None):

@@ -363,7 +363,7 @@ class ExportConfig(_Strict):
     )
 
     @model_validator(mode="after")
-    def _distinct_formats(self) -> ExportConfig:
+    def _formats_fit(self) -> ExportConfig:
         if len(set(self.formats)) != len(self.formats):
             raise ValueError(f"formats {self.formats} repeat a format; list each once")
         if "int8_fallback" in self.formats and not self.layer_errors:
