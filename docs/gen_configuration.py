@@ -86,6 +86,18 @@ def _table(model: dict, defs: dict, prefix: str) -> list[str]:
     return rows
 
 
+def _subsections(model: dict, defs: dict, prefix: str) -> list[str]:
+    """A heading and a table for each section nested in `model` (sweep.search)."""
+    lines = []
+    for name, field in model["properties"].items():
+        for option in field.get("anyOf", [field]):
+            if "$ref" in option and "properties" in _ref(option, defs):
+                nested = _ref(option, defs)
+                lines.append(f"### `{prefix}{name}`\n\n{nested.get('description', '')}\n")
+                lines += _table(nested, defs, f"{prefix}{name}.") + [""]
+    return lines
+
+
 def render() -> str:
     from pruneflow.tasks.specs.config import RunConfig
 
@@ -111,6 +123,7 @@ def render() -> str:
                 kind = model["properties"]["kind"]["const"]
                 lines.append(f"### `{name}.kind: {kind}`: {model['title']}\n\n{model.get('description', '')}\n")
             lines += _table(model, defs, f"{name}.") + [""]
+            lines += _subsections(model, defs, f"{name}.")
     lines.append("## Top-level fields\n")
     lines += _table({"properties": plain, "required": schema.get("required", [])}, defs, "") + [""]
     example = (REPO / "tasks" / "demo.yaml").read_text()

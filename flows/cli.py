@@ -210,7 +210,7 @@ def _run_sweep(config_path: Path, refresh: bool = False, dask: str | None = None
         outcome = flow(config)
     from pruneflow.tasks.report.summary import render_sweep
 
-    typer.echo(f"\n{render_sweep(outcome.results, outcome.chosen, config, outcome.decision)}")
+    typer.echo(f"\n{render_sweep(outcome.results, outcome.chosen, config, outcome.decision, outcome.trials)}")
 
 
 @app.command()

@@ -10,6 +10,7 @@ keys, stores and reuses its artifact itself (pruneflow.tasks.core.stage): the wi
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 from prefect import task
 from prefect.cache_policies import NONE
@@ -22,9 +23,16 @@ from pruneflow.flows.stages import STAGES
 from pruneflow.flows.user_errors import quiet_user_errors
 from pruneflow.tasks.core.layout import OutputLayout
 from pruneflow.tasks.core.store import ArtifactStore
-from pruneflow.tasks.libs.artifacts import Evaluation, ExportedModels, ExportEvaluation, PreparedDataset
+from pruneflow.tasks.libs.artifacts import (
+    Evaluation,
+    ExportedModels,
+    ExportEvaluation,
+    NarrowedModel,
+    PreparedDataset,
+    TrainedModel,
+)
 from pruneflow.tasks.libs.models import ModelFile
-from pruneflow.tasks.libs.outcome import Point, PruningOutcome, TargetResult
+from pruneflow.tasks.libs.outcome import Point, PruningOutcome, StoppedTarget, TargetResult
 from pruneflow.tasks.libs.timing import machine_description
 from pruneflow.tasks.preflight.check_inputs import RunInputs, check_inputs
 from pruneflow.tasks.specs.config import ExportSpec, RunConfig, Schedule
@@ -38,7 +46,7 @@ from pruneflow.tasks.stages.measure_latency import measure_latency
 from pruneflow.tasks.stages.measure_size import measure_size
 from pruneflow.tasks.stages.prepare_dataset import prepare_dataset
 from pruneflow.tasks.stages.prune_channels import prune_channels
-from pruneflow.tasks.stages.prune_train import prune_train
+from pruneflow.tasks.stages.prune_train import StopRule, prune_train
 from pruneflow.tasks.stages.quantization_error import quantization_error
 from pruneflow.tasks.stages.quantize_train import quantize_train
 from pruneflow.tasks.stages.sanity_check import sanity_check
@@ -117,17 +125,33 @@ def prepare(config: RunConfig, run: Run) -> Prepared:
     )
 
 
-def prune_to(config: RunConfig, start: Prepared, schedule: Schedule) -> PruningOutcome:
-    store, dataset = start.store, start.dataset
-    export, channels, narrowed = start.export, config.channel_spec, None
+class Trained(NamedTuple):
+    """A schedule's model after prune-training: the narrowed model it started from, if any."""
+
+    narrowed: NarrowedModel | None
+    trained: TrainedModel
+
+
+def train_to(config: RunConfig, start: Prepared, schedule: Schedule, stop: StopRule | None = None) -> Trained:
+    """Channel pruning, if configured, then prune-training (ended early by `stop`, a search's rule)."""
+    store, channels, narrowed = start.store, config.channel_spec, None
     if channels is not None:  # prune_train fine-tunes the narrowed model
         narrowed = run_stage(prune_channels, store, baseline=start.model, channels=channels)
-        export = export.without_keras3()  # the Keras 3 hand-back keeps the baseline's shapes
     training = prune_train.retrying(config.training.retries, config.training.retry_delay_seconds)
     trained = run_stage(
-        training, store, dataset=dataset, baseline=start.model if narrowed is None else narrowed.file,
+        training, store, dataset=start.dataset, baseline=start.model if narrowed is None else narrowed.file,
         schedule=schedule, training=config.training_spec,
+        stop=stop,
     )
+    return Trained(narrowed, trained)
+
+
+def prune_to(config: RunConfig, start: Prepared, schedule: Schedule, done: Trained | None = None) -> PruningOutcome:
+    """Every stage after `prepare` for one schedule (from `done`'s training, when given)."""
+    store, dataset, export = start.store, start.dataset, start.export
+    narrowed, trained = done or train_to(config, start, schedule)
+    if narrowed is not None:
+        export = export.without_keras3()  # the Keras 3 hand-back keeps the baseline's shapes
     stripped = run_stage(strip, store, trained=trained, dataset=dataset)
     sanity = run_stage(
         sanity_check, store, stripped=stripped, schedule=schedule, training=config.training_spec,
@@ -172,7 +196,14 @@ def prune_to(config: RunConfig, start: Prepared, schedule: Schedule) -> PruningO
 
 
 @task(cache_policy=NONE)
-def prune_target(config: RunConfig, start: Prepared, point: Point, schedule: Schedule) -> TargetResult:
-    """One point of a sweep: prune_to as one task run, its stages nested in it."""
-    outcome = prune_to(config.with_channels(point.channels), start, schedule)
+def prune_target(
+    config: RunConfig, start: Prepared, point: Point, schedule: Schedule, stop: StopRule | None = None
+) -> TargetResult | StoppedTarget:
+    """One point of a sweep: prune_to as one task run, its stages nested in it; a search's trial
+    that `stop` ends in prune-training ends there."""
+    config = config.with_channels(point.channels)
+    done = train_to(config, start, schedule, stop)
+    if done.trained.stopped_after_epoch is not None:
+        return StoppedTarget(point=point, training=done.trained)
+    outcome = prune_to(config, start, schedule, done)
     return TargetResult(target=point.target, channel_fraction=point.channels, **dict(outcome))

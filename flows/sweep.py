@@ -2,7 +2,8 @@
 
 The inputs are checked, the dataset prepared and the baseline evaluated once, as in a run;
 then the run's graph from prune-training on (pruneflow.flows.graph.prune_to) runs once per target, as
-mapped task runs, at most `sweep.max_parallel` at a time. Each target gives several deployable
+mapped task runs, at most `sweep.max_parallel` at a time; or, with `sweep.search`, once per point
+Optuna proposes (pruneflow.flows.search). Each target gives several deployable
 files (its Keras .h5 and its TFLite exports); the gate picks the smallest file whose own
 accuracy is within it (the challenger); the file promoted before (the champion) is measured
 again in this run, and the challenger is promoted with its Keras model to `OUTPUT_ROOT/promoted`
@@ -27,6 +28,7 @@ from pydantic import BaseModel, ConfigDict
 
 from pruneflow.flows.graph import Prepared, Run, prepare, prune_target, start_run
 from pruneflow.flows.running import run_stage
+from pruneflow.flows.search import schedule_at, search_points
 from pruneflow.flows.user_errors import quiet_user_errors
 from pruneflow.tasks.core.errors import PruneflowError
 from pruneflow.tasks.core.store import digest_of
@@ -37,8 +39,7 @@ from pruneflow.tasks.decide.history import history_rows, read_history, record_hi
 from pruneflow.tasks.decide.promote import promote_model, recover
 from pruneflow.tasks.decide.registry import sweep_run
 from pruneflow.tasks.libs.artifacts import ChampionEvaluation
-from pruneflow.tasks.libs.outcome import Deployable, Point, TargetResult
-from pruneflow.tasks.libs.schedule import at_target, resolve_schedule
+from pruneflow.tasks.libs.outcome import Deployable, Point, TargetResult, Trial
 from pruneflow.tasks.libs.timing import machine_description
 from pruneflow.tasks.report.summary import publish_sweep
 from pruneflow.tasks.specs.config import RunConfig, Schedule
@@ -124,6 +125,7 @@ class SweepOutcome(BaseModel):
     results: list[TargetResult]
     chosen: tuple[TargetResult, Deployable] | None
     decision: Decision
+    trials: list[Trial] | None = None  # a search's, in order
 
 
 @flow(name="sweep", task_runner=ThreadPoolTaskRunner(max_workers=4))
@@ -145,14 +147,15 @@ def sweep_flow(config: RunConfig) -> SweepOutcome:
     # Opened before any training, so that an unreachable registry fails the sweep at once.
     with sweep_run(config.registry, flow_run.name or run_id, run_id) as registry:
         # Every target's schedule is resolved (and refused if it would not prune) before any work.
-        steps = config.training_spec.steps_per_epoch(run.inputs.listing.counts["train"])
-        schedules = {
-            p: resolve_schedule(at_target(run.inputs.schedule, p.target), steps, config.training.epochs)
-            for p in sweep_points(config)
-        }
-        start = prepare(config, run)
-        outcomes = prune_targets(config, start, schedules)
-        results = [outcome for outcome in outcomes.values() if not isinstance(outcome, BaseException)]
+        trials = None
+        if gate.search is None:
+            schedules = {p: schedule_at(config, run, p.target) for p in sweep_points(config)}
+            start = prepare(config, run)
+            outcomes = prune_targets(config, start, schedules)
+        else:
+            start = prepare(config, run)
+            outcomes, trials = search_points(config, start, run)
+        results = [outcome for outcome in outcomes.values() if isinstance(outcome, TargetResult)]
         failures = {t: f"{type(e).__name__}: {e}" for t, e in outcomes.items() if isinstance(e, BaseException)}
 
         # With a target missing, the smallest passing model may be the one that failed: keep the
@@ -172,13 +175,13 @@ def sweep_flow(config: RunConfig) -> SweepOutcome:
         )
         record_history(rows, run.layout.history)  # failed targets too: a night where all failed is on record
         check_regression(run_id, run.layout.history)
-        publish_sweep(results, chosen, failures, config, run.run_dir, decision)
+        publish_sweep(results, chosen, failures, config, run.run_dir, decision, trials)
         if registry is not None:
             registry.log_sweep(config, results, decision, chosen, run.run_dir, failed=bool(failures))
 
     if failures:
         listed = "; ".join(f"{p.label()}: {why}" for p, why in sorted(failures.items()))
-        raise PruneflowError(f"sweep: {len(failures)} of {len(schedules)} target(s) failed: {listed}")
+        raise PruneflowError(f"sweep: {len(failures)} of {len(outcomes)} target(s) failed: {listed}")
     if chosen is None:
         result, file = best_candidate(results)
         raise PruneflowError(
@@ -187,4 +190,4 @@ def sweep_flow(config: RunConfig) -> SweepOutcome:
             f"test accuracy {file.accuracy:.4f} ({-accuracy_drop(result, file):+.2f} points) at {file.zip_bytes:,} bytes "
             f"zipped. The previously promoted model, if any, is kept in {run.layout.promoted}."
         )
-    return SweepOutcome(results=results, chosen=chosen, decision=decision)
+    return SweepOutcome(results=results, chosen=chosen, decision=decision, trials=trials)

@@ -45,3 +45,19 @@ def choose(results: list[TargetResult], gate: SweepConfig) -> Candidate | None:
 def best_candidate(results: list[TargetResult]) -> Candidate | None:
     """The most accurate file, then the smallest: what to report when nothing passes."""
     return min(candidates(results), key=lambda c: (-c[1].accuracy, c[1].zip_bytes), default=None)
+
+
+def pareto_front(results: list[TargetResult]) -> list[Candidate]:
+    """The pruned files that no other one beats on both test accuracy and zip-deflated size (another at
+    least as accurate and at most as large, better in one), smallest first. The gate's choice, the
+    smallest file within it, is always one of them."""
+    files = candidates(results)
+
+    def beaten(file: Deployable) -> bool:
+        return any(
+            other.accuracy >= file.accuracy and other.zip_bytes <= file.zip_bytes
+            and (other.accuracy > file.accuracy or other.zip_bytes < file.zip_bytes)
+            for _, other in files
+        )
+
+    return sorted(((r, f) for r, f in files if not beaten(f)), key=lambda c: (c[1].zip_bytes, -c[1].accuracy))

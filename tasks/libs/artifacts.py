@@ -338,6 +338,8 @@ class TrainedModel(StoredArtifact):
     steps: int
     seconds: float
     final_val_accuracy: float
+    stopped_after_epoch: int | None = None  # a search's trial stopped early (prune_train's StopRule)
+    reference_val_accuracy: float | None = None  # the unpruned model's, where a stop rule compared with it
 
     @property
     def wrapped_model(self) -> Path:

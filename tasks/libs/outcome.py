@@ -151,3 +151,30 @@ class TargetResult(PruningOutcome):
     @property
     def point(self) -> Point:
         return Point(self.target, self.channel_fraction)
+
+
+class StoppedTarget(BaseModel):
+    """A search's trial whose prune-training stopped early: its validation accuracy was already out of
+    the gate's reach, so no file was made of it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    point: Point
+    training: TrainedModel
+
+    @property
+    def val_accuracy(self) -> float:
+        return self.training.final_val_accuracy
+
+
+class Trial(BaseModel):
+    """One trial of a search: the point proposed, and what became of it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    number: int  # from 1
+    point: Point
+    outcome: Literal["completed", "repeat", "stopped", "failed"]  # repeat: a point proposed before, not run again
+    val_accuracy: float | None = None  # the pruned Keras model's, at its last epoch (where it stopped, if it did)
+    zip_bytes: int | None = None  # the point's smallest pruned file, zip-deflated
+    stopped_after_epoch: int | None = None

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from pruneflow.tasks.core.files import atomic_path
-from pruneflow.tasks.decide.gate import candidates, gate_problem
+from pruneflow.tasks.decide.gate import candidates, gate_problem, pareto_front
 from pruneflow.tasks.libs.artifacts import LayerSensitivity, QuantizationErrors
 from pruneflow.tasks.libs.outcome import TargetResult
 from pruneflow.tasks.libs.sensitivity import Proposal
@@ -43,7 +43,8 @@ def png_figure(path: Path, figsize: tuple[float, float], ncols: int = 1) -> Iter
 def plot_sweep(results: list[TargetResult], gate: SweepConfig, path: Path) -> Path:
     """Accuracy against zip-deflated size (left) and against batch-1 latency (right), one series
     per format (filled: passes the gate; hollow: fails it), each point labelled with its target
-    (and the fraction of channels removed, where any); the baseline .h5 and the gate drawn."""
+    (and the fraction of channels removed, where any); the baseline .h5, the gate and (left) the
+    Pareto front drawn."""
     from matplotlib import colormaps
     from matplotlib.ticker import FuncFormatter
 
@@ -69,6 +70,10 @@ def plot_sweep(results: list[TargetResult], gate: SweepConfig, path: Path) -> Pa
                     axes.annotate(tag, (value, a), textcoords="offset points", xytext=(4, 4), fontsize=7)
             axes.scatter([baseline_x], [100 * baseline.accuracy], color="black", marker="*", s=120,
                          label="baseline .h5", zorder=3)
+            if field == "zip_bytes":
+                front = pareto_front(results)
+                axes.step([f.zip_bytes * scale for _, f in front], [100 * f.accuracy for _, f in front], where="post",
+                          color="black", linewidth=0.8, alpha=0.6, label="Pareto front", zorder=2)
             axes.axhline(100 * baseline.accuracy - gate.max_accuracy_drop, color="tab:gray", linestyle="--",
                          label=f"gate: at most {gate.max_accuracy_drop:g} points below the baseline")
             axes.set_xscale("log")

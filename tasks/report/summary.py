@@ -13,9 +13,9 @@ from pruneflow.tasks.core.files import storage_errors, write_json, write_text
 from pruneflow.tasks.core.layout import OutputLayout
 from pruneflow.tasks.core.log import run_logger
 from pruneflow.tasks.decide.champion import Decision
-from pruneflow.tasks.decide.gate import Candidate, accuracy_drop, candidates, gate_problem
+from pruneflow.tasks.decide.gate import Candidate, accuracy_drop, candidates, gate_problem, pareto_front
 from pruneflow.tasks.libs.artifacts import ChampionEvaluation, NarrowedModel
-from pruneflow.tasks.libs.outcome import Deployable, Point, PruningOutcome, TargetResult
+from pruneflow.tasks.libs.outcome import Deployable, Point, PruningOutcome, TargetResult, Trial
 from pruneflow.tasks.report.plot import plot_layer_errors, plot_sweep
 from pruneflow.tasks.specs.config import RunConfig, SweepConfig
 from pruneflow.tasks.specs.formats import display_name
@@ -303,15 +303,52 @@ def render_decision(chosen: Candidate | None, decision: Decision) -> str:
     return "\n".join(lines)
 
 
-def render_sweep(results: list[TargetResult], chosen: Candidate | None, config: RunConfig, decision: Decision) -> str:
-    """The sweep's table as Markdown, the decision against the champion, and what was promoted."""
+def front_row(result: TargetResult, file: Deployable) -> dict[str, str]:
+    return {
+        "target": result.point.label(".2f"),
+        "format": display_name(file.format),
+        "test accuracy": f"{file.accuracy:.4f}",
+        "zip-deflated": f"{file.zip_bytes:,} ({file.zip_ratio:.2f}x)",
+        "latency (ms)": f"{file.latency_median_ms:.3f}",
+    }
+
+
+def trial_row(trial: Trial) -> dict[str, str]:
+    return {
+        "trial": str(trial.number),
+        "point": trial.point.label(".2f"),
+        "outcome": f"stopped after epoch {trial.stopped_after_epoch}" if trial.outcome == "stopped" else trial.outcome,
+        "val accuracy": "" if trial.val_accuracy is None else f"{trial.val_accuracy:.4f}",
+        "smallest file (zip)": "" if trial.zip_bytes is None else f"{trial.zip_bytes:,}",
+    }
+
+
+def render_search(trials: list[Trial]) -> str:
+    """The search's trials: how many points were pruned, stopped early, proposed again."""
+    count = {kind: sum(t.outcome == kind for t in trials) for kind in ("completed", "stopped", "repeat", "failed")}
+    return (
+        f"Search: {len(trials)} trials; {count['completed'] + count['stopped']} points pruned "
+        f"({count['stopped']} stopped early), {count['repeat']} proposed again, {count['failed']} failed.\n\n"
+        + markdown_table([trial_row(trial) for trial in trials])
+    )
+
+
+def render_sweep(
+    results: list[TargetResult], chosen: Candidate | None, config: RunConfig, decision: Decision,
+    trials: list[Trial] | None = None,
+) -> str:
+    """The sweep's table as Markdown, its Pareto front, a search's trials, the decision against the
+    champion, and what was promoted."""
+    search = f"{render_search(trials)}\n\n" if trials else ""
     if not results:
-        return "No target completed."
+        return f"{search}No target completed."
     table = markdown_table([sweep_row(result, file, config.sweep) for result, file in candidates(results)])
+    front = markdown_table([front_row(*candidate) for candidate in pareto_front(results)])
     promoted = OutputLayout(root=config.output_root).promoted
     line = f"Promoted: {describe_candidate(chosen)}, to `{promoted}`" if decision.promote else "Promoted: none"
     return (
-        f"Baseline test accuracy {results[0].baseline.accuracy:.4f} (Keras).\n\n{table}\n\n"
+        f"{search}Baseline test accuracy {results[0].baseline.accuracy:.4f} (Keras).\n\n{table}\n\n"
+        f"Pareto front (no other file is as accurate and as small; the gate's choice is on it):\n\n{front}\n\n"
         f"{render_decision(chosen, decision)}\n\n{line}"
     )
 
@@ -325,12 +362,13 @@ def point_file(result: TargetResult, file: Deployable) -> dict:
 @task(cache_policy=NONE)
 def publish_sweep(
     results: list[TargetResult], chosen: Candidate | None, failures: dict[Point, str], config: RunConfig, run_dir: Path,
-    decision: Decision,
+    decision: Decision, trials: list[Trial] | None = None,
 ) -> None:
     """sweep.json, sweep.md and sweep.png in the run's folder, and the table as Prefect artifacts.
 
     Args:
         failures: point (target, channel fraction) -> why it failed.
+        trials: a search's, in order.
     """
     with storage_errors(run_dir, "the sweep's report"):
         write_json(run_dir / "sweep.json", {
@@ -340,10 +378,12 @@ def publish_sweep(
                          "verdict": decision.verdict},
             "promoted": point_file(*chosen) if decision.promote else None,
             "failed": {point.label(): why for point, why in failures.items()},
+            "front": [point_file(*candidate) for candidate in pareto_front(results)],
+            "trials": None if trials is None else [trial.model_dump(mode="json") for trial in trials],
             "gate": config.sweep.model_dump(mode="json"),
         })
         plot = plot_sweep(results, config.sweep, run_dir / "sweep.png") if results else None
-        markdown = render_sweep(results, chosen, config, decision)
+        markdown = render_sweep(results, chosen, config, decision, trials)
         write_text(run_dir / "sweep.md", f"# Sparsity sweep\n\n{markdown}\n")
     where = f"- Run folder: `{run_dir}` (sweep.json, sweep.md)\n"
     if results:

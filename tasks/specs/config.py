@@ -441,6 +441,45 @@ class LatencySpec(_Strict):
     batch_runs: int = Field(50, ge=5)
 
 
+class SearchConfig(_Strict):
+    """A sweep that searches instead of listing its points: Optuna proposes each trial's point."""
+
+    trials: int = Field(12, ge=2, description="Trials of the search: each one point pruned through the run's graph.")
+    startup_fraction: float = Field(
+        0.25, gt=0.0, le=1.0, description="Share of the trials drawn at random before the sampler (multi-objective "
+        "TPE) models the results; at least one trial.",
+    )
+    sparsity: tuple[Sparsity, Sparsity] = Field(
+        (0.5, 0.95), description="Lowest and highest target sparsity a trial may take, both included.",
+    )
+    channel_fraction: tuple[ChannelFraction, ChannelFraction] | None = Field(
+        None, description="Lowest and highest fraction of channels a trial may remove first (channel_pruning's "
+        "criterion and per-layer fractions kept); unset: none removed.",
+    )
+    step: float = Field(
+        0.05, gt=0.0, le=0.5, description="Grid the proposals are rounded to: a point proposed twice is the same "
+        "cached graph, not a new training.",
+    )
+    stop_after_epochs: int | None = Field(
+        2, gt=0, description="Epoch at whose end a trial's validation accuracy is checked: a trial already more than "
+        "sweep.max_accuracy_drop + stop_margin points under the unpruned model's stops there, its remaining epochs "
+        "and files not made. null: every trial trains to the end.",
+    )
+    stop_margin: float = Field(
+        1.0, ge=0.0, description="Points of validation accuracy beyond max_accuracy_drop a trial may lose by "
+        "stop_after_epochs and go on (fine-tuning recovers some of what the early epochs lose).",
+    )
+    seed: int = Field(0, description="Seed of the sampler: the same search on the same results proposes the same points.")
+
+    @model_validator(mode="after")
+    def _ranges(self) -> SearchConfig:
+        for name in ("sparsity", "channel_fraction"):
+            low_high = getattr(self, name)
+            if low_high is not None and low_high[0] > low_high[1]:
+                raise ValueError(f"{name} {list(low_high)}: the lowest value comes first")
+        return self
+
+
 class SweepConfig(_Strict):
     """A sweep: one baseline pruned to several sparsities, and the gate that picks one to promote."""
 
@@ -465,6 +504,10 @@ class SweepConfig(_Strict):
     max_parallel: int = Field(
         1, ge=1, description="Targets pruned at once: the number of Dask workers, or threads of one process "
         "without Dask (keep 1 there: trainings in one process share TensorFlow's state)."
+    )
+    search: SearchConfig | None = Field(
+        None, description="Search the points with Optuna instead of listing them: targets and channel_fractions are "
+        "then unused; the result is the Pareto front of test accuracy against zip-deflated size. Unset: the grid.",
     )
     champion_max_accuracy_loss: float = Field(
         0.5, ge=0.0, le=100.0, description="Largest loss of test accuracy, in points, of the gate's choice (the "
@@ -589,6 +632,18 @@ class RunConfig(_Strict):
             raise ValueError(
                 f"pruning.{field} is {self.pruning.final_sparsity}, but layers.m_by_n {list(self.layers.m_by_n)} "
                 f"zeroes exactly {structured:g} of the weights: set pruning.{field} to {structured:g}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _search_fits_training(self) -> RunConfig:
+        search = self.sweep.search
+        if search is None:
+            return self
+        if search.stop_after_epochs is not None and search.stop_after_epochs >= self.training.epochs:
+            raise ValueError(
+                f"sweep.search.stop_after_epochs is {search.stop_after_epochs}, but training.epochs is "
+                f"{self.training.epochs}: check before the last epoch, or unset it"
             )
         return self
 

@@ -3,6 +3,10 @@
 Prune-training checkpoints the wrapped model at every epoch end. A retry, or a re-run after a
 crash, resumes after the last complete epoch: an epoch-end .h5 loaded under prune_scope keeps
 the pruning step, the masks and the optimizer state.
+
+In a search, a trial may stop early (StopRule): at the end of its rule's epoch, a validation
+accuracy already too far under the unpruned model's ends the training there; the artifact says
+so, and the graph makes nothing more of it.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from pruneflow.tasks.core.errors import PruneflowError
 from pruneflow.tasks.core.files import write_json
 from pruneflow.tasks.core.log import run_logger
@@ -24,6 +30,7 @@ from pruneflow.tasks.libs.dataset import load_split
 from pruneflow.tasks.libs.models import (
     ModelFile,
     compile_model,
+    evaluate,
     load_model,
     make_optimizer,
     save_model,
@@ -60,6 +67,49 @@ def epoch_checkpoint(work_dir: Path, history: dict[str, list[float]]):
     return EpochCheckpoint()
 
 
+class StopRule(BaseModel):
+    """Stop at the end of epoch `after_epochs` if the validation accuracy is more than `max_drop`
+    points under `reference`'s (the unpruned baseline: for a narrowed model, the one before narrowing)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    after_epochs: int = Field(gt=0)
+    max_drop: float = Field(ge=0.0)
+    reference: ModelFile
+
+
+def stopped_at(rule: StopRule | None, reference: float | None, history: dict[str, list[float]]) -> int | None:
+    """The epoch at which `rule` stops a training with this history, or None while it goes on."""
+    if rule is None or reference is None or len(history.get("val_accuracy", [])) < rule.after_epochs:
+        return None
+    reached = history["val_accuracy"][rule.after_epochs - 1]
+    return rule.after_epochs if 100.0 * (reference - reached) > rule.max_drop else None
+
+
+def reference_accuracy(rule: StopRule | None, dataset: PreparedDataset, batch_size: int, work: Path) -> float | None:
+    """The reference model's validation accuracy, measured once per training (kept in `work` for a resume)."""
+    if rule is None:
+        return None
+    stored = work / "reference.json"
+    if stored.is_file():
+        return json.loads(stored.read_text())["val_accuracy"]
+    accuracy, _ = evaluate(rule.reference.load(), load_split(dataset, "val", batch_size))
+    write_json(stored, {"val_accuracy": accuracy})
+    return accuracy
+
+
+def early_stop(rule: StopRule | None, reference: float | None, history: dict[str, list[float]]):
+    """A callback that stops training where `stopped_at` says (after epoch_checkpoint, which fills `history`)."""
+    from pruneflow.tasks.core.runtime import keras
+
+    class EarlyStop(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if stopped_at(rule, reference, history) is not None:
+                self.model.stop_training = True
+
+    return EarlyStop()
+
+
 def start_or_resume(
     baseline: ModelFile, schedule: Schedule, training: TrainingSpec, steps_per_epoch: int, work: Path
 ):
@@ -79,14 +129,15 @@ def start_or_resume(
 
 
 def train_pruned(
-    out: Path, work: Path, dataset: PreparedDataset, baseline: ModelFile, schedule: Schedule, training: TrainingSpec
+    out: Path, work: Path, dataset: PreparedDataset, baseline: ModelFile, schedule: Schedule, training: TrainingSpec,
+    stop: StopRule | None = None,
 ) -> TrainedModel:
     """Fine-tune the baseline under the pruning schedule; write the wrapped model to `out`.
 
     Callbacks: UpdatePruningStep (required: it advances the pruning step and re-applies the
     masks at each epoch end), PruningSummaries (per-layer sparsity in TensorBoard logs), an
     epoch-end checkpoint into `work`, from which a later attempt resumes, and, in a Prefect run,
-    a progress artifact updated at each epoch end.
+    a progress artifact updated at each epoch end; with `stop`, the rule that may end it early.
     """
     from pruneflow.tasks.core.runtime import configure_devices, keras, tfmot
 
@@ -103,17 +154,19 @@ def train_pruned(
     history = {name: values[:done] for name, values in history.items()}
     if done:
         print(f"Resuming prune-training after epoch {done} of {training.epochs}", flush=True)
+    reference = reference_accuracy(stop, dataset, training.batch_size, work)
 
     callbacks = [
         tfmot.sparsity.keras.UpdatePruningStep(),
         tfmot.sparsity.keras.PruningSummaries(log_dir=str(work / "logs")),
         keras.callbacks.TerminateOnNaN(),
         epoch_checkpoint(work, history),
+        early_stop(stop, reference, history),
         epoch_progress("Prune-training", training.epochs, done),
         *fault_callbacks(schedule.final_sparsity),
     ]
     started = time.perf_counter()
-    if done < training.epochs:
+    if done < training.epochs and stopped_at(stop, reference, history) is None:
         fitted = wrapped.fit(
             load_split(dataset, "train", training.batch_size, shuffle_seed=training.shuffle_seed, augment=training.augment),
             validation_data=load_split(dataset, "val", training.batch_size),
@@ -131,6 +184,12 @@ def train_pruned(
                 f"(now {training.learning_rate}) or check the data."
             )
     seconds = time.perf_counter() - started
+    stopped = stopped_at(stop, reference, history)
+    if stopped is not None:
+        logger.info(
+            "Stopped after epoch %d of %d: val accuracy %.4f, more than %g points under the unpruned model's %.4f",
+            stopped, training.epochs, history["val_accuracy"][stopped - 1], stop.max_drop, reference,
+        )
 
     # With its optimizer state: the pruning step and masks live in the wrapped model's weights.
     save_model(wrapped, out / "wrapped.h5", include_optimizer=True)
@@ -138,11 +197,13 @@ def train_pruned(
     shutil.copytree(work / "logs", out / "logs")
     return TrainedModel(
         folder=out,
-        epochs=training.epochs,
+        epochs=stopped or training.epochs,
         resumed_from_epoch=done,
-        steps=steps_per_epoch * training.epochs,
+        steps=steps_per_epoch * (stopped or training.epochs),
         seconds=seconds,
         final_val_accuracy=history["val_accuracy"][-1],
+        stopped_after_epoch=stopped,
+        reference_val_accuracy=reference,
     )
 
 
@@ -167,6 +228,8 @@ def check_prunable(readings: Readings) -> None:
 
 def describe_training(trained: TrainedModel) -> str:
     resumed = f", resumed after epoch {trained.resumed_from_epoch}" if trained.resumed_from_epoch else ""
+    if trained.stopped_after_epoch is not None:
+        resumed += f", stopped early after epoch {trained.stopped_after_epoch}"
     return (
         f"{trained.seconds:.1f} s of training ({trained.steps} steps{resumed}); "
         f"final val accuracy {trained.final_val_accuracy:.4f}"

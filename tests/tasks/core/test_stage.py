@@ -10,7 +10,9 @@ from pydantic import BaseModel
 from pruneflow.flows.stages import STAGES
 from pruneflow.tasks.core.stage import Stage, code_closure, code_digest, code_version, fingerprint
 from pruneflow.tasks.core.store import ArtifactStore, Content, StoredArtifact
+from pruneflow.tasks.libs.models import ModelFile
 from pruneflow.tasks.specs.config import ConstantSchedule, PolynomialDecaySchedule, Schedule, parse_config
+from pruneflow.tasks.stages.prune_train import StopRule
 
 FIXED = object()  # a field with a single possible value (a union's tag): nothing to change
 
@@ -41,7 +43,9 @@ def field_changes(model: BaseModel) -> list[tuple[str, object]]:
     changes = []
     for field in type(model).model_fields:
         value = getattr(model, field)
-        if isinstance(value, BaseModel):
+        if isinstance(value, Content):  # keys read its digest only (prune_train's StopRule's reference)
+            changes.append((field, value.model_construct(digest=value.digest + "-changed")))
+        elif isinstance(value, BaseModel):
             changes += [(field, value.model_copy(update={inner: new})) for inner, new in field_changes(value)]
         elif (new := perturbed(value, hints[field])) is not FIXED:
             changes.append((field, new))
@@ -56,7 +60,8 @@ def samples_by_type(config_dict) -> dict:
     with_qat = parse_config({**config_dict, "export": {"formats": ["int8_qat"]}})
     with_channels = parse_config({**config_dict, "channel_pruning": {"fraction": 0.5, "layers": {"conv*": 0.25}}})
     values += [config.dataset.shape, config.training_spec, config.export_spec, config.latency_spec, with_qat.qat_spec,
-               with_channels.channel_spec, config.fallback_spec]
+               with_channels.channel_spec, config.fallback_spec,
+               StopRule(after_epochs=1, max_drop=2.0, reference=ModelFile.model_construct(digest="baseline"))]
     return {type(value): value for value in values} | {int: 8, float: 0.5, str: "a machine"}
 
 

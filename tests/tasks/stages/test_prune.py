@@ -199,3 +199,44 @@ def test_diverging_training_fails_clearly_and_saves_no_nan_model(config_dict, tm
         train(config, dataset, schedule, tmp_path / "work", tmp_path / "out")
     assert not (tmp_path / "work" / "checkpoint.h5").exists()  # epoch 1 diverged: nothing to resume from
     assert not (tmp_path / "out" / "wrapped.h5").exists()
+
+
+def test_a_stop_rule_ends_a_training_that_is_out_of_reach_and_a_resume_does_not_train_on(
+    config_dict, tiny_prepared, tiny_baseline, tmp_path
+):
+    """A search's trial stops at its rule's epoch when its validation accuracy is too far under the
+    unpruned model's; within reach, it trains to the end."""
+    from pruneflow.tasks.stages.prune_train import StopRule
+
+    # A baseline that says the opposite of the trained one (its classifier negated), fine-tuned at a
+    # rate too small to learn anything in an epoch: far under the reference, the trained baseline.
+    model = load_model(tiny_baseline)
+    kernel, bias = model.layers[-1].get_weights()
+    model.layers[-1].set_weights([-kernel, -bias])
+    model.save(tmp_path / "contrary.h5")
+    config = parse_config({**config_dict, "training": {**config_dict["training"], "epochs": 2, "learning_rate": 1e-9}})
+    steps = config.training_spec.steps_per_epoch(tiny_prepared.counts["train"])
+    schedule = resolve_schedule(config.pruning, steps, config.training.epochs)
+    reference = ModelFile.of(tiny_baseline)
+
+    def train_with(rule, name):
+        (tmp_path / name).mkdir()
+        return train_pruned(tmp_path / name, tmp_path / f"work-{name}", tiny_prepared,
+                            ModelFile.of(tmp_path / "contrary.h5"), schedule, config.training_spec, rule)
+
+    stopped = train_with(StopRule(after_epochs=1, max_drop=10.0, reference=reference), "stopped")
+    assert stopped.stopped_after_epoch == 1 and stopped.epochs == 1 and stopped.steps == steps
+    assert stopped.reference_val_accuracy - stopped.final_val_accuracy > 0.10
+    assert len(json.loads(stopped.history.read_text())["val_accuracy"]) == 1
+    assert pruning_step(load_model(stopped.wrapped_model, pruning_wrappers=True)) == steps
+
+    # Run again on the same work folder (a retry after the artifact was lost): the checkpoint holds the
+    # stopping epoch, and the rule stops it there again without training on.
+    (tmp_path / "stopped").rename(tmp_path / "first")
+    again = train_with(StopRule(after_epochs=1, max_drop=10.0, reference=reference), "stopped")
+    assert again.stopped_after_epoch == 1 and again.resumed_from_epoch == 1
+    assert pruning_step(load_model(again.wrapped_model, pruning_wrappers=True)) == steps
+
+    lenient = train_with(StopRule(after_epochs=1, max_drop=100.0, reference=reference), "lenient")
+    assert lenient.stopped_after_epoch is None and lenient.epochs == 2
+    assert len(json.loads(lenient.history.read_text())["val_accuracy"]) == 2
