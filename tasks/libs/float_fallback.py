@@ -1,7 +1,7 @@
 """The int8_fallback file: int8, with the layers int8 hurts most left in float. Which layers
 follows export.float_fallback: a count of the worst (quantization_error's table, worst first),
-names or patterns, or `auto`: as few of the worst as keep the file's validation accuracy within
-export.fallback_max_loss points of the Keras model's (see fewest_holding)."""
+names or patterns, or `auto`: as few layers as keep the file's validation accuracy within
+export.fallback_max_loss points of the Keras model's, those that give back most first (see _auto)."""
 
 from __future__ import annotations
 
@@ -63,18 +63,21 @@ def _named(model, ranked: list[LayerError], patterns: list[str]) -> list[LayerEr
 
 def _auto(model, debugger: Int8Debugger, ranked: list[LayerError], max_loss: float,
           validation: tuple[np.ndarray, np.ndarray]) -> tuple[bytes, FloatFallback]:
-    """The fewest of the worst layers in float that keep the file within `max_loss` points of the
-    Keras model on `validation`: counts 0, 1, 2, 4, ... tried until one holds, then halved back
-    to the smallest that holds (each try a conversion and a validation pass; a model of 60 ops
-    takes about a dozen)."""
+    """The fewest layers in float that keep the file within `max_loss` points of the Keras model on
+    `validation`. The layers are ranked by what each one, alone in float, gives back: how close the
+    file's outputs come to the Keras model's (a layer's own error does not say how much of it the
+    rest of the model amplifies); then counts 0, 1, 2, 4, ... of the best are tried until one holds,
+    and halved back to the smallest that holds (each try a conversion and a validation pass)."""
     images, labels = validation
-    reference = float(np.mean(np.argmax(model.predict(images, verbose=0), axis=1) == labels))
+    expected = model.predict(images, verbose=0)
+    reference = float(np.mean(np.argmax(expected, axis=1) == labels))
+    ranked = by_recovery(ranked, lambda tensors: _predict(debugger.with_float(tensors), images), expected)
     tried: dict[int, tuple[bytes, float]] = {}
 
     def holds(count: int) -> bool:
         if count not in tried:
             data = debugger.with_float([e.tensor for e in ranked[:count]])
-            tried[count] = data, _accuracy(data, images, labels)
+            tried[count] = data, float(np.mean(np.argmax(_predict(data, images), axis=1) == labels))
         return 100 * (reference - tried[count][1]) <= max_loss
 
     count = fewest_holding(len(ranked), holds)
@@ -84,6 +87,18 @@ def _auto(model, debugger: Int8Debugger, ranked: list[LayerError], max_loss: flo
         rule=f"auto, within {max_loss:g} points", layers=[e.layer for e in chosen],
         tensors=[e.tensor for e in chosen], accuracy=accuracy, reference=reference, reached=holds(count),
     )
+
+
+def by_recovery(
+    ranked: list[LayerError], outputs_with_float: Callable[[list[str]], np.ndarray], expected: np.ndarray
+) -> list[LayerError]:
+    """The layers ordered by how close the file's outputs come to `expected` (mean squared
+    difference) with each one alone in float; layers that recover equally keep their order."""
+    def gap(tensors: list[str]) -> float:
+        return float(np.mean((outputs_with_float(tensors) - expected) ** 2))
+
+    gaps = [gap([e.tensor]) for e in ranked]
+    return [ranked[i] for i in sorted(range(len(ranked)), key=lambda i: gaps[i])]
 
 
 def fewest_holding(total: int, holds: Callable[[int], bool]) -> int:
@@ -99,9 +114,8 @@ def fewest_holding(total: int, holds: Callable[[int], bool]) -> int:
     return high
 
 
-def _accuracy(data: bytes, images: np.ndarray, labels: np.ndarray) -> float:
+def _predict(data: bytes, images: np.ndarray) -> np.ndarray:
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "candidate.tflite"
         path.write_bytes(data)
-        predictions = Predictor(path, threads=1, batch=32)(images)
-    return float(np.mean(np.argmax(predictions, axis=1) == labels))
+        return Predictor(path, threads=1, batch=32)(images)

@@ -85,3 +85,17 @@ def test_auto_finds_the_fewest_layers_in_few_tries(needed):
     holds = lambda count: tried.append(count) or count >= needed  # noqa: E731
     assert fewest_holding(40, holds) == min(needed, 40)  # 41 never holds: all 40 in float
     assert len(set(tried)) <= 2 * 7 + 1  # doubling to 64 > 40, then halving back
+
+
+def test_auto_ranks_first_the_layers_that_alone_bring_the_outputs_back():
+    """A layer with a small error of its own that the rest of the model amplifies comes before
+    larger errors that do not matter at the output; equal recoveries keep the error order."""
+    from pruneflow.tasks.libs.artifacts import LayerError
+    from pruneflow.tasks.libs.float_fallback import by_recovery
+
+    errors = [LayerError(layer=name, op="CONV_2D", tensor=f"t/{name}", elements=8, rmse=rmse, cosine=0.99)
+              for name, rmse in (("loud", 0.9), ("quiet", 0.1), ("same_a", 0.05), ("same_b", 0.04))]
+    expected = np.zeros((4, 2))
+    off = {"t/loud": 0.3, "t/quiet": 0.01, "t/same_a": 0.2, "t/same_b": 0.2}  # the gap left with each in float
+    ranked = by_recovery(errors, lambda tensors: expected + off[tensors[0]], expected)
+    assert [e.layer for e in ranked] == ["quiet", "same_a", "same_b", "loud"]
