@@ -49,10 +49,14 @@ def narrow(out: Path, baseline: ModelFile, channels: ChannelSpec) -> NarrowedMod
 
 
 def check_channels(readings: Readings) -> None:
-    """The channel_pruning section fits the baseline at its fraction and at each of
-    sweep.channel_fractions: its patterns match, and each removes something."""
+    """The channel_pruning section fits the baseline at its fraction, at each of
+    sweep.channel_fractions and at the highest a search may take: its patterns match, and each
+    removes something."""
     config = readings.config
     fractions = [config.channel_pruning.fraction] if config.channel_pruning else []
+    search = config.sweep.search
+    if search is not None and search.channel_fraction is not None:
+        fractions.append(search.channel_fraction[1])
     for fraction in dict.fromkeys(f for f in [*fractions, *config.sweep.channel_fractions] if f):
         channel_plan(readings.baseline_model, config.with_channels(fraction).channel_spec, config.model.baseline)
 

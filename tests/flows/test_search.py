@@ -98,3 +98,16 @@ def test_a_stopped_trial_is_told_as_pruned_and_reported_with_its_epoch(tmp_path)
     text = render_search([stopped, failed])
     assert text.startswith("Search: 2 trials; 1 points pruned (1 stopped early), 0 proposed again, 1 failed.")
     assert "stopped after epoch 1" in text
+
+
+def test_proposals_fall_on_the_search_grid_within_its_ranges():
+    import optuna
+
+    from pruneflow.flows.search import propose
+    from pruneflow.tasks.specs.config import SearchConfig
+
+    search = SearchConfig(sparsity=(0.5, 0.9), channel_fraction=(0.0, 0.25), step=0.1)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    points = {propose(study.ask(), search) for _ in range(200)}
+    assert {p.target for p in points} == {0.5, 0.6, 0.7, 0.8, 0.9}  # both ends included, nothing between steps
+    assert {p.channels for p in points} == {0.0, 0.1, 0.2}  # 0.25 is not on the grid: 0.2 is its last step

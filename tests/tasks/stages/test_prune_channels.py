@@ -18,6 +18,9 @@ def test_a_sweep_fraction_that_removes_nothing_is_refused_naming_each_group_left
                                              r"layers.exclude 'Dense'.*the model's output"):
         check_channels(Readings(swept))
     check_channels(Readings(parse_config({**config_dict, "sweep": {"channel_fractions": [0.5]}})))  # removes some
+    searched = {"search": {"channel_fraction": [0.0, 0.5], "stop_after_epochs": 1}}
+    with pytest.raises(PruneflowError, match=r"channel_pruning removes no channel"):
+        check_channels(Readings(parse_config({**config_dict, "layers": layers, "sweep": searched})))
 
 
 def test_round_to_reaches_the_plan(config_dict):
