@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 
 Outcome = TargetResult | StoppedTarget | BaseException
 
+MAX_ASKS = 5  # proposals per point of the budget, repeats included, before the search ends
+
 
 def schedule_at(config: RunConfig, run: Run, target: float) -> Schedule:
     """The run's schedule aimed at `target`, resolved (and refused if it would not prune)."""
@@ -40,12 +42,22 @@ def startup_trials(search: SearchConfig) -> int:
     return max(1, math.ceil(search.startup_fraction * search.trials))
 
 
+def grid_steps(search: SearchConfig, low: float, high: float) -> int:
+    """The last index of the search's grid between `low` and `high` (0 when they are one point)."""
+    return math.floor((high - low) / search.step + 1e-9)
+
+
+def grid_size(search: SearchConfig) -> int:
+    """How many distinct points the search can propose."""
+    ranges = [search.sparsity] + ([search.channel_fraction] if search.channel_fraction else [])
+    return math.prod(grid_steps(search, *bounds) + 1 for bounds in ranges)
+
+
 def propose(trial: optuna.trial.Trial, search: SearchConfig) -> Point:
     """The trial's point, on the search's grid (so that a point proposed twice is one cached graph)."""
 
     def on_grid(name: str, low: float, high: float) -> float:
-        steps = math.floor((high - low) / search.step + 1e-9)
-        return round(low + search.step * trial.suggest_int(name, 0, steps), 6)
+        return round(low + search.step * trial.suggest_int(name, 0, grid_steps(search, low, high)), 6)
 
     target = on_grid("sparsity", *search.sparsity)
     channels = on_grid("channel_fraction", *search.channel_fraction) if search.channel_fraction else 0.0
@@ -69,33 +81,38 @@ def record(study: optuna.Study, trial: optuna.trial.Trial, number: int, point: P
         return Trial(number=number, point=point, outcome=kind, val_accuracy=accuracy, zip_bytes=size)
     if isinstance(outcome, StoppedTarget):
         study.tell(trial, state=TrialState.PRUNED)
-        return Trial(number=number, point=point, outcome="stopped", val_accuracy=outcome.val_accuracy,
-                     stopped_after_epoch=outcome.training.stopped_after_epoch)
+        return Trial(number=number, point=point, outcome="repeat" if repeat else "stopped",
+                     val_accuracy=outcome.val_accuracy, stopped_after_epoch=outcome.training.stopped_after_epoch)
     study.tell(trial, state=TrialState.FAIL)
     return Trial(number=number, point=point, outcome="failed")
 
 
-def describe(trial: Trial, budget: int) -> str:
-    head = f"Trial {trial.number} of {budget}: sparsity {trial.point.label()}"
+def describe(trial: Trial) -> str:
+    """The trial's log line."""
+    head = f"Trial {trial.number}: sparsity {trial.point.label()}"
     if trial.outcome == "failed":
         return f"{head}: failed"
-    if trial.outcome == "stopped":
+    again = " (proposed before: not run again)" if trial.outcome == "repeat" else ""
+    if trial.stopped_after_epoch is not None:
         return (f"{head}: stopped after epoch {trial.stopped_after_epoch}, val accuracy {trial.val_accuracy:.4f} "
-                "out of the gate's reach")
-    again = " (proposed before: not trained again)" if trial.outcome == "repeat" else ""
+                f"out of the gate's reach{again}")
     return f"{head}: val accuracy {trial.val_accuracy:.4f}, smallest file {trial.zip_bytes:,} B zip-deflated{again}"
 
 
 def search_points(config: RunConfig, start: Prepared, run: Run) -> tuple[dict[Point, Outcome], list[Trial]]:
-    """Run the search's trials, `sweep.max_parallel` at a time.
+    """Run trials, `sweep.max_parallel` at a time, until `sweep.search.trials` distinct points are
+    pruned (or every point of the grid is). A point proposed again is told its figures again and
+    costs nothing: it does not count; a sampler that proposes only points already run for
+    MAX_ASKS times the budget ends the search.
 
     Returns:
         each distinct point, in order -> its result, the stopped trial, or the exception it failed with; and every
-        trial in order.
+        trial in order, repeats included.
     """
     import optuna
 
     search, cap, logger = config.sweep.search, config.sweep.max_parallel, run_logger()
+    budget = min(search.trials, grid_size(search))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sampler = optuna.samplers.TPESampler(n_startup_trials=startup_trials(search), seed=search.seed)
     study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
@@ -105,8 +122,8 @@ def search_points(config: RunConfig, start: Prepared, run: Run) -> tuple[dict[Po
         stop = StopRule(after_epochs=search.stop_after_epochs, max_drop=drop, reference=start.model)
     outcomes: dict[Point, Outcome] = {}
     trials: list[Trial] = []
-    while len(trials) < search.trials:
-        wave = [study.ask() for _ in range(min(cap, search.trials - len(trials)))]
+    while len(outcomes) < budget and len(trials) < MAX_ASKS * search.trials:
+        wave = [study.ask() for _ in range(min(cap, budget - len(outcomes)))]
         points = [propose(trial, search) for trial in wave]
         new = list(dict.fromkeys(point for point in points if point not in outcomes))
         futures = {
@@ -120,5 +137,5 @@ def search_points(config: RunConfig, start: Prepared, run: Run) -> tuple[dict[Po
             done = record(study, trial, len(trials) + 1, point, outcomes[point], repeat=point not in first)
             first.discard(point)
             trials.append(done)
-            logger.info(describe(done, search.trials))
+            logger.info("%s [%d of %d points]", describe(done), len(outcomes), budget)
     return dict(sorted(outcomes.items())), trials

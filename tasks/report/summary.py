@@ -313,11 +313,19 @@ def front_row(result: TargetResult, file: Deployable) -> dict[str, str]:
     }
 
 
+def outcome_text(trial: Trial) -> str:
+    """"completed", "stopped after epoch 2", "repeat (stopped after epoch 2)", "failed"."""
+    if trial.stopped_after_epoch is None:
+        return trial.outcome
+    stopped = f"stopped after epoch {trial.stopped_after_epoch}"
+    return stopped if trial.outcome == "stopped" else f"{trial.outcome} ({stopped})"
+
+
 def trial_row(trial: Trial) -> dict[str, str]:
     return {
         "trial": str(trial.number),
         "point": trial.point.label(".2f"),
-        "outcome": f"stopped after epoch {trial.stopped_after_epoch}" if trial.outcome == "stopped" else trial.outcome,
+        "outcome": outcome_text(trial),
         "val accuracy": "" if trial.val_accuracy is None else f"{trial.val_accuracy:.4f}",
         "smallest file (zip)": "" if trial.zip_bytes is None else f"{trial.zip_bytes:,}",
     }

@@ -11,8 +11,8 @@ from pruneflow.tasks.libs.outcome import Point
 from pruneflow.tasks.specs.config import parse_config
 from tests.helpers.prefect import task_runs
 
-# Three points, two of them (SWEPT) stored by the session's sweep: a trial without a stop rule is the
-# grid's graph, so the search trains at most one model here.
+# A grid of three points, fewer than the budget: the search prunes all three. Two of them (SWEPT) are
+# stored by the session's sweep (a trial without a stop rule is the grid's graph): one model is trained.
 SEARCH = {"trials": 4, "startup_fraction": 0.5, "sparsity": [0.3, 0.6], "step": 0.15, "stop_after_epochs": None}
 
 
@@ -37,15 +37,14 @@ def test_a_search_returns_a_front_no_file_beats_and_its_rerun_is_served_from_the
     assert state.is_completed(), state.message
     outcome = state.result()
     trials = outcome.trials
-    assert [t.number for t in trials] == [1, 2, 3, 4]
-    assert {t.point.target for t in trials} <= {0.3, 0.45, 0.6} and all(t.point.channels == 0 for t in trials)
+    assert [t.number for t in trials] == list(range(1, len(trials) + 1))
     completed = [t for t in trials if t.outcome == "completed"]
-    assert {t.outcome for t in trials} == {"completed", "repeat"}  # 4 trials, 3 points: one at least proposed again
-    # One result per distinct point; a point proposed again is not run again, one stored not trained again.
-    assert sorted(r.target for r in outcome.results) == sorted(t.point.target for t in completed)
-    assert len({t.point for t in trials}) == len(completed)
-    assert len(seeded) == 2  # 0.3 and 0.6
-    assert len(trainings(config.output_root)) == 2 + (Point(0.45) in {t.point for t in trials})
+    assert {t.outcome for t in trials} <= {"completed", "repeat"}
+    # Each point once (a repeat is answered from its first trial), every point of the grid: the budget is larger.
+    assert [t.point for t in completed] == list(dict.fromkeys(t.point for t in trials))
+    assert sorted(t.point for t in completed) == [Point(0.3), Point(0.45), Point(0.6)]
+    assert [r.point for r in outcome.results] == [Point(0.3), Point(0.45), Point(0.6)]
+    assert len(seeded) == 2 and len(trainings(config.output_root)) == 3  # 0.3 and 0.6 stored: only 0.45 trained
     for trial in trials:
         result = next(r for r in outcome.results if r.point == trial.point)
         assert trial.val_accuracy == result.training.final_val_accuracy
@@ -60,7 +59,7 @@ def test_a_search_returns_a_front_no_file_beats_and_its_rerun_is_served_from_the
     [run_dir] = (config.output_root / "runs").iterdir()
     recorded = json.loads((run_dir / "sweep.json").read_text())
     assert len(recorded["front"]) == len(front) and [t["outcome"] for t in recorded["trials"]] == [t.outcome for t in trials]
-    assert "Search: 4 trials" in (run_dir / "sweep.md").read_text()
+    assert f"Search: {len(trials)} trials; 3 points pruned (0 stopped early)" in (run_dir / "sweep.md").read_text()
 
     # The same search again: the same points proposed, every training served from the store.
     before = trainings(config.output_root)
@@ -82,7 +81,7 @@ def test_search_settings_that_cannot_work_are_refused_with_the_field(config_dict
 def test_a_stopped_trial_is_told_as_pruned_and_reported_with_its_epoch(tmp_path):
     import optuna
 
-    from pruneflow.flows.search import record
+    from pruneflow.flows.search import describe, record
     from pruneflow.tasks.libs.artifacts import TrainedModel
     from pruneflow.tasks.libs.outcome import Point, StoppedTarget
     from pruneflow.tasks.report.summary import render_search
@@ -97,16 +96,28 @@ def test_a_stopped_trial_is_told_as_pruned_and_reported_with_its_epoch(tmp_path)
     assert failed.outcome == "failed" and failed.val_accuracy is None
     text = render_search([stopped, failed])
     assert text.startswith("Search: 2 trials; 1 points pruned (1 stopped early), 0 proposed again, 1 failed.")
-    assert "stopped after epoch 1" in text
+    assert "| stopped after epoch 1 " in text
+    again = record(study, study.ask(), 3, Point(0.9), StoppedTarget(point=Point(0.9), training=training), repeat=True)
+    assert (again.outcome, again.stopped_after_epoch) == ("repeat", 1)  # proposed again: not counted as pruned twice
+    text = render_search([stopped, failed, again])
+    assert text.startswith("Search: 3 trials; 1 points pruned (1 stopped early), 1 proposed again")
+    assert "| repeat (stopped after epoch 1) " in text
+    assert [describe(t) for t in (stopped, failed, again)] == [
+        "Trial 1: sparsity 0.9: stopped after epoch 1, val accuracy 0.5000 out of the gate's reach",
+        "Trial 2: sparsity 0.8: failed",
+        "Trial 3: sparsity 0.9: stopped after epoch 1, val accuracy 0.5000 out of the gate's reach (proposed "
+        "before: not run again)",
+    ]
 
 
 def test_proposals_fall_on_the_search_grid_within_its_ranges():
     import optuna
 
-    from pruneflow.flows.search import propose
+    from pruneflow.flows.search import grid_size, propose
     from pruneflow.tasks.specs.config import SearchConfig
 
     search = SearchConfig(sparsity=(0.5, 0.9), channel_fraction=(0.0, 0.25), step=0.1)
+    assert grid_size(search) == 5 * 3
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     points = {propose(study.ask(), search) for _ in range(200)}
     assert {p.target for p in points} == {0.5, 0.6, 0.7, 0.8, 0.9}  # both ends included, nothing between steps
