@@ -34,11 +34,12 @@ def gate_problem(result: TargetResult, file: Deployable, gate: SweepConfig) -> s
 
 
 def choose(results: list[TargetResult], gate: SweepConfig) -> Candidate | None:
-    """The smallest file (zip-deflated) among those that pass the gate; on a tie the sparser
-    target, then the one with fewer channels, then the earlier format; None if none passes."""
+    """The smallest file (zip-deflated) among those that pass the gate; on a tie the more accurate,
+    then the sparser target, then the one with fewer channels, then the earlier format; None if
+    none passes."""
     passing = [(i, c) for i, c in enumerate(candidates(results)) if gate_problem(*c, gate) is None]
-    best = min(passing, key=lambda item: (item[1][1].zip_bytes, -item[1][0].target, -item[1][0].channel_fraction,
-                                          item[0]), default=None)
+    best = min(passing, key=lambda item: (item[1][1].zip_bytes, -item[1][1].accuracy, -item[1][0].target,
+                                          -item[1][0].channel_fraction, item[0]), default=None)
     return best[1] if best else None
 
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from pruneflow.tasks.decide.gate import best_candidate, candidates, choose, gate_problem
+from pruneflow.tasks.decide.gate import best_candidate, candidates, choose, gate_problem, pareto_front
 from pruneflow.tasks.specs.config import SweepConfig
 from pruneflow.tasks.specs.formats import KERAS
 from tests.helpers.models import target_result
@@ -50,6 +50,28 @@ def test_a_tie_on_size_goes_to_the_sparser_model():
     results = [target_result(0.7, accuracy=0.95, zip_bytes=200), target_result(0.8, accuracy=0.95, zip_bytes=200)]
     assert choose(results, GATE)[0].target == 0.8
     assert choose(list(reversed(results)), GATE)[0].target == 0.8
+
+
+def test_a_tie_on_size_goes_to_the_more_accurate_file_first():
+    results = [target_result(0.7, accuracy=0.95, zip_bytes=200), target_result(0.8, accuracy=0.945, zip_bytes=200)]
+    assert choose(results, GATE)[0].target == 0.7
+    assert choose(results, GATE) in pareto_front(results)  # the gate's choice is on the front
+
+
+def test_the_front_keeps_every_file_no_other_beats_and_only_those_smallest_first():
+    results = [
+        target_result(0.5, accuracy=0.96, zip_bytes=300, files={"int8": (0.95, 100, 0.05)}),
+        target_result(0.8, accuracy=0.95, zip_bytes=200, files={"int8": (0.94, 80, 0.05)}),
+        target_result(0.9, accuracy=0.96, zip_bytes=300, files={"int8": (0.95, 100, 0.05)}),  # 0.5's figures again
+    ]
+    front = [(r.target, f.format, f.accuracy, f.zip_bytes) for r, f in pareto_front(results)]
+    # 0.8's .h5 (0.95 at 200 B) is beaten by the int8 files (0.95 at 100 B): the same accuracy, smaller;
+    # equal files both stay (neither beats the other).
+    assert front == [
+        (0.8, "int8", 0.94, 80), (0.5, "int8", 0.95, 100), (0.9, "int8", 0.95, 100),
+        (0.5, KERAS, 0.96, 300), (0.9, KERAS, 0.96, 300),
+    ]
+    assert pareto_front([]) == []
 
 
 @pytest.mark.parametrize("results", [[], [target_result(0.3, accuracy=0.95, zip_bytes=100)]])
