@@ -2,7 +2,8 @@
 
 Each trial is one point (a target sparsity, and a fraction of channels where the search has a
 range for it) through the same cached graph a grid point takes (pruneflow.flows.graph.prune_target):
-a point proposed twice, in this search or an earlier one, is not trained again. The sampler is
+a point proposed twice, in this search or an earlier one, is not trained again, and a repeat
+does not count against sweep.search.trials (the budget is points pruned). The sampler is
 Optuna's multi-objective TPE, its first trials (sweep.search.startup_fraction of the budget)
 drawn at random; it is told each trial's validation accuracy (of the pruned Keras model) and the
 zip-deflated size of its smallest file, so that the test split chooses nothing. A trial whose
