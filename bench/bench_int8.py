@@ -37,11 +37,14 @@ def main() -> int:
     summary = json.loads(Path(out.split("Summary: ")[1].split()[0]).read_text())
     errors = summary["quantization_errors"]
     print(f"\n== MobileNetV2 0.35 224x224, sparsity 0.7, int8 formats: `pruneflow run` {seconds:.1f} s wall")
-    print(f"int8 error by layer on {errors['images']} validation images, worst 10 of {len(errors['layers'])} ops:")
-    print(f"{'layer':<52} {'op':<18} {'RMSE/spread':>11} {'cosine':>8}")
-    for e in errors["layers"][:10]:
-        print(f"{e['layer']:<52} {e['op']:<18} {e['rmse']:11.4f} {e['cosine']:8.4f}")
     fallback = next(f["fallback"] for e in summary["exports"] for f in e["files"] if f["format"] == "int8_fallback")
+    print(f"int8 error by layer on {errors['images']} validation images, the worst 10 of {len(errors['layers'])} ops "
+          "and those int8_fallback keeps in float (rank by own error):")
+    print(f"{'rank':>4} {'layer':<52} {'op':<18} {'RMSE/spread':>11} {'cosine':>8}  int8_fallback")
+    for rank, e in enumerate(errors["layers"], 1):
+        if rank <= 10 or e["tensor"] in fallback["tensors"]:
+            kept = "float" if e["tensor"] in fallback["tensors"] else ""
+            print(f"{rank:4d} {e['layer']:<52} {e['op']:<18} {e['rmse']:11.4f} {e['cosine']:8.4f}  {kept}")
     print(f"int8_fallback keeps {len(fallback['layers'])} layer(s) in float ({fallback['rule']}): "
           f"{', '.join(fallback['layers']) or 'none'}; validation accuracy {fallback['accuracy']:.4f}, "
           f"the Keras model's {fallback['reference']:.4f}" + ("" if fallback["reached"] else " (not within the loss)"))

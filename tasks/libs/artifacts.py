@@ -176,7 +176,7 @@ class FloatFallback(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     rule: str  # how they were chosen: "auto", "count 2", or the patterns
-    layers: list[str]  # Keras layer paths, worst int8 error first
+    layers: list[str]  # Keras layer paths, in the order chosen (auto: most given back first)
     tensors: list[str]  # the ops' output tensors in the file
     accuracy: float | None = None  # the file's validation accuracy (auto only)
     reference: float | None = None  # the Keras model's (auto only)

@@ -119,12 +119,16 @@ def render_quantization(outcome: PruningOutcome) -> str:
     errors = outcome.quantization_errors
     if errors is None or not errors.layers:
         return ""
+    floated = {t for exported in outcome.exports for f in exported.files if f.fallback for t in f.fallback.tensors}
+    shown = [e for i, e in enumerate(errors.layers) if i < QUANTIZATION_ROWS or e.tensor in floated]
     rows = [{"layer": e.layer, "op": e.op, "outputs": f"{e.elements:,}", "RMSE / spread": f"{e.rmse:.4f}",
-             "cosine": f"{e.cosine:.4f}"} for e in errors.layers[:QUANTIZATION_ROWS]]
+             "cosine": f"{e.cosine:.4f}", **({"int8_fallback": "float" if e.tensor in floated else ""} if floated else {})}
+            for e in shown]
+    also = " and every layer int8_fallback keeps in float" if floated else ""
     return (
         f"## int8 error by layer\n\nEach quantized op's output against the float op's on the same inputs, on "
-        f"{errors.images} validation images, worst first (every op: `{errors.folder / 'layer_errors.csv'}`).\n\n"
-        f"{markdown_table(rows)}\n\n"
+        f"{errors.images} validation images, worst first: the worst {QUANTIZATION_ROWS}{also} (every op: "
+        f"`{errors.folder / 'layer_errors.csv'}`).\n\n{markdown_table(rows)}\n\n"
     )
 
 
