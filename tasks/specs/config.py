@@ -329,9 +329,9 @@ class ExportConfig(_Strict):
     )
     float_fallback: Annotated[int, Field(ge=0)] | Literal["auto"] | list[str] = Field(
         "auto", description="The int8_fallback format's layers left in float: a count (the layers int8 hurts most, "
-        "by quantization_error's table), layer names or patterns, or auto: as few of the worst layers as keep the "
-        "file's validation accuracy within fallback_max_loss points of the Keras model's (0, 1, 2, 4, ... tried, "
-        "then halved back).",
+        "by quantization_error's table), layer names or patterns, or auto: as few layers as keep the file's "
+        "validation accuracy within fallback_max_loss points of the Keras model's, ranked by how close each one "
+        "alone in float brings the outputs to the Keras model's (0, 1, 2, 4, ... tried, then halved back).",
     )
     fallback_max_loss: float = Field(
         0.5, ge=0, description="For float_fallback auto: the validation accuracy, in points, the int8_fallback file "
