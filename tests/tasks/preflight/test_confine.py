@@ -82,3 +82,14 @@ def test_images_outside_the_data_roots_are_listed_by_csv_line_the_rest_counted(t
     assert f"{tmp_path / 'train.csv'}, line 5: {outside[0]}" in message  # the first outside: the 4th row, line 5
     assert "... and 2 more" in message and outside[MAX_LISTED - 1] in message and outside[MAX_LISTED] not in message
     confine_images(frames, {"train": tmp_path / "train.csv"}, roots_for())  # no data root: anything
+    with pytest.raises(PruneflowError) as refused:  # exactly MAX_LISTED outside: all listed, nothing more counted
+        confine_images({"train": frames["train"].iloc[: 3 + MAX_LISTED]}, {"train": tmp_path / "train.csv"}, roots)
+    assert outside[MAX_LISTED - 1] in str(refused.value) and "more" not in str(refused.value)
+
+
+def test_roots_cannot_be_changed_once_read(tmp_path):
+    from pydantic import ValidationError
+
+    roots = roots_for(data=tmp_path)
+    with pytest.raises(ValidationError, match="frozen"):
+        roots.data = None
