@@ -17,7 +17,8 @@ def sweep_config(config_dict, **gate):
     return parse_config({**config_dict, "sweep": {"targets": [0.3, 0.6], **gate}})
 
 
-def test_sweep_prunes_each_target_and_promotes_the_smallest_within_the_gate(prefect_server, config_dict):
+def test_sweep_prunes_each_target_and_promotes_the_smallest_within_the_gate(prefect_server, seed_sweep, config_dict):
+    seed_sweep(config_dict)  # the targets trained by the session's sweep: the files and the gate are what this is about
     del config_dict["export"]  # the default: every format
     config = sweep_config(config_dict, max_accuracy_drop=100.0, min_sparsity=0.0)
     state = sweep_flow(config, return_state=True)
