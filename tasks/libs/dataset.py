@@ -37,9 +37,17 @@ def read_split(csv_path: Path, split: str) -> pd.DataFrame:
     if not csv_path.is_file():
         raise PruneflowError(f"{csv_path}: {split} CSV not found; check dataset.{split}_csv in the config")
     try:
-        frame = pd.read_csv(csv_path, dtype=str, keep_default_na=False, skipinitialspace=True)
+        # utf-8-sig: a byte-order mark, as spreadsheets write one, is not part of the first column's name.
+        frame = pd.read_csv(csv_path, dtype=str, keep_default_na=False, skipinitialspace=True, encoding="utf-8-sig")
     except pd.errors.EmptyDataError:
         raise PruneflowError(f"{csv_path}: the file is empty; it needs a header line 'filename,label'") from None
+    except UnicodeDecodeError as error:
+        raise PruneflowError(
+            f"{csv_path}: not UTF-8 text (byte {error.start}: {error.reason}); save it as UTF-8 (CSV UTF-8 in a "
+            "spreadsheet)"
+        ) from None
+    except pd.errors.ParserError as error:
+        raise PruneflowError(f"{csv_path}: not a CSV pandas can read ({str(error).strip()}); check its quotes and commas") from None
     missing = [column for column in COLUMNS if column not in frame.columns]
     if missing:
         raise PruneflowError(
@@ -59,6 +67,10 @@ def read_split(csv_path: Path, split: str) -> pd.DataFrame:
             raise PruneflowError(
                 f"{csv_path}: blank or missing {column} on line(s) {rows}; fill or delete those rows"
             )
+    nul = frame[frame["filename"].str.contains("\x00", regex=False) | frame["label"].str.contains("\x00", regex=False)]
+    if not nul.empty:
+        rows = ", ".join(map(str, nul["csv_row"].head(MAX_LISTED)))
+        raise PruneflowError(f"{csv_path}: a NUL character on line(s) {rows}; the file is not plain text there")
     folder = csv_path.parent.resolve()
     # String joins, not Path.resolve() per row: this runs on every flow run, for every image.
     frame["filename"] = frame["filename"].str.strip()

@@ -730,9 +730,13 @@ def load_config(path: Path) -> RunConfig:
     """Load a YAML config; relative paths in it are taken from the YAML file's folder."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark, as some editors write, is not content
     except FileNotFoundError:
         raise PruneflowError(f"{path}: config file not found") from None
+    except UnicodeDecodeError as error:
+        raise PruneflowError(
+            f"{path}: not UTF-8 text (byte {error.start}: {error.reason}); save the config as UTF-8"
+        ) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as error:
