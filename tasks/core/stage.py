@@ -32,6 +32,7 @@ import importlib.metadata
 import importlib.util
 import inspect
 import sys
+import threading
 import typing
 from collections.abc import Callable
 from pathlib import Path
@@ -102,20 +103,27 @@ def _is_type_checking_guard(node: ast.AST) -> bool:
     return isinstance(node, ast.If) and ast.unparse(node.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING")
 
 
+# Python 3.11's ast is not safe to use from several threads at once: a sweep's task runs, in
+# threads, computing their stages' code versions together failed with "SystemError: AST constructor
+# recursion depth mismatch" (CPython gh-106905). Every parse here holds this lock.
+_AST = threading.RLock()
+
+
 @functools.cache
 def _imported_modules(module: str, keyed: str, unkeyed: str) -> frozenset[str]:
     """Modules under `keyed`, not under `unkeyed`, that `module`'s source imports, anywhere in it (function bodies too, where
     this project imports TensorFlow lazily), except under `if TYPE_CHECKING:`."""
     spec = importlib.util.find_spec(module)
     here = module if spec.submodule_search_locations else module.rpartition(".")[0]  # for relative imports
-    tree = ast.parse(Path(spec.origin).read_text())
-    skipped = {
-        id(node)
-        for guard in ast.walk(tree)
-        if _is_type_checking_guard(guard)
-        for statement in guard.body
-        for node in ast.walk(statement)
-    }
+    with _AST:
+        tree = ast.parse(Path(spec.origin).read_text())
+        skipped = {
+            id(node)
+            for guard in ast.walk(tree)
+            if _is_type_checking_guard(guard)
+            for statement in guard.body
+            for node in ast.walk(statement)
+        }
     found = set()
     for node in ast.walk(tree):
         if id(node) in skipped:
@@ -178,8 +186,8 @@ def code_digest(path: Path) -> str:
     """Digest of what a module's source does: its syntax tree, without comments, docstrings and
     descriptions (_Documentation), so that editing those changes no stage's key. Once per module
     and process: the stages' closures share most of their modules."""
-    tree = _Documentation().visit(ast.parse(path.read_text()))
-    return digest_of(ast.dump(tree))
+    with _AST:
+        return digest_of(ast.dump(_Documentation().visit(ast.parse(path.read_text()))))
 
 
 @functools.cache
