@@ -3,7 +3,6 @@
 import contextlib
 import json
 import threading
-import time
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -182,19 +181,19 @@ def test_a_failed_nightly_run_is_sent_with_its_name_and_message_and_a_failed_man
 ):
     config_dict["model"]["baseline"] = str(tmp_path / "no-such-model.h5")
     with temporary_settings(updates={PREFECT_API_URL: live.api}):
-        started = [
-            run_deployment(name, parameters={"config": config_dict}, timeout=0) for name in ("sweep/nightly", "sweep/manual")
-        ]
-        failed_nightly, failed_manual = [wait_final(run.id, timeout=120) for run in started]
+        # The manual run fails first, the nightly one after it: the automation sees the manual run's
+        # Failed event before the nightly's, so once the nightly's message has come, one for the
+        # manual run would have come before it (an absence proven by the event after it, not a wait).
+        failed_manual = wait_final(run_deployment("sweep/manual", parameters={"config": config_dict}, timeout=0).id,
+                                   timeout=120)
+        failed_nightly = wait_final(run_deployment("sweep/nightly", parameters={"config": config_dict}, timeout=0).id,
+                                    timeout=120)
     assert failed_nightly.state.is_failed() and failed_manual.state.is_failed()
     assert "no-such-model.h5" in failed_nightly.state.message
     message = receiver.wait_for(failed_nightly.name)
     assert message["subject"] == f"pruneflow: nightly run {failed_nightly.name} of sweep/nightly Failed"
     assert failed_nightly.state.message in message["body"]
     assert f"/runs/flow-run/{failed_nightly.id}" in message["body"]
-    # Both runs' Failed events reached the server together; the nightly's message came, so a
-    # message for the manual run would have come by now too.
-    time.sleep(3)
     assert receiver.mentioning(failed_manual.name) == []
 
 
