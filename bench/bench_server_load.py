@@ -81,7 +81,7 @@ def run_backend(backend: str, config: dict, args) -> dict:
             submitted = create_at_once("prune/manual", [{"config": config}] * args.runs)
             outcome = wait_for(submitted.ids, args.timeout)
             time.sleep(2)  # task runs are recorded from events, just after their flow run's end
-            trainings = task_intervals(submitted.ids, "prune_train")
+            trainings = task_intervals(submitted.ids, "prune_train", state="Completed")  # not the Cached ones
     finally:
         for process in reversed(started):
             process.stop()

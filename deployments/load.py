@@ -95,8 +95,11 @@ def wait_for(ids: list[UUID], timeout: float, poll: float = 2.0) -> Outcome:
     )
 
 
-def task_intervals(flow_run_ids: list[UUID], task_name: str) -> list[tuple[datetime, datetime]]:
-    """(start, end) of every run of the task `task_name` in these flow runs that ran, by start.
+def task_intervals(
+    flow_run_ids: list[UUID], task_name: str, state: str | None = None
+) -> list[tuple[datetime, datetime]]:
+    """(start, end) of every run of the task `task_name` in these flow runs that ran, by start; with
+    `state`, only those that ended in it ("Completed": a stage that ran, not one served Cached).
     (The server records task runs from events: read once the flow runs are final, and a moment after.)"""
     from prefect import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
@@ -106,6 +109,7 @@ def task_intervals(flow_run_ids: list[UUID], task_name: str) -> list[tuple[datet
     return sorted(
         (run.start_time, run.end_time) for run in runs
         if run.name.rsplit("-", 1)[0] == task_name and run.start_time and run.end_time
+        and (state is None or (run.state is not None and run.state.name == state))
     )
 
 
