@@ -2,6 +2,7 @@
 
 import json
 import threading
+import time
 
 import pytest
 
@@ -95,17 +96,28 @@ def test_a_promotion_waits_for_the_one_holding_the_lock(setting):
     promote(first, config, "run-1", layout, champion=current(layout))
     lock = FileLock(layout.promotion_lock)
     lock.acquire()
-    waiting = threading.Thread(target=promote, args=(second, config, "run-2", layout), kwargs={"champion": current(layout)})
+    started, times = threading.Event(), {}
+    champion = current(layout)
+
+    def promote_second():
+        started.set()  # the thread runs: from here, only the lock can hold the promotion back
+        promote(second, config, "run-2", layout, champion=champion)
+        times["promoted"] = time.monotonic()
+
+    waiting = threading.Thread(target=promote_second)
     try:
         waiting.start()
-        waiting.join(timeout=1.0)
-        assert waiting.is_alive()  # blocked on the lock
+        assert started.wait(timeout=30)
+        waiting.join(timeout=1.0)  # a promotion of small files takes far less, unless it waits
+        assert waiting.is_alive() and "promoted" not in times  # blocked on the lock
         assert promoted_bytes(layout) == first[0].pruned_model.read_bytes()
         assert len(list(layout.promoted_versions.iterdir())) == 1  # it has not even written its version
     finally:
+        times["released"] = time.monotonic()
         lock.release()
     waiting.join(timeout=30)
     assert not waiting.is_alive() and promoted_bytes(layout) == second[0].pruned_model.read_bytes()
+    assert times["promoted"] > times["released"]  # the order both sides recorded
 
 
 def test_of_promotions_measured_against_one_champion_at_once_one_wins_and_the_others_are_superseded(setting):
