@@ -245,3 +245,26 @@ def test_editing_any_module_a_stage_imports_changes_its_code_version_and_documen
         (package / f"{name}.py").write_text(f"VALUE = {name!r}\n")
         assert version() != before, name
         before = version()
+
+
+def test_the_code_version_changes_with_a_runtime_package_and_with_python(monkeypatch):
+    """A stored artifact made by another TensorFlow (or numpy, ...) or another Python is not reused."""
+    import sys
+
+    import pruneflow.tasks.core.stage as stage_module
+
+    def version():
+        code_version.cache_clear()
+        return code_version("pruneflow.tasks.stages.strip")
+
+    before = version()
+    for package in stage_module.RUNTIME_PACKAGES:
+        with monkeypatch.context() as patched:
+            real = stage_module._installed
+            patched.setattr(stage_module, "_installed", lambda name, package=package: "0.0.0" if name == package else real(name))
+            assert version() != before, package
+    assert version() == before
+    with monkeypatch.context() as patched:
+        patched.setattr(sys, "version_info", (3, 99, 0, "final", 0))
+        assert version() != before
+    assert version() == before
