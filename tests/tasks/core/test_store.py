@@ -204,3 +204,32 @@ def test_a_forced_build_does_not_resume_from_an_earlier_runs_checkpoint(tmp_path
     (tmp_path / "stage" / ".tmp-k1-deadbeef").mkdir()  # a killed writer's leftover
     assert store.produce("stage", "k1", Note, note("other"))[1]  # reused...
     assert not (tmp_path / "stage" / ".tmp-k1-deadbeef").exists()  # ...and the leftover swept all the same
+
+
+def test_a_damaged_artifact_is_built_again_and_replaced_whole(tmp_path):
+    store = ArtifactStore(root=tmp_path)
+    store.produce("stage", "k1", Note, note("first"))
+    (store.folder("stage", "k1") / "note.txt").write_text("tampered")
+    rebuilt, reused = store.produce("stage", "k1", Note, note("second"))
+    assert not reused and rebuilt.text == "second" and rebuilt.file.read_text() == "second"
+    assert store.problem("stage", "k1") is None
+    assert sorted(p.name for p in (tmp_path / "stage").iterdir()) == [".lock-k1", "k1"]  # no old or tmp folder left
+
+
+def test_a_forced_build_replaces_an_intact_artifact_and_starts_from_no_checkpoint(tmp_path):
+    store = ArtifactStore(root=tmp_path)
+    scratch = store.work_folder("stage", "k1")
+    store.produce("stage", "k1", Note, note("first"))
+    scratch.mkdir(parents=True)
+    (scratch / "checkpoint.h5").write_text("an earlier run's")
+
+    def build(tmp):
+        assert not scratch.exists(), "the forced build saw an earlier run's checkpoint"
+        scratch.mkdir()  # what a training writes as it goes
+        return note("forced")(tmp)
+
+    made, reused = store.produce("stage", "k1", Note, build, force=True, scratch=scratch)
+    assert not reused and made.text == "forced" and store.load("stage", "k1", Note).text == "forced"
+    assert not scratch.exists()  # removed once the artifact is stored
+    again, reused = store.produce("stage", "k1", Note, note("unused"), force=False)
+    assert reused and again.text == "forced"
