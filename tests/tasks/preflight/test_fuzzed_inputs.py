@@ -13,7 +13,7 @@ from pruneflow.tasks.core.errors import PruneflowError
 from pruneflow.tasks.libs.dataset import list_dataset
 from pruneflow.tasks.specs.config import load_config, parse_config
 
-FUZZ = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 # Pieces a CSV is made of, and the damage a real file carries: byte-order marks, other encodings,
 # NUL bytes, stray and doubled quotes, mixed line endings, separators of other locales.
