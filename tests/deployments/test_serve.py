@@ -47,9 +47,12 @@ def test_serve_starts_postgres_server_pool_deployments_and_worker_and_stops_them
         assert alive(server_pid) and alive(worker_pid) and alive(postgres_pid)
         # The worker's runs may read and write the default run's folders, and nothing else.
         config = load_config(live.config)
-        environ = dict(
-            entry.split("=", 1) for entry in Path(f"/proc/{worker_pid}/environ").read_text().split("\0") if "=" in entry
-        )
+        def worker_environ() -> dict[str, str]:
+            # Empty while the worker's launcher execs into it (it resets SIGINT, then execs the worker).
+            text = Path(f"/proc/{worker_pid}/environ").read_text()
+            return dict(entry.split("=", 1) for entry in text.split("\0") if "=" in entry)
+
+        environ = wait_until(worker_environ, 30, "the worker's environment")
         assert environ[ROOTS_ENV["data"]] == str(config.dataset.train_csv.parent)
         assert environ[ROOTS_ENV["models"]] == str(config.model.baseline.parent)
         assert environ[ROOTS_ENV["outputs"]] == str(config.output_root)
