@@ -70,16 +70,17 @@ def _auto(model, debugger: Int8Debugger, ranked: list[LayerError], max_loss: flo
     and halved back to the smallest that holds (each try a conversion and a validation pass)."""
     images, labels = validation
     expected = model.predict(images, verbose=0)
-    reference = float(np.mean(np.argmax(expected, axis=1) == labels))
-    ranked = by_recovery(ranked, lambda tensors: _predict(debugger.with_float(tensors), images), expected)
+    reference = _accuracy(expected, labels)
     tried: dict[int, tuple[bytes, float]] = {}
 
     def holds(count: int) -> bool:
         if count not in tried:
             data = debugger.with_float([e.tensor for e in ranked[:count]])
-            tried[count] = data, float(np.mean(np.argmax(_predict(data, images), axis=1) == labels))
+            tried[count] = data, _accuracy(_predict(data, images), labels)
         return 100 * (reference - tried[count][1]) <= max_loss
 
+    if not holds(0):  # plain int8 within the loss needs no ranking (one conversion a layer)
+        ranked = by_recovery(ranked, lambda tensors: _predict(debugger.with_float(tensors), images), expected)
     count = fewest_holding(len(ranked), holds)
     chosen = ranked[:count]
     data, accuracy = tried[count]
@@ -112,6 +113,10 @@ def fewest_holding(total: int, holds: Callable[[int], bool]) -> int:
         middle = (low + high) // 2
         low, high = (low, middle) if holds(middle) else (middle, high)
     return high
+
+
+def _accuracy(predictions: np.ndarray, labels: np.ndarray) -> float:
+    return float(np.mean(np.argmax(predictions, axis=1) == labels))
 
 
 def _predict(data: bytes, images: np.ndarray) -> np.ndarray:
