@@ -37,7 +37,7 @@ from pruneflow.tasks.libs.models import (
 )
 from pruneflow.tasks.libs.selection import plan_table
 from pruneflow.tasks.specs.config import Schedule, TrainingSpec
-from pruneflow.tasks.unkeyed.faults import fault_callbacks
+from pruneflow.tasks.unkeyed.faults import fault_callbacks, fault_point
 from pruneflow.tasks.unkeyed.progress import epoch_progress
 
 if TYPE_CHECKING:
@@ -48,10 +48,12 @@ from pruneflow.tasks.libs.selection import plan_for
 
 
 def epoch_checkpoint(work_dir: Path, history: dict[str, list[float]]):
-    """A callback that saves the wrapped model and the history so far at each epoch end.
+    """A callback that saves the history so far and the wrapped model at each epoch end.
 
     It must come after UpdatePruningStep, which re-applies the masks at epoch end, so that
-    each checkpoint is exactly sparse.
+    each checkpoint is exactly sparse. The history is written first: a resume counts its epochs
+    from the checkpoint and cuts the history to them, so a kill between the two writes leaves a
+    history one epoch ahead, which is cut, never one behind, which would lose an epoch's figures.
     """
     from pruneflow.tasks.core.runtime import keras
 
@@ -59,10 +61,11 @@ def epoch_checkpoint(work_dir: Path, history: dict[str, list[float]]):
         def on_epoch_end(self, epoch, logs=None):
             if not math.isfinite((logs or {}).get("loss", 0.0)):
                 return  # diverged: keep the last good checkpoint, never a NaN model
-            save_model(self.model, work_dir / "checkpoint.h5", include_optimizer=True)
             for name, value in (logs or {}).items():
                 history.setdefault(name, []).append(float(value))
             write_json(work_dir / "history.json", history)
+            fault_point("checkpoint:history")
+            save_model(self.model, work_dir / "checkpoint.h5", include_optimizer=True)
 
     return EpochCheckpoint()
 

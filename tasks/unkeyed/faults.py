@@ -4,7 +4,7 @@ Set PRUNEFLOW_INJECT_FAULT=<kind>@<epoch> (epochs count from 1) to raise at the 
 epoch, after its checkpoint is written. A retry or re-run resumes after that epoch, so the
 fault fires once. PRUNEFLOW_FAULT_TARGETS=0.6[,0.8] limits it to the prune-training of those
 target sparsities (a sweep where some targets fail). <kind>@<point>, a point of POINTS, fires
-between two steps of a promotion instead (pruneflow.tasks.decide.promote). Kinds: resource_exhausted (an out-of-memory, retried), io_error (retried),
+between two steps of a promotion, or of an epoch's checkpoint, instead (pruneflow.tasks.decide.promote). Kinds: resource_exhausted (an out-of-memory, retried), io_error (retried),
 invalid_data (a user error, not retried), hang (sleeps, for a test to kill the process), wait
 (pauses until the file named by PRUNEFLOW_FAULT_RELEASE exists, then goes on: a stage held
 mid-write, for a test to start a concurrent run).
@@ -23,8 +23,9 @@ RELEASE_ENV = "PRUNEFLOW_FAULT_RELEASE"
 TARGETS_ENV = "PRUNEFLOW_FAULT_TARGETS"
 KINDS = ("resource_exhausted", "io_error", "invalid_data", "hang", "wait")
 # The points between a promotion's steps: its version folder written, registered in MLflow, the
-# `promoted` link switched, the `champion` alias moved.
-POINTS = ("promote:written", "promote:registered", "promote:linked", "promote:aliased")
+# `promoted` link switched, the `champion` alias moved; between an epoch's history and its
+# checkpoint (at every epoch end).
+POINTS = ("promote:written", "promote:registered", "promote:linked", "promote:aliased", "checkpoint:history")
 
 
 def parse_fault(spec: str) -> tuple[str, str]:

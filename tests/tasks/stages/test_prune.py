@@ -44,6 +44,45 @@ def test_strip_removes_wrappers_and_keeps_predictions_for_every_model_shape(prun
     assert stripped.model.stat().st_size < trained.wrapped_model.stat().st_size  # no masks, no optimizer
 
 
+
+def with_noise(x):
+    """Noise added at inference: two calls on the same images differ."""
+    from pruneflow.tasks.core.runtime import tf
+
+    return x + tf.random.uniform(tf.shape(x))
+
+
+def test_a_wrapped_model_whose_outputs_stripping_would_change_is_refused_and_nothing_saved(tmp_path):
+    """The check compares the wrapped and the stripped model on the same images: a model whose
+    outputs move between two calls (noise added at inference) cannot be shown to be unchanged."""
+    from pruneflow.tasks.core.runtime import keras, tfmot
+    from pruneflow.tasks.libs.models import save_model
+    from pruneflow.tasks.stages.strip import strip_wrappers
+
+    inputs = keras.Input((4,))
+    dense = tfmot.sparsity.keras.prune_low_magnitude(keras.layers.Dense(3))(inputs)
+    path = save_model(keras.Model(inputs, keras.layers.Lambda(with_noise)(dense)), tmp_path / "wrapped.h5")
+    with pytest.raises(RuntimeError, match=r"stripping changed the model's outputs by up to [0-9.e-]+ \(> 1e-05\)"):
+        strip_wrappers(path, np.ones((8, 4), np.float32), tmp_path / "pruned.h5")
+    assert not (tmp_path / "pruned.h5").exists()
+    steady = keras.Model(inputs, keras.layers.Lambda(lambda x: x + 1.0)(dense))
+    assert strip_wrappers(save_model(steady, tmp_path / "steady.h5"), np.ones((8, 4), np.float32), tmp_path / "pruned.h5") == 0.0
+    assert (tmp_path / "pruned.h5").is_file()
+
+
+def test_a_layer_tfmot_refuses_to_wrap_is_named_with_the_model(tmp_path):
+    """Layers are planned from TFMOT's own registry; a plan that names one it has no rule for (a
+    Rescaling, here planned by hand) ends in TFMOT's reason, under the model's path."""
+    from pruneflow.tasks.core.runtime import keras
+    from pruneflow.tasks.libs.selection import LayerPlan, PlannedLayer
+    from pruneflow.tasks.specs.config import ConstantSchedule
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Rescaling(0.5, name="scale"), keras.layers.Dense(2, name="head")])
+    plan = LayerPlan(layers=[PlannedLayer(path="scale", kind="Rescaling", group="pruned", target=0.5),
+                             PlannedLayer(path="head", kind="Dense", group="pruned", target=0.5)])
+    with pytest.raises(PruneflowError, match=r"m\.h5: TFMOT cannot prune this model: .*Rescaling"):
+        wrap_for_pruning(model, plan, ConstantSchedule(target_sparsity=0.5, end_step=-1), tmp_path / "m.h5")
+
 def wrap(model, path, policy="all_layers", **layers):
     """The model wrapped as prune-training wraps it, under a constant 0.5 schedule."""
     from pruneflow.tasks.specs.config import ConstantSchedule, LayerSelection, TrainingSpec
@@ -125,6 +164,23 @@ def test_a_failed_attempt_resumes_after_its_last_complete_epoch(config_dict, tmp
     wrapped = load_model(result.wrapped_model, pruning_wrappers=True)
     assert_kernels_sparse([layer.layer for layer in wrapped.layers if isinstance(layer, PruneLowMagnitude)], 0.5)
 
+
+
+def test_a_failure_between_an_epochs_history_and_its_checkpoint_loses_no_epoch(config_dict, tmp_path, monkeypatch):
+    """The history is written before the checkpoint: an attempt that ends between the two (here
+    at epoch 1's) leaves a history one epoch ahead of the checkpoint, which the resume cuts back;
+    the other order would leave it one behind, and the finished history an epoch short."""
+    config, dataset, schedule = prepared_run(config_dict, tmp_path, epochs=3)
+    monkeypatch.setenv("PRUNEFLOW_INJECT_FAULT", "io_error@checkpoint:history")
+    with pytest.raises(OSError, match="at checkpoint:history"):
+        train(config, dataset, schedule, tmp_path / "work", tmp_path / "out1")
+    assert len(json.loads((tmp_path / "work" / "history.json").read_text())["loss"]) == 1
+    assert not (tmp_path / "work" / "checkpoint.h5").exists()
+    monkeypatch.delenv("PRUNEFLOW_INJECT_FAULT")
+    result = train(config, dataset, schedule, tmp_path / "work", tmp_path / "out2")
+    assert result.resumed_from_epoch == 0
+    history = json.loads(result.history.read_text())
+    assert {name: len(values) for name, values in history.items()} == dict.fromkeys(history, 3)
 
 def test_a_process_killed_mid_training_resumes_from_its_checkpoint(config_dict, tmp_path):
     import os
