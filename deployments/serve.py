@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from pruneflow.deployments.gpu import REPO, DeploymentSettings, apply
-from pruneflow.deployments.local import server_env, start_server, start_worker
+from pruneflow.deployments.local import require_free_port, server_env, start_server, start_worker
 from pruneflow.deployments.postgres import start_postgres
 from pruneflow.flows.server import free_port
 from pruneflow.tasks.core.errors import PruneflowError
@@ -72,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     logs = args.state_dir / "logs"
     postgres = server = worker = None
     try:
+        require_free_port(args.port)
         # Runs started from the UI may read and write the default run's folders only.
         env.update(run_roots(args.config, args.demo_dir))
         print(f"Starting PostgreSQL in {args.state_dir / 'postgres'} (log: {logs / 'postgres.log'})", flush=True)
@@ -101,6 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     except PruneflowError as error:
         print(f"serve: error: {error}", file=sys.stderr)
         return 2
+    except RuntimeError as error:  # PostgreSQL or the server did not come up: their logs say why
+        print(f"serve: error: {error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 0
     finally:

@@ -73,3 +73,24 @@ def test_serve_starts_postgres_server_pool_deployments_and_worker_and_stops_them
     assert "did not stop within" not in said, said
     assert "stopped!" in worker_log.read_text()
     assert (cluster_folder / "postgres" / "data" / "PG_VERSION").is_file()  # kept for the next start
+
+
+def test_serve_on_a_taken_port_says_so_and_starts_nothing(tmp_path):
+    """A port another program listens on is refused before PostgreSQL or the server is started:
+    one line, exit 2, no cluster made."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "pruneflow.deployments.serve", "--port", str(port), "--state-dir", str(tmp_path / "state")],
+            cwd=REPO, capture_output=True, text=True, timeout=120,
+        )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == (
+        f"serve: error: --port {port}: 127.0.0.1:{port} is taken (Address already in use); stop what listens there "
+        "(a server started before?) or pass a free port"
+    )
+    assert "Starting" not in done.stdout and not (tmp_path / "state" / "postgres").exists()
