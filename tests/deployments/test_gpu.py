@@ -94,6 +94,38 @@ def test_the_silence_that_marks_a_run_crashed_must_span_two_heartbeats():
     assert DeploymentSettings(heartbeat_seconds=60, silent_after=timedelta(seconds=120)).reschedules == 2
 
 
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"alert_webhook": "hooks.example.com/x"}, r"alert_webhook 'hooks.example.com/x' is not a URL"),
+        ({"alert_block": "slack-webhook"}, r"alert_block 'slack-webhook': give the block as TYPE/NAME"),
+        ({"alert_block": "slack-webhook/"}, r"alert_block 'slack-webhook/': give the block as TYPE/NAME"),
+        ({"alert_block": "a/b/c"}, r"alert_block 'a/b/c': give the block as TYPE/NAME"),
+        ({"alert_webhook": "https://hooks.example.com/x", "alert_block": "slack-webhook/team"},
+         r"give alert_webhook or alert_block, not both"),
+    ],
+)
+def test_alert_settings_that_cannot_reach_anyone_are_refused(settings, message):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=message):
+        DeploymentSettings(**settings)
+
+
+def test_one_alert_destination_is_accepted_as_given():
+    assert DeploymentSettings(alert_webhook="http://127.0.0.1:9/hook").alert_webhook == "http://127.0.0.1:9/hook"
+    assert DeploymentSettings(alert_block="slack-webhook/team").alert_block == "slack-webhook/team"
+    assert DeploymentSettings().alert_webhook is None and DeploymentSettings().alert_block is None
+
+
+def test_the_notification_block_is_asked_for_one_destination_exactly():
+    from pruneflow.deployments.alerts import notification_block
+
+    for webhook, block in ((None, None), ("http://127.0.0.1:9/hook", "slack-webhook/team")):
+        with pytest.raises(ValueError, match="give either a webhook URL or an existing block, not both or neither"):
+            notification_block(webhook, block)
+
 def test_kubernetes_template_requests_gpus():
     template = kubernetes_base_job_template()
     container = template["job_configuration"]["job_manifest"]["spec"]["template"]["spec"]["containers"][0]

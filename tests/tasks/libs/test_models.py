@@ -12,6 +12,7 @@ from tests.helpers.data import IMAGE_SIZE, SPLIT_SIZES
 from tests.helpers.models import build_tiny_cnn
 
 SHAPE = ImageShape(height=IMAGE_SIZE, width=IMAGE_SIZE, channels=3)
+SHAPE_TUPLE = (IMAGE_SIZE, IMAGE_SIZE, 3)
 
 
 def test_every_model_shape_and_format_is_evaluated_on_the_whole_test_split(pruned_variant, tmp_path):
@@ -34,6 +35,25 @@ def test_output_count_mismatch_is_refused(tiny_baseline):
     with pytest.raises(PruneflowError, match="has 2 outputs, but the train split has 3 classes"):
         check_compatible(load_model(tiny_baseline), tiny_baseline, SHAPE, 3)
 
+
+
+@pytest.mark.parametrize("extra", ["input", "output"])
+def test_a_model_with_two_inputs_or_two_outputs_is_refused(extra, tmp_path):
+    """An image classifier takes one image tensor and gives one row of classes: a second input
+    or output (a mask, an auxiliary head) has no data in the splits to feed or score it."""
+    from pruneflow.tasks.core.runtime import keras
+
+    image = keras.Input(SHAPE_TUPLE)
+    features = keras.layers.Dense(2, activation="softmax")(keras.layers.Flatten()(image))
+    if extra == "input":
+        side = keras.Input((2,))
+        model = keras.Model([image, side], keras.layers.Add()([features, side]))
+    else:
+        model = keras.Model(image, [features, keras.layers.Dense(2)(keras.layers.Flatten()(image))])
+    with pytest.raises(PruneflowError, match=r"two\.h5: the model must have exactly one input and one output"):
+        check_compatible(model, tmp_path / "two.h5", SHAPE, 2)
+    single = keras.Model(image, features)
+    check_compatible(single, tmp_path / "one.h5", SHAPE, 2)  # the same image model with one of each passes
 
 def test_a_model_file_is_known_by_its_content(tiny_baseline, tmp_path):
     import shutil

@@ -177,3 +177,37 @@ def test_export_formats_are_checked_and_named(config_dict):
     assert config.export_spec.formats == ("int8_sparse", "float32_sparse", "int8")
     assert config.export_spec.dense().formats == ("int8", "float32")  # the baseline's, each once
     assert config.latency_spec.runs == config.export.latency_runs
+
+
+@pytest.mark.parametrize(
+    "section, values, message",
+    [
+        ("layers", {"m_by_n": [4, 2]}, r"layers: m_by_n \[4, 2\] must be \[m, n\] with 0 < m < n"),
+        ("layers", {"m_by_n": [0, 4]}, r"m_by_n \[0, 4\] must be \[m, n\] with 0 < m < n"),
+        ("layers", {"m_by_n": [2, 4], "block_size": [1, 4]}, r"m_by_n and block_size are two structures: set one"),
+        ("layers", {"m_by_n": [2, 4], "sparsity": {"dense": 0.5}}, r"m_by_n fixes every pruned layer's sparsity"),
+        ("layers", {"block_size": [0, 4]}, r"block_size \[0, 4\] must be two positive numbers"),
+        ("sweep", {"targets": [0.5, 0.7, 0.5]}, r"sweep: targets \[0.5, 0.7, 0.5\] repeat a sparsity"),
+        ("sweep", {"channel_fractions": [0.25, 0.25]}, r"channel_fractions \[0.25, 0.25\] repeat a fraction"),
+        ("sensitivity", {"sparsities": [0.5, 0.3]}, r"sensitivity: sparsities \[0.5, 0.3\] must be ascending"),
+        ("sensitivity", {"sparsities": [0.3, 0.3, 0.5]}, r"sparsities \[0.3, 0.3, 0.5\] must be ascending, each listed once"),
+    ],
+)
+def test_settings_that_contradict_each_other_are_refused_naming_the_section(section, values, message):
+    with pytest.raises(PruneflowError, match=message):
+        parse_config({**base(), section: values}, source="run.yaml")
+
+
+@pytest.mark.parametrize(
+    "section, values",
+    [
+        ("layers", {"m_by_n": [4, 5]}),  # zeroes 0.8, the schedule's target
+        ("layers", {"block_size": [1, 4]}),
+        ("sweep", {"targets": [0.5, 0.7], "channel_fractions": [0.0, 0.25]}),
+        ("sensitivity", {"sparsities": [0.3, 0.5]}),
+    ],
+)
+def test_the_settings_next_to_each_refusal_are_accepted(section, values):
+    """The refused settings' nearest valid neighbours load: the checks refuse only what they name."""
+    config = parse_config({**base(), section: values})
+    assert config.model_dump(mode="json")[section] | values == config.model_dump(mode="json")[section]

@@ -185,3 +185,27 @@ def test_a_file_the_interpreter_cannot_run_is_named(tmp_path):
     path.write_bytes(converter.convert())
     with pytest.raises(PruneflowError, match=r"model_float32\.tflite: LiteRT cannot run it: .*Flex.*Leave this format out"):
         Predictor(path, threads=1, batch=4)
+
+
+def determinant(x):
+    """Each 4x4 image's determinant, one column: a TensorFlow op TFLite has no kernel for."""
+    from pruneflow.tasks.core.runtime import tf
+
+    return tf.reshape(tf.linalg.det(tf.reshape(x, (-1, 4, 4))), (-1, 1))
+
+
+def test_a_model_the_converter_cannot_convert_is_named_with_the_formats_to_leave_out(tiny_prepared, tmp_path):
+    """A TensorFlow op with no TFLite kernel (MatrixDeterminant; SELECT_TF_OPS is not asked for,
+    LiteRT could not run it): the model's file, the format, the converter's first line and the
+    formats to leave out; no file is left behind."""
+    from pruneflow.tasks.core.runtime import keras
+    from pruneflow.tasks.libs.models import save_model
+
+    inputs = keras.Input((4, 4, 1))
+    path = save_model(keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Lambda(determinant)(inputs))), tmp_path / "det.h5")
+    spec = ALL_FORMATS.model_copy(update={"formats": ("float32",)})
+    (tmp_path / "export").mkdir()
+    with pytest.raises(PruneflowError, match=r"det\.h5: TFLite cannot convert the model to float32: .*MatrixDeterminant.*"
+                                             r"Leave float32, float32_sparse out of export\.formats"):
+        export_tflite(tmp_path / "export", ModelFile.of(path, trust_code=True), tiny_prepared, spec, None, None)
+    assert list((tmp_path / "export").iterdir()) == []
