@@ -35,3 +35,23 @@ def test_runs_pressed_at_once_on_two_workers_all_complete_and_never_train_two_at
     assert len(trainings) == CONFIGS and most_at_once(trainings) == 1  # one GPU slot: one training at a time
     for i in range(CONFIGS):
         assert len(list((Path(configs[i]["output_root"]) / "artifacts" / "prune_train").glob("[!.]*"))) == 1
+
+
+def test_the_follower_names_runs_that_never_end_and_runs_the_server_never_made(live):
+    """A flow run no worker will take (created without a deployment) is still Scheduled at the
+    deadline: reported stuck, not completed; an id the server never created: reported missing."""
+    from uuid import uuid4
+
+    from prefect import flow, get_client
+    from prefect.states import Scheduled
+
+    @flow(name="pruneflow-never-picked")
+    def never_picked():
+        pass
+
+    with temporary_settings(updates={PREFECT_API_URL: live.api}), get_client(sync_client=True) as client:
+        waiting = client.create_flow_run(never_picked, state=Scheduled()).id
+        unknown = uuid4()
+        outcome = wait_for([waiting, unknown], timeout=1, poll=0.2)
+    assert outcome.stuck == [waiting] and outcome.missing == [unknown]
+    assert outcome.completed == 0 and sum(outcome.states.values()) == 0 and outcome.last_end is None

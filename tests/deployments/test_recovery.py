@@ -153,3 +153,36 @@ def test_a_sweep_whose_server_restarts_mid_training_completes_and_writes_its_his
     rows = read_history(layout.history)
     assert set(rows["flow_run_id"]) == {str(flow_run.id)} and len(rows) == 4  # Keras and int8, per target
     assert rows["promoted"].sum() == 1
+
+
+def test_a_run_crashed_by_silence_more_often_than_the_budget_stays_crashed(live, config_dict, tmp_path):
+    """The reschedule budget (2) is matched on the run count of the crash: a run crashed by the
+    silence at its third start stays Crashed for a person to look at, while one crashed at its
+    first goes back to Scheduled. States are set through the API (Pending is one no worker takes;
+    each Running counts a start), as a worker and the silence automation would set them."""
+    from prefect.states import Crashed, Pending, Running
+
+    # What a worker would run, should it take the rescheduled run: a config that stops at its first check.
+    broken = {**config_dict, "model": {**config_dict["model"], "baseline": str(tmp_path / "gone.h5")}}
+    silence = f"{CRASH_MESSAGE} for 2 minutes: its worker or machine died; it will be scheduled again"
+    with temporary_settings(updates={PREFECT_API_URL: live.api}), get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name("prune/manual")
+
+        def started(times: int):
+            run = client.create_flow_run_from_deployment(deployment.id, parameters={"config": broken}, state=Pending())
+            for attempt in range(times):
+                client.set_flow_run_state(run.id, Running(), force=True)
+                if attempt < times - 1:
+                    client.set_flow_run_state(run.id, Crashed(message="its process exited"), force=True)
+            return run.id
+
+        over, within = started(3), started(1)
+        client.set_flow_run_state(over, Crashed(message=silence), force=True)
+        client.set_flow_run_state(within, Crashed(message=silence), force=True)
+        # The run within the budget is rescheduled: the automations have seen both crashes by then.
+        wait_until(lambda: client.read_flow_run(within).state.name != "Crashed", 60, "the run within the budget rescheduled")
+        assert client.read_flow_run(over).run_count == 3 and client.read_flow_run(within).run_count == 1
+        assert client.read_flow_run(over).state.name == "Crashed"
+        assert "AwaitingRetry" not in [state.name for state in client.read_flow_run_states(over)]
+        names = [state.name for state in client.read_flow_run_states(within)]
+        assert names[names.index("Crashed") + 1] == "AwaitingRetry", names
