@@ -87,6 +87,18 @@ def config_dict(tiny_data, tiny_baseline, tmp_path) -> dict:
     return make_config_dict(tiny_data, tiny_baseline, tmp_path / "outputs")
 
 
+@pytest.fixture
+def deterministic_ops():
+    """TensorFlow's op determinism on for one test that compares two computations (on a GPU, or
+    another CPU's threads, sums may otherwise be added in another order), off again after it."""
+    from pruneflow.tasks.core.runtime import tf
+    from tensorflow.python.framework import config  # disable_op_determinism is not in tf.config's public API
+
+    tf.config.experimental.enable_op_determinism()
+    yield
+    config.disable_op_determinism()
+
+
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory) -> str:
     """A real `mlflow server` on 127.0.0.1 (SQLite backend, local artifact folder), stopped by

@@ -4,16 +4,11 @@ and what a reloaded checkpoint of a wrapped model needs back (its m_by_n structu
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from pruneflow.tasks.core.errors import PruneflowError
 from pruneflow.tasks.libs.schedule import at_target, to_tfmot
 from pruneflow.tasks.libs.selection import LayerPlan
 from pruneflow.tasks.specs.config import Schedule
-
-if TYPE_CHECKING:
-    pass
-
 
 
 def wrap_for_pruning(model, plan: LayerPlan, schedule: Schedule, model_path: Path):

@@ -65,7 +65,12 @@ def test_demo_prunes_mnist_to_80_percent_and_ships_int8_files_10x_smaller_within
     summary = json.loads(summary_path.read_text())
     assert summary["counts"] == {"train": 3500, "val": 750, "test": 750}
     assert summary["measured_sparsity"] == pytest.approx(0.8, abs=0.005)
-    assert summary["sizes"]["zip_ratio"] >= 3.0
+    # The zeros compress, the weights left do not: the pruned .h5 zips smaller by at least half the
+    # ratio of the weights left, counted in the files themselves (on the demo 5.0x fewer, zipped 3.06x).
+    # Nearly all of the CNN's weights are in the pruned kernels: at least 95 %, or 1 / (1 - 0.8 x 0.95) fewer.
+    sizes = summary["sizes"]
+    fewer = sizes["baseline"]["nonzero_weights"] / sizes["pruned"]["nonzero_weights"]
+    assert sizes["zip_ratio"] >= 0.5 * fewer and fewer >= 1 / (1 - 0.8 * 0.95)
     assert abs(summary["accuracy_change"]) <= 2.0
     assert summary["baseline"]["accuracy"] >= 0.9
     # The files to deploy: int8 after quantization-aware training, at least 10x smaller than the

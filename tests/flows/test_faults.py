@@ -16,6 +16,7 @@ from pruneflow.tasks.core.store import ArtifactStore
 from tests.helpers.cli import Cli
 from tests.helpers.disks import fill_disk, read_only, small_disk
 from tests.helpers.graph import STAGES
+from tests.helpers.prefect import latest_flow_run_id, stage_states
 
 
 def write_config(config_dict, tmp_path, name="run.yaml", **changes) -> Path:
@@ -118,4 +119,7 @@ def test_a_read_only_output_folder_stops_the_run_clearly_and_keeps_the_previous_
     err = capsys.readouterr().err
     assert err.startswith(f"pruneflow: error: cannot write into output_root: {output_root} is not writable")
     assert "Traceback" not in err
+    # Refused by the first check, before any stage: what the code did, where the mount alone would
+    # keep the files as they were whatever the code tried.
+    assert stage_states(latest_flow_run_id()) == {"check_inputs": "Failed"}
     assert snapshot(output_root) == before

@@ -50,7 +50,7 @@ def test_a_target_beyond_the_measured_sparsities_is_refused_with_what_is_reachab
         propose([curve("a", 100, [0, 0, 0]), curve("b", 100, [0, 0, 0])], 0.95)
 
 
-def test_a_layer_of_a_nested_model_is_pruned_alone_by_its_path(tiny_data, tiny_prepared, tmp_path):
+def test_a_layer_of_a_nested_model_is_pruned_alone_by_its_path(tiny_data, tiny_prepared, tmp_path, deterministic_ops):
     from pruneflow.tasks.libs.models import ModelFile
     from pruneflow.tasks.libs.selection import walk
     from tests.helpers.models import train_tiny_baseline
