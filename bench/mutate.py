@@ -1,6 +1,6 @@
 """Mutation testing: does the fast suite fail when the code it guards is broken?
 
-    .venv/bin/python bench/mutate.py [--modules gate,store] [--timeout 120] [--list]
+    .venv/bin/python bench/mutate.py [--modules gate,store] [--timeout 120] [--list] [--worktree] [--tests A,B]
 
 Each mutant is one small change to one module of MODULES: a comparison flipped (< and <=, == and
 !=, in and not in, is and is not), `and` and `or` swapped, a `not` dropped, an if or while
@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import ast
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -129,14 +130,23 @@ def mutated(source: str, mutant: Mutant) -> str:
     return ast.unparse(ast.fix_missing_locations(tree)) + "\n"
 
 
-def copy_of_head(folder: Path) -> tuple[Path, dict[str, str]]:
-    """HEAD's files in `folder`/tree, importable as pruneflow.* through `folder`/root; the
+def copy_of_head(folder: Path, worktree: bool = False) -> tuple[Path, dict[str, str]]:
+    """HEAD's files (with `worktree`, the checkout's files as they are: tracked and untracked,
+    not ignored) in `folder`/tree, importable as pruneflow.* through `folder`/root; the
     environment that imports them from there."""
     tree, root = folder / "tree", folder / "root" / "pruneflow"
     tree.mkdir()
     root.mkdir(parents=True)
-    archive = subprocess.run(["git", "archive", "HEAD"], cwd=REPO, capture_output=True, check=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    if worktree:
+        listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO,
+                                capture_output=True, check=True).stdout.decode().split("\0")
+        for relative in filter(None, listed):
+            if (REPO / relative).is_file():
+                (tree / relative).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(REPO / relative, tree / relative)
+    else:
+        archive = subprocess.run(["git", "archive", "HEAD"], cwd=REPO, capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
     for package in ("flows", "tasks", "deployments"):
         (root / package).symlink_to(tree / package)
     return tree, {**os.environ, "PYTHONPATH": str(root.parent)}
@@ -157,12 +167,15 @@ def main() -> int:
     parser.add_argument("--modules", default=",".join(MODULES))
     parser.add_argument("--timeout", type=float, default=180.0)
     parser.add_argument("--list", action="store_true", help="list the mutants, run nothing")
+    parser.add_argument("--worktree", action="store_true", help="mutate the checkout's files as they are, not HEAD's")
+    parser.add_argument("--tests", help="comma-separated test files to run instead of the module's own")
     args = parser.parse_args()
     totals = {"killed": 0, "timeout": 0, "survived": 0, "equivalent": 0}
     with tempfile.TemporaryDirectory(prefix="pruneflow-mutants-") as folder:
-        tree, env = copy_of_head(Path(folder))
+        tree, env = copy_of_head(Path(folder), args.worktree)
         for name in args.modules.split(","):
             relative, tests = MODULES[name]
+            tests = args.tests.split(",") if args.tests else tests
             path = tree / relative
             original = path.read_text()
             found = mutants(original)
