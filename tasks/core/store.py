@@ -95,6 +95,8 @@ class ArtifactStore(BaseModel):
         try:
             recorded = json.loads((folder / DIGESTS).read_text())
         except (OSError, ValueError):
+            recorded = None
+        if not isinstance(recorded, dict) or not all(isinstance(digest, str) for digest in recorded.values()):
             return f"{folder / DIGESTS} is missing or unreadable"
         for name, expected in recorded.items():
             path = folder / name
@@ -102,6 +104,12 @@ class ArtifactStore(BaseModel):
                 return f"{path} is missing"
             if file_digest(path) != expected:
                 return f"{path} does not match its recorded digest"
+        added = sorted(
+            path.relative_to(folder).as_posix() for path in folder.rglob("*") if path.is_file()
+        )
+        added = [name for name in added if name != DIGESTS and name not in recorded]
+        if added:
+            return f"{folder / added[0]} was added after the artifact was stored"
         return None
 
     def digest(self, stage: str, key: str) -> str:

@@ -1,10 +1,77 @@
 """The artifact store: content addresses, atomic folders, damage detected."""
 
+import contextlib
 import json
+import logging
+import os
+import subprocess
+import threading
+from pathlib import Path
 
+import pydantic
 import pytest
+from filelock import FileLock
 
 from pruneflow.tasks.core.store import DIGESTS, ArtifactStore, StoredArtifact, digest_of
+from tests.helpers.disks import cannot
+
+
+class Told(logging.Handler):
+    """What the store told the `pruneflow` logger, in order, from any thread."""
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.messages, self._said = [], threading.Condition()
+
+    def emit(self, record):
+        with self._said:
+            self.messages.append(f"{record.levelname}: {record.getMessage()}")
+            self._said.notify_all()
+
+    def wait_for(self, text: str, timeout: float = 10) -> bool:
+        with self._said:
+            return self._said.wait_for(lambda: any(text in m for m in self.messages), timeout)
+
+
+@pytest.fixture
+def told():
+    logger, handler = logging.getLogger("pruneflow"), Told()
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+@contextlib.contextmanager
+def undeletable(folder: Path, within: Path):
+    """Nothing in `folder` can be deleted until the block ends (as a file held on NFS, or a read-only
+    mount): a read-only bind mount of itself as root (whom permissions do not stop), its write
+    permission removed otherwise. Undone wherever under `within` the folder has been moved."""
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        try:
+            yield
+        finally:
+            for path in [within, *within.rglob("*")]:
+                if path.is_dir():
+                    path.chmod(path.stat().st_mode | 0o700)
+        return
+    for args in (["--bind", str(folder), str(folder)], ["-o", "remount,bind,ro", str(folder)]):
+        done = subprocess.run(["mount", *args], capture_output=True, text=True)
+        if done.returncode != 0:
+            subprocess.run(["umount", str(folder)], capture_output=True)
+            cannot(f"cannot mount here ({done.stderr.strip()})")
+    try:
+        yield
+    finally:
+        with open("/proc/self/mountinfo") as mounts:
+            points = [line.split()[4] for line in mounts]
+        for point in sorted((p for p in points if p.startswith(f"{within}/")), reverse=True):
+            subprocess.run(["umount", "-l", point], check=True)
 
 
 def write(store: ArtifactStore, key: str, text: str = "weights") -> None:
@@ -36,6 +103,26 @@ def test_missing_changed_or_unrecorded_folders_are_reported(tmp_path):
     (store.folder("stage", "k3") / DIGESTS).unlink()
     assert "digests.json is missing or unreadable" in store.problem("stage", "k3")
 
+
+
+@pytest.mark.parametrize("recorded", ["null", "[]", "3", '{"model.h5": 3}'])
+def test_a_digest_record_that_is_not_a_mapping_of_digests_is_unreadable_not_a_crash(tmp_path, recorded):
+    store = ArtifactStore(root=tmp_path)
+    write(store, "k1")
+    (store.folder("stage", "k1") / DIGESTS).write_text(recorded)
+    assert store.problem("stage", "k1") == f"{store.folder('stage', 'k1') / DIGESTS} is missing or unreadable"
+
+
+def test_a_file_added_to_a_stored_folder_is_reported_by_its_path(tmp_path):
+    """An intact artifact is the files it was stored with, no more: a file dropped in later (in a
+    sub-folder too) makes it unusable, so the next run builds it again."""
+    store = ArtifactStore(root=tmp_path)
+    write(store, "k1")
+    (store.folder("stage", "k1") / "logs" / "stray").write_text("added")
+    assert store.problem("stage", "k1") == f"{store.folder('stage', 'k1') / 'logs' / 'stray'} was added after the artifact was stored"
+    (store.folder("stage", "k1") / "logs" / "stray").unlink()
+    (store.folder("stage", "k1") / "logs" / "empty").mkdir()  # a folder holds no content
+    assert store.problem("stage", "k1") is None
 
 def test_a_failed_write_leaves_no_folder_and_keeps_the_previous_one(tmp_path):
     store = ArtifactStore(root=tmp_path)
@@ -75,6 +162,29 @@ def test_digest_of_ignores_key_order():
     assert digest_of({"a": 1}) != digest_of({"a": 2})
 
 
+def test_digest_of_takes_a_value_json_cannot_hold_as_its_text_unless_strict():
+    assert digest_of({"model": Path("/m/baseline.h5")}) == digest_of({"model": "/m/baseline.h5"})
+    with pytest.raises(TypeError, match="PosixPath is not JSON serializable"):
+        digest_of({"model": Path("/m/baseline.h5")}, strict=True)  # a key must not depend on str()
+
+
+def test_results_and_stores_cannot_be_changed_once_made(tmp_path):
+    result = StoredArtifact(folder=tmp_path, digest="d1")
+    with pytest.raises(pydantic.ValidationError, match="frozen"):
+        result.digest = "d2"  # a downstream key was derived from it
+    assert result.digest == "d1" and len({result, StoredArtifact(folder=tmp_path, digest="d1")}) == 1
+    store = ArtifactStore(root=tmp_path)
+    with pytest.raises(pydantic.ValidationError, match="frozen"):
+        store.root = tmp_path / "elsewhere"
+    assert store.folder("stage", "k1") == tmp_path / "stage" / "k1"
+
+
+def test_writing_into_a_store_whose_root_does_not_exist_yet_creates_it(tmp_path):
+    store = ArtifactStore(root=tmp_path / "new" / "artifacts")
+    write(store, "k1")
+    assert store.problem("stage", "k1") is None
+
+
 class Note(StoredArtifact):
     text: str
 
@@ -101,9 +211,7 @@ def test_produce_stores_the_result_beside_the_files_and_reads_it_back(tmp_path):
     assert store.problem("stage", "k1") is None  # result.json is recorded in digests.json too
 
 
-def test_a_run_that_waited_on_the_same_key_reuses_the_other_runs_folder(tmp_path):
-    import threading
-
+def test_a_run_that_waited_on_the_same_key_reuses_the_other_runs_folder_and_says_so(tmp_path, told):
     store = ArtifactStore(root=tmp_path)
     release, first_started, results = threading.Event(), threading.Event(), {}
 
@@ -122,14 +230,44 @@ def test_a_run_that_waited_on_the_same_key_reuses_the_other_runs_folder(tmp_path
         target=lambda: results.setdefault("second", store.produce("stage", "k1", Note, second_build))
     )
     second.start()
-    second.join(timeout=1.0)
-    assert second.is_alive()  # blocked on the key's lock while the first run writes
-    release.set()
+    try:
+        # The second run says it waits while the first one is still inside its build: the lock held it.
+        assert told.wait_for("another run is producing k1")
+        assert "second" not in results
+    finally:
+        release.set()
     first.join(timeout=30)
     second.join(timeout=30)
     assert results["first"][1] is False and results["second"][1] is True  # built once, then reused
     assert results["second"][0] == results["first"][0] and results["second"][0].text == "first"
     assert sorted(p.name for p in (tmp_path / "stage").iterdir()) == [".lock-k1", "k1"]
+    assert told.messages == [
+        "INFO: stage: another run is producing k1; waiting for it to finish",
+        "INFO: stage: reusing what the other run stored under k1",
+    ]
+
+
+def test_a_run_that_did_not_wait_says_it_reuses_the_intact_folder(tmp_path, told):
+    store = ArtifactStore(root=tmp_path)
+    store.produce("stage", "k1", Note, note("first"))
+    assert told.messages == []  # a first build has nothing to report
+    store.produce("stage", "k1", Note, note("second"))
+    assert told.messages == ["INFO: stage: reusing the intact folder under k1"]
+
+
+def test_a_failed_build_releases_its_key_for_another_run_and_for_its_retry(tmp_path):
+    store = ArtifactStore(root=tmp_path)
+
+    def fails(tmp):
+        raise RuntimeError("out of memory")
+
+    with pytest.raises(RuntimeError, match="out of memory"):
+        store.produce("stage", "k1", Note, fails)
+    other = FileLock(tmp_path / "stage" / ".lock-k1")
+    other.acquire(timeout=0)  # another run gets the key at once
+    other.release()
+    made, reused = store.produce("stage", "k1", Note, note("retried"))
+    assert not reused and made.text == "retried" and store.problem("stage", "k1") is None
 
 
 def test_leftovers_of_a_killed_writer_are_swept_when_its_key_is_produced_again(tmp_path):
@@ -206,7 +344,7 @@ def test_a_forced_build_does_not_resume_from_an_earlier_runs_checkpoint(tmp_path
     assert not (tmp_path / "stage" / ".tmp-k1-deadbeef").exists()  # ...and the leftover swept all the same
 
 
-def test_a_damaged_artifact_is_built_again_and_replaced_whole(tmp_path):
+def test_a_damaged_artifact_is_built_again_and_replaced_whole(tmp_path, told):
     store = ArtifactStore(root=tmp_path)
     store.produce("stage", "k1", Note, note("first"))
     (store.folder("stage", "k1") / "note.txt").write_text("tampered")
@@ -214,6 +352,92 @@ def test_a_damaged_artifact_is_built_again_and_replaced_whole(tmp_path):
     assert not reused and rebuilt.text == "second" and rebuilt.file.read_text() == "second"
     assert store.problem("stage", "k1") is None
     assert sorted(p.name for p in (tmp_path / "stage").iterdir()) == [".lock-k1", "k1"]  # no old or tmp folder left
+    assert told.messages == [
+        f"WARNING: stage: stored artifact unusable ({store.folder('stage', 'k1') / 'note.txt'} does not match its "
+        "recorded digest); building it again"
+    ]
+
+
+def test_only_a_damaged_folder_is_warned_about_not_a_missing_or_a_forced_one(tmp_path, told):
+    store = ArtifactStore(root=tmp_path)
+    store.produce("stage", "k1", Note, note("first"))
+    store.produce("stage", "k1", Note, note("forced"), force=True)
+    assert store.load("stage", "k1", Note).text == "forced" and told.messages == []
+
+
+def test_an_unforced_build_resumes_from_the_checkpoint_a_killed_run_left(tmp_path):
+    store = ArtifactStore(root=tmp_path)
+    scratch = store.work_folder("stage", "k1")
+    scratch.mkdir(parents=True)
+    (scratch / "checkpoint.h5").write_text("epoch 2 of a killed run")
+    seen = []
+
+    def build(tmp):
+        seen.append((scratch / "checkpoint.h5").read_text() if scratch.exists() else None)
+        return note("resumed")(tmp)
+
+    made, reused = store.produce("stage", "k1", Note, build, force=False, scratch=scratch)
+    assert seen == ["epoch 2 of a killed run"] and not reused and made.text == "resumed"
+    assert not scratch.exists()  # removed once the artifact was stored
+
+
+def test_a_forced_build_with_no_checkpoint_left_builds(tmp_path):
+    store = ArtifactStore(root=tmp_path)
+    scratch = store.work_folder("stage", "k1")
+    made, reused = store.produce("stage", "k1", Note, note("forced"), force=True, scratch=scratch)
+    assert not reused and made.text == "forced" and store.problem("stage", "k1") is None
+
+
+def test_a_leftover_that_cannot_be_deleted_yet_does_not_stop_its_key_and_is_swept_later(tmp_path):
+    store = ArtifactStore(root=tmp_path)
+    pinned = tmp_path / "stage" / ".tmp-k1-0a1b2c3d" / "checkpoints"
+    pinned.mkdir(parents=True)
+    (pinned / "epoch1.h5").write_text("half-written")
+    with undeletable(pinned, within=tmp_path):
+        made, reused = store.produce("stage", "k1", Note, note("built"))
+        assert not reused and made.text == "built" and store.problem("stage", "k1") is None
+        assert (pinned / "epoch1.h5").exists()
+    assert store.produce("stage", "k1", Note, note("unused")) == (made, True)
+    assert sorted(p.name for p in (tmp_path / "stage").iterdir()) == [".lock-k1", "k1"]
+
+
+def test_a_failed_build_whose_folder_cannot_be_deleted_yet_raises_its_own_error(tmp_path):
+    store = ArtifactStore(root=tmp_path)
+    with contextlib.ExitStack() as pins:
+
+        def diverges(tmp):
+            (tmp / "checkpoints").mkdir()
+            (tmp / "checkpoints" / "epoch1.h5").write_text("epoch 1")
+            pins.enter_context(undeletable(tmp / "checkpoints", within=tmp_path))
+            raise RuntimeError("training diverged")
+
+        with pytest.raises(RuntimeError, match="training diverged"):
+            store.produce("stage", "k1", Note, diverges)
+        assert not store.folder("stage", "k1").exists()
+    made, reused = store.produce("stage", "k1", Note, note("built"))  # the leftover is swept now
+    assert not reused and sorted(p.name for p in (tmp_path / "stage").iterdir()) == [".lock-k1", "k1"]
+
+
+def test_a_folder_whose_old_copy_cannot_be_deleted_yet_is_replaced_and_the_copy_swept_later(tmp_path):
+    store = ArtifactStore(root=tmp_path)
+
+    def with_logs(text):
+        def build(tmp):
+            (tmp / "logs").mkdir()
+            (tmp / "logs" / "events").write_text(text)
+            return note(text)(tmp)
+
+        return build
+
+    store.produce("stage", "k1", Note, with_logs("first"))
+    with undeletable(store.folder("stage", "k1") / "logs", within=tmp_path):
+        forced, reused = store.produce("stage", "k1", Note, with_logs("forced"), force=True)
+        assert not reused and store.problem("stage", "k1") is None
+        assert (store.folder("stage", "k1") / "logs" / "events").read_text() == "forced"
+        [old] = (tmp_path / "stage").glob(".old-k1-*")
+        assert (old / "logs" / "events").read_text() == "first"
+    assert store.produce("stage", "k1", Note, note("unused")) == (forced, True)
+    assert sorted(p.name for p in (tmp_path / "stage").iterdir()) == [".lock-k1", "k1"]
 
 
 def test_a_forced_build_replaces_an_intact_artifact_and_starts_from_no_checkpoint(tmp_path):
