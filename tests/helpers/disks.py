@@ -1,4 +1,4 @@
-"""Disks that fail as production ones do: full, small, read-only (loop mounts; root, as in CI)."""
+"""Disks that fail as production ones do: full, small, read-only, files that cannot be deleted (loop and bind mounts; root, as in CI)."""
 
 from __future__ import annotations
 
@@ -72,3 +72,31 @@ def read_only(folder: Path) -> Iterator[Path]:
         yield folder
     finally:
         subprocess.run(["umount", str(folder)], check=True)
+
+
+@contextlib.contextmanager
+def undeletable(folder: Path, within: Path):
+    """Nothing in `folder` can be deleted until the block ends (as a file held on NFS, or a read-only
+    mount): a read-only bind mount of itself as root (whom permissions do not stop), its write
+    permission removed otherwise. Undone wherever under `within` the folder has been moved."""
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        try:
+            yield
+        finally:
+            for path in [within, *within.rglob("*")]:
+                if path.is_dir():
+                    path.chmod(path.stat().st_mode | 0o700)
+        return
+    for args in (["--bind", str(folder), str(folder)], ["-o", "remount,bind,ro", str(folder)]):
+        done = subprocess.run(["mount", *args], capture_output=True, text=True)
+        if done.returncode != 0:
+            subprocess.run(["umount", str(folder)], capture_output=True)
+            cannot(f"cannot mount here ({done.stderr.strip()})")
+    try:
+        yield
+    finally:
+        with open("/proc/self/mountinfo") as mounts:
+            points = [line.split()[4] for line in mounts]
+        for point in sorted((p for p in points if p.startswith(f"{within}/")), reverse=True):
+            subprocess.run(["umount", "-l", point], check=True)

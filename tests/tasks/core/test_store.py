@@ -3,8 +3,6 @@
 import contextlib
 import json
 import logging
-import os
-import subprocess
 import threading
 from pathlib import Path
 
@@ -13,7 +11,7 @@ import pytest
 from filelock import FileLock
 
 from pruneflow.tasks.core.store import DIGESTS, ArtifactStore, StoredArtifact, digest_of
-from tests.helpers.disks import cannot
+from tests.helpers.disks import undeletable
 
 
 class Told(logging.Handler):
@@ -44,34 +42,6 @@ def told():
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
-
-
-@contextlib.contextmanager
-def undeletable(folder: Path, within: Path):
-    """Nothing in `folder` can be deleted until the block ends (as a file held on NFS, or a read-only
-    mount): a read-only bind mount of itself as root (whom permissions do not stop), its write
-    permission removed otherwise. Undone wherever under `within` the folder has been moved."""
-    if os.geteuid() != 0:
-        folder.chmod(0o555)
-        try:
-            yield
-        finally:
-            for path in [within, *within.rglob("*")]:
-                if path.is_dir():
-                    path.chmod(path.stat().st_mode | 0o700)
-        return
-    for args in (["--bind", str(folder), str(folder)], ["-o", "remount,bind,ro", str(folder)]):
-        done = subprocess.run(["mount", *args], capture_output=True, text=True)
-        if done.returncode != 0:
-            subprocess.run(["umount", str(folder)], capture_output=True)
-            cannot(f"cannot mount here ({done.stderr.strip()})")
-    try:
-        yield
-    finally:
-        with open("/proc/self/mountinfo") as mounts:
-            points = [line.split()[4] for line in mounts]
-        for point in sorted((p for p in points if p.startswith(f"{within}/")), reverse=True):
-            subprocess.run(["umount", "-l", point], check=True)
 
 
 def write(store: ArtifactStore, key: str, text: str = "weights") -> None:
