@@ -44,6 +44,13 @@ EQUIVALENT: dict[tuple[str, int, str], str] = {
     "only for a target exactly 1e-9 under min_sparsity, which no float sum of the config's values gives",
     ("gate", 31, "Gt -> GtE"): "drop > max_accuracy_drop + EPSILON: likewise, only for a drop exactly 1e-9 over the "
     "bound",
+    ("store", 166, "2 -> 3"): "result.json's indent: the file is only read back through json.loads",
+    ("store", 166, "True -> False"): "result.json's sort_keys: likewise",
+    ("store", 209, "8 -> 9"): "the length of a .tmp- folder's random suffix: swept by the pattern .tmp-KEY-*, never read",
+    ("store", 218, "2 -> 3"): "digests.json's indent: read through json.loads; the artifact's digest is of the file's "
+    "bytes, so it changes with them, consistently, as any edit to store.py changes every stage key anyway",
+    ("store", 218, "True -> False"): "digests.json's sort_keys: the mapping is built from sorted paths already",
+    ("store", 220, "8 -> 9"): "the length of an .old- folder's random suffix: swept by the pattern .old-KEY-*, never read",
 }
 
 SWAPS = {
