@@ -44,6 +44,8 @@ EQUIVALENT: dict[tuple[str, int, str], str] = {
     "only for a target exactly 1e-9 under min_sparsity, which no float sum of the config's values gives",
     ("gate", 31, "Gt -> GtE"): "drop > max_accuracy_drop + EPSILON: likewise, only for a drop exactly 1e-9 over the "
     "bound",
+    ("stage", 86, "returns None"): "_holds_a_path's False for a Content type: its only callers read it as a truth "
+    "value (any(), if), where None and False are alike",
     ("store", 166, "2 -> 3"): "result.json's indent: the file is only read back through json.loads",
     ("store", 166, "True -> False"): "result.json's sort_keys: likewise",
     ("store", 209, "8 -> 9"): "the length of a .tmp- folder's random suffix: swept by the pattern .tmp-KEY-*, never read",

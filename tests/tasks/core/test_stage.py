@@ -1,13 +1,26 @@
 """A stage is one definition: its inputs, artifact type, code and key all derive from its build function."""
 
+import dataclasses
+import importlib
+import inspect
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
 import typing
 from pathlib import Path
-from typing import Literal, get_args, get_origin
+from typing import Annotated, Literal, get_args, get_origin
 
 import pytest
-from pydantic import BaseModel
+from prefect.cache_policies import NONE
+from prefect.settings import PREFECT_TASKS_REFRESH_CACHE, temporary_settings
+from prefect.states import Completed, Failed
+from pydantic import BaseModel, Field
 
 from pruneflow.flows.stages import STAGES
+from pruneflow.tasks.core import stage as stage_module
 from pruneflow.tasks.core.stage import Stage, code_closure, code_digest, code_version, fingerprint
 from pruneflow.tasks.core.store import ArtifactStore, Content, StoredArtifact
 from pruneflow.tasks.libs.models import ModelFile
@@ -199,13 +212,17 @@ def test_a_stage_code_is_its_module_and_every_module_it_imports_even_lazily():
 
 STAGE_SOURCE = '''"""A stage."""
 from typing import TYPE_CHECKING
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, create_model
 from .helper import VALUE
 from scratchpkg.unkeyed import drill
 if TYPE_CHECKING:
     from scratchpkg import hints
 class Spec(BaseModel):
     size: int = Field(1, description="How big.")
+Made = create_model("Made", size=(int, Field(1, description="How big.")))
+def double(x):
+    """Double it."""
+    return 2 * x
 def build():
     """Build it."""
     from scratchpkg import lazy
@@ -240,6 +257,8 @@ def test_editing_any_module_a_stage_imports_changes_its_code_version_and_documen
         assert version() == before, old
     (package / "stage.py").write_text(STAGE_SOURCE.replace("Field(1,", "Field(2,"))
     assert version() != before  # what the code does
+    (package / "stage.py").write_text(STAGE_SOURCE.replace("return 2 * x", "return 3 * x"))
+    assert version() != before  # the first statement after a docstring is code
     (package / "stage.py").write_text(STAGE_SOURCE)
     for name in ("helper", "lazy"):  # imported relatively, and inside a function
         (package / f"{name}.py").write_text(f"VALUE = {name!r}\n")
@@ -249,8 +268,6 @@ def test_editing_any_module_a_stage_imports_changes_its_code_version_and_documen
 
 def test_the_code_version_changes_with_a_runtime_package_and_with_python(monkeypatch):
     """A stored artifact made by another TensorFlow (or numpy, ...) or another Python is not reused."""
-    import sys
-
     import pruneflow.tasks.core.stage as stage_module
 
     def version():
@@ -267,4 +284,136 @@ def test_the_code_version_changes_with_a_runtime_package_and_with_python(monkeyp
     with monkeypatch.context() as patched:
         patched.setattr(sys, "version_info", (3, 99, 0, "final", 0))
         assert version() != before
+    with monkeypatch.context() as patched:  # a bug-fix release builds the same
+        patched.setattr(sys, "version_info", (*sys.version_info[:2], 99, "final", 0))
+        assert version() == before
     assert version() == before
+    assert re.fullmatch("[0-9a-f]{16}", before)
+
+
+def install_distribution(site: Path, name: str, version: str | None) -> None:
+    """Install (or with None, remove) a distribution's metadata in `site`, as pip would."""
+    for old in site.glob(f"{name.replace('-', '_')}-*.dist-info"):
+        shutil.rmtree(old)
+    if version is not None:
+        info = site / f"{name.replace('-', '_')}-{version}.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+    importlib.invalidate_caches()
+    stage_module._installed.cache_clear()  # versions are read once per process
+
+
+def test_upgrading_a_package_a_stage_names_changes_its_code_and_key(tmp_path, monkeypatch):
+    """A stage's `packages` (the runtimes it runs files in) are part of its code, besides its module's."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+    plain = Stage("note", write_note)
+    named = Stage("note", write_note, packages=("pruneflow-fake-runtime",))
+    inputs = {"source": Content(digest="ab"), "repeat": 2}
+    codes, keys = [], []
+    for version in ("1.0", "2.0", None):  # installed, upgraded, removed
+        install_distribution(tmp_path, "pruneflow-fake-runtime", version)
+        codes.append(named.code)
+        keys.append(named.key(**inputs))
+        assert re.fullmatch("[0-9a-f]{16}", named.code)
+    assert len(set(codes)) == len(set(keys)) == 3
+    assert plain.code == code_version(write_note.__module__)  # naming no package: its module's version
+    assert plain.code not in codes
+    stage_module._installed.cache_clear()
+
+
+def test_a_key_is_32_hex_digits_and_refuses_what_json_cannot_represent():
+    """A key names a folder; it never falls back on a value's str(), which may differ between runs."""
+    stage = Stage("note", write_note)
+    assert re.fullmatch("[0-9a-f]{32}", stage.key(source=Content(digest="ab"), repeat=2))
+    with pytest.raises(TypeError, match="is not JSON serializable"):
+        stage.key(source=Content.model_construct(digest=Path("/a/model.h5")), repeat=2)
+
+
+Factor = Annotated[float, Field(ge=0.0)]
+
+
+def scale_note(out: Path, source: Content, factor: Factor) -> Note:
+    return Note(folder=out, text=source.digest * int(factor))
+
+
+def test_inputs_keep_their_annotated_constraints_into_the_prefect_task():
+    """A constrained input (a Sparsity, a Schedule's discriminator) keeps its metadata, in the inputs
+    and in the parameters of the stage's task."""
+    stage = Stage("scaled", scale_note)
+    assert stage.inputs == {"source": Content, "factor": Factor}
+    assert get_args(stage.inputs["factor"])[1:] == get_args(Factor)[1:]
+    parameters = inspect.signature(stage.task.fn).parameters
+    assert [(name, parameter.annotation) for name, parameter in parameters.items()] == [
+        ("store", ArtifactStore), ("source", Content), ("factor", Factor),
+    ]
+    assert inspect.signature(stage.task.fn).return_annotation is Note
+
+
+def test_a_stage_is_frozen_and_retrying_gives_another_stage_with_the_same_key():
+    stage = Stage("note", write_note)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        stage.retries = 3
+    retried = stage.retrying(3, 2.0)
+    assert (retried.retries, retried.retry_delay_seconds) == (3, 2.0)
+    assert (stage.retries, stage.retry_delay_seconds) == (0, 0.0)
+    inputs = {"source": Content(digest="ab"), "repeat": 2}
+    assert retried.key(**inputs) == stage.key(**inputs)
+
+
+def test_a_stage_task_is_retried_only_when_asked_with_a_doubling_delay():
+    plain = Stage("note", write_note).task
+    assert (plain.name, plain.retries, plain.retry_delay_seconds, plain.retry_condition_fn) == ("note", 0, 0, None)
+    assert plain.persist_result is False and plain.cache_policy == NONE and plain.tags == set()
+    assert Stage("note", write_note, retries=2).task.retry_delay_seconds == [0.0, 0.0]  # no delay unless given
+    retried = Stage("note", write_note, tags=("gpu",)).retrying(3, 5.0).task
+    assert (retried.retries, retried.retry_delay_seconds, retried.tags) == (3, [5.0, 10.0, 20.0], {"gpu"})
+
+
+def test_a_stage_task_retries_only_the_failures_retry_if_accepts_and_says_so(caplog):
+    task = Stage("note", write_note, retries=2, retry_if=lambda exc: isinstance(exc, OSError)).task
+    with caplog.at_level(logging.WARNING, logger="pruneflow"):
+        assert task.retry_condition_fn(task, None, Failed(data=OSError("disk full"))) is True
+        assert task.retry_condition_fn(task, None, Failed(data=ValueError("bad value"))) is False
+        assert task.retry_condition_fn(task, None, Completed(data=1)) is False  # nothing failed
+    assert [record.getMessage() for record in caplog.records] == [
+        "note failed with OSError: retrying", "note failed with ValueError: not retried",
+    ]
+
+
+def test_a_stage_task_returns_the_built_artifact_then_a_cached_state_and_logs_its_description(tmp_path, caplog):
+    stage = Stage("note", write_note, describe=lambda note: f"{len(note.text)} characters")
+    store, source = ArtifactStore(root=tmp_path), Content(digest="ab")
+    with caplog.at_level(logging.INFO, logger="pruneflow"):
+        built = stage.task.fn(store=store, source=source, repeat=2)
+        assert isinstance(built, Note) and built.text == "abab"
+        cached = stage.task.fn(store=store, source=source, repeat=2)
+    assert cached.name == "Cached" and cached.is_completed() and cached.result() == built
+    assert cached.message == f"reused {built.folder}"
+    described = [record.getMessage() for record in caplog.records if record.getMessage().startswith("note: 4")]
+    assert described == ["note: 4 characters"] * 2  # built, then reused
+    undescribed = Stage("other", write_note).task.fn(store=store, source=source, repeat=1)
+    assert undescribed.text == "ab"
+
+
+def test_stored_says_whether_an_intact_artifact_is_there_to_reuse_unless_refreshing(tmp_path):
+    stage, store = Stage("note", write_note), ArtifactStore(root=tmp_path)
+    inputs = {"source": Content(digest="ab"), "repeat": 2}
+    assert stage.stored(store, **inputs) is False
+    built, _ = stage.produce(store, **inputs)
+    assert stage.stored(store, **inputs) is True
+    assert stage.stored(store, source=Content(digest="cd"), repeat=2) is False
+    with temporary_settings(updates={PREFECT_TASKS_REFRESH_CACHE: True}):  # `pruneflow run --refresh`
+        assert stage.stored(store, **inputs) is False
+    (built.folder / "note.txt").write_text("damaged")
+    assert stage.stored(store, **inputs) is False
+
+
+def test_importing_the_stage_module_imports_neither_prefect_nor_tensorflow():
+    """Prefect is imported where a stage becomes a task, so the plain stage code runs without it."""
+    code = (
+        "import sys, pruneflow.tasks.core.stage; "
+        "print(sorted({name.split('.')[0] for name in sys.modules} & {'prefect', 'tensorflow'}))"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, sys.path))}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert done.stdout.strip() == "[]"
