@@ -75,10 +75,13 @@ class Decision(BaseModel):
     def superseded(self, current: str) -> Decision:
         """This decision once another run promoted `current` while this one was deciding: the
         challenger was measured against another champion, so it is not promoted."""
-        return self.model_copy(update={"promote": False, "superseded_by": current, "reasons": [*self.reasons, (
+        why = (
             f"another run promoted {current} meanwhile, replacing the champion this challenger was measured "
-            "against: kept it; the next sweep measures the challenger against it"
-        )]})
+            "against: kept it; the next sweep measures the challenger against it" if current else
+            "the champion this challenger was measured against is no longer promoted (its link was removed "
+            "meanwhile): nothing promoted; the next sweep measures the challenger afresh"
+        )
+        return self.model_copy(update={"promote": False, "superseded_by": current, "reasons": [*self.reasons, why]})
 
     @property
     def verdict(self) -> str:

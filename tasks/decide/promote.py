@@ -184,15 +184,16 @@ def promote(
         champion: the version folder the challenger was measured against (None: there was none).
 
     Returns:
-        None, or the version folder another run promoted since the champion was measured: then
-        nothing is done, since the challenger has not been measured against that one.
+        None, or the version folder another run promoted since the champion was measured ("" when
+        the champion's link was removed since): then nothing is done, since the challenger has not
+        been measured against what is promoted now.
     """
     layout.promoted_versions.mkdir(parents=True, exist_ok=True)
     with promotion_lock(layout):
         roll_back(layout)
         previous = layout.promoted.resolve() if layout.promoted.is_symlink() else None
         if (previous and previous.name) != champion:
-            return previous.name
+            return previous.name if previous else ""
         journal = record(layout, Journal(
             flow_run_id=flow_run_id, previous=previous and previous.name,
             registry=registry and registry.spec, previous_registered=registry and champion_version(registry.spec),

@@ -181,7 +181,8 @@ def champion_version(spec: RegistryConfig) -> str | None:
             if error.error_code == "RESOURCE_DOES_NOT_EXIST":
                 return None
             raise
-    return model.aliases.get(CHAMPION)
+    version = model.aliases.get(CHAMPION)
+    return None if version is None else str(version)  # an int from a database store, a str through a server
 
 
 def move_champion(spec: RegistryConfig, version: str | None) -> None:
