@@ -44,6 +44,10 @@ EQUIVALENT: dict[tuple[str, int, str], str] = {
     "only for a target exactly 1e-9 under min_sparsity, which no float sum of the config's values gives",
     ("gate", 31, "Gt -> GtE"): "drop > max_accuracy_drop + EPSILON: likewise, only for a drop exactly 1e-9 over the "
     "bound",
+    ("promote", 95, "6 -> 7"): "the length of the temporary link's random suffix: renamed onto promoted at once, a "
+    "leftover found by its prefix",
+    ("promote", 96, "True -> False"): "symlink_to's target_is_directory: read on Windows only; a POSIX link has no type",
+    ("promote", 114, "True -> False"): "Journal's frozen: no code assigns to a journal (model_copy makes a new one)",
     ("stage", 86, "returns None"): "_holds_a_path's False for a Content type: its only callers read it as a truth "
     "value (any(), if), where None and False are alike",
     ("store", 166, "2 -> 3"): "result.json's indent: the file is only read back through json.loads",
