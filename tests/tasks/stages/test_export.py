@@ -13,7 +13,7 @@ from pruneflow.tasks.libs.tflite import weight_tensors
 from pruneflow.tasks.specs.config import ExportSpec
 from pruneflow.tasks.stages.evaluate_exports import evaluate_exports
 from pruneflow.tasks.stages.export_tflite import export_tflite
-from tests.helpers.models import PRUNABLE_KERNELS
+from tests.helpers.models import ONE_FORMAT_A_SHAPE, PRUNABLE_KERNELS
 
 ALL_FORMATS = ExportSpec(
     formats=("float32", "float32_sparse", "int8", "int8_sparse"), representative_images=16,
@@ -21,6 +21,7 @@ ALL_FORMATS = ExportSpec(
 )
 
 
+@ONE_FORMAT_A_SHAPE
 def test_every_model_shape_exports_to_every_format_with_its_pruned_kernels_still_sparse(pruned_variant, tmp_path):
     """The pruned model (sparsity 0.5) of each shape and save format: four files, each measured,
     each holding the three pruned kernels at 0.5 or more, each run in the interpreter."""

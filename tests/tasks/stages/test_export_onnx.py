@@ -13,12 +13,13 @@ from pruneflow.tasks.specs.formats import FORMATS
 from pruneflow.tasks.stages.evaluate_exports import evaluate_exports
 from pruneflow.tasks.stages.export_onnx import check_onnx_installed, export_onnx
 from pruneflow.tasks.stages.export_tflite import export_tflite
-from tests.helpers.models import PRUNABLE_KERNELS
+from tests.helpers.models import ONE_FORMAT_A_SHAPE, PRUNABLE_KERNELS
 
 ONNX_FORMATS = ExportSpec(formats=("onnx", "onnx_int8"), representative_images=16, int8_input_type="int8",
                           int8_output_type="int8")
 
 
+@ONE_FORMAT_A_SHAPE
 def test_every_model_shape_exports_to_onnx_with_its_pruned_kernels_still_sparse(pruned_variant, tmp_path):
     """The pruned model (sparsity 0.5) of each shape and save format: a float32 and an int8 ONNX
     file, each holding the pruned kernels with their zeros; the float32 file computes what the

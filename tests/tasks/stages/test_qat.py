@@ -8,12 +8,14 @@ from pruneflow.tasks.specs.config import ExportSpec, parse_config
 from pruneflow.tasks.stages.evaluate_exports import evaluate_exports
 from pruneflow.tasks.stages.export_tflite import export_tflite
 from pruneflow.tasks.stages.quantize_train import check_quantizable, train_quantized
+from tests.helpers.models import ONE_FORMAT_A_SHAPE
 
 QAT_FORMATS = ExportSpec(
     formats=("int8_qat", "int8_qat_sparse"), representative_images=16, int8_input_type="int8", int8_output_type="int8",
 )
 
 
+@ONE_FORMAT_A_SHAPE
 def test_quantization_aware_training_keeps_the_zeros_into_the_int8_files(pruned_variant, tmp_path):
     v = pruned_variant
     config = parse_config({**v.config.model_dump(mode="json"), "export": {"formats": list(QAT_FORMATS.formats)}})
