@@ -398,6 +398,27 @@ def test_a_failed_first_promotion_with_a_registry_leaves_no_champion_and_tags_wh
             "and the champion alias version unset") in caplog.messages
 
 
+
+@pytest.mark.parametrize("point", PROMOTION_POINTS)
+def test_a_challenger_whose_promotion_fails_leaves_the_champion_everywhere_and_its_version_tagged(
+    setting, registry, point, monkeypatch, caplog,
+):
+    """A second promotion that raises at each step, with a registry: the link and the champion
+    alias go back to the first, the version registered on the way is tagged rolled back."""
+    from pruneflow.tasks.decide.registry import SweepRun, champion_version
+
+    layout, config, (first, second) = setting
+    promote(first, config, "run-1", layout, SweepRun(registry, "run-1", "run-1"), champion=None)
+    before = current(layout)
+    monkeypatch.setenv(FAULT_ENV, f"io_error@{point}")
+    with pytest.raises(OSError, match=point):
+        promote(second, config, "run-2", layout, SweepRun(registry, "run-2", "run-2"), champion=before)
+    assert current(layout) == before and not layout.promotion_journal.exists()
+    assert champion_version(registry) == "1"
+    assert registered(registry) == ({"1": None} if point == "promote:written" else {"1": None, "2": "true"})
+    assert ("Rolled back the promotion of flow run run-2, which did not finish: promoted is "
+            f"{before} again, and the champion alias version 1") in caplog.messages
+
 def champion_measured(version: str) -> ChampionEvaluation:
     """The champion's file as a sweep measured it, from promoted version folder `version`."""
     return ChampionEvaluation(folder=Path("/nowhere"), version=version, format=KERAS, accuracy=0.95, zip_bytes=300,
