@@ -296,17 +296,24 @@ def test_an_intact_folder_is_reused_unless_forced(tmp_path):
     assert not scratch.exists()  # removed once the artifact was stored
 
 
-def test_a_forced_build_does_not_resume_from_an_earlier_runs_checkpoint(tmp_path):
-    store = ArtifactStore(root=tmp_path)
+def checkpoint_left(store: ArtifactStore, text: str) -> tuple:
+    """k1's scratch folder holding a checkpoint an earlier run left; a build that notes the
+    checkpoint it finds there (None: no scratch folder), and what it noted."""
     scratch = store.work_folder("stage", "k1")
     scratch.mkdir(parents=True)
-    (scratch / "checkpoint.h5").write_text("an earlier, failed run's epoch 2")
+    (scratch / "checkpoint.h5").write_text(text)
     seen = []
 
     def build(tmp):
-        seen.append(sorted(p.name for p in scratch.glob("*")) if scratch.exists() else None)
+        seen.append((scratch / "checkpoint.h5").read_text() if scratch.exists() else None)
         return note("built")(tmp)
 
+    return scratch, seen, build
+
+
+def test_a_forced_build_does_not_resume_from_an_earlier_runs_checkpoint(tmp_path):
+    store = ArtifactStore(root=tmp_path)
+    scratch, seen, build = checkpoint_left(store, "an earlier, failed run's epoch 2")
     store.produce("stage", "k1", Note, build, force=True, scratch=scratch)
     assert seen == [None]  # removed before building
     (tmp_path / "stage" / ".tmp-k1-deadbeef").mkdir()  # a killed writer's leftover
@@ -337,17 +344,9 @@ def test_only_a_damaged_folder_is_warned_about_not_a_missing_or_a_forced_one(tmp
 
 def test_an_unforced_build_resumes_from_the_checkpoint_a_killed_run_left(tmp_path):
     store = ArtifactStore(root=tmp_path)
-    scratch = store.work_folder("stage", "k1")
-    scratch.mkdir(parents=True)
-    (scratch / "checkpoint.h5").write_text("epoch 2 of a killed run")
-    seen = []
-
-    def build(tmp):
-        seen.append((scratch / "checkpoint.h5").read_text() if scratch.exists() else None)
-        return note("resumed")(tmp)
-
+    scratch, seen, build = checkpoint_left(store, "epoch 2 of a killed run")
     made, reused = store.produce("stage", "k1", Note, build, force=False, scratch=scratch)
-    assert seen == ["epoch 2 of a killed run"] and not reused and made.text == "resumed"
+    assert seen == ["epoch 2 of a killed run"] and not reused and made.text == "built"
     assert not scratch.exists()  # removed once the artifact was stored
 
 
