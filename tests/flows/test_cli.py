@@ -191,15 +191,6 @@ def test_the_pruneflow_command_ends_with_its_exit_code_all_it_printed_and_its_se
     with pytest.raises(urllib.error.URLError):  # its temporary server was stopped
         urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=5)
 
-    # A sweep on the same temporary-server path: its one target's stages are those just stored.
-    path.write_text(yaml.safe_dump({**config_dict, "sweep": {"targets": [0.5]}}))
-    swept = subprocess.run([command, "sweep", str(path)], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert swept.returncode == 0, swept.stdout[-3000:] + swept.stderr[-3000:]
-    assert "Decision: " in swept.stdout
-    [port] = set(re.findall(r"View at http://127\.0\.0\.1:(\d+)/", swept.stdout + swept.stderr))
-    with pytest.raises(urllib.error.URLError):
-        urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=5)
-
     path.write_text(yaml.safe_dump({**config_dict, "training": {**config_dict["training"], "epochs": 0}}))
     failed = subprocess.run([command, "run", str(path)], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert failed.returncode == 2
