@@ -50,13 +50,13 @@ EQUIVALENT: dict[tuple[str, int, str], str] = {
     ("promote", 114, "True -> False"): "Journal's frozen: no code assigns to a journal (model_copy makes a new one)",
     ("stage", 86, "returns None"): "_holds_a_path's False for a Content type: its only callers read it as a truth "
     "value (any(), if), where None and False are alike",
-    ("store", 166, "2 -> 3"): "result.json's indent: the file is only read back through json.loads",
-    ("store", 166, "True -> False"): "result.json's sort_keys: likewise",
-    ("store", 209, "8 -> 9"): "the length of a .tmp- folder's random suffix: swept by the pattern .tmp-KEY-*, never read",
-    ("store", 218, "2 -> 3"): "digests.json's indent: read through json.loads; the artifact's digest is of the file's "
+    ("store", 164, "2 -> 3"): "result.json's indent: the file is only read back through json.loads",
+    ("store", 164, "True -> False"): "result.json's sort_keys: likewise",
+    ("store", 207, "8 -> 9"): "the length of a .tmp- folder's random suffix: swept by the pattern .tmp-KEY-*, never read",
+    ("store", 216, "2 -> 3"): "digests.json's indent: read through json.loads; the artifact's digest is of the file's "
     "bytes, so it changes with them, consistently, as any edit to store.py changes every stage key anyway",
-    ("store", 218, "True -> False"): "digests.json's sort_keys: the mapping is built from sorted paths already",
-    ("store", 220, "8 -> 9"): "the length of an .old- folder's random suffix: swept by the pattern .old-KEY-*, never read",
+    ("store", 216, "True -> False"): "digests.json's sort_keys: the mapping is built from sorted paths already",
+    ("store", 218, "8 -> 9"): "the length of an .old- folder's random suffix: swept by the pattern .old-KEY-*, never read",
 }
 
 SWAPS = {

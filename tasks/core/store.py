@@ -104,10 +104,8 @@ class ArtifactStore(BaseModel):
                 return f"{path} is missing"
             if file_digest(path) != expected:
                 return f"{path} does not match its recorded digest"
-        added = sorted(
-            path.relative_to(folder).as_posix() for path in folder.rglob("*") if path.is_file()
-        )
-        added = [name for name in added if name != DIGESTS and name not in recorded]
+        present = sorted(path.relative_to(folder).as_posix() for path in folder.rglob("*") if path.is_file())
+        added = [name for name in present if name != DIGESTS and name not in recorded]
         if added:
             return f"{folder / added[0]} was added after the artifact was stored"
         return None

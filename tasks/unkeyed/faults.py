@@ -4,8 +4,9 @@ Set PRUNEFLOW_INJECT_FAULT=<kind>@<epoch> (epochs count from 1) to raise at the 
 epoch, after its checkpoint is written. A retry or re-run resumes after that epoch, so the
 fault fires once. PRUNEFLOW_FAULT_TARGETS=0.6[,0.8] limits it to the prune-training of those
 target sparsities (a sweep where some targets fail). <kind>@<point>, a point of POINTS, fires
-between two steps of a promotion, or of an epoch's checkpoint, instead (pruneflow.tasks.decide.promote). Kinds: resource_exhausted (an out-of-memory, retried), io_error (retried),
-invalid_data (a user error, not retried), hang (sleeps, for a test to kill the process), wait
+between two steps of a promotion (pruneflow.tasks.decide.promote) or of an epoch's checkpoint
+instead, each time it is reached. Kinds: resource_exhausted (an out-of-memory, retried), io_error
+(retried), invalid_data (a user error, not retried), hang (sleeps, for a test to kill the process), wait
 (pauses until the file named by PRUNEFLOW_FAULT_RELEASE exists, then goes on: a stage held
 mid-write, for a test to start a concurrent run).
 """
