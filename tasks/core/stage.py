@@ -103,10 +103,24 @@ def _is_type_checking_guard(node: ast.AST) -> bool:
     return isinstance(node, ast.If) and ast.unparse(node.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING")
 
 
-# Python 3.11's ast is not safe to use from several threads at once: a sweep's task runs, in
-# threads, computing their stages' code versions together failed with "SystemError: AST constructor
-# recursion depth mismatch" (CPython gh-106905). Every parse here holds this lock.
+# Python 3.11's ast is not safe to use from several threads at once (CPython gh-106905): a
+# parse that another thread's parse interleaves with (a sweep's stages computing their code
+# versions together; TensorFlow's autograph, or a traceback being formatted, in another thread)
+# fails with "SystemError: AST constructor recursion depth mismatch". The count is reset at each
+# parse, so the same parse again succeeds. Every parse here holds this lock, and is tried again.
 _AST = threading.RLock()
+_AST_RACE = "AST constructor recursion depth mismatch"
+
+
+def _parse(source: str, retries: int = 4) -> ast.Module:
+    with _AST:
+        for _ in range(retries):
+            try:
+                return ast.parse(source)
+            except SystemError as error:
+                if _AST_RACE not in str(error):
+                    raise
+        return ast.parse(source)
 
 
 @functools.cache
@@ -115,15 +129,14 @@ def _imported_modules(module: str, keyed: str, unkeyed: str) -> frozenset[str]:
     this project imports TensorFlow lazily), except under `if TYPE_CHECKING:`."""
     spec = importlib.util.find_spec(module)
     here = module if spec.submodule_search_locations else module.rpartition(".")[0]  # for relative imports
-    with _AST:
-        tree = ast.parse(Path(spec.origin).read_text())
-        skipped = {
-            id(node)
-            for guard in ast.walk(tree)
-            if _is_type_checking_guard(guard)
-            for statement in guard.body
-            for node in ast.walk(statement)
-        }
+    tree = _parse(Path(spec.origin).read_text())
+    skipped = {
+        id(node)
+        for guard in ast.walk(tree)
+        if _is_type_checking_guard(guard)
+        for statement in guard.body
+        for node in ast.walk(statement)
+    }
     found = set()
     for node in ast.walk(tree):
         if id(node) in skipped:
@@ -186,8 +199,7 @@ def code_digest(path: Path) -> str:
     """Digest of what a module's source does: its syntax tree, without comments, docstrings and
     descriptions (_Documentation), so that editing those changes no stage's key. Once per module
     and process: the stages' closures share most of their modules."""
-    with _AST:
-        return digest_of(ast.dump(_Documentation().visit(ast.parse(path.read_text()))))
+    return digest_of(ast.dump(_Documentation().visit(_parse(path.read_text()))))
 
 
 @functools.cache

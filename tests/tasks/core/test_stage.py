@@ -1,5 +1,6 @@
 """A stage is one definition: its inputs, artifact type, code and key all derive from its build function."""
 
+import ast
 import dataclasses
 import importlib
 import inspect
@@ -9,6 +10,8 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
+import time
 import typing
 from pathlib import Path
 from typing import Annotated, Literal, get_args, get_origin
@@ -264,6 +267,43 @@ def test_editing_any_module_a_stage_imports_changes_its_code_version_and_documen
         (package / f"{name}.py").write_text(f"VALUE = {name!r}\n")
         assert version() != before, name
         before = version()
+
+
+class _Cycle:
+    """Garbage whose collection runs Python code: where a thread switch can land inside a parse."""
+
+    def __del__(self):
+        sum(range(50))
+
+
+def test_a_code_digest_is_computed_while_another_thread_parses(tmp_path):
+    """Python 3.11's ast counts its recursion in one place for all threads (CPython gh-106905): a
+    parse that another thread's parse interleaves with fails with a SystemError (a run failed so in
+    CI). Here the other thread's parses are short and the digest's long: the digest's parse is the
+    one hit (a few times in a hundred, over some six hundred parses), and is read again."""
+    module = tmp_path / "long.py"
+    module.write_text("\n".join(f"def f{i}(a):\n    return [a * {i} for _ in {{1: (2,)}}] + " + "[" * 20 + "a" + "]" * 20 for i in range(30)))
+    stop = threading.Event()
+
+    def parse_another():
+        while not stop.is_set():
+            first, second = _Cycle(), _Cycle()
+            first.other, second.other = second, first
+            try:
+                ast.parse("x = [a + b for a in c]\n" * 3)
+            except SystemError:
+                pass  # the race hit this thread's parse instead
+
+    other = threading.Thread(target=parse_another)
+    other.start()
+    try:
+        expected = code_digest.__wrapped__(module)
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline:
+            assert code_digest.__wrapped__(module) == expected
+    finally:
+        stop.set()
+        other.join()
 
 
 def test_the_code_version_changes_with_a_runtime_package_and_with_python(monkeypatch):
