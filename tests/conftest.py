@@ -1,11 +1,15 @@
 """Shared fixtures: an isolated Prefect home, a tiny real image dataset and a tiny trained baseline."""
 
+import atexit
 import os
+import shutil
 import tempfile
 
 # Before prefect is imported anywhere: keep its database, results and telemetry out of the
-# user's home and off the network.
+# user's home and off the network. Removed at exit, after Prefect's own exit handlers (registered
+# later, so run earlier) have stopped its temporary server.
 _PREFECT_TMP = tempfile.mkdtemp(prefix="pruneflow-test-prefect-")
+atexit.register(shutil.rmtree, _PREFECT_TMP, True)
 os.environ["PREFECT_HOME"] = _PREFECT_TMP
 os.environ["PREFECT_RESULTS_LOCAL_STORAGE_PATH"] = os.path.join(_PREFECT_TMP, "results")
 os.environ["DO_NOT_TRACK"] = "1"
