@@ -60,6 +60,7 @@ class Decision(BaseModel):
 
     promote: bool
     reasons: list[str]
+    why: str = ""  # the reasons in a few words, as `pruneflow history` shows them
     champion: ChampionEvaluation | None = None
     superseded_by: str | None = None  # the version another run promoted while this one decided
     earlier_attempt: bool = False  # promoted by an earlier attempt of this flow run, which then died
@@ -68,8 +69,17 @@ class Decision(BaseModel):
     def promoted_earlier(cls) -> Decision:
         """An earlier attempt of this flow run promoted its file and then died (its worker, the
         server): the same file, not promoted twice, nor measured against itself."""
-        return cls(promote=True, earlier_attempt=True, reasons=[
+        return cls(promote=True, earlier_attempt=True, why="by an earlier, interrupted attempt of this run", reasons=[
             "promoted by an earlier attempt of this flow run, which was interrupted: not promoted again"
+        ])
+
+    @classmethod
+    def incomplete(cls, failed: int, targets: int) -> Decision:
+        """Targets failed: the smallest file within the gate may be a failed target's, so nothing
+        is promoted (the champion stays) until a sweep completes."""
+        why = f"{failed} of {targets} targets failed"
+        return cls(promote=False, why=why, reasons=[
+            f"{why}: the smallest file within the gate may be a failed target's; nothing is promoted until a sweep completes"
         ])
 
     def superseded(self, current: str) -> Decision:
@@ -81,7 +91,10 @@ class Decision(BaseModel):
             "the champion this challenger was measured against is no longer promoted (its link was removed "
             "meanwhile): nothing promoted; the next sweep measures the challenger afresh"
         )
-        return self.model_copy(update={"promote": False, "superseded_by": current, "reasons": [*self.reasons, why]})
+        short = f"another run promoted {current} meanwhile" if current else "its champion was unpromoted meanwhile"
+        return self.model_copy(
+            update={"promote": False, "superseded_by": current, "reasons": [*self.reasons, why], "why": short}
+        )
 
     @property
     def verdict(self) -> str:
@@ -96,10 +109,10 @@ def challenge(chosen: Candidate | None, champion: ChampionEvaluation | None, gat
     """Promote the challenger (the gate's choice) only if it holds its accuracy against the
     champion and is smaller or faster; with no champion, the gate's choice is promoted."""
     if chosen is None:
-        return Decision(promote=False, reasons=["no file passed the gate"], champion=champion)
+        return Decision(promote=False, reasons=["no file passed the gate"], why="no file passed the gate", champion=champion)
     _, file = chosen
     if champion is None:
-        return Decision(promote=True, reasons=["no champion yet: the gate's choice is promoted"])
+        return Decision(promote=True, reasons=["no champion yet: the gate's choice is promoted"], why="the gate's choice")
     reasons, lost = [], 100.0 * (champion.accuracy - file.accuracy)
     held = lost <= gate.champion_max_accuracy_loss + EPSILON and (
         lost <= 100.0 * gate.champion_max_relative_accuracy_loss * champion.accuracy + EPSILON
@@ -116,7 +129,7 @@ def challenge(chosen: Candidate | None, champion: ChampionEvaluation | None, gat
         f"more than {gate.champion_min_size_gain_bytes:,} B and {gate.champion_min_size_gain:.1%} needed): "
         f"{'smaller' if smaller else 'not smaller'}"
     )
-    faster = False
+    faster = None  # not compared: timed on another kind of machine
     if champion.machine and champion.machine == chosen[0].latency.machine:
         gain = 1.0 - file.latency_median_ms / champion.latency_ms
         faster = gain > gate.champion_min_speedup
@@ -124,4 +137,9 @@ def challenge(chosen: Candidate | None, champion: ChampionEvaluation | None, gat
             f"{file.latency_median_ms:.3f} ms against {champion.latency_ms:.3f} ms ({gain:+.1%}; more than "
             f"{gate.champion_min_speedup:.0%} needed): {'faster' if faster else 'not faster'}"
         )
-    return Decision(promote=held and (smaller or faster), reasons=reasons, champion=champion)
+    promote = held and (smaller or bool(faster))
+    if promote:
+        why = ", ".join(["held its accuracy", *(["smaller"] if smaller else []), *(["faster"] if faster else [])])
+    else:
+        why = "lost too much accuracy" if not held else "not smaller" + (", not faster" if faster is False else "")
+    return Decision(promote=promote, reasons=reasons, why=why, champion=champion)

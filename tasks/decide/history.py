@@ -33,14 +33,15 @@ def history_rows(
     results: list[TargetResult], promoted: Candidate | None, gate: SweepConfig, *,
     flow_run_id: str, started: datetime, code_version: str, config_digest: str,
     failures: dict[Point, str] | None = None,
-    decision: str = "",
+    decision: str = "", why: str = "",
 ) -> pd.DataFrame:
     """One row per deployable file of each target of this run, and one per target that failed
     (its error, no figures), as appended to the history; `decision` is the run's against the
-    champion (pruneflow.tasks.decide.champion.Decision.verdict)."""
+    champion and `why` its reasons in a few words (pruneflow.tasks.decide.champion.Decision's
+    verdict and why)."""
     run = {
         "flow_run_id": flow_run_id, "started": started, "code_version": code_version, "config_digest": config_digest,
-        "decision": decision,
+        "decision": decision, "decision_why": why,
     }
     rows = [
         {
@@ -82,7 +83,7 @@ def append_history(folder: Path, rows: pd.DataFrame) -> Path:
 # Columns that rows written by earlier versions lack (no `format` column: the Keras .h5's rows).
 DEFAULTS = {
     "format": KERAS, "latency_ms": float("nan"), "raw_bytes": float("nan"), "machine": "", "failed": False, "error": "",
-    "decision": "", "channel_fraction": 0.0,
+    "decision": "", "decision_why": "", "channel_fraction": 0.0,
 }
 
 
@@ -120,6 +121,7 @@ def runs_summary(history: pd.DataFrame) -> pd.DataFrame:
     runs = history.groupby("flow_run_id", sort=False).agg(
         started=("started", "first"), config_digest=("config_digest", "first"),
         targets=("point", "nunique"), failed=("failed", "sum"), decision=("decision", "first"),
+        decision_why=("decision_why", "first"),
     ).reset_index()
     failed = history[history["failed"]]
     errors = failed.groupby("flow_run_id")["error"].first().rename("first_error")

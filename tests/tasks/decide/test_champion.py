@@ -24,8 +24,9 @@ def challenger(accuracy=0.95, zip_bytes=900, latency_ms=1.0):
 
 def test_without_a_champion_the_gates_choice_is_promoted_and_without_a_choice_nothing_is():
     decision = challenge(challenger(), None, SweepConfig())
-    assert decision.promote and decision.verdict == "promoted (no champion yet)"
-    assert not challenge(None, champion(), SweepConfig()).promote
+    assert decision.promote and decision.verdict == "promoted (no champion yet)" and decision.why == "the gate's choice"
+    nothing = challenge(None, champion(), SweepConfig())
+    assert not nothing.promote and nothing.why == "no file passed the gate"
 
 
 @pytest.mark.parametrize("accuracy, promoted", [(0.945, True), (0.9449, False), (0.96, True)])
@@ -33,6 +34,8 @@ def test_accuracy_may_drop_by_the_absolute_threshold_and_no_more(accuracy, promo
     gate = SweepConfig(champion_max_accuracy_loss=0.5, champion_max_relative_accuracy_loss=0.5)
     decision = challenge(challenger(accuracy=accuracy), champion(accuracy=0.95), gate)
     assert decision.promote is promoted, decision.reasons
+    # 900 B against 1,000 at the same speed: smaller, not faster.
+    assert decision.why == ("held its accuracy, smaller" if promoted else "lost too much accuracy")
 
 
 @pytest.mark.parametrize("accuracy, promoted", [(0.9405, True), (0.9404, False)])
@@ -51,11 +54,14 @@ def test_the_challenger_must_be_smaller_by_both_size_thresholds(zip_bytes, promo
 
 def test_a_faster_challenger_of_the_same_size_wins_but_only_against_a_champion_timed_on_this_kind_of_machine():
     gate = SweepConfig(champion_min_speedup=0.2)
-    assert challenge(challenger(zip_bytes=1000, latency_ms=0.7), champion(latency_ms=1.0), gate).promote
-    assert not challenge(challenger(zip_bytes=1000, latency_ms=0.85), champion(latency_ms=1.0), gate).promote
+    faster = challenge(challenger(zip_bytes=1000, latency_ms=0.7), champion(latency_ms=1.0), gate)
+    assert faster.promote and faster.why == "held its accuracy, faster"
+    slower = challenge(challenger(zip_bytes=1000, latency_ms=0.85), champion(latency_ms=1.0), gate)
+    assert not slower.promote and slower.why == "not smaller, not faster"
     other = champion(latency_ms=1.0, machine="another machine")
     decision = challenge(challenger(zip_bytes=1000, latency_ms=0.5), other, gate)
     assert not decision.promote and not any("ms against" in reason for reason in decision.reasons)
+    assert decision.why == "not smaller"  # the speed not compared
 
 
 def test_a_decision_superseded_by_another_promotion_keeps_the_champion_and_says_why():
@@ -65,6 +71,8 @@ def test_a_decision_superseded_by_another_promotion_keeps_the_champion_and_says_
     assert not superseded.promote and superseded.verdict == KEPT
     assert superseded.reasons[:-1] == decision.reasons
     assert "another run promoted 20261129T030000-run-9-fedcba meanwhile" in superseded.reasons[-1]
+    assert superseded.why == "another run promoted 20261129T030000-run-9-fedcba meanwhile"
+    assert decision.superseded("").why == "its champion was unpromoted meanwhile"
 
 
 def test_the_champion_is_what_promoted_points_to_and_none_when_it_is_gone(tmp_path):
