@@ -63,3 +63,19 @@ def latest_flow_run_id():
     with get_client(sync_client=True) as client:
         [latest] = client.read_flow_runs(sort=FlowRunSort.START_TIME_DESC, limit=1)
     return latest.id
+
+
+def run_logs(flow_run_id, containing: str, timeout: float = 30.0) -> list:
+    """The log records of a flow run (its tasks' included) whose message contains `containing`,
+    once at least one is on the server (a process sends its logs in batches, as it ends too)."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    from tests.helpers.polling import wait_until
+
+    def read() -> list | None:
+        with get_client(sync_client=True) as client:
+            logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+        return [log for log in logs if containing in log.message] or None
+
+    return wait_until(read, timeout, f"a log of flow run {flow_run_id} containing {containing!r}")
