@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import time
 from pathlib import Path
 
 from prefect import task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import create_image_artifact, create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NONE
 
 from pruneflow.tasks.core.files import storage_errors, write_json, write_text
@@ -371,6 +372,11 @@ def point_file(result: TargetResult, file: Deployable) -> dict:
             "format": file.format}
 
 
+def data_url(png: Path) -> str:
+    """A PNG as a data: URL, which an image artifact's page shows without reaching any other server."""
+    return "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode("ascii")
+
+
 @task(cache_policy=NONE)
 def publish_sweep(
     results: list[TargetResult], chosen: Candidate | None, failures: dict[Point, str], config: RunConfig, run_dir: Path,
@@ -406,7 +412,9 @@ def publish_sweep(
         )
         where += f"- Plot: `{plot}`\n- Models: {models}\n"
     create_markdown_artifact(key=SWEEP_KEY, markdown=f"# Sparsity sweep\n\n{markdown}\n\n{where}", description="Sweep")
+    if plot is not None:  # shown in the UI itself, not only as a path on the worker's disk
+        create_image_artifact(image_url=data_url(plot), key=f"{SWEEP_KEY}-plot", description="Sweep: accuracy against size and latency")
     if results:
         rows = [sweep_row(result, file, config.sweep) for result, file in candidates(results)]
         create_table_artifact(key=f"{SWEEP_KEY}-table", table=rows, description="Sweep")
-    run_logger().info("Sweep:\n%s", markdown)
+    run_logger().info("Sweep report: %s", run_dir / "sweep.md")  # the table is the command's to print, and an artifact

@@ -115,3 +115,49 @@ def test_custom_run_form_starts_a_run_that_completes(live, browser):
         page.screenshot(path=str(SCREENSHOTS / "ui-finished-run.png"))
         assert (SCREENSHOTS / "ui-finished-run.png").stat().st_size > 10_000
         page.close()
+
+
+def a_completed_sweep(live, config_dict):
+    """A sweep flow run completed on the live server: the one an earlier test of this module's
+    group ran (tests/deployments/test_server.py), or, run alone, one started now."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+    from prefect.client.schemas.objects import StateType
+    from prefect.deployments import run_deployment
+
+    with get_client(sync_client=True) as client:
+        sweep = client.read_deployment_by_name("sweep/manual")
+        done = client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[sweep.id])),
+            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.COMPLETED]))),
+        )
+    if done:
+        return done[0].id
+    config_dict["sweep"] = {"targets": [0.3, 0.6], "max_accuracy_drop": 100.0}
+    # _sync: the browser fixture runs an event loop in this thread (Playwright), which run_deployment
+    # would otherwise take as a call from async code.
+    started = run_deployment("sweep/manual", parameters={"config": config_dict}, timeout=0, _sync=True)
+    with get_client(sync_client=True) as client:
+        flow_run = wait_until(
+            lambda: (run := client.read_flow_run(started.id)).state.is_final() and run, 300, "the sweep final", every=1
+        )
+    assert flow_run.state.is_completed(), flow_run.state.message
+    return flow_run.id
+
+
+def test_a_sweeps_plot_shows_on_its_artifact_page(live, browser, config_dict):
+    with temporary_settings(updates={PREFECT_API_URL: live.api}), get_client(sync_client=True) as client:
+        flow_run_id = a_completed_sweep(live, config_dict)
+        [plot] = [
+            artifact for artifact in client.read_artifacts(
+                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+            ) if artifact.key == "pruneflow-sweep-plot"
+        ]
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(f"http://127.0.0.1:{live.port}/artifacts/artifact/{plot.id}", wait_until="networkidle")
+    image = page.locator("img[src^='data:image/png;base64,']").first
+    image.wait_for(timeout=30_000)
+    # Decoded by the browser: the plot's own pixels (matplotlib's figure is wider than 600 px).
+    assert page.wait_for_function("img => img.complete && img.naturalWidth", arg=image.element_handle(), timeout=30_000).json_value() > 600
+    SCREENSHOTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / "ui-sweep-plot.png"))
+    page.close()
