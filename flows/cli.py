@@ -138,7 +138,7 @@ def run_settings(refresh: bool = False, api_url: str | None = None) -> Iterator[
         # long-lived server spot crashed runs) serve no one; stopping their thread costs
         # about a second per flow run.
         updates[PREFECT_FLOWS_HEARTBEAT_FREQUENCY] = None
-    quiet_user_errors()
+    quiet_user_errors(console=True)
     with temporary_settings(updates=updates):
         yield
 
@@ -210,7 +210,9 @@ def _run_sweep(config_path: Path, refresh: bool = False, dask: str | None = None
         outcome = flow(config)
     from pruneflow.tasks.report.summary import render_sweep
 
-    typer.echo(f"\n{render_sweep(outcome.results, outcome.chosen, config, outcome.decision, outcome.trials)}")
+    report = render_sweep(outcome.results, outcome.chosen, config, outcome.decision, outcome.trials)
+    files = ", ".join(path.name for path in sorted(outcome.run_dir.glob("sweep.*")))
+    typer.echo(f"\n{report}\n\nRun folder: {outcome.run_dir} ({files})")
 
 
 @app.command()
@@ -265,12 +267,15 @@ def history(
         raise PruneflowError(f"{folder}: no sweep history yet; run `pruneflow sweep {config}` first")
     runs = runs_summary(rows)
     flagged = regressions(runs, tolerance, latency_tolerance)
+    shown = runs.tail(last)
+    decisions = [decided(run) for run in shown.itertuples()]
+    width = max(len("decision"), *map(len, decisions))
     typer.echo(
         f"{'started (UTC)':<20} {'flow run':<36} {'promoted':>8} {'format':<15} {'accuracy':>8} {'zip bytes':>11} "
-        f"{'latency ms':>10}  regression"
+        f"{'latency ms':>10}  {'decision':<{width}}  regression"
     )
-    for run in runs.tail(last).itertuples():
-        nothing = pd.isna(run.target)  # no model passed the gate
+    for run, decision in zip(shown.itertuples(), decisions):
+        nothing = pd.isna(run.target)  # nothing promoted by this run
         point = "" if nothing else f"{run.target:.2f}" + (f"+c{run.channel_fraction:g}" if run.channel_fraction else "")
         promoted, fmt, accuracy, size, latency = ("none", "-", "-", "-", "-") if nothing else (
             point, run.format, f"{run.accuracy:.4f}", f"{int(run.zip_bytes):,}",
@@ -278,10 +283,15 @@ def history(
         )
         typer.echo(
             f"{run.started:%Y-%m-%d %H:%M:%S}  {run.flow_run_id:<36} {promoted:>8} {fmt:<15} {accuracy:>8} {size:>11} "
-            f"{latency:>10}  {flagged.get(run.flow_run_id, '')}"
+            f"{latency:>10}  {decision:<{width}}  {flagged.get(run.flow_run_id, '')}".rstrip()
         )
     if runs.iloc[-1]["flow_run_id"] in flagged:
         raise typer.Exit(1)
+
+
+def decided(run) -> str:
+    """A history run's decision as `history` shows it: the verdict and why (targets failed, say)."""
+    return ": ".join(part for part in (run.decision, run.decision_why) if part) or "-"
 
 
 @app.command()

@@ -125,6 +125,7 @@ class SweepOutcome(BaseModel):
     results: list[TargetResult]
     chosen: tuple[TargetResult, Deployable] | None
     decision: Decision
+    run_dir: Path  # sweep.json, sweep.md and sweep.png
     trials: list[Trial] | None = None  # a search's, in order
 
 
@@ -161,7 +162,9 @@ def sweep_flow(config: RunConfig) -> SweepOutcome:
         # With a target missing, the smallest passing model may be the one that failed: keep the
         # promoted model until a complete sweep.
         chosen = None if failures else choose(results, gate)
-        if chosen is not None and promoted_by(run.layout) == run_id:
+        if failures:
+            decision = Decision.incomplete(len(failures), len(outcomes))
+        elif chosen is not None and promoted_by(run.layout) == run_id:
             decision = Decision.promoted_earlier()  # this run, rescheduled after its worker died
         else:
             decision = challenge(chosen, measure_champion(config, start, run) if chosen else None, gate)
@@ -171,7 +174,7 @@ def sweep_flow(config: RunConfig) -> SweepOutcome:
         rows = history_rows(
             results, promoted, gate, flow_run_id=run_id, started=started, code_version=prune_train.code,
             config_digest=digest_of(config.model_dump(mode="json", exclude={"sweep", "sensitivity", "registry"}))[:16],
-            failures=failures, decision=decision.verdict,
+            failures=failures, decision=decision.verdict, why=decision.why,
         )
         record_history(rows, run.layout.history)  # failed targets too: a night where all failed is on record
         check_regression(run_id, run.layout.history)
@@ -190,4 +193,4 @@ def sweep_flow(config: RunConfig) -> SweepOutcome:
             f"test accuracy {file.accuracy:.4f} ({-accuracy_drop(result, file):+.2f} points) at {file.zip_bytes:,} bytes "
             f"zipped. The previously promoted model, if any, is kept in {run.layout.promoted}."
         )
-    return SweepOutcome(results=results, chosen=chosen, decision=decision, trials=trials)
+    return SweepOutcome(results=results, chosen=chosen, decision=decision, run_dir=run.run_dir, trials=trials)

@@ -1,6 +1,7 @@
 """The `pruneflow` command: user errors without tracebacks, a config run, the demo's promise."""
 
 import json
+import logging
 
 import pytest
 import yaml
@@ -9,7 +10,7 @@ from pruneflow.flows.cli import main
 from pruneflow.tasks.libs import keras3
 from pruneflow.tasks.specs.config import load_config
 from pruneflow.tasks.specs.formats import KERAS, KERAS3
-from tests.helpers.prefect import latest_flow_run_id, stage_states
+from tests.helpers.prefect import latest_flow_run_id, run_logs, stage_states
 
 
 def test_invalid_config_exits_2_naming_the_field(tmp_path, capsys):
@@ -104,9 +105,14 @@ def test_a_user_error_shows_no_traceback_anywhere_in_the_terminal(prefect_server
         env={**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}, capture_output=True, text=True, timeout=300,
     )
     assert done.returncode == 2
-    assert f"pruneflow: error: {tmp_path / 'gone.h5'}: model file not found" in done.stderr
-    assert "Task run failed with exception: PruneflowError" in done.stderr  # Prefect's log line stays
-    assert "Traceback" not in done.stdout + done.stderr
+    # Once on the console, as the command's last line; once in the run's log, on the task that raised it.
+    [said] = [line for line in (done.stdout + done.stderr).splitlines() if "gone.h5" in line]
+    assert said.startswith(f"pruneflow: error: {tmp_path / 'gone.h5'}: model file not found")
+    assert done.stderr.splitlines()[-1] == said
+    assert "Traceback" not in done.stdout + done.stderr and "PruneflowError" not in done.stdout + done.stderr
+    [logged] = run_logs(latest_flow_run_id(), "gone.h5")
+    assert logged.task_run_id is not None and logged.level == logging.ERROR
+    assert "Traceback" not in logged.message
 
 
 def test_a_model_with_layers_tfmot_cannot_prune_runs_end_to_end_and_reports_them(prefect_server, config_dict, tmp_path, capsys):

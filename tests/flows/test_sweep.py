@@ -1,9 +1,12 @@
 """The sweep flow: mapped stages per target, the gate both ways, promotion, and the history."""
 
+import base64
 import json
+from pathlib import Path
 
 import pytest
 
+from pruneflow.flows.cli import decided
 from pruneflow.flows.sweep import sweep_flow
 from pruneflow.tasks.core.errors import PruneflowError
 from pruneflow.tasks.core.layout import OutputLayout
@@ -57,6 +60,8 @@ def test_sweep_prunes_each_target_and_promotes_the_smallest_within_the_gate(pref
     markdown = artifacts["pruneflow-sweep"].data
     assert "Promoted: sparsity 0.6" in markdown and str(run_dir / "sweep.png") in markdown
     assert str(results[0].pruned_model) in markdown
+    plot = artifacts["pruneflow-sweep-plot"]  # the plot itself, for the UI to show (the browser test looks)
+    assert plot.type == "image" and plot.data == "data:image/png;base64," + base64.b64encode((run_dir / "sweep.png").read_bytes()).decode()
     table = json.loads(artifacts["pruneflow-sweep-table"].data)
     assert [row["target"] for row in table] == ["0.30"] * 5 + ["0.60"] * 5 and {row["gate"] for row in table} == {"pass"}
 
@@ -85,6 +90,8 @@ def test_a_target_that_fails_is_reported_fails_the_sweep_and_the_others_keep_the
     assert history.loc[~history["failed"], "accuracy"].notna().all() and history.loc[~history["failed"], "passed_gate"].all()
     [flagged] = regressions(runs_summary(history), tolerance=0.5).values()
     assert flagged.startswith("1 of 2 targets failed (first: PruneflowError: invalid training data")
+    [run] = runs_summary(history).itertuples()
+    assert decided(run) == "nothing to promote: 1 of 2 targets failed"  # what `pruneflow history` shows
 
 
 def test_no_target_within_the_gate_fails_the_run_and_keeps_the_promoted_model(prefect_server, seed_sweep, config_dict):
@@ -124,14 +131,19 @@ def test_history_lists_runs_and_exits_1_when_the_latest_regressed(
     assert main(["sweep", str(loose)]) == 0
     out = capsys.readouterr().out
     assert "| 0.60   | TFLite int8 " in out and "Promoted: sparsity 0.6, TFLite int8" in out
+    last = out.rstrip().splitlines()[-1]  # the command ends with where its outputs are
+    assert last.startswith("Run folder: ") and last.endswith(" (sweep.json, sweep.md, sweep.png)")
+    run_dir = Path(last.removeprefix("Run folder: ").removesuffix(" (sweep.json, sweep.md, sweep.png)"))
+    assert run_dir.parent == tmp_path / "outputs" / "runs" and (run_dir / "sweep.png").stat().st_size > 0
     assert main(["history", str(loose)]) == 0
     assert main(["sweep", str(strict)]) == 2
     assert "no file passed the gate" in capsys.readouterr().err
     assert main(["history", str(loose)]) == 1
     header, first, second = capsys.readouterr().out.splitlines()  # the two sweeps, oldest first
-    assert header.startswith("started (UTC)")
-    assert " 0.60 " in first and "regress" not in first and "gate" not in first
+    assert header.startswith("started (UTC)") and "  decision " in header
+    assert " 0.60 " in first and first.endswith("  promoted (no champion yet): the gate's choice")  # no regression
     assert " none " in second and second.endswith("no model passed the gate (the run before promoted one)")
+    assert "  nothing to promote: no file passed the gate  " in second
 
 
 def test_a_sweep_on_a_local_dask_cluster_trains_targets_in_parallel_processes(
