@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from pruneflow.flows.console import ConsoleSession, command_console
 from pruneflow.flows.server import TemporaryServer
 from pruneflow.flows.user_errors import quiet_user_errors
 from pruneflow.tasks.core.errors import PruneflowError
@@ -26,6 +27,10 @@ if TYPE_CHECKING:
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 Refresh = Annotated[bool, typer.Option("--refresh", help="Run every stage, ignoring cached results.")]
+Verbose = Annotated[bool, typer.Option(
+    "--verbose", "-v", help="Write every log line, table and library message to the console as it comes, "
+    "instead of one line per event (the rest in the run's debug.log).",
+)]
 
 
 STARTED = time.perf_counter()  # as the command's own module is imported: the start, but for Python's own
@@ -145,12 +150,13 @@ def run_settings(refresh: bool = False, api_url: str | None = None) -> Iterator[
 
 @contextlib.contextmanager
 def flow_command(
-    config_path: Path, refresh: bool, modules: tuple[str, ...], server: bool = True
-) -> Iterator[tuple[RunConfig, Startup]]:
+    config_path: Path, refresh: bool, modules: tuple[str, ...], server: bool = True, verbose: bool = False
+) -> Iterator[tuple[RunConfig, Startup, ConsoleSession]]:
     """Around a command's flow: its temporary server booting from the start (startup), the
     config and the flow's `modules` imported meanwhile with the garbage collector off, and
     TensorFlow too when the inputs are to be checked; then, once the server answers, the
-    settings the flow runs under. Yields the config and the Startup (its parts timed)."""
+    settings the flow runs under, and its console (pruneflow.flows.console). Yields the config,
+    the Startup (its parts timed) and the console session."""
     with startup(server) as begun:
         with imports_without_gc():
             with begun.part("imports"):
@@ -160,15 +166,16 @@ def flow_command(
                 for module in modules:
                     importlib.import_module(module)
             begun.import_tensorflow_unless_checked(config)
-        with begun.flow(refresh):
-            yield config, begun
+        with begun.flow(refresh), command_console(config.output_root / "logs", verbose) as session:
+            yield config, begun, session
 
 
-def _run_flow(config_path: Path, refresh: bool = False) -> None:
-    with flow_command(config_path, refresh, ("pruneflow.flows.prune",)) as (config, begun):
+def _run_flow(config_path: Path, refresh: bool = False, verbose: bool = False) -> None:
+    with flow_command(config_path, refresh, ("pruneflow.flows.prune",), verbose=verbose) as (config, begun, session):
         from pruneflow.flows.prune import prune_flow
 
         summary = prune_flow(config)
+    log = session.keep_in(summary.run_dir)
     from pruneflow.tasks.report.summary import render_files, render_table, worst_quantized
 
     quantized = worst_quantized(summary)
@@ -179,7 +186,8 @@ def _run_flow(config_path: Path, refresh: bool = False) -> None:
         f"Pruned model: {summary.pruned_model}\n"
         f"Exported files: {', '.join(str(exported.folder) for exported in summary.exports)}\n"
         f"Summary: {summary.run_dir / 'summary.json'}\n"
-        f"{time_line(summary.stage_seconds, begun.seconds['flow'])}"
+        + (f"Debug log: {log}\n" if log else "")
+        + f"{time_line(summary.stage_seconds, begun.seconds['flow'])}"
     )
 
 
@@ -196,14 +204,18 @@ def time_line(parts: dict[str, float], flow: float) -> str:
 def run(
     config: Annotated[Path, typer.Argument(help="A YAML run config (see README).")],
     refresh: Refresh = False,
+    verbose: Verbose = False,
 ) -> None:
     """Run the pruning flow on CONFIG; stages whose inputs did not change are reused."""
-    _run_flow(config, refresh)
+    _run_flow(config, refresh, verbose)
 
 
-def _run_sweep(config_path: Path, refresh: bool = False, dask: str | None = None, dask_workers: int = 2) -> None:
+def _run_sweep(
+    config_path: Path, refresh: bool = False, dask: str | None = None, dask_workers: int = 2, verbose: bool = False
+) -> None:
     # No temporary server for Dask: its workers, other processes, need one that outlives the command.
-    with flow_command(config_path, refresh, ("pruneflow.flows.sweep",), server=dask is None) as (config, _):
+    flow_parts = flow_command(config_path, refresh, ("pruneflow.flows.sweep",), server=dask is None, verbose=verbose)
+    with flow_parts as (config, _, session):
         from pruneflow.flows.sweep import dask_runner, sweep_flow
 
         flow = sweep_flow.with_options(task_runner=dask_runner(dask, dask_workers)) if dask else sweep_flow
@@ -212,7 +224,8 @@ def _run_sweep(config_path: Path, refresh: bool = False, dask: str | None = None
 
     report = render_sweep(outcome.results, outcome.chosen, config, outcome.decision, outcome.trials)
     files = ", ".join(path.name for path in sorted(outcome.run_dir.glob("sweep.*")))
-    typer.echo(f"\n{report}\n\nRun folder: {outcome.run_dir} ({files})")
+    log = session.keep_in(outcome.run_dir)
+    typer.echo(f"\n{report}\n\nRun folder: {outcome.run_dir} ({files}" + (", debug.log)" if log else ")"))
 
 
 @app.command()
@@ -223,9 +236,10 @@ def sweep(
         str | None, typer.Option(help="Run the targets on Dask: a scheduler address, or 'local' for a local cluster.")
     ] = None,
     dask_workers: Annotated[int, typer.Option(help="Worker processes of a local Dask cluster.")] = 2,
+    verbose: Verbose = False,
 ) -> None:
     """Prune CONFIG's baseline to each sweep target; promote the smallest model within the gate."""
-    _run_sweep(config, refresh, dask, dask_workers)
+    _run_sweep(config, refresh, dask, dask_workers, verbose)
 
 
 @app.command()
@@ -235,13 +249,15 @@ def sensitivity(
         float | None, typer.Option(min=0.0, max=0.99, help="Overall sparsity to propose for; default: the schedule's.")
     ] = None,
     refresh: Refresh = False,
+    verbose: Verbose = False,
 ) -> None:
     """Prune each selected layer of CONFIG's baseline alone; propose per-layer sparsities for a run."""
-    with flow_command(config, refresh, ("pruneflow.flows.sensitivity",)) as (loaded, _):
+    with flow_command(config, refresh, ("pruneflow.flows.sensitivity",), verbose=verbose) as (loaded, _, session):
         from pruneflow.flows.sensitivity import sensitivity_flow
 
         report = sensitivity_flow(loaded, target)
-    typer.echo(f"\n{report.render()}")
+    log = session.keep_in(report.table.parent)
+    typer.echo(f"\n{report.render()}" + (f"\nDebug log: {log}" if log else ""))
 
 
 @app.command()
@@ -298,15 +314,16 @@ def decided(run) -> str:
 def demo(
     workdir: Annotated[Path, typer.Option(help="Where the demo's data, baseline and outputs go.")] = Path("demo"),
     sweep: Annotated[bool, typer.Option("--sweep", help="Sweep the demo's targets instead of one run.")] = False,
+    verbose: Verbose = False,
 ) -> None:
     """Write the MNIST demo dataset, train a baseline if none exists, run the flow (or the sweep)."""
     from pruneflow.tasks.demo import prepare_demo
 
     config = prepare_demo(workdir, say=typer.echo)
     if sweep:
-        _run_sweep(config)
+        _run_sweep(config, verbose=verbose)
     else:
-        _run_flow(config)
+        _run_flow(config, verbose=verbose)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -52,6 +52,7 @@ from pruneflow.tasks.stages.quantize_train import quantize_train
 from pruneflow.tasks.stages.sanity_check import sanity_check
 from pruneflow.tasks.stages.strip import strip
 from pruneflow.tasks.stages.translate_baseline import translate_baseline
+from pruneflow.tasks.unkeyed import progress
 
 
 class Run(BaseModel):
@@ -202,6 +203,8 @@ def prune_target(
     """One point of a sweep: prune_to as one task run, its stages nested in it; a search's trial
     that `stop` ends in prune-training ends there."""
     config = config.with_channels(point.channels)
+    # Through the module: Dask pickles this function by value, and a ContextVar cannot be pickled.
+    progress.for_point(point.label())  # this task run's context: what its stages report is for this point
     done = train_to(config, start, schedule, stop)
     if done.trained.stopped_after_epoch is not None:
         return StoppedTarget(point=point, training=done.trained)

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 from pruneflow.tasks.core.stage import Stage
 from pruneflow.tasks.core.store import ArtifactStore, StoredArtifact
+from pruneflow.tasks.unkeyed.progress import report
 
 A = TypeVar("A", bound=StoredArtifact)
 
@@ -92,9 +93,13 @@ def run_stage(stage: Stage[A], store: ArtifactStore, /, **inputs: Any) -> A:
     """
     from prefect.states import State
 
+    report("stage", name=stage.name, state="running")
+    started = time.perf_counter()
     with timed(stage.name):
         untagged = stage.tags and (_UNSHARED or stage.stored(store, **inputs) or not limits_any(stage.tags))
         task = stage.task.with_options(tags=[]) if untagged else stage.task
         result = task(store=store, **inputs)
     # A task called directly returns what its function returned: the Cached state, when reused.
-    return result.result() if isinstance(result, State) else result
+    reused = isinstance(result, State)
+    report("stage", name=stage.name, state="reused" if reused else "built", seconds=time.perf_counter() - started)
+    return result.result() if reused else result

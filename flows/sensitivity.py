@@ -32,6 +32,7 @@ from pruneflow.tasks.report.summary import markdown_table
 from pruneflow.tasks.specs.config import RunConfig
 from pruneflow.tasks.stages.layer_sensitivity import layer_sensitivity
 from pruneflow.tasks.stages.prepare_dataset import prepare_dataset
+from pruneflow.tasks.unkeyed import progress
 
 ARTIFACT_KEY = "pruneflow-sensitivity"
 
@@ -106,7 +107,10 @@ def sensitivity_flow(config: RunConfig, target: float | None = None) -> Sensitiv
         store=unmapped(store), model=unmapped(tf_keras_baseline(run, dataset)), dataset=unmapped(dataset), layer=layers,
         sparsities=unmapped(tuple(config.sensitivity.sparsities)), batch_size=unmapped(config.dataset.batch_size),
     )
-    results = [future.result() for future in futures]
+    results = []
+    for future, layer in zip(futures, layers):  # one at a time (max_workers=1): in order
+        results.append(future.result())
+        progress.report("layer", name=layer, done=len(results), total=len(layers))
     proposal = propose(results, run.inputs.schedule.final_sparsity if target is None else target)
     report = write_outputs(config, run.run_dir, results, proposal)
     create_markdown_artifact(

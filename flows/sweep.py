@@ -46,6 +46,7 @@ from pruneflow.tasks.specs.config import RunConfig, Schedule
 from pruneflow.tasks.specs.formats import display_name
 from pruneflow.tasks.stages.evaluate_champion import evaluate_champion
 from pruneflow.tasks.stages.prune_train import prune_train
+from pruneflow.tasks.unkeyed.progress import report
 
 
 def dask_runner(address: str, workers: int = 2):
@@ -88,6 +89,7 @@ def prune_targets(
         point -> its result, or the exception it failed with.
     """
     points, cap, results = list(schedules), config.sweep.max_parallel, {}
+    report("points", labels=[point.label() for point in points])
     for first in range(0, len(points), cap):
         wave = points[first:first + cap]
         futures = prune_target.map(

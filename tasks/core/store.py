@@ -176,7 +176,7 @@ class ArtifactStore(BaseModel):
         try:
             lock.acquire(timeout=0)
         except Timeout:
-            run_logger().info("%s: another run is producing %s; waiting for it to finish", stage, key)
+            run_logger().warning("%s: another run is producing %s; waiting for it to finish", stage, key)
             lock.acquire()
             waited = True
         try:

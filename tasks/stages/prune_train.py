@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -38,7 +37,7 @@ from pruneflow.tasks.libs.models import (
 from pruneflow.tasks.libs.selection import plan_table
 from pruneflow.tasks.specs.config import Schedule, TrainingSpec
 from pruneflow.tasks.unkeyed.faults import fault_callbacks, fault_point
-from pruneflow.tasks.unkeyed.progress import epoch_progress
+from pruneflow.tasks.unkeyed.progress import epoch_progress, fit_verbosity
 
 if TYPE_CHECKING:
     from pruneflow.tasks.libs.readings import Readings
@@ -176,8 +175,7 @@ def train_pruned(
             initial_epoch=done,
             epochs=training.epochs,
             callbacks=callbacks,
-            # A progress bar per batch in a terminal; one line per epoch in a log file.
-            verbose=1 if sys.stdout.isatty() else 2,
+            verbose=fit_verbosity(),
         )
         losses = fitted.history.get("loss", [])
         if losses and not math.isfinite(losses[-1]):

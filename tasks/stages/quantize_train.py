@@ -27,6 +27,7 @@ from pruneflow.tasks.libs.models import (
     save_model,
 )
 from pruneflow.tasks.specs.config import QATSpec
+from pruneflow.tasks.unkeyed.progress import epoch_progress, fit_verbosity
 
 if TYPE_CHECKING:
     from pruneflow.tasks.libs.readings import Readings
@@ -49,7 +50,8 @@ def train_quantized(out: Path, dataset: PreparedDataset, pruned: ModelFile, qat:
     started = time.perf_counter()
     fitted = model.fit(
         load_split(dataset, "train", qat.batch_size, shuffle_seed=qat.shuffle_seed, augment=qat.augment),
-        validation_data=load_split(dataset, "val", qat.batch_size), epochs=qat.epochs, verbose=2,
+        validation_data=load_split(dataset, "val", qat.batch_size), epochs=qat.epochs, verbose=fit_verbosity(),
+        callbacks=[epoch_progress("Quantization-aware training", qat.epochs)],
     )
     seconds = time.perf_counter() - started
     save_model(model, out / "qat.h5")

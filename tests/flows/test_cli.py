@@ -193,7 +193,8 @@ def test_the_pruneflow_command_ends_with_its_exit_code_all_it_printed_and_its_se
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     last = r"\nSeconds: imports .*, report \d+\.\d, the rest of the flow run \d+\.\d; in all \d+\.\d\n$"
     assert re.search(last, done.stdout), done.stdout[-500:]
-    [port] = set(re.findall(r"View at http://127\.0\.0\.1:(\d+)/", done.stdout + done.stderr))
+    log = Path(re.search(r"^Debug log: (.+)$", done.stdout, re.M).group(1))  # Prefect's run log lines went there
+    [port] = set(re.findall(r"View at http://127\.0\.0\.1:(\d+)/", log.read_text()))
     with pytest.raises(urllib.error.URLError):  # its temporary server was stopped
         urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=5)
 

@@ -75,7 +75,8 @@ def test_two_runs_of_one_config_at_once_produce_each_artifact_once(prefect_serve
         first.stop()
         if second is not None:
             second.stop()
-    assert "prune_train: reusing what the other run stored" in second.output
+    debug_log = Path(second.output.split("Debug log: ")[1].split()[0])  # the run's log lines, the console's aside
+    assert "prune_train: reusing what the other run stored" in debug_log.read_text()
     summaries = [json.loads(Path(cli.output.split("Summary: ")[1].split()[0]).read_text()) for cli in (first, second)]
     assert summaries[0]["pruned_model"] == summaries[1]["pruned_model"]
     assert summaries[0]["training"] == summaries[1]["training"]  # the second run's result is the first's

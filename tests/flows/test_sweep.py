@@ -132,8 +132,8 @@ def test_history_lists_runs_and_exits_1_when_the_latest_regressed(
     out = capsys.readouterr().out
     assert "| 0.60   | TFLite int8 " in out and "Promoted: sparsity 0.6, TFLite int8" in out
     last = out.rstrip().splitlines()[-1]  # the command ends with where its outputs are
-    assert last.startswith("Run folder: ") and last.endswith(" (sweep.json, sweep.md, sweep.png)")
-    run_dir = Path(last.removeprefix("Run folder: ").removesuffix(" (sweep.json, sweep.md, sweep.png)"))
+    assert last.startswith("Run folder: ") and last.endswith(" (sweep.json, sweep.md, sweep.png, debug.log)")
+    run_dir = Path(last.removeprefix("Run folder: ").removesuffix(" (sweep.json, sweep.md, sweep.png, debug.log)"))
     assert run_dir.parent == tmp_path / "outputs" / "runs" and (run_dir / "sweep.png").stat().st_size > 0
     assert main(["history", str(loose)]) == 0
     assert main(["sweep", str(strict)]) == 2

@@ -212,7 +212,7 @@ def test_a_run_that_waited_on_the_same_key_reuses_the_other_runs_folder_and_says
     assert results["second"][0] == results["first"][0] and results["second"][0].text == "first"
     assert sorted(p.name for p in (tmp_path / "stage").iterdir()) == [".lock-k1", "k1"]
     assert told.messages == [
-        "INFO: stage: another run is producing k1; waiting for it to finish",
+        "WARNING: stage: another run is producing k1; waiting for it to finish",  # shown on a command's console
         "INFO: stage: reusing what the other run stored under k1",
     ]
 
