@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import pwd
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,7 +12,6 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pruneflow.tasks.core.errors import PruneflowError
 
 PREFECT = str(Path(sys.executable).with_name("prefect"))
 
@@ -137,22 +135,6 @@ def descendants(pid: int) -> list[int]:
             found.append(child)
             below.append(child)
     return found
-
-
-def require_free_port(port: int) -> None:
-    """Refuse a port of 127.0.0.1 another program listens on, before anything is started.
-
-    Raises:
-        PruneflowError: the port is taken, naming it.
-    """
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError as error:
-            raise PruneflowError(
-                f"--port {port}: 127.0.0.1:{port} is taken ({error.strerror}); stop what listens there (a server "
-                "started before?) or pass a free port"
-            ) from None
 
 
 def wait_healthy(port: int, process: Process, timeout: float = 120) -> None:

@@ -22,7 +22,8 @@ import time
 from pathlib import Path
 
 from pruneflow.deployments.gpu import REPO, DeploymentSettings, apply
-from pruneflow.deployments.local import require_free_port, server_env, start_server, start_worker
+from pruneflow.deployments.local import server_env, start_server, start_worker
+from pruneflow.flows.server import require_free_port
 from pruneflow.deployments.postgres import start_postgres
 from pruneflow.flows.server import free_port
 from pruneflow.tasks.core.errors import PruneflowError

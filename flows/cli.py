@@ -17,6 +17,7 @@ import typer
 
 from pruneflow.flows.console import ConsoleSession, command_console
 from pruneflow.flows.server import TemporaryServer
+from pruneflow.flows.ui import running_ui
 from pruneflow.flows.user_errors import quiet_user_errors
 from pruneflow.tasks.core.errors import PruneflowError
 from pruneflow.tasks.core.imports import imports_without_gc
@@ -39,13 +40,14 @@ STARTED = time.perf_counter()  # as the command's own module is imported: the st
 class Startup:
     """What a command does before its flow runs, timed: its imports, and the wait for its
     temporary Prefect server, which boots in a process of its own from the command's start
-    (pruneflow.flows.server; none when PREFECT_API_URL names a server)."""
+    (pruneflow.flows.server; none when PREFECT_API_URL names a server, or `pruneflow ui` runs one)."""
 
     PARTS = ("imports", "tensorflow import", "server start (waited)")
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
         self.server: TemporaryServer | None = None
+        self.ui: str | None = None  # the API of the server `pruneflow ui` keeps, when it runs
 
     @contextlib.contextmanager
     def part(self, name: str) -> Iterator[None]:
@@ -63,6 +65,8 @@ class Startup:
         if self.server is not None and PREFECT_API_URL.value():  # the Prefect profile, or a test's server
             self.server.stop()
             self.server = None
+        if self.ui is not None:
+            return self.ui
         if self.server is None:
             return None
         with self.part("server start (waited)"):
@@ -103,17 +107,21 @@ def startup(server: bool = True) -> Iterator[Startup]:
     """
     begun = Startup()
     if server and not os.environ.get("PREFECT_API_URL"):
-        begun.server = TemporaryServer()
+        begun.ui = running_ui()
+        if begun.ui is None:
+            begun.server = TemporaryServer()
     try:
         yield begun
     finally:
-        if begun.server is not None:
-            if "prefect" in sys.modules:  # what the flow left to send (logs, events), sent before it stops
-                from prefect.events.worker import EventsWorker
-                from prefect.logging.handlers import APILogWorker
+        # What the flow left to send (logs, events), sent before the server stops (or, to a server
+        # that stays, before Prefect's exit handler would, saying "Still processing items").
+        if "prefect" in sys.modules:
+            from prefect.events.worker import EventsWorker
+            from prefect.logging.handlers import APILogWorker
 
-                EventsWorker.drain_all()
-                APILogWorker.drain_all()
+            EventsWorker.drain_all()
+            APILogWorker.drain_all()
+        if begun.server is not None:
             begun.server.stop()
 
 
@@ -324,6 +332,26 @@ def demo(
         _run_sweep(config, verbose=verbose)
     else:
         _run_flow(config, verbose=verbose)
+
+
+@app.command()
+def ui(
+    port: Annotated[int, typer.Option(help="The port of 127.0.0.1 to serve it on.")] = 4200,
+    stop: Annotated[bool, typer.Option("--stop", help="Stop the UI server this command started.")] = False,
+) -> None:
+    """Keep a Prefect server with its UI running after the commands: they run their flows there
+    while it runs (on SQLite in your Prefect home), and their pages stay reachable."""
+    from pruneflow.flows.ui import start_ui, stop_ui
+
+    if stop:
+        pid = stop_ui()
+        typer.echo(f"Stopped the Prefect UI server (PID {pid})." if pid else "No Prefect UI server of pruneflow was running.")
+        return
+    url, started = start_ui(port)
+    typer.echo(
+        f"Prefect UI {'started' if started else 'already running'}: {url}\n"
+        "pruneflow commands run their flows there while it runs; `pruneflow ui --stop` stops it."
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

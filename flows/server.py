@@ -37,6 +37,23 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def require_free_port(port: int) -> None:
+    """Refuse a port of 127.0.0.1 another program listens on, before anything is started.
+
+    Raises:
+        PruneflowError: the port is taken, naming it.
+    """
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as a server binds: a closed one's leftovers do not count
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError as error:
+            raise PruneflowError(
+                f"--port {port}: 127.0.0.1:{port} is taken ({error.strerror}); stop what listens there (a server "
+                "started before?) or pass a free port"
+            ) from None
+
+
 def create_app():
     """The temporary server's app (uvicorn's factory, called in the server's process): Prefect's,
     imported with imports_without_gc."""
