@@ -148,8 +148,8 @@ def command_console(logs: Path, verbose: bool) -> Iterator[ConsoleSession]:
     with open(log, "ab") as file:
         os.dup2(file.fileno(), 2)
         progress.listen(shown)
-        for name in RUN_LOGGERS:
-            logging.getLogger(name).addHandler(warnings)
+        for logger in RUN_LOGGERS:
+            logging.getLogger(logger).addHandler(warnings)
         try:
             yield ConsoleSession(log)
         except PruneflowError:
@@ -158,8 +158,8 @@ def command_console(logs: Path, verbose: bool) -> Iterator[ConsoleSession]:
             print(f"Debug log: {log}", file=terminal, flush=True)  # what led to it
             raise
         finally:
-            for name in RUN_LOGGERS:
-                logging.getLogger(name).removeHandler(warnings)
+            for logger in RUN_LOGGERS:
+                logging.getLogger(logger).removeHandler(warnings)
             progress.listen(None)
             shown.close()
             sys.stderr.flush()

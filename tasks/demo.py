@@ -150,6 +150,9 @@ def train_baseline(
             load_split(dataset, "train", spec.batch_size, shuffle_seed=spec.shuffle_seed, augment=spec.augment),
             validation_data=load_split(dataset, "val", spec.batch_size),
             epochs=epochs,
-            verbose=2,
+            verbose=0,  # a line per epoch instead, as the commands show training
+            callbacks=[keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: print(
+                f"Baseline: epoch {epoch + 1} of {epochs}, val accuracy {logs['val_accuracy']:.4f}", flush=True
+            ))],
         )
     return save_model(model, out_path)

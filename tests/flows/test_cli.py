@@ -2,6 +2,7 @@
 
 import json
 import logging
+import re
 
 import pytest
 import yaml
@@ -57,9 +58,15 @@ def test_refresh_runs_every_stage_again(prefect_server, seed, config_dict, tmp_p
 
 
 @pytest.mark.slow
-def test_demo_prunes_mnist_to_80_percent_and_ships_int8_files_10x_smaller_within_a_point(prefect_server, tmp_path):
+def test_demo_prunes_mnist_to_80_percent_and_ships_int8_files_10x_smaller_within_a_point(prefect_server, tmp_path, capfd):
     workdir = tmp_path / "demo"
     assert main(["demo", "--workdir", str(workdir)]) == 0
+    # What a person reads (not a terminal here): one line per event, the tables once, where it all is.
+    out, err = capfd.readouterr()
+    shown = [line for line in (err + out).splitlines() if not line.startswith("|")]
+    assert len(shown) <= 60, "\n".join(shown)
+    assert "Prune-training: epoch 8 of 8 in " in err and re.search(r"^prune_train: built in \d+\.\d s$", err, re.M)
+    assert "Sparsity of the pruned kernels" not in err + out and re.search(r"^Debug log: .+/debug\.log$", out, re.M)
     assert len(list((workdir / "data" / "images").glob("*.jpg"))) == 5000
     assert keras3.written_by_keras3(workdir / "baseline.keras") and (workdir / "pruneflow.yaml").is_file()
     [summary_path] = (workdir / "outputs" / "runs").glob("*/summary.json")
@@ -175,7 +182,6 @@ def test_the_pruneflow_command_ends_with_its_exit_code_all_it_printed_and_its_se
 ):
     """The console script ends its process without Python's teardown (pruneflow.flows.cli.console)."""
     import os
-    import re
     import subprocess
     import sys
     import urllib.error

@@ -60,7 +60,6 @@ def registry_store(tmp_path_factory) -> str:
     """A real MLflow tracking store and model registry in one SQLite file, as the MLflow server of
     a deployment keeps them, used without a server; one for the module, since creating its tables
     takes seconds."""
-    pytest.importorskip("mlflow")
     return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
 
 
