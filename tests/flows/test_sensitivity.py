@@ -11,13 +11,17 @@ from pruneflow.tasks.specs.config import load_config
 from tests.helpers.prefect import artifacts_of, latest_flow_run_id, task_runs
 
 
-def test_sensitivity_measures_each_selected_layer_and_its_proposal_runs(prefect_server, config_dict, tmp_path, capsys):
+def test_sensitivity_measures_each_selected_layer_and_its_proposal_runs(prefect_server, config_dict, tmp_path, capfd):
     path = tmp_path / "run.yaml"
     config_dict["layers"] = {"exclude": ["dense_1"]}
     config_dict["sensitivity"] = {"sparsities": [0.5, 0.9]}
     path.write_text(yaml.safe_dump(config_dict))
     assert main(["sensitivity", str(path), "--target", "0.6"]) == 0
-    out = capsys.readouterr().out
+    out, err = capfd.readouterr()
+    # The scan's progress on the console, a line per layer (the command's stderr, not a terminal here).
+    assert [line for line in err.splitlines() if line.startswith("sensitivity: ")] == [
+        "sensitivity: layer 1 of 2 measured (conv2d)", "sensitivity: layer 2 of 2 measured (dense)"
+    ]
     first = latest_flow_run_id()
     measured = [name for name, state, _ in task_runs(first) if name.startswith("layer_sensitivity")]
     assert len(measured) == 2  # conv2d and dense; dense_1 excluded
@@ -41,9 +45,9 @@ def test_sensitivity_measures_each_selected_layer_and_its_proposal_runs(prefect_
     again = [state for name, state, _ in task_runs(latest_flow_run_id()) if name.startswith("layer_sensitivity")]
     assert again == ["Cached", "Cached"]
     # The proposed config is a run config: each layer pruned to its proposed sparsity.
-    capsys.readouterr()
+    capfd.readouterr()
     assert main(["run", str(folder / "proposed-config.yaml")]) == 0
-    summary_path = capsys.readouterr().out.split("Summary: ")[1].split()[0]
+    summary_path = capfd.readouterr().out.split("Summary: ")[1].split()[0]
     summary = json.loads(open(summary_path).read())
     targets = {t["layer"]: t["target"] for t in summary["sanity"]["tensors"]}
     assert targets == {layer: s for layer, s in proposal.items() if s > 0}
