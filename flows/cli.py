@@ -174,7 +174,8 @@ def flow_command(
                 for module in modules:
                     importlib.import_module(module)
             begun.import_tensorflow_unless_checked(config)
-        with begun.flow(refresh), command_console(config.output_root / "logs", verbose) as session:
+        links = begun.ui is not None  # its pages stay after the command: worth a link
+        with begun.flow(refresh), command_console(config.output_root / "logs", verbose, links) as session:
             yield config, begun, session
 
 

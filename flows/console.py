@@ -103,6 +103,14 @@ class ConsoleProgress:
             self.live.stop()
 
 
+class ShownRecord(logging.Formatter):
+    """A run's warning or error as `WARNING: message`; its link as the message alone."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        return message if record.levelno < logging.WARNING else f"{record.levelname}: {message}"
+
+
 class ConsoleSession:
     """A command's console while its flow runs (command_console): where the rest went."""
 
@@ -123,10 +131,11 @@ class ConsoleSession:
 
 
 @contextlib.contextmanager
-def command_console(logs: Path, verbose: bool) -> Iterator[ConsoleSession]:
+def command_console(logs: Path, verbose: bool, links: bool = False) -> Iterator[ConsoleSession]:
     """Around a command's flow: its progress on the console, the rest of stderr into a debug log
     under `logs` (the file descriptor itself, so that native code's output goes there too);
-    with `verbose`, nothing changes: everything is written to the console as it comes."""
+    with `verbose`, nothing changes: everything is written to the console as it comes. With
+    `links` (a server that outlives the command), the runs' `View at` lines are shown too."""
     if verbose:
         yield ConsoleSession(None)
         return
@@ -142,8 +151,8 @@ def command_console(logs: Path, verbose: bool) -> Iterator[ConsoleSession]:
     terminal = os.fdopen(os.dup(2), "w", buffering=1, errors="replace")
     shown = ConsoleProgress(terminal, live=terminal.isatty())
     warnings = logging.StreamHandler(terminal)  # the runs' warnings and errors
-    warnings.setLevel(logging.WARNING)
-    warnings.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    warnings.addFilter(lambda record: record.levelno >= logging.WARNING or (links and record.getMessage().startswith("View at ")))
+    warnings.setFormatter(ShownRecord())
     warnings.addFilter(NoUserErrors())
     with open(log, "ab") as file:
         os.dup2(file.fileno(), 2)

@@ -53,6 +53,8 @@ def test_the_ui_starts_once_keeps_a_commands_run_on_view_after_it_ends_and_stops
         with urllib.request.urlopen(request, timeout=10) as response:
             [flow_run] = json.loads(response.read())
         assert flow_run["state_name"] == "Completed"
+        # The command gave the link to its run's page, which works now that it has ended.
+        assert f"View at http://127.0.0.1:{port}/runs/flow-run/{flow_run['id']}" in done.stderr
         status, page = get(f"http://127.0.0.1:{port}/runs/flow-run/{flow_run['id']}")
         assert status == 200 and b"<html" in page.lower()
 
