@@ -113,14 +113,23 @@ def startup(server: bool = True) -> Iterator[Startup]:
     try:
         yield begun
     finally:
-        # What the flow left to send (logs, events), sent before the server stops (or, to a server
-        # that stays, before Prefect's exit handler would, saying "Still processing items").
+        # What the flow left to send (logs, events), sent before the server stops, or before
+        # Prefect's exit handler would; without the workers' "Still processing items: N items
+        # remaining..." (a warning on the console for what is only the wait).
         if "prefect" in sys.modules:
             from prefect.events.worker import EventsWorker
             from prefect.logging.handlers import APILogWorker
 
-            EventsWorker.drain_all()
-            APILogWorker.drain_all()
+            waits = [logging.getLogger(worker.__name__) for worker in (EventsWorker, APILogWorker)]
+            levels = [wait.level for wait in waits]
+            for wait in waits:
+                wait.setLevel(logging.ERROR)
+            try:
+                EventsWorker.drain_all()
+                APILogWorker.drain_all()
+            finally:
+                for wait, level in zip(waits, levels):
+                    wait.setLevel(level)
         if begun.server is not None:
             begun.server.stop()
 
