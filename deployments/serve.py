@@ -23,9 +23,8 @@ from pathlib import Path
 
 from pruneflow.deployments.gpu import REPO, DeploymentSettings, apply
 from pruneflow.deployments.local import server_env, start_server, start_worker
-from pruneflow.flows.server import require_free_port
 from pruneflow.deployments.postgres import start_postgres
-from pruneflow.flows.server import free_port
+from pruneflow.flows.server import free_port, require_free_port
 from pruneflow.tasks.core.errors import PruneflowError
 from pruneflow.tasks.preflight.confine import ROOTS_ENV, roots_env_of
 from pruneflow.tasks.specs.config import load_config

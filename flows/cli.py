@@ -17,7 +17,7 @@ import typer
 
 from pruneflow.flows.console import ConsoleSession, command_console
 from pruneflow.flows.server import TemporaryServer
-from pruneflow.flows.ui import running_ui
+from pruneflow.flows.ui import PORT, running_ui, start_ui, stop_ui
 from pruneflow.flows.user_errors import quiet_user_errors
 from pruneflow.tasks.core.errors import PruneflowError
 from pruneflow.tasks.core.imports import imports_without_gc
@@ -346,13 +346,11 @@ def demo(
 
 @app.command()
 def ui(
-    port: Annotated[int, typer.Option(help="The port of 127.0.0.1 to serve it on.")] = 4200,
+    port: Annotated[int, typer.Option(help="The port of 127.0.0.1 to serve it on.")] = PORT,
     stop: Annotated[bool, typer.Option("--stop", help="Stop the UI server this command started.")] = False,
 ) -> None:
     """Keep a Prefect server with its UI running after the commands: they run their flows there
     while it runs (on SQLite in your Prefect home), and their pages stay reachable."""
-    from pruneflow.flows.ui import start_ui, stop_ui
-
     if stop:
         pid = stop_ui()
         typer.echo(f"Stopped the Prefect UI server (PID {pid})." if pid else "No Prefect UI server of pruneflow was running.")
